@@ -1,0 +1,91 @@
+//! Types shared by the kernel programs (`src/main.rs`, BPF target) and the agent
+//! (userspace, feature `user`). Everything here is `#[repr(C)]` plain data whose layout
+//! both sides must agree on; map names are constants so that neither side spells them.
+#![no_std]
+
+/// Map: network-namespace cookie (u64) → [`PodEntry`]. A pod is enrolled while present.
+pub const MAP_ENROLLED: &str = "ENROLLED";
+/// Map: [`OrigDstKey`] → [`OrigDst`]; the original destination of a steered connection.
+pub const MAP_ORIG_DST: &str = "ORIG_DST";
+/// Map: socket cookie (u64) → [`OrigDst`]; connect() → sockops hand-over, short-lived.
+pub const MAP_SOCK_ORIG: &str = "SOCK_ORIG";
+/// Map: index 0 → [`Settings`].
+pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Map: port (u16, host order) → 1; apps in enrolled pods may not bind these and
+/// connections to them are never steered.
+pub const MAP_RESERVED_PORTS: &str = "RESERVED_PORTS";
+/// Map: destination port (u16, host order) → 1; connections to these pass untouched.
+pub const MAP_EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+/// LPM tries of destination CIDRs that pass untouched (key data: address bytes).
+pub const MAP_EXCLUDED_V4: &str = "EXCLUDED_V4";
+pub const MAP_EXCLUDED_V6: &str = "EXCLUDED_V6";
+
+/// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
+pub const PROG_CONNECT4: &str = "or_connect4";
+pub const PROG_CONNECT6: &str = "or_connect6";
+pub const PROG_SOCKOPS: &str = "or_sockops";
+pub const PROG_BIND4: &str = "or_bind4";
+pub const PROG_BIND6: &str = "or_bind6";
+/// Every program of ours starts with this.
+pub const PROG_PREFIX: &str = "or_";
+
+pub const FAMILY_V4: u16 = 4;
+pub const FAMILY_V6: u16 = 6;
+
+/// Per enrolled pod (value of `ENROLLED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodEntry {
+    /// The agent's handle for the pod; copied into [`OrigDst::pod_id`].
+    pub pod_id: u32,
+    /// Reserved for per-pod switches (strict mTLS, ...).
+    pub flags: u32,
+}
+
+/// The destination an app asked for before we steered it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Address bytes in network order; IPv4 uses the first 4.
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`] (IPv4-mapped IPv6 destinations are V4).
+    pub family: u16,
+    pub pod_id: u32,
+}
+
+/// Key of `ORIG_DST`: what the agent knows when it accepts a steered connection —
+/// the pod (by its listener's namespace), the address family and the client's port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrigDstKey {
+    pub netns_cookie: u64,
+    /// Client (source) port, host order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// Agent-wide settings the programs read (value of `SETTINGS[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Sockets carrying this SO_MARK belong to the agent and are never steered.
+    pub agent_mark: u32,
+    /// Port of the in-pod outbound listener (127.0.0.1 / ::1).
+    pub outbound_port: u16,
+    pub _pad: u16,
+    /// cgroup v2 id of the agent's own cgroup; its sockets are never steered.
+    pub agent_cgroup_id: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are #[repr(C)] plain data with no padding holes that matter, valid for
+    // any bit pattern.
+    unsafe impl aya::Pod for super::PodEntry {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::OrigDstKey {}
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,34 @@
+//! Outrider's kernel programs, built for `bpfel-unknown-none` by `agent/build.rs`.
+//!
+//! - `capture`: `cgroup/connect4`, `cgroup/connect6` steer enrolled pods' TCP connects to
+//!   the in-pod outbound listener and remember the original destination; `sockops`
+//!   publishes it under (netns cookie, family, client port) for the agent.
+//! - `guard`: `cgroup/bind4`, `cgroup/bind6` keep apps off the agent's reserved ports.
+//! - `maps`: every map, named by the constants in the shared library.
+//!
+//! On the host this file compiles to an empty program so that `cargo` commands over the
+//! whole workspace keep working.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod capture;
+#[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("outrider-ebpf is a set of kernel programs; the agent loads it");
+}

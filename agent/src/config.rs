@@ -1,0 +1,263 @@
+//! The agent's settings: one type, read from `outrider run --config FILE` (YAML). Every
+//! default lives in this file, next to the field it belongs to.
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::yaml::{self, YamlError};
+
+/// Ports the agent owns inside every enrolled pod: apps may not bind them and
+/// connections to them are never steered.
+pub const DEFAULT_RESERVED_PORTS: [u16; 6] = [15001, 15006, 15008, 15020, 15021, 15090];
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name (Kubernetes `spec.nodeName`). Default: the host name.
+    pub node_name: String,
+    /// Separates several agents on one machine (the testbed runs one per node). Derives
+    /// per-instance names (pin directory, admin socket). Default: `default`.
+    pub instance: String,
+    pub workloads: WorkloadSourceConfig,
+    pub cgroup: CgroupConfig,
+    pub capture: CaptureConfig,
+    pub proxy: ProxyConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "node".to_string()),
+            instance: "default".to_string(),
+            workloads: WorkloadSourceConfig::default(),
+            cgroup: CgroupConfig::default(),
+            capture: CaptureConfig::default(),
+            proxy: ProxyConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct WorkloadSourceConfig {
+    /// A local YAML file listing workloads (see `workloads::file`), watched for changes.
+    /// Default: none.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes, and failed enrollments retried.
+    /// Default 250 ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for WorkloadSourceConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// The cgroup v2 mount. Default: found in /proc/self/mountinfo.
+    pub mount: Option<PathBuf>,
+    /// The cgroup holding the pods, where the programs attach (absolute, or relative to
+    /// the mount), e.g. `kubepods.slice`. Required; the mount's root is refused.
+    pub attach: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Port of the in-pod outbound listener. Default 15001.
+    pub outbound_port: u16,
+    /// SO_MARK on every socket the agent makes; marked sockets are never steered.
+    /// Default 0x4f52 ("OR").
+    pub agent_mark: u32,
+    /// Destinations that pass untouched. Default none (loopback always passes).
+    pub exclude_cidrs: Vec<IpNet>,
+    /// Destination ports that pass untouched. Default none.
+    pub exclude_ports: Vec<u16>,
+    /// See [`DEFAULT_RESERVED_PORTS`].
+    pub reserved_ports: Vec<u16>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            outbound_port: 15001,
+            agent_mark: 0x4f52,
+            exclude_cidrs: Vec::new(),
+            exclude_ports: Vec::new(),
+            reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Upstream connect timeout. Default 5000 ms.
+    pub connect_timeout_ms: u64,
+    /// Copy buffer per direction. Default 64 KiB.
+    pub buffer_bytes: usize,
+    /// Listen backlog of in-pod listeners. Default 1024.
+    pub backlog: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5000,
+            buffer_bytes: 64 * 1024,
+            backlog: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` (one object a line) for machines. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,access=off`. Default `info`.
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+    #[error("{file}: {field}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file; errors name the file, field and reason.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = yaml::from_file(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            field,
+            reason: reason.to_string(),
+        };
+        if self.instance.is_empty()
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "instance",
+                "must be non-empty letters, digits, '-' or '_'",
+            ));
+        }
+        if self.capture.outbound_port == 0 {
+            return Err(invalid("capture.outboundPort", "must not be 0"));
+        }
+        if !self
+            .capture
+            .reserved_ports
+            .contains(&self.capture.outbound_port)
+        {
+            return Err(invalid(
+                "capture.reservedPorts",
+                "must contain capture.outboundPort",
+            ));
+        }
+        if self.capture.agent_mark == 0 {
+            return Err(invalid("capture.agentMark", "must not be 0"));
+        }
+        if self.proxy.buffer_bytes < 1024 {
+            return Err(invalid("proxy.bufferBytes", "must be at least 1024"));
+        }
+        if self.workloads.poll_interval_ms == 0 {
+            return Err(invalid("workloads.pollIntervalMs", "must not be 0"));
+        }
+        if self.cgroup.attach.is_none() {
+            return Err(invalid(
+                "cgroup.attach",
+                "must name the cgroup that holds the pods",
+            ));
+        }
+        Ok(())
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_fill_what_is_missing() {
+        let (_d, path) = write("cgroup: {attach: /sys/fs/cgroup/pods}\n");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.capture.outbound_port, 15001);
+        assert_eq!(config.capture.reserved_ports, DEFAULT_RESERVED_PORTS.to_vec());
+        assert_eq!(config.workloads.poll_interval_ms, 250);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_its_location() {
+        let (_d, path) = write("cgroup: {attach: /x}\ncapture:\n  outboundPrt: 1\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("agent.yaml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("outboundPrt"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidr_is_rejected_with_its_field() {
+        let (_d, path) = write("cgroup: {attach: /x}\ncapture:\n  excludeCidrs: [10.0.0.0/33]\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("capture.excludeCidrs[0]"), "{err}");
+    }
+
+    #[test]
+    fn missing_attach_cgroup_is_an_error() {
+        let (_d, path) = write("instance: a\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("cgroup.attach"), "{err}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Which cgroup the programs attach to, and which one is the agent's own. The attach
+//! cgroup must be a real cgroup v2 directory below the mount's root: the root itself
+//! (every process on the machine) is always refused.
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::config::CgroupConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo; set cgroup.mount")]
+    NoMount,
+    #[error("cgroup.attach: {path}: {reason}")]
+    Attach { path: PathBuf, reason: String },
+    #[error("the agent's own cgroup {path}: {reason}")]
+    Own { path: PathBuf, reason: String },
+}
+
+/// The cgroup v2 mount: configured, or the first `cgroup2` in /proc/self/mountinfo.
+pub fn mount(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
+    if let Some(mount) = &config.mount {
+        return Ok(mount.clone());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NoMount)?;
+    find_cgroup2(&info).ok_or(CgroupError::NoMount)
+}
+
+fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The attach cgroup as an absolute path, checked.
+pub fn resolve_attach(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
+    let mount = mount(config)?;
+    let attach = config.attach.clone().ok_or_else(|| CgroupError::Attach {
+        path: PathBuf::new(),
+        reason: "not set".into(),
+    })?;
+    let path = if attach.is_absolute() {
+        attach
+    } else {
+        mount.join(attach)
+    };
+    let err = |reason: &str| CgroupError::Attach {
+        path: path.clone(),
+        reason: reason.to_string(),
+    };
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| err(&format!("cannot resolve: {e}")))?;
+    let mount = mount
+        .canonicalize()
+        .map_err(|e| err(&format!("cgroup mount: {e}")))?;
+    if canonical == mount {
+        return Err(err("is the root of the cgroup hierarchy; refusing to capture every process on the machine"));
+    }
+    if !canonical.starts_with(&mount) {
+        return Err(err(&format!("is not below the cgroup v2 mount {}", mount.display())));
+    }
+    if !canonical.join("cgroup.procs").exists() {
+        return Err(err("is not a cgroup v2 directory"));
+    }
+    Ok(canonical)
+}
+
+/// The cgroup v2 id (the directory's inode) of the cgroup this process lives in; the
+/// programs never steer sockets made from it.
+pub fn own_cgroup_id(config: &CgroupConfig) -> Result<u64, CgroupError> {
+    let mount = mount(config)?;
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| CgroupError::Own {
+        path: PathBuf::from("/proc/self/cgroup"),
+        reason: e.to_string(),
+    })?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| CgroupError::Own {
+            path: PathBuf::from("/proc/self/cgroup"),
+            reason: "no cgroup v2 entry".into(),
+        })?;
+    let path = mount.join(relative.trim_start_matches('/'));
+    id_of(&path)
+}
+
+fn id_of(path: &Path) -> Result<u64, CgroupError> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| CgroupError::Own {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_a_hybrid_layout() {
+        let info = "24 23 0:21 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                    25 24 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                    33 24 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(find_cgroup2("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn the_root_cgroup_is_refused() {
+        let Ok(mount) = mount(&CgroupConfig::default()) else {
+            panic!("this machine has no cgroup v2 mount");
+        };
+        let config = CgroupConfig {
+            mount: Some(mount.clone()),
+            attach: Some(mount.clone()),
+        };
+        let err = resolve_attach(&config).unwrap_err().to_string();
+        assert!(err.contains("root of the cgroup hierarchy"), "{err}");
+        let config = CgroupConfig {
+            mount: Some(mount),
+            attach: Some(PathBuf::from(".")),
+        };
+        assert!(resolve_attach(&config).is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! `outrider`: the node agent, and the testbed that builds nodes and pods on one machine.
+//!
+//! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
+//! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
+//! copying) → `telemetry` (access logs). `netns` is where sockets are made; `testbed`
+//! builds the playground the tests, the demo and people use.
+mod agent;
+mod config;
+mod dataplane;
+mod enrollment;
+mod logging;
+mod netns;
+mod proxy;
+mod telemetry;
+#[cfg(any())]
+mod testbed;
+mod workloads;
+mod yaml;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "outrider", version, about = "Sidecar-less service-mesh node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Run {
+        /// The agent's config file (YAML).
+        #[arg(long, env = "OUTRIDER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
+    #[command(subcommand)]
+    Testbed(Dummy),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => agent::run(&config),
+        Command::Testbed(_cmd) => todo!(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("outrider: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+#[derive(clap::Subcommand)] enum Dummy { X }

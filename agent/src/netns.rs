@@ -1,0 +1,189 @@
+//! Where the agent's sockets are made. A pod's sockets are made *inside* the pod's
+//! network namespace (the thread enters it with setns, makes the socket, and returns at
+//! once — no await in between), so that listeners sit in the pod and upstream connections
+//! leave with the pod's IP. Every socket carries the agent's SO_MARK.
+use std::{
+    fs::File,
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// `SO_NETNS_COOKIE` (linux/asm-generic/socket.h); the same cookie the kernel programs
+/// read with `bpf_get_netns_cookie`.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+/// `NSFS_MAGIC` (linux/magic.h): the file system of namespace files.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path} is not a network namespace file")]
+    NotANamespace { path: PathBuf },
+    #[error("network namespace {path}: cannot enter: {source}")]
+    Enter { path: PathBuf, source: io::Error },
+}
+
+/// The agent's own network namespace, captured once, before any thread has moved.
+fn home() -> &'static io::Result<File> {
+    static HOME: OnceLock<io::Result<File>> = OnceLock::new();
+    HOME.get_or_init(|| File::open("/proc/self/ns/net"))
+}
+
+/// Records the agent's own namespace. Call once at start, on the main thread.
+pub fn init() -> io::Result<()> {
+    match home() {
+        Ok(_) => Ok(()),
+        Err(err) => Err(io::Error::new(err.kind(), format!("/proc/self/ns/net: {err}"))),
+    }
+}
+
+/// An open network namespace and its cookie.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+    cookie: u64,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> Result<Self, NetnsError> {
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| NetnsError::Open {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(NetnsError::NotANamespace {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut ns = Self {
+            file,
+            path: path.to_path_buf(),
+            cookie: 0,
+        };
+        let probe = ns
+            .enter(|| Socket::new(Domain::IPV4, Type::DGRAM, None))
+            .map_err(|source| NetnsError::Enter {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        ns.cookie = netns_cookie(&probe).map_err(|source| NetnsError::Enter {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(ns)
+    }
+
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on this thread inside the namespace, then returns to the agent's own.
+    /// `f` must not block or yield: it should only make sockets.
+    pub fn enter<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let home = home().as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
+        struct Return<'a>(&'a File);
+        impl Drop for Return<'_> {
+            fn drop(&mut self) {
+                if let Err(err) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+                    // A thread stuck in a pod's namespace would make later sockets there.
+                    tracing::error!(error = %err, "cannot return to the agent's network namespace");
+                    std::process::abort();
+                }
+            }
+        }
+        let _back = Return(home);
+        f()
+    }
+
+    /// A listening TCP socket bound to `addr` inside the namespace.
+    pub fn listen(&self, addr: SocketAddr, backlog: u32, mark: u32) -> io::Result<std::net::TcpListener> {
+        let socket = self.enter(|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_mark(mark)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.set_reuse_address(true)?;
+            Ok(socket)
+        })?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    }
+
+    /// An unconnected TCP socket inside the namespace for a connection to `dest`.
+    pub fn tcp_socket(&self, dest: SocketAddr, mark: u32) -> io::Result<tokio::net::TcpSocket> {
+        let socket = self.enter(|| {
+            let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_mark(mark)?;
+            socket.set_nonblocking(true)?;
+            socket.set_tcp_nodelay(true)?;
+            Ok(socket)
+        })?;
+        let std: std::net::TcpStream = socket.into();
+        Ok(tokio::net::TcpSocket::from_std_stream(std))
+    }
+}
+
+/// The network-namespace cookie of the namespace `socket` lives in.
+pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, a u64 out-buffer of the length we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_has_a_cookie_and_sockets_are_marked() {
+        init().unwrap();
+        let ns = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        assert_ne!(ns.cookie(), 0);
+        let listener = ns.listen("127.0.0.1:0".parse().unwrap(), 16, 0x4f52).unwrap();
+        let mark = socket2::SockRef::from(&listener).mark().unwrap();
+        assert_eq!(mark, 0x4f52);
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(netns_cookie(&probe).unwrap(), ns.cookie());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_namespace_is_refused() {
+        let err = Netns::open(Path::new("/proc/self/status")).unwrap_err();
+        assert!(matches!(err, NetnsError::NotANamespace { .. }), "{err}");
+        let err = Netns::open(Path::new("/nonexistent/ns")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ns"), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! The local workload source: a YAML file listing the node's pods, polled for changes
+//! (polling survives editors and ConfigMap symlink swaps that inotify misses). A file
+//! with an error is reported with its location and reason and the previous set stays.
+//!
+//! ```yaml
+//! workloads:
+//!   - namespace: shop
+//!     name: web
+//!     uid: 6f1c…
+//!     serviceAccount: web
+//!     ips: [198.19.1.10, "fd6f:7264:1::10"]
+//!     netns: /run/netns/web
+//!     cgroup: /sys/fs/cgroup/kubepods/web
+//!     mode: node          # node (default) | none
+//! ```
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{Workload, WorkloadSet};
+use crate::yaml::{self, YamlError};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadFile {
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadFileError {
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+    #[error("{file}: workloads[{index}]: {reason}")]
+    Invalid {
+        file: PathBuf,
+        index: usize,
+        reason: String,
+    },
+}
+
+impl WorkloadFile {
+    pub fn load(path: &Path) -> Result<Self, WorkloadFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| YamlError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, WorkloadFileError> {
+        let parsed: WorkloadFile = yaml::from_str(path, text)?;
+        parsed.validate(path)?;
+        Ok(parsed)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), WorkloadFileError> {
+        let invalid = |index, reason: String| WorkloadFileError::Invalid {
+            file: file.to_path_buf(),
+            index,
+            reason,
+        };
+        let mut seen = HashMap::new();
+        for (index, w) in self.workloads.iter().enumerate() {
+            for (field, value) in [("namespace", &w.namespace), ("name", &w.name)] {
+                if !is_dns_label(value) {
+                    return Err(invalid(
+                        index,
+                        format!("{field}: {value:?} is not a DNS label (a-z, 0-9, '-', at most 63)"),
+                    ));
+                }
+            }
+            if w.service_account.is_empty() {
+                return Err(invalid(index, "serviceAccount: must not be empty".into()));
+            }
+            if !w.netns.is_absolute() {
+                return Err(invalid(
+                    index,
+                    format!("netns: {} is not an absolute path", w.netns.display()),
+                ));
+            }
+            if let Some(previous) = seen.insert(w.key(), index) {
+                return Err(invalid(
+                    index,
+                    format!("{} is listed twice (also workloads[{previous}])", w.key()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// What identifies a version of the file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok()?,
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+/// Watches `path`, publishing every valid version. The first value is the file as it is
+/// at start (empty if it is missing or invalid, which is logged).
+pub fn watch(path: PathBuf, interval: Duration) -> watch::Receiver<Arc<WorkloadSet>> {
+    let (tx, rx) = watch::channel(Arc::new(WorkloadSet::new()));
+    let mut last: Option<Stamp> = None;
+    let mut reported_missing = false;
+    let mut check = move |tx: &watch::Sender<Arc<WorkloadSet>>| {
+        let now = stamp(&path);
+        if now.is_none() {
+            if !reported_missing {
+                tracing::warn!(file = %path.display(), "workload file is missing; waiting for it");
+                reported_missing = true;
+            }
+            return;
+        }
+        reported_missing = false;
+        if now == last {
+            return;
+        }
+        last = now;
+        match WorkloadFile::load(&path) {
+            Ok(file) => {
+                tracing::info!(file = %path.display(), workloads = file.workloads.len(), "workload file loaded");
+                tx.send_replace(Arc::new(file.workloads));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "workload file rejected; the running set stays as it was");
+            }
+        }
+    };
+    check(&tx);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if tx.is_closed() {
+                return;
+            }
+            check(&tx);
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WorkloadFile, WorkloadFileError> {
+        WorkloadFile::parse(Path::new("/etc/outrider/workloads.yaml"), text)
+    }
+
+    const GOOD: &str = "workloads:
+  - namespace: shop
+    name: web
+    uid: u1
+    serviceAccount: web
+    ips: [198.19.1.10, 'fd6f:7264:1::10']
+    netns: /run/netns/web
+  - {namespace: shop, name: client, netns: /run/netns/client, mode: none}
+";
+
+    #[test]
+    fn parses_a_valid_file_with_defaults() {
+        let file = parse(GOOD).unwrap();
+        assert_eq!(file.workloads.len(), 2);
+        assert_eq!(file.workloads[0].ips.len(), 2);
+        assert_eq!(file.workloads[1].service_account, "default");
+        assert_eq!(file.workloads[1].mode, super::super::Mode::None);
+        assert_eq!(file.workloads[0].mode, super::super::Mode::Node);
+    }
+
+    #[test]
+    fn bad_ip_names_file_line_and_field() {
+        let err = parse(&GOOD.replace("198.19.1.10", "198.19.1.300"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/outrider/workloads.yaml:"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("workloads[0].ips[0]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_and_mode_are_rejected() {
+        let err = parse(&GOOD.replace("serviceAccount: web", "serviceAcount: web"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serviceAcount"), "{err}");
+        let err = parse(&GOOD.replace("mode: none", "mode: sometimes"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workloads[1].mode"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_and_bad_names_are_rejected() {
+        let twice = format!("{GOOD}  - {{namespace: shop, name: web, netns: /x}}\n");
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("workloads[2]: shop/web is listed twice"), "{err}");
+        let err = parse(&GOOD.replace("name: web", "name: Web_1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("workloads[0]: name"), "{err}");
+        let err = parse(&GOOD.replace("netns: /run/netns/web", "netns: web"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an absolute path"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn watch_publishes_valid_versions_and_keeps_the_last_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.yaml");
+        std::fs::write(&path, GOOD).unwrap();
+        let mut rx = watch(path.clone(), Duration::from_millis(20));
+        assert_eq!(rx.borrow_and_update().len(), 2);
+
+        std::fs::write(&path, "workloads: [ {broken").unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!rx.has_changed().unwrap(), "an invalid file must not be published");
+        assert_eq!(rx.borrow().len(), 2);
+
+        std::fs::write(&path, "workloads: []\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.borrow().len(), 0);
+    }
+}
