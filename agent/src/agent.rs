@@ -4,7 +4,9 @@ use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 
-use crate::{config::Config, dataplane::Dataplane, enrollment::Enrollment, logging, netns, workloads};
+use crate::{
+    config::Config, dataplane::Dataplane, enrollment::Enrollment, logging, netns, workloads,
+};
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
@@ -29,8 +31,10 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let Some(file) = config.workloads.file.clone() else {
         anyhow::bail!("workloads.file is not set: the agent has no workload source");
     };
-    let workloads =
-        workloads::file::watch(file, Duration::from_millis(config.workloads.poll_interval_ms));
+    let workloads = workloads::file::watch(
+        file,
+        Duration::from_millis(config.workloads.poll_interval_ms),
+    );
     let enrollment = Enrollment::new(config.clone(), dataplane);
     let enrollment = tokio::spawn(enrollment.run(workloads, || tracing::info!("agent ready")));
 

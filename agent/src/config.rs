@@ -215,7 +215,6 @@ impl Config {
         }
         Ok(())
     }
-
 }
 
 #[cfg(test)]
@@ -234,7 +233,10 @@ mod tests {
         let (_d, path) = write("cgroup: {attach: /sys/fs/cgroup/pods}\n");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.capture.outbound_port, 15001);
-        assert_eq!(config.capture.reserved_ports, DEFAULT_RESERVED_PORTS.to_vec());
+        assert_eq!(
+            config.capture.reserved_ports,
+            DEFAULT_RESERVED_PORTS.to_vec()
+        );
         assert_eq!(config.workloads.poll_interval_ms, 250);
     }
 

@@ -6,8 +6,9 @@ use crate::config::{LogConfig, LogFormat};
 
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec)
-            .map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?}: {e}"))?,
+        Ok(spec) if !spec.is_empty() => {
+            EnvFilter::try_new(&spec).map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?}: {e}"))?
+        }
         _ => EnvFilter::try_new(&config.level)
             .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", config.level))?,
     };

@@ -12,7 +12,6 @@ mod logging;
 mod netns;
 mod proxy;
 mod telemetry;
-#[cfg(any())]
 mod testbed;
 mod workloads;
 mod yaml;
@@ -22,7 +21,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "outrider", version, about = "Sidecar-less service-mesh node agent")]
+#[command(
+    name = "outrider",
+    version,
+    about = "Sidecar-less service-mesh node agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,14 +41,14 @@ enum Command {
     },
     /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
     #[command(subcommand)]
-    Testbed(Dummy),
+    Testbed(testbed::TestbedCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
-        Command::Testbed(_cmd) => todo!(),
+        Command::Testbed(cmd) => testbed::run(cmd),
     };
     match result {
         Ok(code) => code,
@@ -55,4 +58,3 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
-#[derive(clap::Subcommand)] enum Dummy { X }

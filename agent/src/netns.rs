@@ -40,7 +40,10 @@ fn home() -> &'static io::Result<File> {
 pub fn init() -> io::Result<()> {
     match home() {
         Ok(_) => Ok(()),
-        Err(err) => Err(io::Error::new(err.kind(), format!("/proc/self/ns/net: {err}"))),
+        Err(err) => Err(io::Error::new(
+            err.kind(),
+            format!("/proc/self/ns/net: {err}"),
+        )),
     }
 }
 
@@ -96,7 +99,9 @@ impl Netns {
     /// Runs `f` on this thread inside the namespace, then returns to the agent's own.
     /// `f` must not block or yield: it should only make sockets.
     pub fn enter<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        let home = home().as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        let home = home()
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
         struct Return<'a>(&'a File);
         impl Drop for Return<'_> {
@@ -113,7 +118,12 @@ impl Netns {
     }
 
     /// A listening TCP socket bound to `addr` inside the namespace.
-    pub fn listen(&self, addr: SocketAddr, backlog: u32, mark: u32) -> io::Result<std::net::TcpListener> {
+    pub fn listen(
+        &self,
+        addr: SocketAddr,
+        backlog: u32,
+        mark: u32,
+    ) -> io::Result<std::net::TcpListener> {
         let socket = self.enter(|| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_mark(mark)?;
@@ -172,7 +182,9 @@ mod tests {
         init().unwrap();
         let ns = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
         assert_ne!(ns.cookie(), 0);
-        let listener = ns.listen("127.0.0.1:0".parse().unwrap(), 16, 0x4f52).unwrap();
+        let listener = ns
+            .listen("127.0.0.1:0".parse().unwrap(), 16, 0x4f52)
+            .unwrap();
         let mark = socket2::SockRef::from(&listener).mark().unwrap();
         assert_eq!(mark, 0x4f52);
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

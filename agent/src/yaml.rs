@@ -11,13 +11,12 @@ pub enum YamlError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}:{location}{field}{reason}")]
+    #[error("{file}:{location}{reason}")]
     Parse {
         file: PathBuf,
         /// `line L column C: ` when known.
         location: String,
-        /// `path.to.field: ` when known.
-        field: String,
+        /// Starts with the field path (`workloads[2].ips[0]: `) when not at the top.
         reason: String,
     },
 }
@@ -35,27 +34,20 @@ pub fn from_file<T: DeserializeOwned>(path: &Path) -> Result<T, YamlError> {
 pub fn from_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, YamlError> {
     // An empty document is an empty mapping, so that all-default files are valid.
     let text = if text.trim().is_empty() { "{}" } else { text };
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let field = err.path().to_string();
-        let inner = err.into_inner();
-        let location = inner
+    serde_yaml_ng::from_str(text).map_err(|err| {
+        let location = err
             .location()
             .map(|l| format!(" line {} column {}: ", l.line(), l.column()))
             .unwrap_or_else(|| " ".to_string());
-        // serde_yaml_ng appends " at line L column C" to its messages; we said it already.
-        let mut reason = inner.to_string();
+        // serde_yaml_ng starts its message with the field path (`workloads[2].ips[0]: …`)
+        // and ends it with " at line L column C", which we have said already.
+        let mut reason = err.to_string();
         if let Some(cut) = reason.find(" at line ") {
             reason.truncate(cut);
         }
         YamlError::Parse {
             file: path.to_path_buf(),
             location,
-            field: if field == "." || field.is_empty() {
-                String::new()
-            } else {
-                format!("{field}: ")
-            },
             reason,
         }
     })

@@ -1,1 +1,79 @@
-fn main() {}
+//! `cargo xtask …`: everything beyond plain cargo — set-up of a fresh machine, the demo,
+//! and the full test run (unit + privileged end-to-end tests on the testbed).
+mod demo;
+mod setup;
+mod test;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src for nightly, bpf-linker, the apt packages the
+    /// tests and the demo use. Idempotent.
+    Setup,
+    /// Set up, build, and show capture on a two-node testbed.
+    Demo,
+    /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Demo => setup::run().and_then(|()| demo::run()),
+        Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: $ {}", shown.replace('"', ""));
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo build --release` of the agent; returns the path of `outrider`.
+pub fn build_agent() -> anyhow::Result<PathBuf> {
+    run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "outrider"]))?;
+    Ok(root().join("target/release/outrider"))
+}

@@ -18,22 +18,50 @@ pub enum CgroupError {
     Own { path: PathBuf, reason: String },
 }
 
-/// The cgroup v2 mount: configured, or the first `cgroup2` in /proc/self/mountinfo.
+/// The cgroup v2 mount: configured, or found by [`find_mount`].
 pub fn mount(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
-    if let Some(mount) = &config.mount {
-        return Ok(mount.clone());
+    match &config.mount {
+        Some(mount) => Ok(mount.clone()),
+        None => find_mount(),
     }
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NoMount)?;
-    find_cgroup2(&info).ok_or(CgroupError::NoMount)
 }
 
-fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
+/// The cgroup v2 mount, from `/proc/self/mountinfo` (e.g. `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid systems).
+pub fn find_mount() -> Result<PathBuf, CgroupError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NoMount)?;
+    mount_from_mountinfo(&text).ok_or(CgroupError::NoMount)
+}
+
+fn mount_from_mountinfo(text: &str) -> Option<PathBuf> {
+    // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <source> <opts>"
+    text.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        left.split(' ').nth(4).map(|p| PathBuf::from(unescape(p)))
     })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The attach cgroup as an absolute path, checked.
@@ -59,10 +87,15 @@ pub fn resolve_attach(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
         .canonicalize()
         .map_err(|e| err(&format!("cgroup mount: {e}")))?;
     if canonical == mount {
-        return Err(err("is the root of the cgroup hierarchy; refusing to capture every process on the machine"));
+        return Err(err(
+            "is the root of the cgroup hierarchy; refusing to capture every process on the machine",
+        ));
     }
     if !canonical.starts_with(&mount) {
-        return Err(err(&format!("is not below the cgroup v2 mount {}", mount.display())));
+        return Err(err(&format!(
+            "is not below the cgroup v2 mount {}",
+            mount.display()
+        )));
     }
     if !canonical.join("cgroup.procs").exists() {
         return Err(err("is not a cgroup v2 directory"));
@@ -103,12 +136,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_cgroup2_mount_in_a_hybrid_layout() {
-        let info = "24 23 0:21 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
-                    25 24 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
-                    33 24 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(find_cgroup2("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    fn finds_the_cgroup2_mount_among_v1_mounts() {
+        let text = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            mount_from_mountinfo(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let text = "41 31 0:38 / /mnt/my\\040cgroups rw shared:9 - cgroup2 none rw\n";
+        assert_eq!(
+            mount_from_mountinfo(text),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
+        assert_eq!(
+            mount_from_mountinfo("32 31 0:29 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! them by bpf_link to the cgroup that holds the pods, and owns their maps — the enrolled
 //! set (by network-namespace cookie), the original destinations of steered connections,
 //! and the agent-wide settings. Dropping the [`Dataplane`] detaches everything.
-mod cgroup;
+pub mod cgroup;
 
 use std::{
     fs::File,
@@ -17,7 +17,10 @@ use agent_ebpf::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
 use ipnet::IpNet;
@@ -30,7 +33,9 @@ pub use cgroup::{CgroupError, own_cgroup_id, resolve_attach};
 pub enum DataplaneError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("loading the kernel programs: {0} (the agent needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN)")]
+    #[error(
+        "loading the kernel programs: {0} (the agent needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("kernel program {name}: {source}")]
     Program {
@@ -49,7 +54,10 @@ pub enum DataplaneError {
     #[error("kernel program {0} is missing from the object")]
     MissingProgram(&'static str),
     #[error("cgroup {path}: {source}")]
-    OpenCgroup { path: PathBuf, source: std::io::Error },
+    OpenCgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -83,7 +91,12 @@ impl OrigDstTable {
 
 fn orig_to_socket_addr(orig: &OrigDst) -> SocketAddr {
     let ip = if orig.family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(orig.addr[0], orig.addr[1], orig.addr[2], orig.addr[3]))
+        IpAddr::V4(Ipv4Addr::new(
+            orig.addr[0],
+            orig.addr[1],
+            orig.addr[2],
+            orig.addr[3],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(orig.addr))
     };
@@ -132,7 +145,11 @@ impl Dataplane {
             };
             settings.set(0, value, 0).map_err(map_err(MAP_SETTINGS))?;
         }
-        fill_port_set(&mut ebpf, MAP_RESERVED_PORTS, &config.capture.reserved_ports)?;
+        fill_port_set(
+            &mut ebpf,
+            MAP_RESERVED_PORTS,
+            &config.capture.reserved_ports,
+        )?;
         fill_port_set(&mut ebpf, MAP_EXCLUDED_PORTS, &config.capture.exclude_ports)?;
         fill_cidrs(&mut ebpf, &config.capture.exclude_cidrs)?;
 

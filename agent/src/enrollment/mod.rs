@@ -47,7 +47,11 @@ impl Enrollment {
     }
 
     /// Follows the workload source until it goes away.
-    pub async fn run(mut self, mut workloads: watch::Receiver<Arc<WorkloadSet>>, ready: impl FnOnce()) {
+    pub async fn run(
+        mut self,
+        mut workloads: watch::Receiver<Arc<WorkloadSet>>,
+        ready: impl FnOnce(),
+    ) {
         let current = workloads.borrow_and_update().clone();
         self.reconcile(&current);
         ready();
@@ -160,11 +164,5 @@ impl Enrollment {
         }
         tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.
-    }
-
-    /// `namespace/name` of every enrolled pod.
-    #[cfg(test)]
-    pub fn enrolled(&self) -> Vec<String> {
-        self.pods.keys().map(|k| k.to_string()).collect()
     }
 }

@@ -103,7 +103,11 @@ mod tests {
     }
 
     /// app ⇄ [a | proxy | b] ⇄ upstream
-    async fn proxied() -> (TcpStream, TcpStream, tokio::task::JoinHandle<(io::Result<()>, u64, u64)>) {
+    async fn proxied() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<(io::Result<()>, u64, u64)>,
+    ) {
         let (app, a) = pair().await;
         let (b, upstream) = pair().await;
         let task = tokio::spawn(async move {

@@ -66,7 +66,10 @@ pub fn start(proxy: Arc<PodProxy>, port: u16, backlog: u32) -> io::Result<PodLis
     let mut listeners = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let std = proxy.netns.listen(addr, backlog, proxy.mark).map_err(|e| {
-            io::Error::new(e.kind(), format!("listen on {addr} in {}: {e}", proxy.netns.path().display()))
+            io::Error::new(
+                e.kind(),
+                format!("listen on {addr} in {}: {e}", proxy.netns.path().display()),
+            )
         })?;
         listeners.push(tokio::net::TcpListener::from_std(std)?);
     }

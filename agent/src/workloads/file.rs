@@ -72,7 +72,9 @@ impl WorkloadFile {
                 if !is_dns_label(value) {
                     return Err(invalid(
                         index,
-                        format!("{field}: {value:?} is not a DNS label (a-z, 0-9, '-', at most 63)"),
+                        format!(
+                            "{field}: {value:?} is not a DNS label (a-z, 0-9, '-', at most 63)"
+                        ),
                     ));
                 }
             }
@@ -222,7 +224,10 @@ mod tests {
     fn duplicates_and_bad_names_are_rejected() {
         let twice = format!("{GOOD}  - {{namespace: shop, name: web, netns: /x}}\n");
         let err = parse(&twice).unwrap_err().to_string();
-        assert!(err.contains("workloads[2]: shop/web is listed twice"), "{err}");
+        assert!(
+            err.contains("workloads[2]: shop/web is listed twice"),
+            "{err}"
+        );
         let err = parse(&GOOD.replace("name: web", "name: Web_1"))
             .unwrap_err()
             .to_string();
@@ -243,7 +248,10 @@ mod tests {
 
         std::fs::write(&path, "workloads: [ {broken").unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!rx.has_changed().unwrap(), "an invalid file must not be published");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an invalid file must not be published"
+        );
         assert_eq!(rx.borrow().len(), 2);
 
         std::fs::write(&path, "workloads: []\n").unwrap();

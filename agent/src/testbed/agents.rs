@@ -1,0 +1,296 @@
+//! One agent per node: its files (`DIR/<node>/{agent.yaml,workloads.yaml,agent.log}`),
+//! starting it inside the node (network namespace, `<node>/agent` cgroup), waiting until
+//! it says it is ready, and stopping it.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use super::{
+    cgroup, exec,
+    state::{self, AGENT_PID_FILE, AgentState, NodeState, State},
+};
+use crate::{
+    config::{CgroupConfig, Config, LogConfig, LogFormat, WorkloadSourceConfig},
+    workloads::{Mode, Workload, file::WorkloadFile},
+};
+
+/// How long agents get to say "agent ready".
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an agent gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn workloads_path(dir: &Path, node: &str) -> PathBuf {
+    State::node_dir(dir, node).join("workloads.yaml")
+}
+
+pub fn config_path(dir: &Path, node: &str) -> PathBuf {
+    State::node_dir(dir, node).join("agent.yaml")
+}
+
+pub fn log_path(dir: &Path, node: &str) -> PathBuf {
+    State::node_dir(dir, node).join("agent.log")
+}
+
+pub fn agent_cgroup(node: &NodeState) -> PathBuf {
+    node.cgroup.join("agent")
+}
+
+/// Writes every node's workload file and agent config (also without `--agents`, so that
+/// an agent can be started by hand and `enroll` works).
+pub fn write_files(dir: &Path, state: &State, cgroup_mount: &Path) -> anyhow::Result<()> {
+    for node in &state.nodes {
+        let node_dir = State::node_dir(dir, &node.name);
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let workloads = WorkloadFile {
+            workloads: state
+                .pods
+                .iter()
+                .filter(|p| p.node == node.name)
+                .map(|p| Workload {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    uid: p.uid.clone(),
+                    service_account: p.service_account.clone(),
+                    ips: vec![p.ipv4.into(), p.ipv6.into()],
+                    netns: p.netns.clone(),
+                    cgroup: Some(p.cgroup.clone()),
+                    mode: if p.enrolled { Mode::Node } else { Mode::None },
+                })
+                .collect(),
+        };
+        let path = workloads_path(dir, &node.name);
+        let text =
+            serde_yaml_ng::to_string(&workloads).context("cannot serialize a workload file")?;
+        state::write_atomically(&path, text.as_bytes())?;
+
+        let config = Config {
+            node_name: node.name.clone(),
+            instance: format!("{}-{}", state.prefix, node.name),
+            workloads: WorkloadSourceConfig {
+                file: Some(path),
+                ..WorkloadSourceConfig::default()
+            },
+            cgroup: CgroupConfig {
+                mount: Some(cgroup_mount.to_path_buf()),
+                attach: Some(node.cgroup.clone()),
+            },
+            log: LogConfig {
+                format: LogFormat::Json,
+                ..LogConfig::default()
+            },
+            ..Config::default()
+        };
+        let text = serde_yaml_ng::to_string(&config).context("cannot serialize an agent config")?;
+        state::write_atomically(&config_path(dir, &node.name), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Starts every node's agent, records it in `state` and `DIR/<node>/agent.pid`, and waits
+/// until all are ready. On error the agents started stay (the caller tears down).
+pub fn start(dir: &Path, state: &mut State) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the outrider executable")?;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let result =
+        start_all(dir, state, &exe, &mut children).and_then(|()| wait_ready(dir, &mut children));
+    // Children are waited for by whoever outlives us (after `up`, init); if we failed,
+    // `down` kills them. Reap those already gone, so no zombie stays behind.
+    for (_, child) in &mut children {
+        let _ = child.try_wait();
+    }
+    result
+}
+
+fn start_all(
+    dir: &Path,
+    state: &mut State,
+    exe: &Path,
+    children: &mut Vec<(String, Child)>,
+) -> anyhow::Result<()> {
+    for node in &mut state.nodes {
+        let config = config_path(dir, &node.name);
+        let log = log_path(dir, &node.name);
+        // A new testbed, a new log (appended to by both stdout and stderr).
+        std::fs::write(&log, "").with_context(|| format!("cannot write {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        exec::enter(&mut cmd, &node.netns, &agent_cgroup(node), true)?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the agent of node {}", node.name))?;
+        let pid = child.id();
+        children.push((node.name.clone(), child));
+        let pid_file = State::node_dir(dir, &node.name).join(AGENT_PID_FILE);
+        std::fs::write(&pid_file, format!("{pid}\n"))
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
+        node.agent = Some(AgentState {
+            pid,
+            config,
+            log,
+            workloads: workloads_path(dir, &node.name),
+        });
+    }
+    Ok(())
+}
+
+/// True when a line of a JSON log is the agent's "agent ready".
+fn is_ready_line(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line)
+        .is_ok_and(|v| v["fields"]["message"] == "agent ready")
+}
+
+/// The last `n` lines of `path`, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
+
+fn wait_ready(dir: &Path, children: &mut [(String, Child)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut waiting: Vec<usize> = (0..children.len()).collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for k in waiting {
+            let (node, child) = &mut children[k];
+            let log = log_path(dir, node);
+            let ready = std::fs::read_to_string(&log)
+                .map(|text| text.lines().any(is_ready_line))
+                .unwrap_or(false);
+            if ready {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "the agent of node {node} exited ({status}) before it was ready; last lines of {}:\n{}",
+                    log.display(),
+                    tail(&log, 20)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent of node {node} is not ready after {}s; last lines of {}:\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    log.display(),
+                    tail(&log, 20)
+                );
+            }
+            still.push(k);
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// The PIDs of the agents of a testbed state directory: from the state if there is one,
+/// and from `DIR/<node>/agent.pid` (written before the state, when `up` died half way).
+pub fn recorded_pids(dir: &Path, state: Option<&State>) -> Vec<u32> {
+    let mut pids: Vec<u32> = state
+        .map(|s| {
+            s.nodes
+                .iter()
+                .filter_map(|n| n.agent.as_ref().map(|a| a.pid))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.path().join(AGENT_PID_FILE);
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(pid) = text.trim().parse::<u32>()
+                && !pids.contains(&pid)
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Stops the agents `pids` that are still in the testbed `prefix`'s cgroups (a recycled
+/// PID is never touched): SIGTERM, then SIGKILL after a while.
+pub fn stop(pids: &[u32], prefix: &str) {
+    let ours: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&pid| alive(pid) && cgroup::pid_is_below(pid, prefix))
+        .collect();
+    for &pid in &ours {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while ours.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &pid in &ours {
+        if alive(pid) && cgroup::pid_is_below(pid, prefix) {
+            eprintln!(
+                "outrider: agent {pid} did not stop within {}s; killing it",
+                STOP_TIMEOUT.as_secs()
+            );
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_ready_line() {
+        let line = r#"{"timestamp":"2025-01-01T00:00:00Z","level":"INFO","fields":{"message":"agent ready","workloads":2},"target":"outrider::agent"}"#;
+        assert!(is_ready_line(line));
+        assert!(!is_ready_line(
+            &line.replace("agent ready", "agent starting")
+        ));
+        assert!(!is_ready_line("agent ready"));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "1\n2\n3\n").unwrap();
+        assert_eq!(tail(&path, 2), "2\n3");
+        assert_eq!(tail(&path, 10), "1\n2\n3");
+    }
+}

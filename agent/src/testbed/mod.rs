@@ -1,0 +1,78 @@
+//! `outrider testbed …`: Kubernetes-like nodes and pods on one machine, made of network
+//! namespaces, veths, bridges and cgroups, with one agent per node (see DESIGN.md,
+//! "Testbed"). This file holds the commands and sends each to the module that does it.
+mod agents;
+mod cgroup;
+mod exec;
+mod lifecycle;
+mod net;
+mod plan;
+mod spec;
+pub mod state;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum TestbedCommand {
+    /// Build the nodes and pods of a spec; with --agents, start one agent per node.
+    Up {
+        /// The testbed spec (YAML): nodes, and pods on each.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Directory for the testbed's state (testbed.json), configs and logs.
+        #[arg(long)]
+        state: PathBuf,
+        /// Start an agent on every node and wait until each is ready.
+        #[arg(long)]
+        agents: bool,
+    },
+    /// Remove everything a testbed made, also after a failed or crashed `up`.
+    Down {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Run a command inside a pod (its network namespace and cgroup).
+    Exec {
+        #[arg(long)]
+        state: PathBuf,
+        /// The pod, as namespace/name.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Enroll a pod: set its mode to `node` in its node's workload file.
+    Enroll {
+        #[arg(long)]
+        state: PathBuf,
+        /// The pod, as namespace/name.
+        pod: String,
+    },
+    /// Unenroll a pod: set its mode to `none` in its node's workload file.
+    Unenroll {
+        #[arg(long)]
+        state: PathBuf,
+        /// The pod, as namespace/name.
+        pod: String,
+    },
+}
+
+pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TestbedCommand::Up {
+            spec,
+            state,
+            agents,
+        } => lifecycle::up(&spec, &state, agents),
+        TestbedCommand::Down { state } => lifecycle::down(&state),
+        TestbedCommand::Exec {
+            state,
+            pod,
+            command,
+        } => exec::exec(&state, &pod, &command),
+        TestbedCommand::Enroll { state, pod } => exec::set_enrolled(&state, &pod, true),
+        TestbedCommand::Unenroll { state, pod } => exec::set_enrolled(&state, &pod, false),
+    }
+}

@@ -1,0 +1,428 @@
+//! End-to-end test support: a testbed (nodes, pods, optionally agents) for one test, made
+//! with `outrider testbed up` and removed with `outrider testbed down` when dropped, also
+//! when the test panics. Tests using it run as root (`cargo xtask test`).
+//!
+//! ```ignore
+//! mod support;
+//! let tb = support::Testbed::up(SPEC, true);
+//! let out = tb.exec("shop/client", &["curl", "-s", "http://198.19.1.11/"]);
+//! tb.wait_log("node-a", Duration::from_secs(5), |l| l["fields"]["message"] == "pod enrolled");
+//! ```
+#![allow(dead_code)]
+
+#[path = "../../src/testbed/state.rs"]
+mod state;
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+#[allow(unused_imports)] // Each test uses some.
+pub use state::{AgentState, NodeState, PodState, State};
+
+/// The binary under test.
+pub const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
+
+/// Set to keep the state directory (configs, agent logs) after the test.
+const KEEP_ENV: &str = "OUTRIDER_KEEP_TESTBED";
+
+pub struct Testbed {
+    dir: tempfile::TempDir,
+    pub state: State,
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout:\n{}\n--- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+impl Testbed {
+    /// Builds the testbed of `spec_yaml` (see `outrider testbed up`); with `agents`, one
+    /// agent per node, ready when this returns.
+    pub fn up(spec_yaml: &str, agents: bool) -> Testbed {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("end-to-end tests need root: run `cargo xtask test`");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("outrider-testbed-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let spec = dir.path().join("spec.yaml");
+        std::fs::write(&spec, spec_yaml).expect("cannot write the spec");
+        if agents {
+            // Agents outlive `testbed up`, their parent: make them ours when it exits, so
+            // that `Drop` can reap them (not every container's init does).
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        }
+        let mut cmd = Command::new(OUTRIDER);
+        cmd.args(["testbed", "up", "--spec"])
+            .arg(&spec)
+            .arg("--state")
+            .arg(dir.path());
+        if agents {
+            cmd.arg("--agents");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed up`");
+        if !out.status.success() {
+            // Whatever `up` left (it cleans up after itself, but it may have crashed).
+            let _ = Command::new(OUTRIDER)
+                .args(["testbed", "down", "--state"])
+                .arg(dir.path())
+                .output();
+            panic!("`outrider testbed up` failed: {}", describe(&out));
+        }
+        let state = match State::load(dir.path()) {
+            Ok(state) => state,
+            Err(err) => panic!("testbed up succeeded but its state is unreadable: {err:#}"),
+        };
+        Testbed { dir, state }
+    }
+
+    /// The state directory (`testbed.json`, `<node>/agent.log`, …).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The pod `namespace/name`; panics listing the pods if there is none.
+    pub fn pod(&self, key: &str) -> &PodState {
+        match self.state.pod(key) {
+            Some(pod) => pod,
+            None => panic!(
+                "no pod {key:?} in the testbed (pods: {})",
+                self.state.pod_list()
+            ),
+        }
+    }
+
+    /// The node `name`; panics listing the nodes if there is none.
+    pub fn node(&self, name: &str) -> &NodeState {
+        match self.state.node(name) {
+            Some(node) => node,
+            None => {
+                let names: Vec<&str> = self.state.nodes.iter().map(|n| n.name.as_str()).collect();
+                panic!(
+                    "no node {name:?} in the testbed (nodes: {})",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    fn exec_command(&self, pod: &str, args: &[&str]) -> Command {
+        self.pod(pod);
+        let mut cmd = Command::new(OUTRIDER);
+        cmd.args(["testbed", "exec", "--state"])
+            .arg(self.dir())
+            .arg(pod)
+            .arg("--")
+            .args(args);
+        cmd
+    }
+
+    /// Runs `args` in `pod` (its network namespace and cgroup) and waits for it.
+    pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
+        self.exec_command(pod, args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed exec`")
+    }
+
+    /// Runs `sh -c script` in `pod`.
+    pub fn sh(&self, pod: &str, script: &str) -> Output {
+        self.exec(pod, &["sh", "-c", script])
+    }
+
+    /// Starts `args` in `pod` in the background (a server, a load generator); it is killed
+    /// when the returned value is dropped. Its stdout and stderr go to a file in the state
+    /// directory ([`Background::output`]).
+    pub fn spawn(&self, pod: &str, args: &[&str]) -> Background {
+        self.background(pod, args, false)
+    }
+
+    /// Like [`Testbed::spawn`], with stdin and stdout piped (`background.child.stdin`,
+    /// `.stdout`); stderr goes to the file of [`Background::output`].
+    pub fn spawn_piped(&self, pod: &str, args: &[&str]) -> Background {
+        self.background(pod, args, true)
+    }
+
+    fn background(&self, pod: &str, args: &[&str], piped: bool) -> Background {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let program = args
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let log = self.dir().join(format!("bg-{n}-{program}.log"));
+        let err = File::create(&log).expect("cannot create a log file");
+        let (stdin, stdout) = if piped {
+            (Stdio::piped(), Stdio::piped())
+        } else {
+            let out = err.try_clone().expect("cannot open a log file");
+            (Stdio::null(), Stdio::from(out))
+        };
+        let child = self
+            .exec_command(pod, args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(err)
+            .spawn()
+            .expect("cannot run `outrider testbed exec`");
+        Background {
+            child,
+            log,
+            what: format!("{pod}: {}", args.join(" ")),
+        }
+    }
+
+    /// Waits (up to 10 s) until a TCP socket listens on `port` in the pod's network
+    /// namespace, any address, IPv4 or IPv6.
+    pub fn wait_listening(&self, pod: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // /proc/net is the reader's network namespace: read it from inside the pod.
+            let out = self.exec(pod, &["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if listening_ports(&text).contains(&port) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "nothing listens on TCP port {port} in pod {pod} after 10s; its sockets:\n{text}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn set_enrolled(&self, pod: &str, enrolled: bool) {
+        self.pod(pod);
+        let verb = if enrolled { "enroll" } else { "unenroll" };
+        let out = Command::new(OUTRIDER)
+            .args(["testbed", verb, "--state"])
+            .arg(self.dir())
+            .arg(pod)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed enroll`");
+        assert!(
+            out.status.success(),
+            "`outrider testbed {verb} {pod}` failed: {}",
+            describe(&out)
+        );
+    }
+
+    /// Sets the pod's mode to `node` in its node's workload file (the agent sees it
+    /// within its poll interval).
+    pub fn enroll(&self, pod: &str) {
+        self.set_enrolled(pod, true);
+    }
+
+    /// Sets the pod's mode to `none`.
+    pub fn unenroll(&self, pod: &str) {
+        self.set_enrolled(pod, false);
+    }
+
+    /// `DIR/<node>/agent.log`.
+    pub fn agent_log_path(&self, node: &str) -> PathBuf {
+        self.node(node);
+        self.dir().join(node).join("agent.log")
+    }
+
+    /// The JSON lines of the node's agent log, parsed (other lines are skipped).
+    pub fn agent_log(&self, node: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// Waits until the node's agent logs a line matching `pred` and returns it; panics
+    /// with the end of the log after `timeout`.
+    pub fn wait_log(&self, node: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_log_after(node, 0, timeout, pred)
+    }
+
+    /// How many JSON lines the node's agent has logged so far: a mark for
+    /// [`Testbed::wait_log_after`].
+    pub fn log_mark(&self, node: &str) -> usize {
+        self.agent_log(node).len()
+    }
+
+    /// Like [`Testbed::wait_log`], looking only at lines after the first `mark` ones.
+    pub fn wait_log_after(
+        &self,
+        node: &str,
+        mark: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .agent_log(node)
+                .into_iter()
+                .skip(mark)
+                .find(|l| pred(l))
+            {
+                return line;
+            }
+            if Instant::now() > deadline {
+                let path = self.agent_log_path(node);
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "no matching line in {} after {timeout:?}; its last lines:\n{}",
+                    path.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What of this testbed is still on the machine (empty after a clean `down`).
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let wanted = format!("{}-", self.state.prefix);
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            left.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .filter(|n| n.starts_with(&wanted))
+                    .map(|n| format!("network namespace {n}")),
+            );
+        }
+        if self.state.cgroup_root.exists() {
+            left.push(format!("cgroup {}", self.state.cgroup_root.display()));
+        }
+        left
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let down = Command::new(OUTRIDER)
+            .args(["testbed", "down", "--state"])
+            .arg(self.dir())
+            .stdin(Stdio::null())
+            .output();
+        let mut problems = Vec::new();
+        match down {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => problems.push(format!(
+                "`outrider testbed down` failed: {}",
+                describe(&out)
+            )),
+            Err(err) => problems.push(format!("cannot run `outrider testbed down`: {err}")),
+        }
+        // Reap the agents (ours since `up` exited: we are their subreaper).
+        for agent in self.state.nodes.iter().filter_map(|n| n.agent.as_ref()) {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(agent.pid as i32),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        let left = self.leftovers();
+        if !left.is_empty() {
+            problems.push(format!("left behind: {}", left.join(", ")));
+        }
+        let keep = std::thread::panicking() || std::env::var_os(KEEP_ENV).is_some();
+        if keep {
+            self.dir.disable_cleanup(true);
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "\n!!!!!!!! testbed {} was not removed cleanly !!!!!!!!\n{}\n",
+                self.state.prefix,
+                problems.join("\n")
+            );
+        }
+        if keep {
+            eprintln!(
+                "testbed {}: state and logs kept in {}",
+                self.state.prefix,
+                self.dir().display()
+            );
+        }
+    }
+}
+
+/// TCP ports in LISTEN state in `/proc/net/tcp{,6}` text.
+fn listening_ports(text: &str) -> Vec<u16> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            if state != "0A" {
+                return None;
+            }
+            let (_, port) = local.rsplit_once(':')?;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
+/// A program running in a pod, killed (by its PID, which is the program's own) on drop.
+pub struct Background {
+    /// The program itself (`outrider testbed exec` became it).
+    pub child: Child,
+    log: PathBuf,
+    what: String,
+}
+
+impl Background {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with its output) if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited ({status}); its output:\n{}",
+                self.what,
+                self.output()
+            );
+        }
+    }
+
+    /// Stops it (SIGKILL) and returns its output.
+    pub fn stop(mut self) -> String {
+        self.kill();
+        self.output()
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,91 @@
+//! `cargo xtask setup`: make a fresh machine able to build and test Outrider. Each step
+//! checks first and only installs what is missing, so running it again costs seconds.
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::run as sh;
+
+/// bpf-linker that works with the preinstalled nightly's LLVM (see DESIGN.md).
+const BPF_LINKER_VERSION: &str = "0.10.0";
+
+/// What the tests, the demo and the testbed run (Debian package names).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",     // ip: the testbed's namespaces, links and routes
+    "iputils-ping", // the testbed's connectivity check
+    "util-linux",   // nsenter
+    "curl",         // HTTP client workload
+    "socat",        // TCP workloads in the end-to-end tests
+    "python3",      // the demo's HTTP server (python3 -m http.server)
+    "coreutils",    // sha256sum, head
+];
+
+pub fn run() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    apt_packages()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("rustup has no nightly toolchain; the kernel programs need it (see DESIGN.md)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    sh(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing packages {missing:?}; run `cargo xtask setup` as root (it uses apt-get)");
+    }
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
