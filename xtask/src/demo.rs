@@ -97,6 +97,7 @@ pub fn run() -> anyhow::Result<()> {
             .context("starting the HTTP server")?,
     );
 
+    wait_listening(&outrider, &state, "shop/web", 8080)?;
     let web4 = ip("shop/web", "ipv4")?;
     let web6 = ip("shop/web", "ipv6")?;
     let requests = [
@@ -136,8 +137,8 @@ pub fn run() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     println!("\n== What each agent captured (its access log)");
     println!(
-        "  {:<7} {:<12} {:<30} {:<30} {:>6} {:>9}",
-        "NODE", "POD", "SOURCE (as the server saw it)", "ORIGINAL DESTINATION", "SENT", "RECEIVED"
+        "  {:<7} {:<12} {:<30} {:<30} {:>6} {:>9}  ERROR",
+        "NODE", "POD", "SOURCE (as the server saw it)", "ORIGINAL DESTINATION", "SENT", "RECEIVED",
     );
     let mut captured: Vec<String> = Vec::new();
     for node in ["node-a", "node-b"] {
@@ -145,13 +146,14 @@ pub fn run() -> anyhow::Result<()> {
             let f = &line["fields"];
             let pod = f["pod"].as_str().unwrap_or("?").to_string();
             println!(
-                "  {:<7} {:<12} {:<30} {:<30} {:>6} {:>9}",
+                "  {:<7} {:<12} {:<30} {:<30} {:>6} {:>9}  {}",
                 node,
                 pod,
                 f["src"].as_str().unwrap_or("?"),
                 f["dst"].as_str().unwrap_or("?"),
-                f["bytes_sent"],
-                f["bytes_received"],
+                f["bytes_sent"].as_u64().unwrap_or(0),
+                f["bytes_received"].as_u64().unwrap_or(0),
+                f["error"].as_str().unwrap_or("-"),
             );
             captured.push(pod);
         }
@@ -172,24 +174,44 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn curl(outrider: &Path, state: &Path, pod: &str, url: &str) -> anyhow::Result<String> {
+    let out = Command::new(outrider)
+        .args(["testbed", "exec", "--state"])
+        .arg(state)
+        .args([pod, "--", "curl", "-sS", "--max-time", "5", url])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{pod}: curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until something listens on TCP `port` in `pod` (reading /proc/net/tcp6 from
+/// inside the pod, whose network namespace it shows).
+fn wait_listening(outrider: &Path, state: &Path, pod: &str, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = format!(":{port:04X}");
     loop {
         let out = Command::new(outrider)
             .args(["testbed", "exec", "--state"])
             .arg(state)
-            .args([pod, "--", "curl", "-sS", "--max-time", "3", url])
+            .args([pod, "--", "cat", "/proc/net/tcp6"])
             .output()?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Columns: sl local_address rem_address st …; st 0A is LISTEN.
+        let listening = text.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1].ends_with(&wanted) && cols[3] == "0A"
+        });
+        if listening {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{pod}: curl {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("nothing listens on port {port} in {pod} after 10 s");
         }
-        // The server may still be starting.
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -42,7 +42,12 @@ pub fn agent_cgroup(node: &NodeState) -> PathBuf {
 
 /// Writes every node's workload file and agent config (also without `--agents`, so that
 /// an agent can be started by hand and `enroll` works).
-pub fn write_files(dir: &Path, state: &State, cgroup_mount: &Path) -> anyhow::Result<()> {
+pub fn write_files(
+    dir: &Path,
+    state: &State,
+    cgroup_mount: &Path,
+    base: &Config,
+) -> anyhow::Result<()> {
     for node in &state.nodes {
         let node_dir = State::node_dir(dir, &node.name);
         std::fs::create_dir_all(&node_dir)
@@ -82,9 +87,9 @@ pub fn write_files(dir: &Path, state: &State, cgroup_mount: &Path) -> anyhow::Re
             },
             log: LogConfig {
                 format: LogFormat::Json,
-                ..LogConfig::default()
+                ..base.log.clone()
             },
-            ..Config::default()
+            ..base.clone()
         };
         let text = serde_yaml_ng::to_string(&config).context("cannot serialize an agent config")?;
         state::write_atomically(&config_path(dir, &node.name), text.as_bytes())?;

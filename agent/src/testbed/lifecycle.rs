@@ -5,6 +5,8 @@ use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, bail};
 
+use crate::config::Config;
+
 use super::{
     agents, cgroup, net, plan,
     spec::Spec,
@@ -38,7 +40,8 @@ pub fn up(spec_path: &Path, dir: &Path, with_agents: bool) -> anyhow::Result<Exi
     let prefix_file = dir.join(PREFIX_FILE);
     std::fs::write(&prefix_file, format!("{prefix}\n"))
         .with_context(|| format!("cannot write {}", prefix_file.display()))?;
-    if let Err(err) = build(&dir, &mut state, &mount, with_agents) {
+    let agent = spec.agent.clone().unwrap_or_default();
+    if let Err(err) = build(&dir, &mut state, &mount, &agent, with_agents) {
         return match teardown(&dir, &prefix, &state.cgroup_root, Some(&state)) {
             Ok(()) => Err(err.context("testbed up failed (everything it made is removed again)")),
             Err(cleanup) => Err(err.context(format!(
@@ -62,7 +65,13 @@ fn unused_prefix(tag: Option<&str>, mount: &Path) -> anyhow::Result<String> {
     bail!("cannot find an unused testbed prefix")
 }
 
-fn build(dir: &Path, state: &mut State, mount: &Path, with_agents: bool) -> anyhow::Result<()> {
+fn build(
+    dir: &Path,
+    state: &mut State,
+    mount: &Path,
+    agent: &Config,
+    with_agents: bool,
+) -> anyhow::Result<()> {
     cgroup::create(&state.cgroup_root)?;
     for node in &state.nodes {
         cgroup::create(&agents::agent_cgroup(node))?;
@@ -73,7 +82,7 @@ fn build(dir: &Path, state: &mut State, mount: &Path, with_agents: bool) -> anyh
     }
     net::build(state)?;
     net::check(state)?;
-    agents::write_files(dir, state, mount)?;
+    agents::write_files(dir, state, mount, agent)?;
     if with_agents {
         agents::start(dir, state)?;
     }

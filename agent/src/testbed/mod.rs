@@ -4,6 +4,7 @@
 mod agents;
 mod cgroup;
 mod exec;
+mod leftovers;
 mod lifecycle;
 mod net;
 mod plan;
@@ -57,6 +58,12 @@ pub enum TestbedCommand {
         /// The pod, as namespace/name.
         pod: String,
     },
+    /// List what testbeds whose prefix starts with PREFIX left behind (namespaces,
+    /// cgroups), and kernel programs of ours still loaded; exit 1 if there is any.
+    Leftovers {
+        #[arg(long)]
+        prefix: String,
+    },
 }
 
 pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
@@ -74,5 +81,6 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
         } => exec::exec(&state, &pod, &command),
         TestbedCommand::Enroll { state, pod } => exec::set_enrolled(&state, &pod, true),
         TestbedCommand::Unenroll { state, pod } => exec::set_enrolled(&state, &pod, false),
+        TestbedCommand::Leftovers { prefix } => leftovers::run(&prefix),
     }
 }

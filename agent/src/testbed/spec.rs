@@ -8,13 +8,15 @@
 //!     pods:
 //!       - {namespace: shop, name: web, serviceAccount: web, enrolled: true}
 //!       - {namespace: shop, name: client}     # serviceAccount: default, enrolled: true
+//! agent:                                      # optional: agent settings for every node
+//!   capture: {excludePorts: [53]}             # (same fields as the agent's config file)
 //! ```
 use std::{collections::HashMap, fmt, ops::Deref, path::Path};
 
 use anyhow::bail;
 use serde::Deserialize;
 
-use crate::yaml;
+use crate::{config::Config, yaml};
 
 /// Node `i` owns 198.19.`i`.0/24, so there are at most 254 nodes.
 pub const MAX_NODES: usize = 254;
@@ -28,6 +30,10 @@ const RESERVED_NODE_NAMES: [&str; 2] = ["fabric", "prefix"];
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     pub nodes: Vec<NodeSpec>,
+    /// Agent settings for every node; the testbed sets the node-specific ones (node name,
+    /// instance, workload file, cgroups, JSON logs) on top.
+    #[serde(default)]
+    pub agent: Option<Config>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
