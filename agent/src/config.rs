@@ -23,6 +23,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub capture: CaptureConfig,
     pub proxy: ProxyConfig,
+    pub identity: IdentityConfig,
     pub log: LogConfig,
 }
 
@@ -38,6 +39,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             capture: CaptureConfig::default(),
             proxy: ProxyConfig::default(),
+            identity: IdentityConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -118,6 +120,30 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5000,
             buffer_bytes: 64 * 1024,
             backlog: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// SPIFFE trust domain: identities are `spiffe://<trustDomain>/ns/<ns>/sa/<sa>`.
+    /// Default `cluster.local`.
+    pub trust_domain: String,
+    /// Directory shaped like a mounted Kubernetes Secret holding the root CA: `ca.crt`
+    /// and `ca.key` (PEM). Written by `outrider ca init`. Default
+    /// `/var/run/secrets/outrider/ca`.
+    pub ca_dir: PathBuf,
+    /// Lifetime of workload certificates, renewed at half life. Default 86400 (24 h).
+    pub cert_ttl_seconds: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_string(),
+            ca_dir: PathBuf::from("/var/run/secrets/outrider/ca"),
+            cert_ttl_seconds: 86_400,
         }
     }
 }
@@ -206,6 +232,20 @@ impl Config {
         }
         if self.workloads.poll_interval_ms == 0 {
             return Err(invalid("workloads.pollIntervalMs", "must not be 0"));
+        }
+        if self.identity.cert_ttl_seconds < 2 {
+            return Err(invalid("identity.certTtlSeconds", "must be at least 2"));
+        }
+        let td = &self.identity.trust_domain;
+        if td.is_empty()
+            || !td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+        {
+            return Err(invalid(
+                "identity.trustDomain",
+                "must be non-empty lowercase letters, digits, '-', '.', '_'",
+            ));
         }
         if self.cgroup.attach.is_none() {
             return Err(invalid(

@@ -50,7 +50,12 @@ fn peer_seen_by_server(tb: &Testbed, pod: &str, dst: SocketAddr) -> IpAddr {
         "{pod} → {dst}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_peer(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The address in `$SOCAT_PEERADDR` as the peer echo server prints it: IPv6 in full, in
+/// brackets, IPv4 peers as IPv4-mapped.
+fn parse_peer(text: &str) -> IpAddr {
     let ip: IpAddr = text
         .trim()
         .trim_start_matches('[')
@@ -390,4 +395,99 @@ fn apps_cannot_bind_the_agents_reserved_ports() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn sockets_of_the_agent_are_never_steered_by_mark_or_by_cgroup() {
+    let tb = Testbed::up(SPEC, true);
+    let db = tb.pod("data/db").clone();
+    let client = tb.pod("shop/client").clone();
+    let _server = peer_echo_server(&tb, "data/db", 7000);
+    let mark = 0x4f52; // the agent's default SO_MARK (config.rs)
+
+    // An app socket carrying the agent's mark is taken for the agent's own. (socat sets
+    // generic socket options only after connect; python sets it before, as an app would.)
+    let by_mark = SocketAddr::new(db.ipv4.into(), 7000);
+    let script = format!(
+        "import socket\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, 36, {mark})  # SO_MARK\n\
+         s.connect(('{}', {}))\n\
+         print(s.recv(100).decode().strip())",
+        by_mark.ip(),
+        by_mark.port()
+    );
+    let out = tb.exec("shop/client", &["python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        parse_peer(&String::from_utf8_lossy(&out.stdout)),
+        IpAddr::from(client.ipv4)
+    );
+
+    // A process in the agent's cgroup, inside the enrolled pod's namespace, unmarked.
+    let by_cgroup = SocketAddr::new(db.ipv6.into(), 7000);
+    let agent_cgroup = tb.node("node-a").cgroup.join("agent");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec nsenter --net={} socat -t5 -T5 STDIO TCP6:{by_cgroup}",
+        agent_cgroup.display(),
+        client.netns.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Both reached the server, neither through the agent.
+    let marker = SocketAddr::new(db.ipv4.into(), 7000);
+    peer_seen_by_server(&tb, "shop/client", marker);
+    tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        is_access(v, "shop/client", marker)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        access_lines(&tb, "node-a", "shop/client").len(),
+        1,
+        "only the unmarked app connection"
+    );
+    assert!(
+        !access_lines(&tb, "node-a", "shop/client")
+            .iter()
+            .any(|v| v["fields"]["dst"] == by_cgroup.to_string()),
+    );
+}
+
+#[test]
+fn a_socket_bound_to_the_pod_ip_before_connect_is_captured() {
+    let tb = Testbed::up(SPEC, true);
+    let db = tb.pod("data/db").clone();
+    let client = tb.pod("shop/client").clone();
+    let _server = peer_echo_server(&tb, "data/db", 7000);
+    let dst = SocketAddr::new(db.ipv4.into(), 7000);
+    let out = tb.exec(
+        "shop/client",
+        &[
+            "socat",
+            "-t5",
+            "-T5",
+            "STDIO",
+            &format!("TCP4:{dst},bind={}:0", client.ipv4),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        is_access(v, "shop/client", dst)
+    });
 }
