@@ -2,12 +2,15 @@
 //!
 //! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
 //! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
-//! copying) → `telemetry` (access logs). `netns` is where sockets are made; `testbed`
-//! builds the playground the tests, the demo and people use.
+//! copying) → `telemetry` (access logs). `identity` gives enrolled service accounts their
+//! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
+//! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
+//! and people use.
 mod agent;
 mod config;
 mod dataplane;
 mod enrollment;
+mod identity;
 mod logging;
 mod netns;
 mod proxy;
@@ -39,6 +42,9 @@ enum Command {
         #[arg(long, env = "OUTRIDER_CONFIG")]
         config: PathBuf,
     },
+    /// Manage the mesh's built-in certificate authority.
+    #[command(subcommand)]
+    Ca(identity::cli::CaCommand),
     /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
@@ -48,6 +54,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
+        Command::Ca(cmd) => identity::cli::run(cmd),
         Command::Testbed(cmd) => testbed::run(cmd),
     };
     match result {
