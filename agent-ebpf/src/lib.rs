@@ -20,12 +20,28 @@ pub const MAP_EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
 pub const MAP_EXCLUDED_V4: &str = "EXCLUDED_V4";
 pub const MAP_EXCLUDED_V6: &str = "EXCLUDED_V6";
 
+/// Map: pod IPv4 (network-order bytes) → pod id; pods whose plaintext inbound is steered.
+pub const MAP_INBOUND_V4: &str = "INBOUND_V4";
+/// Map: pod IPv6 (bytes) → pod id.
+pub const MAP_INBOUND_V6: &str = "INBOUND_V6";
+/// SockMap: [`inbound_slot`] → the pod's `:15006` listener.
+pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+/// Pods per node the inbound slots can hold (pod ids are below this).
+pub const MAX_PODS: u32 = 16_384;
+
+/// Where a pod's inbound plaintext listener sits in `INBOUND_LISTENERS`.
+#[inline(always)]
+pub const fn inbound_slot(pod_id: u32, ipv6: bool) -> u32 {
+    pod_id * 2 + ipv6 as u32
+}
+
 /// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
 pub const PROG_CONNECT4: &str = "or_connect4";
 pub const PROG_CONNECT6: &str = "or_connect6";
 pub const PROG_SOCKOPS: &str = "or_sockops";
 pub const PROG_BIND4: &str = "or_bind4";
 pub const PROG_BIND6: &str = "or_bind6";
+pub const PROG_SK_LOOKUP: &str = "or_sk_lookup";
 /// Every program of ours starts with this.
 pub const PROG_PREFIX: &str = "or_";
 

@@ -4,6 +4,8 @@
 //!   the in-pod outbound listener and remember the original destination; `sockops`
 //!   publishes it under (netns cookie, family, client port) for the agent.
 //! - `guard`: `cgroup/bind4`, `cgroup/bind6` keep apps off the agent's reserved ports.
+//! - `inbound`: `sk_lookup`, per pod namespace, steers plaintext arriving for the pod to
+//!   the agent's `:15006` listener in it.
 //! - `maps`: every map, named by the constants in the shared library.
 //!
 //! On the host this file compiles to an empty program so that `cargo` commands over the
@@ -14,6 +16,8 @@
 mod capture;
 #[cfg(target_arch = "bpf")]
 mod guard;
+#[cfg(target_arch = "bpf")]
+mod inbound;
 #[cfg(target_arch = "bpf")]
 mod maps;
 

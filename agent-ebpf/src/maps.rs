@@ -1,9 +1,9 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
-use agent_ebpf::{OrigDst, OrigDstKey, PodEntry, Settings};
+use agent_ebpf::{MAX_PODS, OrigDst, OrigDstKey, PodEntry, Settings};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap},
 };
 
 #[map(name = "ENROLLED")]
@@ -29,6 +29,15 @@ pub static EXCLUDED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0
 
 #[map(name = "EXCLUDED_V6")]
 pub static EXCLUDED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "INBOUND_V4")]
+pub static INBOUND_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_PODS, 0);
+
+#[map(name = "INBOUND_V6")]
+pub static INBOUND_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_PODS, 0);
+
+#[map(name = "INBOUND_LISTENERS")]
+pub static INBOUND_LISTENERS: SockMap = SockMap::with_max_entries(MAX_PODS * 2, 0);
 
 /// True when the current socket belongs to the agent: by its mark or its cgroup.
 #[inline(always)]

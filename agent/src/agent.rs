@@ -5,7 +5,8 @@ use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 
 use crate::{
-    config::Config, dataplane::Dataplane, enrollment::Enrollment, logging, netns, workloads,
+    config::Config, dataplane::Dataplane, enrollment::Enrollment, identity::Identity, logging,
+    netns, proxy::Shared, workloads, workloads::directory::Directory,
 };
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -27,15 +28,25 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         instance = %config.instance,
         "agent starting"
     );
-    let dataplane = Dataplane::load(&config)?;
+    // Without its CA the agent must not start: it would have no identity to offer, and
+    // serving plaintext instead is not an option.
+    let identity = Identity::from_config(&config.identity)?;
     let Some(file) = config.workloads.file.clone() else {
         anyhow::bail!("workloads.file is not set: the agent has no workload source");
     };
+    let dataplane = Dataplane::load(&config)?;
+    let shared = Arc::new(Shared::new(
+        &config,
+        dataplane.orig_dst(),
+        Directory::default(),
+        identity,
+        node_addresses(),
+    ));
     let workloads = workloads::file::watch(
         file,
         Duration::from_millis(config.workloads.poll_interval_ms),
     );
-    let enrollment = Enrollment::new(config.clone(), dataplane);
+    let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared);
     let enrollment = tokio::spawn(enrollment.run(workloads, || tracing::info!("agent ready")));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -49,4 +60,21 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node's own addresses (the agent runs in the node's network namespace).
+fn node_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!("cannot list the node's addresses; strict mode will refuse probes");
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|s| std::net::IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())))
+        })
+        .filter(|ip| !ip.is_loopback())
+        .collect()
 }

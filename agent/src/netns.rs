@@ -153,6 +153,12 @@ impl Netns {
     }
 }
 
+impl AsFd for Netns {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 /// The network-namespace cookie of the namespace `socket` lives in.
 pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "socat",        // TCP workloads in the end-to-end tests
     "python3",      // the demo's HTTP server (python3 -m http.server)
     "coreutils",    // sha256sum, head
+    "tcpdump",      // captures on the testbed's links (is the tunnel encrypted?)
+    "openssl",      // a TLS client that presents foreign or expired certificates
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! set (by network-namespace cookie), the original destinations of steered connections,
 //! and the agent-wide settings. Dropping the [`Dataplane`] detaches everything.
 pub mod cgroup;
+mod inbound;
 
 use std::{
     fs::File,
@@ -28,6 +29,8 @@ use ipnet::IpNet;
 use crate::config::Config;
 
 pub use cgroup::{CgroupError, own_cgroup_id, resolve_attach};
+use inbound::InboundSteering;
+pub use inbound::PodInbound;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -53,6 +56,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("kernel program {0} is missing from the object")]
     MissingProgram(&'static str),
+    #[error("at most {0} pods per node can be enrolled")]
+    TooManyPods(u32),
     #[error("cgroup {path}: {source}")]
     OpenCgroup {
         path: PathBuf,
@@ -106,8 +111,9 @@ fn orig_to_socket_addr(orig: &OrigDst) -> SocketAddr {
 pub struct Dataplane {
     enrolled: HashMap<MapData, u64, PodEntry>,
     orig_dst: OrigDstTable,
+    inbound: InboundSteering,
     /// Holds the programs and their links; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 const CONNECT_PROGRAMS: [&str; 4] = [
@@ -195,11 +201,13 @@ impl Dataplane {
                 .ok_or(DataplaneError::MissingMap(MAP_ORIG_DST))?,
         )
         .map_err(map_err(MAP_ORIG_DST))?;
+        let inbound = InboundSteering::load(&mut ebpf)?;
         tracing::info!(cgroup = %attach.display(), agent_cgroup_id, "kernel programs attached");
         Ok(Self {
             enrolled,
             orig_dst: OrigDstTable(Arc::new(orig_dst)),
-            _ebpf: ebpf,
+            inbound,
+            ebpf,
         })
     }
 
@@ -216,6 +224,19 @@ impl Dataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(MAP_ENROLLED)(e)),
         }
+    }
+
+    /// Starts steering plaintext arriving for the pod to its `:15006` listeners.
+    pub fn attach_inbound<N: std::os::fd::AsFd, L: std::os::fd::AsRawFd>(
+        &mut self,
+        pod: PodInbound<'_, N, L>,
+    ) -> Result<(), DataplaneError> {
+        self.inbound.attach(&mut self.ebpf, pod)
+    }
+
+    /// Stops steering plaintext for the pod.
+    pub fn detach_inbound(&mut self, pod_id: u32, ips: &[IpAddr]) {
+        self.inbound.detach(&mut self.ebpf, pod_id, ips);
     }
 
     pub fn orig_dst(&self) -> OrigDstTable {

@@ -1,9 +1,13 @@
-//! Enrollment: turns the latest workload set into running pods. For each pod in `node`
-//! mode: open its network namespace, start its in-pod listeners, then add it to the
-//! kernel's enrolled map (in that order, so nothing is steered to a missing listener).
-//! When a pod leaves (or changes), the reverse: out of the map first, then its listeners
-//! close; connections already established run on. A pod that cannot be enrolled (its
-//! namespace vanished, say) is reported once and retried; the others are untouched.
+//! Enrollment: turns the latest workload set into running pods. Every set updates the
+//! cluster-wide directory the proxy looks destinations up in; then, for each pod of this
+//! node in `node` mode: open its network namespace, start its listeners, steer its
+//! inbound plaintext (`sk_lookup`), have its identity's certificate minted, and finally
+//! add it to the kernel's enrolled map — in that order, so nothing is steered to a
+//! listener that is not there yet. When a pod leaves (or changes), the reverse; its
+//! established connections run on. A pod that cannot be enrolled (its namespace vanished,
+//! say) is reported once and retried; the others are untouched.
+mod ids;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -13,36 +17,40 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    config::Config,
-    dataplane::Dataplane,
+    dataplane::{Dataplane, PodInbound},
+    identity::SpiffeId,
     netns::Netns,
-    proxy::{self, PodListeners, PodProxy},
+    proxy::{self, PodListeners, PodProxy, Shared, pod::Fd},
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
 
 struct EnrolledPod {
     workload: Workload,
     netns: Arc<Netns>,
+    pod_id: u32,
+    id: SpiffeId,
     _listeners: PodListeners,
 }
 
 pub struct Enrollment {
-    config: Arc<Config>,
+    node: String,
     dataplane: Dataplane,
+    shared: Arc<Shared>,
     pods: BTreeMap<WorkloadKey, EnrolledPod>,
     /// Pods that could not be enrolled, with the last error reported for them.
     failed: HashMap<WorkloadKey, (Workload, String)>,
-    next_pod_id: u32,
+    ids: ids::PodIds,
 }
 
 impl Enrollment {
-    pub fn new(config: Arc<Config>, dataplane: Dataplane) -> Self {
+    pub fn new(node: String, dataplane: Dataplane, shared: Arc<Shared>) -> Self {
         Self {
-            config,
+            node,
             dataplane,
+            shared,
             pods: BTreeMap::new(),
             failed: HashMap::new(),
-            next_pod_id: 1,
+            ids: ids::PodIds::new(agent_ebpf::MAX_PODS),
         }
     }
 
@@ -74,11 +82,13 @@ impl Enrollment {
         }
     }
 
-    /// Brings the enrolled pods in line with `desired`.
+    /// Brings the directory and the enrolled pods in line with `desired`.
     pub fn reconcile(&mut self, desired: &WorkloadSet) {
+        self.shared.directory.update(desired);
         let wanted: BTreeMap<WorkloadKey, &Workload> = desired
+            .workloads
             .iter()
-            .filter(|w| w.mode == Mode::Node)
+            .filter(|w| w.mode == Mode::Node && w.runs_on(&self.node))
             .map(|w| (w.key(), w))
             .collect();
 
@@ -118,27 +128,42 @@ impl Enrollment {
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {
         let key = workload.key();
         let netns = Arc::new(Netns::open(&workload.netns).map_err(|e| e.to_string())?);
-        let pod_proxy = Arc::new(PodProxy::new(
-            key.to_string(),
-            netns.clone(),
-            self.dataplane.orig_dst(),
-            &self.config,
-        ));
-        let listeners = proxy::outbound::start(
-            pod_proxy,
-            self.config.capture.outbound_port,
-            self.config.proxy.backlog,
-        )
-        .map_err(|e| e.to_string())?;
-        let pod_id = self.next_pod_id;
-        self.next_pod_id = self.next_pod_id.wrapping_add(1).max(1);
-        // On failure `listeners` drops here and closes: nothing half-applied remains.
-        self.dataplane
-            .enroll(netns.cookie(), pod_id)
+        let id = self
+            .shared
+            .identity
+            .workload_id(&workload.namespace, &workload.service_account)
             .map_err(|e| e.to_string())?;
+        let pod = Arc::new(PodProxy::new(
+            workload.clone(),
+            id.clone(),
+            netns.clone(),
+            self.shared.clone(),
+        ));
+        // From here on, a failure drops `listeners` (closing them) and undoes each step.
+        let listeners = proxy::pod::start(pod).map_err(|e| e.to_string())?;
+        let pod_id = self.ids.take().ok_or("no free pod slot on this node")?;
+        let inbound = PodInbound {
+            pod_id,
+            netns: &*netns,
+            ips: &workload.ips,
+            listener_v4: &Fd(listeners.inbound_fds.0),
+            listener_v6: &Fd(listeners.inbound_fds.1),
+        };
+        if let Err(e) = self.dataplane.attach_inbound(inbound) {
+            self.ids.give_back(pod_id);
+            return Err(e.to_string());
+        }
+        self.shared.identity.manager().ensure(&id);
+        if let Err(e) = self.dataplane.enroll(netns.cookie(), pod_id) {
+            self.dataplane.detach_inbound(pod_id, &workload.ips);
+            self.shared.identity.manager().release(&id);
+            self.ids.give_back(pod_id);
+            return Err(e.to_string());
+        }
         tracing::info!(
             pod = %key,
             uid = %workload.uid,
+            identity = %id,
             netns = %workload.netns.display(),
             netns_cookie = netns.cookie(),
             pod_id,
@@ -149,6 +174,8 @@ impl Enrollment {
             EnrolledPod {
                 workload: workload.clone(),
                 netns,
+                pod_id,
+                id,
                 _listeners: listeners,
             },
         );
@@ -162,6 +189,9 @@ impl Enrollment {
         if let Err(error) = self.dataplane.unenroll(pod.netns.cookie()) {
             tracing::error!(pod = %key, %error, "removing the pod from the kernel map failed");
         }
+        self.dataplane.detach_inbound(pod.pod_id, &pod.workload.ips);
+        self.shared.identity.manager().release(&pod.id);
+        self.ids.give_back(pod.pod_id);
         tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.
     }

@@ -1,9 +1,15 @@
 //! `outrider ca …`: the built-in CA's command line.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
+use anyhow::Context;
 use clap::Subcommand;
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 
-use super::{ca, x509};
+use super::{LocalCa, SignRequest, SpiffeId, ca, x509};
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -22,6 +28,26 @@ pub enum CaCommand {
         /// The root's lifetime in days.
         #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         validity_days: u32,
+    },
+    /// Issue a workload certificate by hand (for debugging a peer with openssl or curl):
+    /// writes DIR/tls.crt (leaf then root) and DIR/tls.key.
+    Issue {
+        /// The CA directory (ca.crt, ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The SPIFFE ID, e.g. spiffe://cluster.local/ns/shop/sa/web.
+        #[arg(long)]
+        id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        /// Issue it as of this many seconds ago (a certificate already expired when
+        /// larger than the lifetime).
+        #[arg(long, default_value_t = 0)]
+        backdate_seconds: u64,
+        /// Directory to write to (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -53,5 +79,58 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        CaCommand::Issue {
+            ca,
+            id,
+            ttl_seconds,
+            backdate_seconds,
+            out,
+        } => issue(&ca, &id, ttl_seconds, backdate_seconds, &out),
     }
+}
+
+fn issue(
+    ca_dir: &Path,
+    id: &str,
+    ttl_seconds: u64,
+    backdate_seconds: u64,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let id = SpiffeId::parse(id).with_context(|| format!("--id {id}"))?;
+    let ca = LocalCa::from_dir(ca_dir, id.trust_domain())?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating a key")?;
+    let request = SignRequest {
+        id: id.clone(),
+        public_key: key.subject_public_key_info().into(),
+        ttl: Duration::from_secs(ttl_seconds),
+    };
+    let now = SystemTime::now() - Duration::from_secs(backdate_seconds);
+    let chain = ca.issue(&request, now)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let pem: String = chain
+        .iter()
+        .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+        .collect();
+    let cert_path = out.join("tls.crt");
+    let key_path = out.join("tls.key");
+    std::fs::write(&cert_path, pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&key_path)
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        file.write_all(key.serialize_pem().as_bytes())
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+    }
+    println!(
+        "wrote {} and {} for {id}",
+        cert_path.display(),
+        key_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,8 +6,6 @@
 //! At start the agent calls [`Identity::from_config`]; enrollment then calls
 //! `manager().ensure(id)` / `release(id)` per pod, and the tunnel builds its TLS ends with
 //! [`Identity::server_config`] / [`Identity::client_config`].
-// Wired into the agent by the tunnel and inbound work; until then only tests use most of it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 pub mod ca;
 pub mod cli;

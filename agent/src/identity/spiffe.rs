@@ -12,6 +12,10 @@ const SCHEME: &str = "spiffe://";
 /// A workload identity: trust domain, Kubernetes namespace, service account. Holds the
 /// URI once (cheap to clone, free to display) with the offsets of its parts.
 #[derive(Clone)]
+#[allow(
+    dead_code,
+    reason = "namespace and service account are read by telemetry and tests"
+)]
 pub struct SpiffeId {
     uri: Arc<str>,
     td_end: usize,
@@ -94,10 +98,12 @@ impl SpiffeId {
         &self.uri[SCHEME.len()..self.td_end]
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
     pub fn namespace(&self) -> &str {
         &self.uri[self.ns_start..self.ns_end]
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
     pub fn service_account(&self) -> &str {
         &self.uri[self.sa_start..]
     }

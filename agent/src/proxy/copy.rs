@@ -1,16 +1,21 @@
-//! Copying a connection's bytes both ways. Each direction reads into its own buffer,
-//! which starts small and doubles (up to the configured size) while reads keep filling
-//! it, so idle connections stay cheap and bulk ones get big reads. End-of-stream on one
-//! side becomes a write shutdown on the other (half-close); an error on either side
-//! resets both (a reset propagates). Nothing is buffered beyond one buffer a direction,
-//! so a slow reader slows the writer (back-pressure).
+//! Copying a connection's bytes both ways, between any two streams (TCP, a tunnel
+//! stream). Each direction reads into its own buffer, which starts small and doubles (up
+//! to the configured size) while reads keep filling it, so idle connections stay cheap
+//! and bulk ones get big reads. End-of-stream on one side becomes a write shutdown on the
+//! other (half-close); an error on either side aborts both (a reset propagates). Nothing
+//! is buffered beyond one buffer a direction, so a slow reader slows the writer
+//! (back-pressure).
 use std::{
+    future::poll_fn,
     io,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
@@ -25,67 +30,136 @@ pub struct Counters {
     pub backward: AtomicU64,
 }
 
-/// Copies between `a` and `b` until both directions end. Returns the first error.
-pub async fn bidirectional(
-    a: TcpStream,
-    b: TcpStream,
+/// A stream that can be ended with a reset instead of a polite close.
+pub trait Abort {
+    fn abort(&mut self);
+}
+
+impl Abort for TcpStream {
+    fn abort(&mut self) {
+        // Closing with SO_LINGER 0 sends RST.
+        let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// Copies between `a` and `b` until both directions end. On an error both are aborted
+/// and the first error is returned.
+pub async fn bidirectional<A, B>(
+    mut a: A,
+    mut b: B,
     max_buffer: usize,
     counters: &Counters,
-) -> io::Result<()> {
-    let (mut ar, mut aw) = a.into_split();
-    let (mut br, mut bw) = b.into_split();
-    let result = {
-        let forward = one_way(&mut ar, &mut bw, max_buffer, &counters.forward);
-        let backward = one_way(&mut br, &mut aw, max_buffer, &counters.backward);
-        tokio::pin!(forward, backward);
-        let (mut forward_done, mut backward_done) = (false, false);
-        loop {
-            tokio::select! {
-                r = &mut forward, if !forward_done => match r {
-                    Ok(()) => forward_done = true,
-                    Err(e) => break Err(e),
-                },
-                r = &mut backward, if !backward_done => match r {
-                    Ok(()) => backward_done = true,
-                    Err(e) => break Err(e),
-                },
-            }
-            if forward_done && backward_done {
-                break Ok(());
-            }
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Abort + Unpin,
+    B: AsyncRead + AsyncWrite + Abort + Unpin,
+{
+    let mut forward = OneWay::new(max_buffer);
+    let mut backward = OneWay::new(max_buffer);
+    let result = poll_fn(|cx| {
+        let f = forward.poll(cx, &mut a, &mut b, &counters.forward);
+        if let Poll::Ready(Err(e)) = f {
+            return Poll::Ready(Err(e));
         }
-    };
+        let r = backward.poll(cx, &mut b, &mut a, &counters.backward);
+        if let Poll::Ready(Err(e)) = r {
+            return Poll::Ready(Err(e));
+        }
+        if f.is_ready() && r.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
     if result.is_err() {
-        // Reset both ends rather than closing them politely: whole streams, so that
-        // dropping a write half does not send a FIN first.
-        for stream in [ar.reunite(aw), br.reunite(bw)].into_iter().flatten() {
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-        }
+        a.abort();
+        b.abort();
     }
     result
 }
 
-async fn one_way<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    max_buffer: usize,
-    counter: &AtomicU64,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; INITIAL_BUFFER.min(max_buffer)];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            writer.shutdown().await?;
-            return Ok(());
+/// One direction: read into the buffer, write it all out, repeat; on end-of-stream shut
+/// the writer down.
+struct OneWay {
+    buf: Vec<u8>,
+    max: usize,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    done: bool,
+    need_flush: bool,
+}
+
+impl OneWay {
+    fn new(max: usize) -> Self {
+        Self {
+            buf: vec![0; INITIAL_BUFFER.min(max)],
+            max,
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            done: false,
+            need_flush: false,
         }
-        writer.write_all(&buf[..n]).await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() && buf.len() < max_buffer {
-            buf.resize((buf.len() * 2).min(max_buffer), 0);
+    }
+
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        counter: &AtomicU64,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                if self.cap == self.buf.len() && self.buf.len() < self.max {
+                    // The last read filled the buffer: this flow is bulky, read more.
+                    let grown = (self.buf.len() * 2).min(self.max);
+                    self.buf.resize(grown, 0);
+                }
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        self.pos = 0;
+                        self.cap = n;
+                        if n == 0 {
+                            self.read_done = true;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -93,7 +167,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,130 +1,109 @@
-//! Outbound: the in-pod listeners (127.0.0.1:15001 and [::1]:15001) that the kernel
-//! steers the pod's connects to. For each accepted connection: find its original
-//! destination, connect there from inside the pod (so the destination sees the pod's IP)
-//! with the agent's mark (so it is not steered again), copy, log.
+//! Outbound: the app's own connections, steered by the kernel to the pod's `:15001`
+//! listeners. For each: find its original destination; to a pod in the mesh (any node)
+//! it goes through a mutual-TLS tunnel to that pod's agent (`tunnel`); anywhere else it
+//! goes on in plaintext, from inside the pod (so the destination sees the pod's IP) with
+//! the agent's mark (so it is not steered again). Then copy, and log.
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::net::{TcpListener, TcpStream};
 
-use super::copy::{self, Counters};
-use crate::{
-    config::Config,
-    dataplane::OrigDstTable,
-    netns::Netns,
-    telemetry::access::{self, ConnectionRecord, Direction},
+use super::{
+    copy::{self, Counters},
+    pod::{self, PodProxy},
+    tunnel,
 };
+use crate::telemetry::access::{self, ConnectionRecord, Direction, Transport};
 
-/// Everything one pod's connections need; shared by its listeners and connections.
-pub struct PodProxy {
-    /// `namespace/name`.
-    pub pod: String,
-    pub netns: Arc<Netns>,
-    pub orig_dst: OrigDstTable,
-    pub mark: u32,
-    pub connect_timeout: Duration,
-    pub buffer_bytes: usize,
+pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
+    pod::accept_loop(listener, pod, handle).await;
 }
 
-impl PodProxy {
-    pub fn new(pod: String, netns: Arc<Netns>, orig_dst: OrigDstTable, config: &Config) -> Self {
-        Self {
-            pod,
-            netns,
-            orig_dst,
-            mark: config.capture.agent_mark,
-            connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
-            buffer_bytes: config.proxy.buffer_bytes,
-        }
-    }
-}
-
-/// A pod's running listeners. Dropping it closes them; connections already accepted run
-/// on to their end.
-pub struct PodListeners {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for PodListeners {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Opens the pod's outbound listeners inside its namespace and starts accepting.
-pub fn start(proxy: Arc<PodProxy>, port: u16, backlog: u32) -> io::Result<PodListeners> {
-    let addrs = [
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
-    ];
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let std = proxy.netns.listen(addr, backlog, proxy.mark).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listen on {addr} in {}: {e}", proxy.netns.path().display()),
-            )
-        })?;
-        listeners.push(tokio::net::TcpListener::from_std(std)?);
-    }
-    let tasks = listeners
-        .into_iter()
-        .map(|listener| tokio::spawn(accept_loop(listener, proxy.clone())))
-        .collect();
-    Ok(PodListeners { tasks })
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, proxy: Arc<PodProxy>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, proxy.clone()));
-            }
-            Err(err) => {
-                // Out of descriptors or memory: back off instead of spinning.
-                tracing::warn!(pod = %proxy.pod, error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle(app: TcpStream, peer: SocketAddr, proxy: Arc<PodProxy>) {
+async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let started = Instant::now();
     let counters = Counters::default();
-    let dst = proxy.orig_dst.lookup(proxy.netns.cookie(), peer);
+    let _ = app.set_nodelay(true);
+    let dst = pod.shared.orig_dst.lookup(pod.netns.cookie(), peer);
+    let dest = dst
+        .and_then(|d| pod.shared.directory.lookup(d.ip()))
+        .filter(|d| d.in_mesh());
     let mut src = peer;
-    let result = match dst {
-        None => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "no original destination recorded (not a steered connection)",
-        )),
-        Some(dst) => match connect(&proxy, dst).await {
+    let mut dst_identity = None;
+    let transport = if dest.is_some() {
+        Transport::Hbone
+    } else {
+        Transport::Plaintext
+    };
+    let result = match (dst, &dest) {
+        (None, _) => {
+            super::reset(app);
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no original destination recorded (not a steered connection)",
+            ))
+        }
+        (Some(dst), Some(dest)) => {
+            let peer_id = pod
+                .shared
+                .identity
+                .workload_id(&dest.namespace, &dest.service_account);
+            match peer_id {
+                Err(err) => {
+                    super::reset(app);
+                    Err(io::Error::other(format!(
+                        "destination {}: {err}",
+                        dest.key()
+                    )))
+                }
+                Ok(peer_id) => {
+                    dst_identity = Some(peer_id.to_string());
+                    if let Some(ip) = pod
+                        .workload
+                        .ips
+                        .iter()
+                        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+                    {
+                        src = SocketAddr::new(*ip, peer.port());
+                    }
+                    match tunnel::open(&pod, dst, &peer_id).await {
+                        Ok(stream) => {
+                            copy::bidirectional(app, stream, pod.shared.buffer_bytes, &counters)
+                                .await
+                        }
+                        Err(err) => {
+                            super::reset(app);
+                            Err(err)
+                        }
+                    }
+                }
+            }
+        }
+        (Some(dst), None) => match connect(&pod, dst).await {
             Ok(upstream) => {
                 if let Ok(local) = upstream.local_addr() {
                     src = local;
                 }
-                let _ = app.set_nodelay(true);
-                copy::bidirectional(app, upstream, proxy.buffer_bytes, &counters).await
+                copy::bidirectional(app, upstream, pod.shared.buffer_bytes, &counters).await
             }
             Err(err) => {
                 // Refuse the app's connection as the destination refused ours.
-                let _ = socket2::SockRef::from(&app).set_linger(Some(Duration::ZERO));
+                super::reset(app);
                 Err(err)
             }
         },
     };
     access::log(&ConnectionRecord {
-        pod: &proxy.pod,
+        pod: &pod.key,
         direction: Direction::Outbound,
+        transport,
         src,
         dst,
+        src_identity: Some(pod.id.as_str()),
+        dst_identity: dst_identity.as_deref(),
         bytes_sent: counters.forward.load(Ordering::Relaxed),
         bytes_received: counters.backward.load(Ordering::Relaxed),
         duration: started.elapsed(),
@@ -132,14 +111,7 @@ async fn handle(app: TcpStream, peer: SocketAddr, proxy: Arc<PodProxy>) {
     });
 }
 
-async fn connect(proxy: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {
-    let socket = proxy.netns.tcp_socket(dst, proxy.mark)?;
-    match tokio::time::timeout(proxy.connect_timeout, socket.connect(dst)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(io::Error::new(err.kind(), format!("connect {dst}: {err}"))),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("connect {dst}: timed out after {:?}", proxy.connect_timeout),
-        )),
-    }
+async fn connect(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = pod.netns.tcp_socket(dst, pod.shared.mark)?;
+    super::connect_with_timeout(socket, dst, pod.shared.connect_timeout).await
 }

@@ -6,13 +6,35 @@ use std::{net::SocketAddr, time::Duration};
 /// Which way a connection went, seen from the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// Opened by the pod's app.
     Outbound,
+    /// Opened to the pod's app.
+    Inbound,
+}
+
+/// How the bytes crossed the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// As the app sent them.
+    Plaintext,
+    /// Inside the mutual-TLS HTTP/2 tunnel (HBONE).
+    Hbone,
 }
 
 impl Direction {
     fn as_str(self) -> &'static str {
         match self {
             Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Hbone => "hbone",
         }
     }
 }
@@ -20,17 +42,20 @@ impl Direction {
 /// A finished (or failed) connection.
 #[derive(Debug)]
 pub struct ConnectionRecord<'a> {
-    /// `namespace/name` of the enrolled pod.
+    /// `namespace/name` of the enrolled pod whose agent logs it.
     pub pod: &'a str,
     pub direction: Direction,
-    /// Where the app connected from; for outbound, the source the destination saw (the
-    /// pod's IP) once the upstream connection is up, else the app's address.
+    pub transport: Transport,
+    /// Where the connection came from, as the receiving side saw it.
     pub src: SocketAddr,
     /// The original destination.
     pub dst: Option<SocketAddr>,
-    /// Bytes from the pod's app to the destination.
+    /// SPIFFE IDs, where known.
+    pub src_identity: Option<&'a str>,
+    pub dst_identity: Option<&'a str>,
+    /// Bytes from the connection's opener to its destination.
     pub bytes_sent: u64,
-    /// Bytes from the destination to the pod's app.
+    /// Bytes back to the opener.
     pub bytes_received: u64,
     pub duration: Duration,
     pub error: Option<String>,
@@ -42,13 +67,18 @@ pub fn log(record: &ConnectionRecord<'_>) {
         .map(|d| d.to_string())
         .unwrap_or_else(|| "unknown".into());
     let duration_ms = record.duration.as_secs_f64() * 1000.0;
+    let src_identity = record.src_identity.unwrap_or("");
+    let dst_identity = record.dst_identity.unwrap_or("");
     match &record.error {
         None => tracing::info!(
             target: "access",
             pod = record.pod,
             direction = record.direction.as_str(),
+            transport = record.transport.as_str(),
             src = %record.src,
             dst = %dst,
+            src_identity,
+            dst_identity,
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms,
@@ -58,8 +88,11 @@ pub fn log(record: &ConnectionRecord<'_>) {
             target: "access",
             pod = record.pod,
             direction = record.direction.as_str(),
+            transport = record.transport.as_str(),
             src = %record.src,
             dst = %dst,
+            src_identity,
+            dst_identity,
             bytes_sent = record.bytes_sent,
             bytes_received = record.bytes_received,
             duration_ms,

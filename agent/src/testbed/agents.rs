@@ -15,8 +15,9 @@ use super::{
     state::{self, AGENT_PID_FILE, AgentState, NodeState, State},
 };
 use crate::{
-    config::{CgroupConfig, Config, LogConfig, LogFormat, WorkloadSourceConfig},
-    workloads::{Mode, Workload, file::WorkloadFile},
+    config::{CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, WorkloadSourceConfig},
+    identity,
+    workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet},
 };
 
 /// How long agents get to say "agent ready".
@@ -40,40 +41,69 @@ pub fn agent_cgroup(node: &NodeState) -> PathBuf {
     node.cgroup.join("agent")
 }
 
-/// Writes every node's workload file and agent config (also without `--agents`, so that
-/// an agent can be started by hand and `enroll` works).
+/// The cluster's workloads as every agent sees them: all pods, each with its node, and
+/// the namespaces' mTLS modes.
+fn workload_set(state: &State) -> WorkloadSet {
+    WorkloadSet {
+        namespaces: state
+            .strict_namespaces
+            .iter()
+            .map(|ns| {
+                let settings = NamespaceSettings {
+                    mtls: MtlsMode::Strict,
+                };
+                (ns.clone(), settings)
+            })
+            .collect(),
+        workloads: state
+            .pods
+            .iter()
+            .map(|p| Workload {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                node: Some(p.node.clone()),
+                uid: p.uid.clone(),
+                service_account: p.service_account.clone(),
+                ips: vec![p.ipv4.into(), p.ipv6.into()],
+                netns: p.netns.clone(),
+                cgroup: Some(p.cgroup.clone()),
+                mode: if p.enrolled { Mode::Node } else { Mode::None },
+            })
+            .collect(),
+    }
+}
+
+/// Writes every node's workload file from `state` (atomically: agents read them at any
+/// time).
+pub fn write_workload_files(dir: &Path, state: &State) -> anyhow::Result<()> {
+    let text = serde_yaml_ng::to_string(&workload_set(state))
+        .context("cannot serialize a workload file")?;
+    for node in &state.nodes {
+        state::write_atomically(&workloads_path(dir, &node.name), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes the testbed's CA, every node's workload file and agent config (also without
+/// `--agents`, so that an agent can be started by hand and `enroll` works).
 pub fn write_files(
     dir: &Path,
     state: &State,
     cgroup_mount: &Path,
     base: &Config,
 ) -> anyhow::Result<()> {
+    if !state.ca_dir.join("ca.crt").exists() {
+        identity::ca::init(&state.ca_dir, &identity::ca::InitOptions::default())
+            .context("cannot make the testbed's CA")?;
+    }
     for node in &state.nodes {
         let node_dir = State::node_dir(dir, &node.name);
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("cannot create {}", node_dir.display()))?;
-        let workloads = WorkloadFile {
-            workloads: state
-                .pods
-                .iter()
-                .filter(|p| p.node == node.name)
-                .map(|p| Workload {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    uid: p.uid.clone(),
-                    service_account: p.service_account.clone(),
-                    ips: vec![p.ipv4.into(), p.ipv6.into()],
-                    netns: p.netns.clone(),
-                    cgroup: Some(p.cgroup.clone()),
-                    mode: if p.enrolled { Mode::Node } else { Mode::None },
-                })
-                .collect(),
-        };
+    }
+    write_workload_files(dir, state)?;
+    for node in &state.nodes {
         let path = workloads_path(dir, &node.name);
-        let text =
-            serde_yaml_ng::to_string(&workloads).context("cannot serialize a workload file")?;
-        state::write_atomically(&path, text.as_bytes())?;
-
         let config = Config {
             node_name: node.name.clone(),
             instance: format!("{}-{}", state.prefix, node.name),
@@ -88,6 +118,10 @@ pub fn write_files(
             log: LogConfig {
                 format: LogFormat::Json,
                 ..base.log.clone()
+            },
+            identity: IdentityConfig {
+                ca_dir: state.ca_dir.clone(),
+                ..base.identity.clone()
             },
             ..base.clone()
         };

@@ -12,9 +12,8 @@ use anyhow::Context;
 
 use super::{
     agents, cgroup,
-    state::{self, PodState, State},
+    state::{PodState, State},
 };
-use crate::workloads::{Mode, file::WorkloadFile};
 
 /// Makes `cmd`, once started, join the network namespace at `netns` and the cgroup
 /// `cgroup_dir` before it execs, so that its PID is the program itself. Both are opened
@@ -94,21 +93,12 @@ pub fn exec(dir: &Path, pod: &str, command: &[OsString]) -> anyhow::Result<ExitC
 pub fn set_enrolled(dir: &Path, pod: &str, enrolled: bool) -> anyhow::Result<ExitCode> {
     let mut state = State::load(dir)?;
     let pod = find_pod(&state, pod)?.clone();
-    let path = agents::workloads_path(dir, &pod.node);
-    let mut file = WorkloadFile::load(&path)?;
-    let workload = file
-        .workloads
-        .iter_mut()
-        .find(|w| w.namespace == pod.namespace && w.name == pod.name)
-        .with_context(|| format!("{}: pod {} is not listed", path.display(), pod.key()))?;
-    workload.mode = if enrolled { Mode::Node } else { Mode::None };
-    let text = serde_yaml_ng::to_string(&file).context("cannot serialize the workload file")?;
-    state::write_atomically(&path, text.as_bytes())?;
-
     for p in state.pods.iter_mut().filter(|p| p.key() == pod.key()) {
         p.enrolled = enrolled;
     }
+    agents::write_workload_files(dir, &state)?;
     state.save(dir)?;
+    let path = agents::workloads_path(dir, &pod.node);
     println!(
         "{}: {} (mode: {}, in {})",
         pod.key(),

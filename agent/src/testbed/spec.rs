@@ -8,15 +8,26 @@
 //!     pods:
 //!       - {namespace: shop, name: web, serviceAccount: web, enrolled: true}
 //!       - {namespace: shop, name: client}     # serviceAccount: default, enrolled: true
+//! namespaces:                                 # optional: mesh settings per namespace
+//!   shop: {mtls: strict}                      # strict | permissive (default)
 //! agent:                                      # optional: agent settings for every node
 //!   capture: {excludePorts: [53]}             # (same fields as the agent's config file)
 //! ```
-use std::{collections::HashMap, fmt, ops::Deref, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    ops::Deref,
+    path::Path,
+};
 
 use anyhow::bail;
 use serde::Deserialize;
 
-use crate::{config::Config, yaml};
+use crate::{
+    config::Config,
+    workloads::{MtlsMode, NamespaceSettings},
+    yaml,
+};
 
 /// Node `i` owns 198.19.`i`.0/24, so there are at most 254 nodes.
 pub const MAX_NODES: usize = 254;
@@ -34,6 +45,9 @@ pub struct Spec {
     /// instance, workload file, cgroups, JSON logs) on top.
     #[serde(default)]
     pub agent: Option<Config>,
+    /// Per-namespace mesh settings, e.g. `shop: {mtls: strict}`.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, NamespaceSettings>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -61,6 +75,17 @@ fn default_service_account() -> String {
 
 fn default_enrolled() -> bool {
     true
+}
+
+impl Spec {
+    /// Namespaces in strict mTLS mode.
+    pub fn strict_namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .filter(|(_, s)| s.mtls == MtlsMode::Strict)
+            .map(|(ns, _)| ns.clone())
+            .collect()
+    }
 }
 
 impl PodSpec {

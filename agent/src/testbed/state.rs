@@ -26,6 +26,12 @@ pub struct State {
     pub cgroup_root: PathBuf,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    /// Namespaces in strict mTLS mode (the others are permissive).
+    #[serde(default)]
+    pub strict_namespaces: Vec<String>,
+    /// The testbed's root CA (`ca.crt`, `ca.key`), shared by its agents.
+    #[serde(default)]
+    pub ca_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -3,6 +3,8 @@
 //! with an error is reported with its location and reason and the previous set stays.
 //!
 //! ```yaml
+//! namespaces:
+//!   shop: {mtls: strict}  # strict | permissive (default)
 //! workloads:
 //!   - namespace: shop
 //!     name: web
@@ -12,6 +14,7 @@
 //!     netns: /run/netns/web
 //!     cgroup: /sys/fs/cgroup/kubepods/web
 //!     mode: node          # node (default) | none
+//!     node: node-a        # where it runs; other nodes' pods are destinations only
 //! ```
 use std::{
     collections::HashMap,
@@ -20,18 +23,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Workload, WorkloadSet};
+use super::WorkloadSet;
 use crate::yaml::{self, YamlError};
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadFile {
-    #[serde(default)]
-    pub workloads: Vec<Workload>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadFileError {
@@ -43,9 +38,12 @@ pub enum WorkloadFileError {
         index: usize,
         reason: String,
     },
+    #[error("{file}: namespaces: {namespace:?} is not a DNS label")]
+    Namespace { file: PathBuf, namespace: String },
 }
 
-impl WorkloadFile {
+impl WorkloadSet {
+    /// Reads and checks a workload file.
     pub fn load(path: &Path) -> Result<Self, WorkloadFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| YamlError::Read {
             file: path.to_path_buf(),
@@ -55,47 +53,60 @@ impl WorkloadFile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, WorkloadFileError> {
-        let parsed: WorkloadFile = yaml::from_str(path, text)?;
-        parsed.validate(path)?;
+        let parsed: WorkloadSet = yaml::from_str(path, text)?;
+        validate(&parsed, path)?;
         Ok(parsed)
     }
+}
 
-    fn validate(&self, file: &Path) -> Result<(), WorkloadFileError> {
-        let invalid = |index, reason: String| WorkloadFileError::Invalid {
+fn validate(set: &WorkloadSet, file: &Path) -> Result<(), WorkloadFileError> {
+    let invalid = |index, reason: String| WorkloadFileError::Invalid {
+        file: file.to_path_buf(),
+        index,
+        reason,
+    };
+    if let Some(ns) = set.namespaces.keys().find(|ns| !is_dns_label(ns)) {
+        return Err(WorkloadFileError::Namespace {
             file: file.to_path_buf(),
-            index,
-            reason,
-        };
-        let mut seen = HashMap::new();
-        for (index, w) in self.workloads.iter().enumerate() {
-            for (field, value) in [("namespace", &w.namespace), ("name", &w.name)] {
-                if !is_dns_label(value) {
-                    return Err(invalid(
-                        index,
-                        format!(
-                            "{field}: {value:?} is not a DNS label (a-z, 0-9, '-', at most 63)"
-                        ),
-                    ));
-                }
-            }
-            if w.service_account.is_empty() {
-                return Err(invalid(index, "serviceAccount: must not be empty".into()));
-            }
-            if !w.netns.is_absolute() {
+            namespace: ns.clone(),
+        });
+    }
+    let mut seen = HashMap::new();
+    let mut ips = HashMap::new();
+    for (index, w) in set.workloads.iter().enumerate() {
+        for (field, value) in [("namespace", &w.namespace), ("name", &w.name)] {
+            if !is_dns_label(value) {
                 return Err(invalid(
                     index,
-                    format!("netns: {} is not an absolute path", w.netns.display()),
-                ));
-            }
-            if let Some(previous) = seen.insert(w.key(), index) {
-                return Err(invalid(
-                    index,
-                    format!("{} is listed twice (also workloads[{previous}])", w.key()),
+                    format!("{field}: {value:?} is not a DNS label (a-z, 0-9, '-', at most 63)"),
                 ));
             }
         }
-        Ok(())
+        if w.service_account.is_empty() {
+            return Err(invalid(index, "serviceAccount: must not be empty".into()));
+        }
+        if !w.netns.is_absolute() {
+            return Err(invalid(
+                index,
+                format!("netns: {} is not an absolute path", w.netns.display()),
+            ));
+        }
+        if let Some(previous) = seen.insert(w.key(), index) {
+            return Err(invalid(
+                index,
+                format!("{} is listed twice (also workloads[{previous}])", w.key()),
+            ));
+        }
+        for ip in &w.ips {
+            if let Some(previous) = ips.insert(*ip, index) {
+                return Err(invalid(
+                    index,
+                    format!("ips: {ip} belongs to workloads[{previous}] too"),
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -128,7 +139,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Watches `path`, publishing every valid version. The first value is the file as it is
 /// at start (empty if it is missing or invalid, which is logged).
 pub fn watch(path: PathBuf, interval: Duration) -> watch::Receiver<Arc<WorkloadSet>> {
-    let (tx, rx) = watch::channel(Arc::new(WorkloadSet::new()));
+    let (tx, rx) = watch::channel(Arc::new(WorkloadSet::default()));
     let mut last: Option<Stamp> = None;
     let mut reported_missing = false;
     let mut check = move |tx: &watch::Sender<Arc<WorkloadSet>>| {
@@ -145,10 +156,10 @@ pub fn watch(path: PathBuf, interval: Duration) -> watch::Receiver<Arc<WorkloadS
             return;
         }
         last = now;
-        match WorkloadFile::load(&path) {
-            Ok(file) => {
-                tracing::info!(file = %path.display(), workloads = file.workloads.len(), "workload file loaded");
-                tx.send_replace(Arc::new(file.workloads));
+        match WorkloadSet::load(&path) {
+            Ok(set) => {
+                tracing::info!(file = %path.display(), workloads = set.workloads.len(), "workload file loaded");
+                tx.send_replace(Arc::new(set));
             }
             Err(err) => {
                 tracing::error!(error = %err, "workload file rejected; the running set stays as it was");
@@ -174,8 +185,8 @@ pub fn watch(path: PathBuf, interval: Duration) -> watch::Receiver<Arc<WorkloadS
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<WorkloadFile, WorkloadFileError> {
-        WorkloadFile::parse(Path::new("/etc/outrider/workloads.yaml"), text)
+    fn parse(text: &str) -> Result<WorkloadSet, WorkloadFileError> {
+        WorkloadSet::parse(Path::new("/etc/outrider/workloads.yaml"), text)
     }
 
     const GOOD: &str = "workloads:
@@ -238,13 +249,39 @@ mod tests {
         assert!(err.contains("not an absolute path"), "{err}");
     }
 
+    #[test]
+    fn namespaces_and_remote_pods_parse_and_shared_ips_are_rejected() {
+        let text = format!(
+            "namespaces:\n  shop: {{mtls: strict}}\n{GOOD}  - {{namespace: data, name: db, node: node-b, netns: /x, ips: [198.19.2.11]}}\n"
+        );
+        let set = parse(&text).unwrap();
+        assert_eq!(set.mtls("shop"), super::super::MtlsMode::Strict);
+        assert_eq!(set.mtls("data"), super::super::MtlsMode::Permissive);
+        assert!(set.workloads[2].runs_on("node-b") && !set.workloads[2].runs_on("node-a"));
+        assert!(
+            set.workloads[0].runs_on("node-a"),
+            "no node means this node"
+        );
+        let err = parse(&text.replace("198.19.2.11", "198.19.1.10"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workloads[2]: ips: 198.19.1.10 belongs to workloads[0] too"),
+            "{err}"
+        );
+        let err = parse(&text.replace("mtls: strict", "mtls: always"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("namespaces.shop.mtls"), "{err}");
+    }
+
     #[tokio::test]
     async fn watch_publishes_valid_versions_and_keeps_the_last_on_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.yaml");
         std::fs::write(&path, GOOD).unwrap();
         let mut rx = watch(path.clone(), Duration::from_millis(20));
-        assert_eq!(rx.borrow_and_update().len(), 2);
+        assert_eq!(rx.borrow_and_update().workloads.len(), 2);
 
         std::fs::write(&path, "workloads: [ {broken").unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -252,13 +289,13 @@ mod tests {
             !rx.has_changed().unwrap(),
             "an invalid file must not be published"
         );
-        assert_eq!(rx.borrow().len(), 2);
+        assert_eq!(rx.borrow().workloads.len(), 2);
 
         std::fs::write(&path, "workloads: []\n").unwrap();
         tokio::time::timeout(Duration::from_secs(2), rx.changed())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(rx.borrow().len(), 0);
+        assert_eq!(rx.borrow().workloads.len(), 0);
     }
 }

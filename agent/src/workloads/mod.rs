@@ -1,9 +1,11 @@
-//! Who runs on this node and which of them are enrolled: the workload model, and the
-//! sources that produce it (`file`: a local YAML file, watched). Enrollment consumes the
-//! latest [`WorkloadSet`] and never looks at where it came from.
+//! Who runs in the mesh and which pods are enrolled: the workload model, the sources that
+//! produce it (`file`: a local YAML file, watched), and the cluster-wide view the proxy
+//! looks destinations up in (`directory`). Enrollment consumes the latest [`WorkloadSet`]
+//! and never looks at where it came from.
+pub mod directory;
 pub mod file;
 
-use std::{fmt, net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,12 +20,35 @@ pub enum Mode {
     None,
 }
 
+/// Whether an enrolled pod accepts plaintext from outside the mesh.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plaintext is served (as Istio's default PeerAuthentication).
+    #[default]
+    Permissive,
+    /// Only mutual-TLS tunnels are served; plaintext is refused.
+    Strict,
+}
+
+/// Mesh settings of one Kubernetes namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSettings {
+    #[serde(default)]
+    pub mtls: MtlsMode,
+}
+
 /// One pod, as enrollment needs it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
     pub namespace: String,
     pub name: String,
+    /// The node the pod runs on. Pods of other nodes are known as destinations only;
+    /// unset means this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The pod's UID; a new UID under the same name is a new pod.
     #[serde(default)]
     pub uid: String,
@@ -66,5 +91,30 @@ impl Workload {
     }
 }
 
-/// Every workload a source knows, in the source's order.
-pub type WorkloadSet = Vec<Workload>;
+impl Workload {
+    /// True when the pod runs on `node` (or the source did not say where it runs).
+    pub fn runs_on(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+}
+
+/// Everything a source knows: pods (this node's and, as destinations, other nodes'),
+/// and per-namespace settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSet {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, NamespaceSettings>,
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+}
+
+impl WorkloadSet {
+    /// The mTLS mode of `namespace` (permissive unless set).
+    pub fn mtls(&self, namespace: &str) -> MtlsMode {
+        self.namespaces
+            .get(namespace)
+            .map(|n| n.mtls)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,184 @@
+//! The server end of one accepted tunnel connection: the client preface, the HTTP/2
+//! handshake, then each request on its own task. A request must be `CONNECT` to an
+//! `ip:port` (else 400, and the other streams carry on); the caller's [`Handler`] opens
+//! the upstream or names the status to refuse with, and after the 200 moves the bytes.
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use h2::{RecvStream, server::SendResponse};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
+
+use super::{ConnectRequest, H2Stream, HboneError, Settings, preface::expect_preface};
+
+/// One CONNECT a server received.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Where the client wants to go (`:authority`).
+    pub authority: SocketAddr,
+    pub headers: HeaderMap,
+    /// The HTTP/2 stream id, for logs.
+    pub stream_id: u32,
+}
+
+impl Inbound {
+    /// The HBONE headers read back (`forwarded` source, `baggage`, `traceparent`).
+    pub fn request(&self) -> ConnectRequest {
+        ConnectRequest::from_parts(self.authority, &self.headers)
+    }
+}
+
+/// What a server does with each CONNECT. One handler serves a whole connection, each
+/// stream on its own task.
+pub trait Handler: Send + Sync + 'static {
+    /// What a CONNECT is spliced to, e.g. a `TcpStream` to the destination.
+    type Upstream: Send + 'static;
+
+    /// Decides on one CONNECT: the upstream to splice it to, or the status to refuse it
+    /// with (e.g. 403 by policy, 502 when the upstream refused the connection, 503).
+    fn open(
+        &self,
+        inbound: &Inbound,
+    ) -> impl Future<Output = Result<Self::Upstream, StatusCode>> + Send;
+
+    /// Runs once the 200 is sent: moves the bytes between `stream` and `upstream` (and
+    /// logs what it moved). Dropping `stream` before both directions ended resets it.
+    fn serve(
+        &self,
+        inbound: Inbound,
+        stream: H2Stream,
+        upstream: Self::Upstream,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Serves one accepted connection (a TLS stream with ALPN `h2`) until the client closes
+/// it, or `shutdown` resolves: then GOAWAY, and the streams under way run to their end
+/// before this returns (drop the future to cut them off). A connection that does not start with the HTTP/2 preface is
+/// refused at once with [`HboneError::NotHttp2`].
+pub async fn serve<T, H>(
+    io: T,
+    settings: &Settings,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HboneError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let io = expect_preface(io, settings.handshake_timeout).await?;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_send_buffer_size(settings.max_send_buffer)
+        .max_concurrent_streams(settings.max_concurrent_streams);
+    let mut conn = tokio::time::timeout(
+        settings.handshake_timeout,
+        builder.handshake::<_, Bytes>(io),
+    )
+    .await
+    .map_err(|_| HboneError::HandshakeTimeout(settings.handshake_timeout))?
+    .map_err(|e| HboneError::Handshake(Arc::new(e)))?;
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            () = &mut shutdown, if !draining => {
+                tracing::debug!("HBONE server connection draining");
+                conn.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
+        match next {
+            None => return Ok(()),
+            Some(Ok((request, respond))) => {
+                let handler = handler.clone();
+                let max_chunk = settings.max_write_chunk;
+                tokio::spawn(handle(request, respond, handler, max_chunk).in_current_span());
+            }
+            // The client closed the connection politely.
+            Some(Err(e)) if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) => {
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(HboneError::Connection(Arc::new(e))),
+        }
+    }
+}
+
+async fn handle<H: Handler>(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    handler: Arc<H>,
+    max_chunk: usize,
+) {
+    let stream_id = respond.stream_id().as_u32();
+    if request.method() != Method::CONNECT {
+        tracing::info!(
+            stream = stream_id,
+            method = %request.method(),
+            uri = %request.uri(),
+            "HBONE request refused (400): not a CONNECT"
+        );
+        refuse(&mut respond, StatusCode::BAD_REQUEST);
+        return;
+    }
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let Some(addr) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        tracing::info!(
+            stream = stream_id,
+            authority = authority.unwrap_or_default(),
+            "HBONE CONNECT refused (400): the authority is not an ip:port"
+        );
+        refuse(&mut respond, StatusCode::BAD_REQUEST);
+        return;
+    };
+    let (parts, body) = request.into_parts();
+    let inbound = Inbound {
+        authority: addr,
+        headers: parts.headers,
+        stream_id,
+    };
+    match handler.open(&inbound).await {
+        Err(status) => refuse(&mut respond, status),
+        Ok(upstream) => {
+            let ok = Response::builder().status(StatusCode::OK).body(());
+            match ok.map(|ok| respond.send_response(ok, false)) {
+                Ok(Ok(send)) => {
+                    let stream = H2Stream::new(send, body, max_chunk, None);
+                    handler.serve(inbound, stream, upstream).await;
+                }
+                Ok(Err(e)) => tracing::debug!(
+                    stream = stream_id,
+                    error = %e,
+                    "HBONE CONNECT abandoned by the client before the 200"
+                ),
+                Err(e) => tracing::warn!(error = %e, "HBONE: building the 200 failed"),
+            }
+        }
+    }
+}
+
+/// Answers with `status` and ends the stream (the request body is reset by h2 with
+/// NO_ERROR, as HTTP/2 wants for an early response).
+fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    // Anything but an error status would read as success (or be invalid) to the client.
+    let status = if status.is_client_error() || status.is_server_error() {
+        status
+    } else {
+        tracing::warn!(%status, "HBONE handler refused with a non-error status; sending 500");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    match Response::builder().status(status).body(()) {
+        Ok(response) => {
+            if let Err(e) = respond.send_response(response, true) {
+                tracing::debug!(error = %e, %status, "HBONE: sending the refusal failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "HBONE: building the refusal failed"),
+    }
+}

@@ -1,0 +1,191 @@
+//! One enrolled pod as the proxy sees it: who it is (key, identity, IPs), where its
+//! sockets are made (its network namespace), what the whole agent shares with it, and
+//! its listeners — outbound `127.0.0.1/[::1]:15001`, inbound plaintext
+//! `127.0.0.1/[::1]:15006` (reached through the `sk_lookup` program), and the tunnel
+//! `0.0.0.0/[::]:15008`. Dropping [`PodListeners`] closes them; accepted connections run
+//! on to their end.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use super::{
+    hbone::{Pool, PoolConfig},
+    tunnel::PoolKey,
+};
+use crate::{
+    config::Config,
+    dataplane::OrigDstTable,
+    identity::{Identity, SpiffeId},
+    netns::Netns,
+    workloads::{MtlsMode, Workload, directory::Directory},
+};
+
+/// Ports of the in-pod listeners.
+pub const INBOUND_PORT: u16 = 15006;
+pub const TUNNEL_PORT: u16 = super::hbone::PORT;
+
+/// What every pod's proxy shares: agent-wide tables and settings.
+pub struct Shared {
+    pub orig_dst: OrigDstTable,
+    pub directory: Directory,
+    pub identity: Identity,
+    pub mark: u32,
+    pub outbound_port: u16,
+    pub backlog: u32,
+    pub connect_timeout: Duration,
+    pub buffer_bytes: usize,
+    /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
+    /// served even in strict mode.
+    pub node_addrs: Vec<IpAddr>,
+}
+
+impl Shared {
+    pub fn new(
+        config: &Config,
+        orig_dst: OrigDstTable,
+        directory: Directory,
+        identity: Identity,
+        node_addrs: Vec<IpAddr>,
+    ) -> Self {
+        Self {
+            orig_dst,
+            directory,
+            identity,
+            mark: config.capture.agent_mark,
+            outbound_port: config.capture.outbound_port,
+            backlog: config.proxy.backlog,
+            connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
+            buffer_bytes: config.proxy.buffer_bytes,
+            node_addrs,
+        }
+    }
+}
+
+/// One pod, for its listeners and connections.
+pub struct PodProxy {
+    /// `namespace/name`.
+    pub key: String,
+    pub workload: Workload,
+    pub id: SpiffeId,
+    pub netns: Arc<Netns>,
+    pub shared: Arc<Shared>,
+    /// This pod's tunnels to other pods.
+    pub pool: Pool<PoolKey>,
+}
+
+impl PodProxy {
+    /// The pod's namespace's mTLS mode, as the workload source says now.
+    pub fn mtls(&self) -> MtlsMode {
+        self.workload
+            .ips
+            .first()
+            .and_then(|ip| self.shared.directory.lookup(*ip))
+            .map(|d| d.mtls)
+            .unwrap_or_default()
+    }
+
+    pub fn new(workload: Workload, id: SpiffeId, netns: Arc<Netns>, shared: Arc<Shared>) -> Self {
+        Self {
+            key: workload.key().to_string(),
+            workload,
+            id,
+            netns,
+            shared,
+            pool: Pool::new(PoolConfig::default()),
+        }
+    }
+
+    /// True when `ip` is one of the pod's own addresses.
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.workload.ips.contains(&ip)
+    }
+}
+
+/// A pod's running listeners.
+pub struct PodListeners {
+    tasks: Vec<JoinHandle<()>>,
+    /// The inbound plaintext listeners' descriptors (IPv4, IPv6), for the kernel's
+    /// SockMap; valid while `self` lives.
+    pub inbound_fds: (RawFd, RawFd),
+}
+
+impl Drop for PodListeners {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A raw descriptor as the SockMap API wants it.
+pub struct Fd(pub RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Opens all of the pod's listeners inside its namespace and starts accepting.
+pub fn start(pod: Arc<PodProxy>) -> io::Result<PodListeners> {
+    let s = &pod.shared;
+    let listen = |addr: SocketAddr| -> io::Result<TcpListener> {
+        let std = pod.netns.listen(addr, s.backlog, s.mark).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listen on {addr} in {}: {e}", pod.netns.path().display()),
+            )
+        })?;
+        TcpListener::from_std(std)
+    };
+    let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let outbound = [listen(v4(s.outbound_port))?, listen(v6(s.outbound_port))?];
+    let inbound = [listen(v4(INBOUND_PORT))?, listen(v6(INBOUND_PORT))?];
+    let tunnel = [
+        listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)))?,
+        listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, TUNNEL_PORT)))?,
+    ];
+    let inbound_fds = (inbound[0].as_raw_fd(), inbound[1].as_raw_fd());
+    let mut tasks = Vec::new();
+    for listener in outbound {
+        tasks.push(tokio::spawn(super::outbound::serve(listener, pod.clone())));
+    }
+    for listener in inbound {
+        tasks.push(tokio::spawn(super::inbound::serve(listener, pod.clone())));
+    }
+    for listener in tunnel {
+        tasks.push(tokio::spawn(super::tunnel::serve(listener, pod.clone())));
+    }
+    Ok(PodListeners { tasks, inbound_fds })
+}
+
+/// Accepts forever, handing each connection to `handle`; backs off on errors such as
+/// running out of descriptors instead of spinning.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, pod: Arc<PodProxy>, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Arc<PodProxy>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer, pod.clone()));
+            }
+            Err(err) => {
+                tracing::warn!(pod = %pod.key, error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

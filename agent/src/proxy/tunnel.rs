@@ -1,0 +1,225 @@
+//! HBONE for one pod, both ends. Client: outbound connections to pods in the mesh go as
+//! one HTTP/2 `CONNECT` stream each, over a pooled mutual-TLS connection from this pod
+//! (its namespace, its IP, its identity's certificate) to the destination pod's `:15008`;
+//! the destination must present the identity the workload source names. Server: the
+//! pod's `:15008` listener terminates mutual TLS as the pod's identity, learns the peer's
+//! verified identity, and delivers each CONNECT to the app over the pod's loopback.
+//! Handshake failures are refused with one clear log line; other connections carry on.
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+
+use super::{
+    copy::{self, Abort, Counters},
+    deliver,
+    hbone::{self, Baggage, ConnectRequest, H2Stream, Handler, Inbound, TraceParent},
+    pod::{self, PodProxy, TUNNEL_PORT},
+};
+use crate::{
+    identity::{SpiffeId, TlsFailure},
+    telemetry::access::{self, ConnectionRecord, Direction, Transport},
+};
+
+/// How long a peer has to finish its TLS handshake (a slow client cannot hold the
+/// listener's resources for long).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tunnels of one pod are pooled by the destination's identity and IP.
+pub type PoolKey = (SpiffeId, IpAddr);
+
+impl Abort for H2Stream {
+    fn abort(&mut self) {
+        self.reset();
+    }
+}
+
+/// Opens a tunnel stream from `pod` to `dst`, whose pod must prove it is `peer_id`.
+pub async fn open(pod: &PodProxy, dst: SocketAddr, peer_id: &SpiffeId) -> io::Result<H2Stream> {
+    let key = (peer_id.clone(), dst.ip());
+    let mut request = ConnectRequest::new(dst)
+        .with_traceparent(TraceParent::random())
+        .with_baggage(Baggage {
+            namespace: Some(pod.workload.namespace.clone()),
+            workload: Some(("pod".to_string(), pod.workload.name.clone())),
+            ..Baggage::default()
+        });
+    if let Some(ip) = pod
+        .workload
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+    {
+        request = request.with_source(*ip);
+    }
+    let stream = pod
+        .pool
+        .connect(&key, &request, || dial(pod, dst.ip(), peer_id))
+        .await
+        .map_err(|e| e.into_io())?;
+    tracing::debug!(pod = %pod.key, %dst, stream = stream.id(), "tunnel stream opened");
+    Ok(stream)
+}
+
+/// A new mutual-TLS connection from `pod` to `ip:15008`.
+async fn dial(pod: &PodProxy, ip: IpAddr, peer_id: &SpiffeId) -> io::Result<TlsStream<TcpStream>> {
+    let addr = SocketAddr::new(ip, TUNNEL_PORT);
+    let shared = &pod.shared;
+    // A pod just enrolled may not have its certificate yet.
+    tokio::time::timeout(
+        shared.connect_timeout,
+        shared.identity.manager().ready(&pod.id),
+    )
+    .await
+    .map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no certificate for {} yet", pod.id),
+        )
+    })?
+    .map_err(io::Error::other)?;
+    let config = shared
+        .identity
+        .client_config(&pod.id, peer_id)
+        .map_err(io::Error::other)?;
+    let socket = pod.netns.tcp_socket(addr, shared.mark)?;
+    let tcp = super::connect_with_timeout(socket, addr, shared.connect_timeout).await?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp),
+    )
+    .await
+    .map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TLS handshake with {addr} timed out"),
+        )
+    })?
+    .map_err(|e| tls_error(addr, &e))?;
+    tracing::info!(pod = %pod.key, peer = %peer_id, %addr, "tunnel connected");
+    Ok(tls)
+}
+
+fn tls_error(addr: SocketAddr, err: &io::Error) -> io::Error {
+    let detail = TlsFailure::from_io(err)
+        .map(|f| f.to_string())
+        .unwrap_or_else(|| err.to_string());
+    io::Error::new(
+        err.kind(),
+        format!("TLS handshake with {addr} failed: {detail}"),
+    )
+}
+
+/// The pod's `:15008` listener.
+pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
+    pod::accept_loop(listener, pod, handle).await;
+}
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
+    let refused = |error: String| {
+        tracing::warn!(pod = %pod.key, %peer, %error, "tunnel refused");
+    };
+    let config = match pod.shared.identity.server_config(&pod.id) {
+        Ok(config) => config,
+        Err(err) => return refused(format!("no server configuration: {err}")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+        .await
+    {
+        Err(_) => {
+            return refused(format!(
+                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+            ));
+        }
+        Ok(Err(err)) => return refused(tls_error(peer, &err).to_string()),
+        Ok(Ok(tls)) => tls,
+    };
+    let peer_id = match pod.shared.identity.peer_identity(tls.get_ref().1) {
+        Ok(id) => id,
+        Err(err) => return refused(format!("peer identity: {err}")),
+    };
+    let handler = Arc::new(Deliver {
+        pod: pod.clone(),
+        peer,
+        peer_id,
+    });
+    let settings = pod.pool.config().settings.clone();
+    if let Err(err) = hbone::serve(tls, &settings, handler, std::future::pending()).await {
+        refused(err.to_string());
+    }
+}
+
+/// Delivers the CONNECTs of one verified peer to the pod's app.
+struct Deliver {
+    pod: Arc<PodProxy>,
+    peer: SocketAddr,
+    peer_id: SpiffeId,
+}
+
+impl Deliver {
+    fn log(&self, inbound: &Inbound, counters: &Counters, started: Instant, error: Option<String>) {
+        let src = inbound
+            .request()
+            .source
+            .map(|ip| SocketAddr::new(ip, self.peer.port()))
+            .unwrap_or(self.peer);
+        access::log(&ConnectionRecord {
+            pod: &self.pod.key,
+            direction: Direction::Inbound,
+            transport: Transport::Hbone,
+            src,
+            dst: Some(inbound.authority),
+            src_identity: Some(self.peer_id.as_str()),
+            dst_identity: Some(self.pod.id.as_str()),
+            bytes_sent: counters.forward.load(Ordering::Relaxed),
+            bytes_received: counters.backward.load(Ordering::Relaxed),
+            duration: started.elapsed(),
+            error,
+        });
+    }
+}
+
+impl Handler for Deliver {
+    type Upstream = (TcpStream, Instant);
+
+    async fn open(&self, inbound: &Inbound) -> Result<Self::Upstream, StatusCode> {
+        let started = Instant::now();
+        let dst = inbound.authority;
+        let refuse = |status: StatusCode, error: String| {
+            self.log(inbound, &Counters::default(), started, Some(error));
+            status
+        };
+        tracing::debug!(pod = %self.pod.key, peer = %self.peer_id, %dst, stream = inbound.stream_id, "CONNECT");
+        if !self.pod.owns(dst.ip()) {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("CONNECT to {dst}, which is not an address of this pod"),
+            ));
+        }
+        match deliver::to_app(&self.pod, dst).await {
+            Ok(app) => Ok((app, started)),
+            Err(err) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string())),
+        }
+    }
+
+    async fn serve(&self, inbound: Inbound, stream: H2Stream, (app, started): Self::Upstream) {
+        let counters = Counters::default();
+        let result =
+            copy::bidirectional(stream, app, self.pod.shared.buffer_bytes, &counters).await;
+        self.log(
+            &inbound,
+            &counters,
+            started,
+            result.err().map(|e| e.to_string()),
+        );
+    }
+}
