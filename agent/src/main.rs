@@ -1,4 +1,5 @@
 //! `outrider`: the node agent, and the testbed that builds nodes and pods on one machine.
+//! The command line only; the parts live in the library (`lib.rs`).
 //!
 //! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
 //! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
@@ -6,18 +7,7 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
 //! and people use.
-mod agent;
-mod config;
-mod dataplane;
-mod enrollment;
-mod identity;
-mod logging;
-mod netns;
-mod proxy;
-mod telemetry;
-mod testbed;
-mod workloads;
-mod yaml;
+use outrider::{agent, identity, testbed};
 
 use std::path::PathBuf;
 

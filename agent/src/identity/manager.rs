@@ -36,7 +36,6 @@ struct Entry {
 
 /// One managed identity, for the admin API.
 #[derive(Clone, Debug)]
-#[allow(dead_code, reason = "read by the admin API and its tests")]
 pub struct CertStatus {
     pub id: SpiffeId,
     pub refs: usize,
@@ -62,7 +61,6 @@ impl CertManager {
         self.trust.trust_domain()
     }
 
-    #[allow(dead_code, reason = "read by the admin API and its tests")]
     pub fn policy(&self) -> RenewPolicy {
         self.policy
     }
@@ -130,7 +128,6 @@ impl CertManager {
         self.cert(id).map(|c| c.key.clone())
     }
 
-    #[allow(dead_code, reason = "read by the admin API and its tests")]
     pub fn not_after(&self, id: &SpiffeId) -> Option<SystemTime> {
         self.cert(id).map(|c| c.not_after)
     }
@@ -157,7 +154,6 @@ impl CertManager {
     }
 
     /// Every managed identity, sorted.
-    #[allow(dead_code, reason = "read by the admin API and its tests")]
     pub fn snapshot(&self) -> Vec<CertStatus> {
         let mut all: Vec<CertStatus> = self
             .entries()

@@ -27,7 +27,6 @@ use std::{sync::Arc, time::Duration};
 use rustls::{ClientConfig, CommonState, ServerConfig};
 
 // The module's API for the proxy, enrollment and the admin API.
-#[allow(unused_imports)]
 pub use {
     error::IdentityError,
     local_ca::LocalCa,

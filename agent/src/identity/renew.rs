@@ -25,7 +25,6 @@ const MIN_RENEW_DELAY: Duration = Duration::from_millis(500);
 
 /// A workload's current certificate and what the admin API shows about it.
 #[derive(Debug)]
-#[allow(dead_code, reason = "read by the admin API and its tests")]
 pub struct WorkloadCert {
     pub id: SpiffeId,
     /// What rustls presents: chain [leaf, root] and the leaf's signing key.

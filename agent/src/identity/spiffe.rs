@@ -98,12 +98,10 @@ impl SpiffeId {
         &self.uri[SCHEME.len()..self.td_end]
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
     pub fn namespace(&self) -> &str {
         &self.uri[self.ns_start..self.ns_end]
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
     pub fn service_account(&self) -> &str {
         &self.uri[self.sa_start..]
     }

@@ -1,6 +1,5 @@
 //! What a running testbed is made of (`DIR/testbed.json`) and the files of its state
-//! directory. Self-contained (std, serde, serde_json, ipnet, anyhow) so that the
-//! end-to-end tests include this file as-is to read the state.
+//! directory; the end-to-end tests read it through the library.
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},

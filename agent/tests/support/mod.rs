@@ -10,9 +10,6 @@
 //! ```
 #![allow(dead_code)]
 
-#[path = "../../src/testbed/state.rs"]
-mod state;
-
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -21,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 #[allow(unused_imports)] // Each test uses some.
-pub use state::{AgentState, NodeState, PodState, State};
+pub use outrider::testbed::state::{AgentState, NodeState, PodState, State};
+use serde_json::Value;
 
 /// The binary under test.
 pub const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");

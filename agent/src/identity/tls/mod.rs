@@ -100,8 +100,7 @@ impl ClientConfigs {
         Ok(config)
     }
 
-    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
-    pub fn len(&self) -> usize {
+    pub fn cached(&self) -> usize {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

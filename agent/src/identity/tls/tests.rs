@@ -395,8 +395,12 @@ async fn client_configs_are_cached_per_pair() {
     let b = configs.get(&id("curl"), &id("web")).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     configs.get(&id("curl"), &id("db")).unwrap();
-    assert_eq!(configs.len(), 2);
+    assert_eq!(configs.cached(), 2);
     source.release(&id("curl"));
     configs.get(&id("other"), &id("db")).unwrap();
-    assert_eq!(configs.len(), 1, "entries of released sources are dropped");
+    assert_eq!(
+        configs.cached(),
+        1,
+        "entries of released sources are dropped"
+    );
 }

@@ -123,7 +123,6 @@ where
 }
 
 impl Client {
-    #[cfg_attr(not(test), allow(dead_code, reason = "used by tests; kept as API"))]
     /// Opens a CONNECT stream; resolves once the server answered 200.
     pub async fn connect(&self, request: &ConnectRequest) -> Result<H2Stream, HboneError> {
         self.open(self.take_slot(), request)

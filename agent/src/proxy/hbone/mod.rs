@@ -28,7 +28,6 @@ mod stream;
 mod tests;
 
 // The module's API for the proxy.
-#[allow(unused_imports)]
 pub use {
     client::{Client, handshake},
     error::HboneError,

@@ -55,7 +55,6 @@ impl Default for PoolConfig {
 
 /// Counters since the pool was made, and the connections open now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(dead_code, reason = "read by the admin API and its tests")]
 pub struct PoolStats {
     pub connections_dialed: u64,
     pub dials_failed: u64,
@@ -214,7 +213,6 @@ where
         client::handshake(io, &self.inner.config.settings).await
     }
 
-    #[allow(dead_code, reason = "read by the admin API and its tests")]
     /// Counters and open connections.
     pub fn stats(&self) -> PoolStats {
         PoolStats {
@@ -225,7 +223,6 @@ where
         }
     }
 
-    #[allow(dead_code, reason = "read by the admin API and its tests")]
     /// Connections pooled for `key`.
     pub fn connections(&self, key: &K) -> usize {
         self.inner.lock().get(key).map_or(0, |e| e.conns.len())

@@ -1,0 +1,21 @@
+//! Outrider's node agent as a library: the `outrider` binary (`main.rs`) is its command
+//! line; benchmarks and tests reach the parts through here.
+//!
+//! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
+//! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
+//! copying) → `telemetry` (access logs). `identity` gives enrolled service accounts their
+//! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
+//! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
+//! and people use.
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod enrollment;
+pub mod identity;
+pub mod logging;
+pub mod netns;
+pub mod proxy;
+pub mod telemetry;
+pub mod testbed;
+pub mod workloads;
+pub mod yaml;
