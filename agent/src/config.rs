@@ -24,6 +24,7 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub proxy: ProxyConfig,
     pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
     pub log: LogConfig,
 }
 
@@ -40,6 +41,7 @@ impl Default for Config {
             capture: CaptureConfig::default(),
             proxy: ProxyConfig::default(),
             identity: IdentityConfig::default(),
+            policy: PolicyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -144,6 +146,29 @@ impl Default for IdentityConfig {
             trust_domain: "cluster.local".to_string(),
             ca_dir: PathBuf::from("/var/run/secrets/outrider/ca"),
             cert_ttl_seconds: 86_400,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory of `AuthorizationPolicy` YAML files (`*.yaml`, `*.yml`, several
+    /// documents each), watched; edits apply live. Default: none (everything allowed).
+    pub dir: Option<PathBuf>,
+    /// Policies in this namespace apply to the whole mesh (Istio's root namespace).
+    /// Default `outrider-system`.
+    pub root_namespace: String,
+    /// How often the directory is checked for changes. Default 250 ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            root_namespace: "outrider-system".to_string(),
+            poll_interval_ms: 250,
         }
     }
 }

@@ -64,6 +64,7 @@ fn workload_set(state: &State) -> WorkloadSet {
                 node: Some(p.node.clone()),
                 uid: p.uid.clone(),
                 service_account: p.service_account.clone(),
+                labels: p.labels.clone(),
                 ips: vec![p.ipv4.into(), p.ipv6.into()],
                 netns: p.netns.clone(),
                 cgroup: Some(p.cgroup.clone()),

@@ -193,6 +193,10 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
                 netns_name: netns,
                 cgroup: node_cgroup.join("pods").join(dir),
                 uid: new_uid(),
+                labels: pod
+                    .labels
+                    .clone()
+                    .unwrap_or_else(|| [("app".to_string(), pod.name.to_string())].into()),
             });
         }
     }

@@ -67,6 +67,9 @@ pub struct PodSpec {
     pub service_account: String,
     #[serde(default = "default_enrolled")]
     pub enrolled: bool,
+    /// The pod's labels; default `app: <name>`.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 fn default_service_account() -> String {

@@ -74,6 +74,8 @@ pub struct PodState {
     pub netns_name: String,
     pub cgroup: PathBuf,
     pub uid: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl PodState {

@@ -54,6 +54,9 @@ pub struct Workload {
     pub uid: String,
     #[serde(default = "default_service_account")]
     pub service_account: String,
+    /// The pod's labels (policies select workloads by them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub ips: Vec<IpAddr>,
     /// The pod's network namespace, e.g. `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`.
