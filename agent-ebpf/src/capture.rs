@@ -5,26 +5,30 @@
 //! is not known yet) and rewrite the destination; sockops, once the kernel has picked the
 //! client port (TCP_CONNECT_CB), moves the record to `ORIG_DST` under
 //! (netns cookie, family, client port) — what the agent sees on accept — and drops it
-//! again when the socket closes.
-use agent_ebpf::{FAMILY_V4, FAMILY_V6, OrigDst, OrigDstKey};
+//! again when the socket closes. A destination a policy denies the pod outright
+//! (`POLICY_DENY`) fails the connect at once with ECONNREFUSED, in the kernel.
+use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6, OrigDst, OrigDstKey};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         bpf_sock_addr,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock_addr, sock_ops},
     maps::lpm_trie::Key,
     programs::{SockAddrContext, SockOpsContext},
 };
 
 use crate::maps::{
-    ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, RESERVED_PORTS, SETTINGS,
+    ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, POLICY_DENY, RESERVED_PORTS,
+    SETTINGS,
     SOCK_ORIG, is_agent,
 };
 
 const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
@@ -42,6 +46,9 @@ pub fn or_connect4(ctx: SockAddrContext) -> i32 {
     }
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&ip);
+    if denied(pod_id, addr, port, FAMILY_V4) {
+        return refuse();
+    }
     if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
         return ALLOW;
     }
@@ -74,6 +81,9 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
         }
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&v4);
+        if denied(pod_id, addr, port, FAMILY_V4) {
+            return refuse();
+        }
         if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
             return ALLOW;
         }
@@ -86,6 +96,9 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
     } else {
         if !capture_v6(&ip, port) {
             return ALLOW;
+        }
+        if denied(pod_id, ip, port, FAMILY_V6) {
+            return refuse();
         }
         if !remember(&ctx, ip, port, FAMILY_V6, pod_id) {
             return ALLOW;
@@ -149,6 +162,29 @@ fn capture_v6(ip: &[u8; 16], _port: u16) -> bool {
         return false;
     }
     EXCLUDED_V6.get(Key::new(128, *ip)).is_none()
+}
+
+/// True when a policy denies the pod this destination (this port, or every port).
+#[inline(always)]
+fn denied(pod_id: u32, addr: [u8; 16], port: u16, family: u16) -> bool {
+    let mut key = DenyKey {
+        pod_id,
+        port,
+        family,
+        addr,
+    };
+    if unsafe { POLICY_DENY.get(key) }.is_some() {
+        return true;
+    }
+    key.port = 0;
+    unsafe { POLICY_DENY.get(key) }.is_some()
+}
+
+/// Fails the `connect()` at once with ECONNREFUSED, as a closed port would.
+#[inline(always)]
+fn refuse() -> i32 {
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    DENY
 }
 
 #[inline(always)]

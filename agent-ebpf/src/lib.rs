@@ -35,6 +35,21 @@ pub const fn inbound_slot(pod_id: u32, ipv6: bool) -> u32 {
     pod_id * 2 + ipv6 as u32
 }
 
+/// Map: [`DenyKey`] → 1; connections a pod may not open, refused in `connect()`.
+pub const MAP_POLICY_DENY: &str = "POLICY_DENY";
+
+/// Key of `POLICY_DENY`: a pod (by id), a destination address and port (0: any port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    pub pod_id: u32,
+    /// Port, host order; 0 means every port.
+    pub port: u16,
+    pub family: u16,
+    /// Address bytes in network order; IPv4 uses the first 4.
+    pub addr: [u8; 16],
+}
+
 /// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
 pub const PROG_CONNECT4: &str = "or_connect4";
 pub const PROG_CONNECT6: &str = "or_connect6";
@@ -104,4 +119,5 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::DenyKey {}
 }

@@ -1,6 +1,6 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
-use agent_ebpf::{MAX_PODS, OrigDst, OrigDstKey, PodEntry, Settings};
+use agent_ebpf::{DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodEntry, Settings};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap},
@@ -29,6 +29,9 @@ pub static EXCLUDED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0
 
 #[map(name = "EXCLUDED_V6")]
 pub static EXCLUDED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+
+#[map(name = "POLICY_DENY")]
+pub static POLICY_DENY: HashMap<DenyKey, u8> = HashMap::with_max_entries(65_536, 0);
 
 #[map(name = "INBOUND_V4")]
 pub static INBOUND_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_PODS, 0);

@@ -17,5 +17,6 @@ pub mod netns;
 pub mod proxy;
 pub mod telemetry;
 pub mod testbed;
+pub mod watch;
 pub mod workloads;
 pub mod yaml;

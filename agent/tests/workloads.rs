@@ -102,7 +102,7 @@ fn a_bad_workload_file_is_reported_and_the_running_set_stays() {
     )
     .unwrap();
     let err = tb.wait_log_after("node-a", mark, Duration::from_secs(5), |v| {
-        v["fields"]["message"] == "workload file rejected; the running set stays as it was"
+        v["fields"]["message"] == "workload file rejected; the previous version stays in force"
     });
     let text = err["fields"]["error"].as_str().unwrap();
     assert!(text.starts_with(workloads.to_str().unwrap()), "{text}");

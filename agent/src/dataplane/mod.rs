@@ -13,7 +13,7 @@ use std::{
 };
 
 use agent_ebpf::{
-    FAMILY_V4, FAMILY_V6, MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6,
+    DenyKey, FAMILY_V4, FAMILY_V6, MAP_ENROLLED, MAP_POLICY_DENY, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4, MAP_EXCLUDED_V6,
     MAP_ORIG_DST, MAP_RESERVED_PORTS, MAP_SETTINGS, OrigDst, OrigDstKey, PodEntry, Settings,
 };
 use aya::{
@@ -112,6 +112,9 @@ pub struct Dataplane {
     enrolled: HashMap<MapData, u64, PodEntry>,
     orig_dst: OrigDstTable,
     inbound: InboundSteering,
+    policy_deny: HashMap<MapData, DenyKey, u8>,
+    /// What `policy_deny` holds now.
+    denied: std::collections::HashSet<DenyKey>,
     /// Holds the programs and their links; dropped last.
     ebpf: Ebpf,
 }
@@ -202,11 +205,18 @@ impl Dataplane {
         )
         .map_err(map_err(MAP_ORIG_DST))?;
         let inbound = InboundSteering::load(&mut ebpf)?;
+        let policy_deny = HashMap::try_from(
+            ebpf.take_map(MAP_POLICY_DENY)
+                .ok_or(DataplaneError::MissingMap(MAP_POLICY_DENY))?,
+        )
+        .map_err(map_err(MAP_POLICY_DENY))?;
         tracing::info!(cgroup = %attach.display(), agent_cgroup_id, "kernel programs attached");
         Ok(Self {
             enrolled,
             orig_dst: OrigDstTable(Arc::new(orig_dst)),
             inbound,
+            policy_deny,
+            denied: Default::default(),
             ebpf,
         })
     }
@@ -224,6 +234,30 @@ impl Dataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(MAP_ENROLLED)(e)),
         }
+    }
+
+    /// Makes the kernel's policy denials exactly `wanted`: connects from those pods to
+    /// those destinations fail at once with ECONNREFUSED. Returns how many entries
+    /// changed.
+    pub fn set_policy_denials(
+        &mut self,
+        wanted: std::collections::HashSet<DenyKey>,
+    ) -> Result<usize, DataplaneError> {
+        let mut changed = 0;
+        for stale in self.denied.difference(&wanted) {
+            match self.policy_deny.remove(stale) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => changed += 1,
+                Err(e) => return Err(map_err(MAP_POLICY_DENY)(e)),
+            }
+        }
+        for new in wanted.difference(&self.denied) {
+            self.policy_deny
+                .insert(new, 1, 0)
+                .map_err(map_err(MAP_POLICY_DENY))?;
+            changed += 1;
+        }
+        self.denied = wanted;
+        Ok(changed)
     }
 
     /// Starts steering plaintext arriving for the pod to its `:15006` listeners.

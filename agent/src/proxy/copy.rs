@@ -6,7 +6,7 @@
 //! is buffered beyond one buffer a direction, so a slow reader slows the writer
 //! (back-pressure).
 use std::{
-    future::poll_fn,
+    future::{Future, poll_fn},
     io,
     pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
@@ -18,6 +18,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+use tokio_util::sync::CancellationToken;
 
 const INITIAL_BUFFER: usize = 4 * 1024;
 
@@ -42,13 +43,15 @@ impl Abort for TcpStream {
     }
 }
 
-/// Copies between `a` and `b` until both directions end. On an error both are aborted
-/// and the first error is returned.
+/// Copies between `a` and `b` until both directions end, or `cancel` fires (the agent
+/// closing the connection, e.g. a policy now denies it). On an error or a cancel both are
+/// aborted and the first error is returned.
 pub async fn bidirectional<A, B>(
     mut a: A,
     mut b: B,
     max_buffer: usize,
     counters: &Counters,
+    cancel: &CancellationToken,
 ) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Abort + Unpin,
@@ -56,7 +59,15 @@ where
 {
     let mut forward = OneWay::new(max_buffer);
     let mut backward = OneWay::new(max_buffer);
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let result = poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the agent",
+            )));
+        }
         let f = forward.poll(cx, &mut a, &mut b, &counters.forward);
         if let Poll::Ready(Err(e)) = f {
             return Poll::Ready(Err(e));
@@ -189,7 +200,7 @@ mod tests {
         let (b, upstream) = pair().await;
         let task = tokio::spawn(async move {
             let counters = Counters::default();
-            let r = bidirectional(a, b, 64 * 1024, &counters).await;
+            let r = bidirectional(a, b, 64 * 1024, &counters, &CancellationToken::new()).await;
             (
                 r,
                 counters.forward.load(Ordering::Relaxed),

@@ -2,24 +2,16 @@
 //! the pod's `:15006` listener by the `sk_lookup` program. The local address is where
 //! the client was going. Strict mode refuses them (a reset), except from the node itself
 //! (kubelet's health probes); permissive mode delivers them to the app.
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Instant,
-};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    copy::{self, Counters},
     deliver,
+    destination::{self, Arrival},
     pod::{self, PodProxy},
 };
-use crate::{
-    telemetry::access::{self, ConnectionRecord, Direction, Transport},
-    workloads::MtlsMode,
-};
+use crate::{telemetry::access::Transport, workloads::MtlsMode};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
     pod::accept_loop(listener, pod, handle).await;
@@ -27,45 +19,31 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let started = Instant::now();
-    let counters = Counters::default();
-    let dst = client.local_addr().ok();
-    let result = match dst {
-        None => Err(io::Error::other("no local address")),
-        Some(dst) if !pod.owns(dst.ip()) => {
-            // Reached the listener directly (not through sk_lookup): nothing to deliver.
-            super::reset(client);
-            Err(io::Error::other(format!(
-                "{dst} is not an address of the pod"
-            )))
-        }
-        Some(_)
-            if pod.mtls() == MtlsMode::Strict && !pod.shared.node_addrs.contains(&peer.ip()) =>
-        {
-            super::reset(client);
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "plaintext refused: the namespace requires mutual TLS (strict)",
-            ))
-        }
-        Some(dst) => match deliver::to_app(&pod, dst).await {
-            Ok(app) => copy::bidirectional(client, app, pod.shared.buffer_bytes, &counters).await,
-            Err(err) => {
-                super::reset(client);
-                Err(err)
-            }
-        },
+    let Ok(dst) = client.local_addr() else {
+        return super::reset(client);
     };
-    access::log(&ConnectionRecord {
-        pod: &pod.key,
-        direction: Direction::Inbound,
+    let arrival = Arrival {
         transport: Transport::Plaintext,
         src: peer,
         dst,
-        src_identity: None,
-        dst_identity: Some(pod.id.as_str()),
-        bytes_sent: counters.forward.load(Ordering::Relaxed),
-        bytes_received: counters.backward.load(Ordering::Relaxed),
-        duration: started.elapsed(),
-        error: result.err().map(|e| e.to_string()),
-    });
+        peer: None,
+    };
+    let refuse = |client, reason: String| {
+        super::reset(client);
+        destination::log_refused(&pod, &arrival, started.elapsed(), reason);
+    };
+    if !pod.owns(dst.ip()) {
+        // Reached the listener directly (not through sk_lookup): nothing to deliver.
+        return refuse(client, format!("{dst} is not an address of the pod"));
+    }
+    if pod.mtls() == MtlsMode::Strict && !pod.shared.node_addrs.contains(&peer.ip()) {
+        return refuse(
+            client,
+            "plaintext refused: the namespace requires mutual TLS (strict)".into(),
+        );
+    }
+    match deliver::to_app(&pod, dst).await {
+        Ok(app) => destination::serve(&pod, arrival, client, app, started).await,
+        Err(err) => refuse(client, err.to_string()),
+    }
 }

@@ -3,92 +3,87 @@
 //! it goes through a mutual-TLS tunnel to that pod's agent (`tunnel`); anywhere else it
 //! goes on in plaintext, from inside the pod (so the destination sees the pod's IP) with
 //! the agent's mark (so it is not steered again). Then copy, and log.
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Instant,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    copy::{self, Counters},
+    connections::NewConnection,
+    copy,
     pod::{self, PodProxy},
     tunnel,
 };
-use crate::telemetry::access::{self, ConnectionRecord, Direction, Transport};
+use crate::{
+    identity::SpiffeId,
+    telemetry::access::{self, Direction, Transport},
+};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
     pod::accept_loop(listener, pod, handle).await;
 }
 
+/// Where a connection goes.
+enum Route {
+    /// Through a tunnel to a pod in the mesh that must prove this identity.
+    Mesh(SpiffeId),
+    /// Straight to the destination.
+    Passthrough,
+}
+
 async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let started = Instant::now();
-    let counters = Counters::default();
     let _ = app.set_nodelay(true);
-    let dst = pod.shared.orig_dst.lookup(pod.netns.cookie(), peer);
-    let dest = dst
-        .and_then(|d| pod.shared.directory.lookup(d.ip()))
-        .filter(|d| d.in_mesh());
-    let mut src = peer;
-    let mut dst_identity = None;
-    let transport = if dest.is_some() {
-        Transport::Hbone
-    } else {
-        Transport::Plaintext
+    let Some(dst) = pod.shared.orig_dst.lookup(pod.netns.cookie(), peer) else {
+        super::reset(app);
+        tracing::warn!(pod = %pod.key, %peer, "outbound connection without an original destination (not a steered connection); reset");
+        return;
     };
-    let result = match (dst, &dest) {
-        (None, _) => {
+    // The source as the destination sees it: the pod's IP, with the app's port.
+    let src = pod
+        .workload
+        .ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        .map(|ip| SocketAddr::new(*ip, peer.port()))
+        .unwrap_or(peer);
+    let route = match pod.shared.directory.lookup(dst.ip()).filter(|d| d.in_mesh()) {
+        None => Ok(Route::Passthrough),
+        Some(dest) => pod
+            .shared
+            .identity
+            .workload_id(&dest.namespace, &dest.service_account)
+            .map(Route::Mesh)
+            .map_err(|e| format!("destination {}: {e}", dest.key())),
+    };
+    let (transport, peer_identity) = match &route {
+        Ok(Route::Mesh(id)) => (Transport::Hbone, Some(id.to_string())),
+        _ => (Transport::Plaintext, None),
+    };
+    let registration = pod.shared.connections.register(NewConnection {
+        pod: pod.key.clone(),
+        direction: Direction::Outbound,
+        transport,
+        src,
+        dst,
+        peer_identity,
+    });
+    let conn = &registration.connection;
+    let (counters, cancel) = (&conn.counters, conn.cancel_token());
+    let buffer = pod.shared.buffer_bytes;
+    let result = match route {
+        Err(reason) => {
             super::reset(app);
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no original destination recorded (not a steered connection)",
-            ))
+            Err(io::Error::other(reason))
         }
-        (Some(dst), Some(dest)) => {
-            let peer_id = pod
-                .shared
-                .identity
-                .workload_id(&dest.namespace, &dest.service_account);
-            match peer_id {
-                Err(err) => {
-                    super::reset(app);
-                    Err(io::Error::other(format!(
-                        "destination {}: {err}",
-                        dest.key()
-                    )))
-                }
-                Ok(peer_id) => {
-                    dst_identity = Some(peer_id.to_string());
-                    if let Some(ip) = pod
-                        .workload
-                        .ips
-                        .iter()
-                        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-                    {
-                        src = SocketAddr::new(*ip, peer.port());
-                    }
-                    match tunnel::open(&pod, dst, &peer_id).await {
-                        Ok(stream) => {
-                            copy::bidirectional(app, stream, pod.shared.buffer_bytes, &counters)
-                                .await
-                        }
-                        Err(err) => {
-                            super::reset(app);
-                            Err(err)
-                        }
-                    }
-                }
+        Ok(Route::Mesh(peer_id)) => match tunnel::open(&pod, dst, &peer_id).await {
+            Ok(stream) => copy::bidirectional(app, stream, buffer, counters, cancel).await,
+            Err(err) => {
+                super::reset(app);
+                Err(err)
             }
-        }
-        (Some(dst), None) => match connect(&pod, dst).await {
-            Ok(upstream) => {
-                if let Ok(local) = upstream.local_addr() {
-                    src = local;
-                }
-                copy::bidirectional(app, upstream, pod.shared.buffer_bytes, &counters).await
-            }
+        },
+        Ok(Route::Passthrough) => match connect(&pod, dst).await {
+            Ok(upstream) => copy::bidirectional(app, upstream, buffer, counters, cancel).await,
             Err(err) => {
                 // Refuse the app's connection as the destination refused ours.
                 super::reset(app);
@@ -96,19 +91,7 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             }
         },
     };
-    access::log(&ConnectionRecord {
-        pod: &pod.key,
-        direction: Direction::Outbound,
-        transport,
-        src,
-        dst,
-        src_identity: Some(pod.id.as_str()),
-        dst_identity: dst_identity.as_deref(),
-        bytes_sent: counters.forward.load(Ordering::Relaxed),
-        bytes_received: counters.backward.load(Ordering::Relaxed),
-        duration: started.elapsed(),
-        error: result.err().map(|e| e.to_string()),
-    });
+    access::log_connection(conn, pod.id.as_str(), started.elapsed(), result.err());
 }
 
 async fn connect(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {

@@ -15,6 +15,7 @@ use std::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
+    connections::Registry,
     hbone::{Pool, PoolConfig},
     tunnel::PoolKey,
 };
@@ -43,6 +44,8 @@ pub struct Shared {
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
+    /// Every live proxied connection of the node.
+    pub connections: Registry,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
             node_addrs,
+            connections: Registry::default(),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,14 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
 use super::{
-    copy::{self, Abort, Counters},
+    copy::Abort,
     deliver,
+    destination::{self, Arrival},
     hbone::{self, Baggage, ConnectRequest, H2Stream, Handler, Inbound, TraceParent},
     pod::{self, PodProxy, TUNNEL_PORT},
 };
 use crate::{
     identity::{SpiffeId, TlsFailure},
-    telemetry::access::{self, ConnectionRecord, Direction, Transport},
+    telemetry::access::Transport,
 };
 
 /// How long a peer has to finish its TLS handshake (a slow client cannot hold the
@@ -166,25 +167,20 @@ struct Deliver {
 }
 
 impl Deliver {
-    fn log(&self, inbound: &Inbound, counters: &Counters, started: Instant, error: Option<String>) {
+    fn arrival(&self, inbound: &Inbound) -> Arrival {
+        // The source pod's IP as its agent reports it in `forwarded` (the tunnel's own
+        // source is that pod's IP too, as the tunnel is made from inside the pod).
         let src = inbound
             .request()
             .source
             .map(|ip| SocketAddr::new(ip, self.peer.port()))
             .unwrap_or(self.peer);
-        access::log(&ConnectionRecord {
-            pod: &self.pod.key,
-            direction: Direction::Inbound,
+        Arrival {
             transport: Transport::Hbone,
             src,
-            dst: Some(inbound.authority),
-            src_identity: Some(self.peer_id.as_str()),
-            dst_identity: Some(self.pod.id.as_str()),
-            bytes_sent: counters.forward.load(Ordering::Relaxed),
-            bytes_received: counters.backward.load(Ordering::Relaxed),
-            duration: started.elapsed(),
-            error,
-        });
+            dst: inbound.authority,
+            peer: Some(self.peer_id.clone()),
+        }
     }
 }
 
@@ -193,9 +189,10 @@ impl Handler for Deliver {
 
     async fn open(&self, inbound: &Inbound) -> Result<Self::Upstream, StatusCode> {
         let started = Instant::now();
+        let arrival = self.arrival(inbound);
         let dst = inbound.authority;
-        let refuse = |status: StatusCode, error: String| {
-            self.log(inbound, &Counters::default(), started, Some(error));
+        let refuse = |status: StatusCode, reason: String| {
+            destination::log_refused(&self.pod, &arrival, started.elapsed(), reason);
             status
         };
         tracing::debug!(pod = %self.pod.key, peer = %self.peer_id, %dst, stream = inbound.stream_id, "CONNECT");
@@ -212,14 +209,6 @@ impl Handler for Deliver {
     }
 
     async fn serve(&self, inbound: Inbound, stream: H2Stream, (app, started): Self::Upstream) {
-        let counters = Counters::default();
-        let result =
-            copy::bidirectional(stream, app, self.pod.shared.buffer_bytes, &counters).await;
-        self.log(
-            &inbound,
-            &counters,
-            started,
-            result.err().map(|e| e.to_string()),
-        );
+        destination::serve(&self.pod, self.arrival(&inbound), stream, app, started).await;
     }
 }

@@ -1,7 +1,9 @@
 //! Access logs: one line per connection, through tracing under the target `access`
 //! (filter it with e.g. `RUST_LOG=info,access=off`; `log.format: json` makes each line a
 //! JSON object with the fields below).
-use std::{net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Duration};
+
+use crate::proxy::connections::Connection;
 
 /// Which way a connection went, seen from the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,4 +102,33 @@ pub fn log(record: &ConnectionRecord<'_>) {
             "connection"
         ),
     }
+}
+
+/// Logs a proxied connection as it ends. `local_identity` is the enrolled pod's SPIFFE ID;
+/// the peer's comes from the connection. An error is replaced by the agent's reason when
+/// the agent closed the connection itself.
+pub fn log_connection(
+    conn: &Connection,
+    local_identity: &str,
+    duration: Duration,
+    error: Option<io::Error>,
+) {
+    let peer = conn.peer_identity.as_deref();
+    let (src_identity, dst_identity) = match conn.direction {
+        Direction::Outbound => (Some(local_identity), peer),
+        Direction::Inbound => (peer, Some(local_identity)),
+    };
+    log(&ConnectionRecord {
+        pod: &conn.pod,
+        direction: conn.direction,
+        transport: conn.transport,
+        src: conn.src,
+        dst: Some(conn.dst),
+        src_identity,
+        dst_identity,
+        bytes_sent: conn.counters.forward.load(Ordering::Relaxed),
+        bytes_received: conn.counters.backward.load(Ordering::Relaxed),
+        duration,
+        error: error.map(|e| conn.closed_because().unwrap_or_else(|| e.to_string())),
+    });
 }

@@ -20,7 +20,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -118,67 +118,16 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// What identifies a version of the file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: SystemTime,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok()?,
-        len: meta.len(),
-        inode: meta.ino(),
-    })
-}
-
 /// Watches `path`, publishing every valid version. The first value is the file as it is
 /// at start (empty if it is missing or invalid, which is logged).
 pub fn watch(path: PathBuf, interval: Duration) -> watch::Receiver<Arc<WorkloadSet>> {
-    let (tx, rx) = watch::channel(Arc::new(WorkloadSet::default()));
-    let mut last: Option<Stamp> = None;
-    let mut reported_missing = false;
-    let mut check = move |tx: &watch::Sender<Arc<WorkloadSet>>| {
-        let now = stamp(&path);
-        if now.is_none() {
-            if !reported_missing {
-                tracing::warn!(file = %path.display(), "workload file is missing; waiting for it");
-                reported_missing = true;
-            }
-            return;
-        }
-        reported_missing = false;
-        if now == last {
-            return;
-        }
-        last = now;
-        match WorkloadSet::load(&path) {
-            Ok(set) => {
-                tracing::info!(file = %path.display(), workloads = set.workloads.len(), "workload file loaded");
-                tx.send_replace(Arc::new(set));
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "workload file rejected; the running set stays as it was");
-            }
-        }
-    };
-    check(&tx);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if tx.is_closed() {
-                return;
-            }
-            check(&tx);
-        }
-    });
-    rx
+    crate::watch::follow(
+        path,
+        interval,
+        "workload file",
+        WorkloadSet::default(),
+        WorkloadSet::load,
+    )
 }
 
 #[cfg(test)]
