@@ -22,8 +22,7 @@ use aya_ebpf::{
 
 use crate::maps::{
     ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, POLICY_DENY, RESERVED_PORTS,
-    SETTINGS,
-    SOCK_ORIG, is_agent,
+    SETTINGS, SOCK_ORIG, is_agent,
 };
 
 const ALLOW: i32 = 1;

@@ -4,9 +4,11 @@ use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 
+use tokio::sync::watch;
+
 use crate::{
     config::Config, dataplane::Dataplane, enrollment::Enrollment, identity::Identity, logging,
-    netns, proxy::Shared, workloads, workloads::directory::Directory,
+    netns, policy::PolicySet, proxy::Shared, workloads, workloads::directory::Directory,
 };
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -34,6 +36,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let Some(file) = config.workloads.file.clone() else {
         anyhow::bail!("workloads.file is not set: the agent has no workload source");
     };
+    let policies = follow_policies(&config)?;
     let dataplane = Dataplane::load(&config)?;
     let shared = Arc::new(Shared::new(
         &config,
@@ -47,7 +50,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         Duration::from_millis(config.workloads.poll_interval_ms),
     );
     let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared);
-    let enrollment = tokio::spawn(enrollment.run(workloads, || tracing::info!("agent ready")));
+    let enrollment =
+        tokio::spawn(enrollment.run(workloads, policies, || tracing::info!("agent ready")));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -77,4 +81,25 @@ fn node_addresses() -> Vec<std::net::IpAddr> {
         })
         .filter(|ip| !ip.is_loopback())
         .collect()
+}
+
+/// The authorization policies in `policy.dir`, followed live. Invalid policies at start
+/// stop the agent (it would otherwise enforce something nobody wrote); later an invalid
+/// version is logged and the previous one stays.
+fn follow_policies(config: &Config) -> anyhow::Result<watch::Receiver<Arc<PolicySet>>> {
+    let td = config.identity.trust_domain.clone();
+    let root = config.policy.root_namespace.clone();
+    let Some(dir) = config.policy.dir.clone() else {
+        // No policies: everything is allowed, and nothing will change.
+        return Ok(watch::channel(Arc::new(PolicySet::empty())).1);
+    };
+    let initial = PolicySet::load_dir(&dir, &td, &root)?;
+    let interval = Duration::from_millis(config.policy.poll_interval_ms);
+    Ok(crate::watch::follow(
+        dir,
+        interval,
+        "policies",
+        initial,
+        move |d| PolicySet::load_dir(d, &td, &root),
+    ))
 }

@@ -14,6 +14,7 @@ pub mod enrollment;
 pub mod identity;
 pub mod logging;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod telemetry;
 pub mod testbed;

@@ -20,7 +20,12 @@ type FileStamp = (PathBuf, SystemTime, u64, u64);
 fn stamp(path: &Path) -> Option<Vec<FileStamp>> {
     let one = |p: &Path| -> Option<FileStamp> {
         let meta = std::fs::metadata(p).ok()?;
-        Some((p.to_path_buf(), meta.modified().ok()?, meta.len(), meta.ino()))
+        Some((
+            p.to_path_buf(),
+            meta.modified().ok()?,
+            meta.len(),
+            meta.ino(),
+        ))
     };
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_dir() {
@@ -112,16 +117,31 @@ mod tests {
             }
             Ok(n)
         };
-        let mut rx = follow(dir.path().to_path_buf(), Duration::from_millis(20), "test dir", 0, count);
+        let mut rx = follow(
+            dir.path().to_path_buf(),
+            Duration::from_millis(20),
+            "test dir",
+            0,
+            count,
+        );
         assert_eq!(**rx.borrow_and_update(), 0);
         std::fs::write(dir.path().join("a.yaml"), "good").unwrap();
-        tokio::time::timeout(Duration::from_secs(2), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(**rx.borrow_and_update(), 1);
         std::fs::write(dir.path().join("b.yaml"), "bad").unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!rx.has_changed().unwrap(), "an invalid version must not be published");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an invalid version must not be published"
+        );
         std::fs::write(dir.path().join("b.yaml"), "good too").unwrap();
-        tokio::time::timeout(Duration::from_secs(2), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(**rx.borrow_and_update(), 2);
     }
 }

@@ -9,22 +9,27 @@
 mod ids;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
 
+use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6};
 use tokio::sync::watch;
 
 use crate::{
     dataplane::{Dataplane, PodInbound},
     identity::SpiffeId,
     netns::Netns,
-    proxy::{self, PodListeners, PodProxy, Shared, pod::Fd},
+    policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
+    proxy::{self, PodListeners, PodProxy, Shared, authorize, pod::Fd},
+    telemetry::access::Direction,
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
 
 struct EnrolledPod {
+    proxy: Arc<PodProxy>,
     workload: Workload,
     netns: Arc<Netns>,
     pod_id: u32,
@@ -40,6 +45,8 @@ pub struct Enrollment {
     /// Pods that could not be enrolled, with the last error reported for them.
     failed: HashMap<WorkloadKey, (Workload, String)>,
     ids: ids::PodIds,
+    /// The latest workload set (destinations for the kernel's policy denials).
+    current: Arc<WorkloadSet>,
 }
 
 impl Enrollment {
@@ -51,18 +58,24 @@ impl Enrollment {
             pods: BTreeMap::new(),
             failed: HashMap::new(),
             ids: ids::PodIds::new(agent_ebpf::MAX_PODS),
+            current: Arc::default(),
         }
     }
 
-    /// Follows the workload source until it goes away.
+    /// Follows the workload source and the policies until the workload source goes away.
     pub async fn run(
         mut self,
         mut workloads: watch::Receiver<Arc<WorkloadSet>>,
+        mut policies: watch::Receiver<Arc<PolicySet>>,
         ready: impl FnOnce(),
     ) {
+        self.shared
+            .policy
+            .store(policies.borrow_and_update().clone());
         let current = workloads.borrow_and_update().clone();
         self.reconcile(&current);
         ready();
+        let mut policies_open = true;
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,6 +87,17 @@ impl Enrollment {
                     let current = workloads.borrow_and_update().clone();
                     self.reconcile(&current);
                 }
+                changed = policies.changed(), if policies_open => {
+                    if changed.is_err() {
+                        policies_open = false;
+                        continue;
+                    }
+                    let policy = policies.borrow_and_update().clone();
+                    tracing::info!(policies = policy.len(), "policies in force");
+                    self.shared.policy.store(policy);
+                    self.recheck_connections();
+                    self.update_kernel_denials();
+                }
                 _ = retry.tick(), if !self.failed.is_empty() => {
                     let current = workloads.borrow().clone();
                     self.reconcile(&current);
@@ -82,9 +106,82 @@ impl Enrollment {
         }
     }
 
+    /// Closes the established connections into this node's pods that the policies in
+    /// force now deny. (Connections to pods whose policies look at HTTP are decided
+    /// request by request instead.)
+    fn recheck_connections(&self) {
+        let pods: HashMap<&str, &EnrolledPod> = self
+            .pods
+            .values()
+            .map(|p| (p.proxy.key.as_str(), p))
+            .collect();
+        for conn in self.shared.connections.snapshot() {
+            if conn.direction != Direction::Inbound {
+                continue;
+            }
+            let Some(pod) = pods.get(conn.pod.as_str()) else {
+                continue;
+            };
+            if authorize::needs_http(&pod.proxy) {
+                continue;
+            }
+            let identity = conn
+                .peer_identity
+                .as_deref()
+                .and_then(|p| SpiffeId::parse(p).ok());
+            let peer = authorize::Peer {
+                identity: identity.as_ref(),
+                ip: conn.src.ip(),
+            };
+            if let Err(reason) = authorize::check(&pod.proxy, peer, conn.dst.port(), None) {
+                tracing::info!(pod = %conn.pod, src = %conn.src, dst = %conn.dst, %reason, "closing a connection a policy now denies");
+                conn.close(format!("{reason}, after a policy change"));
+            }
+        }
+    }
+
+    /// Makes the kernel refuse, in `connect()`, what the policies deny this node's pods
+    /// outright (pure-L4 DENY rules: see `PolicySet::kernel_denials`).
+    fn update_kernel_denials(&mut self) {
+        let policy = self.shared.policy.load();
+        let destinations: Vec<DestinationRef<'_>> = self
+            .current
+            .workloads
+            .iter()
+            .filter(|w| w.mode == Mode::Node)
+            .map(|w| DestinationRef {
+                namespace: &w.namespace,
+                labels: &w.labels,
+                ips: &w.ips,
+            })
+            .collect();
+        let mut wanted = HashSet::new();
+        for pod in self.pods.values() {
+            let source = SourcePod {
+                principal: Some(pod.id.as_str().trim_start_matches("spiffe://")),
+                namespace: Some(pod.id.namespace()),
+                ips: &pod.workload.ips,
+            };
+            for denial in policy.kernel_denials(&source, &destinations) {
+                wanted.insert(deny_key(pod.pod_id, denial));
+            }
+        }
+        let entries = wanted.len();
+        match self.dataplane.set_policy_denials(wanted) {
+            Ok(0) => {}
+            Ok(changed) => {
+                tracing::info!(entries, changed, "kernel policy denials updated");
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot update the kernel's policy denials; destinations still enforce");
+            }
+        }
+    }
+
     /// Brings the directory and the enrolled pods in line with `desired`.
-    pub fn reconcile(&mut self, desired: &WorkloadSet) {
+    pub fn reconcile(&mut self, desired: &Arc<WorkloadSet>) {
         self.shared.directory.update(desired);
+        self.current = desired.clone();
         let wanted: BTreeMap<WorkloadKey, &Workload> = desired
             .workloads
             .iter()
@@ -123,6 +220,7 @@ impl Enrollment {
                 }
             }
         }
+        self.update_kernel_denials();
     }
 
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {
@@ -140,7 +238,7 @@ impl Enrollment {
             self.shared.clone(),
         ));
         // From here on, a failure drops `listeners` (closing them) and undoes each step.
-        let listeners = proxy::pod::start(pod).map_err(|e| e.to_string())?;
+        let listeners = proxy::pod::start(pod.clone()).map_err(|e| e.to_string())?;
         let pod_id = self.ids.take().ok_or("no free pod slot on this node")?;
         let inbound = PodInbound {
             pod_id,
@@ -172,6 +270,7 @@ impl Enrollment {
         self.pods.insert(
             key,
             EnrolledPod {
+                proxy: pod,
                 workload: workload.clone(),
                 netns,
                 pod_id,
@@ -194,5 +293,22 @@ impl Enrollment {
         self.ids.give_back(pod.pod_id);
         tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.
+    }
+}
+
+fn deny_key(pod_id: u32, denial: KernelDenial) -> DenyKey {
+    let (family, addr) = match denial.ip {
+        IpAddr::V4(v4) => {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&v4.octets());
+            (FAMILY_V4, addr)
+        }
+        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+    };
+    DenyKey {
+        pod_id,
+        port: denial.port.unwrap_or(0),
+        family,
+        addr,
     }
 }

@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(listed[0].pod, "shop/a");
         listed[0].close("denied by shop/deny-all".into());
         assert!(a.connection.cancel_token().is_cancelled());
-        assert_eq!(a.connection.closed_because().as_deref(), Some("denied by shop/deny-all"));
+        assert_eq!(
+            a.connection.closed_because().as_deref(),
+            Some("denied by shop/deny-all")
+        );
         drop(a);
         assert!(registry.is_empty());
     }

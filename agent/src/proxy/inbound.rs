@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    deliver,
+    authorize, deliver,
     destination::{self, Arrival},
     pod::{self, PodProxy},
 };
@@ -41,6 +41,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             client,
             "plaintext refused: the namespace requires mutual TLS (strict)".into(),
         );
+    }
+    if !authorize::needs_http(&pod) {
+        let peer = authorize::Peer {
+            identity: None,
+            ip: peer.ip(),
+        };
+        if let Err(reason) = authorize::check(&pod, peer, dst.port(), None) {
+            return refuse(client, reason);
+        }
     }
     match deliver::to_app(&pod, dst).await {
         Ok(app) => destination::serve(&pod, arrival, client, app, started).await,

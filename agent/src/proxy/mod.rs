@@ -4,11 +4,13 @@
 //! outside the mesh, under the pod's mTLS mode), `tunnel` (HBONE: both ends of the
 //! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app and `copy`
 //! moving bytes.
+pub mod authorize;
 pub mod connections;
 pub mod copy;
 pub mod deliver;
 pub mod destination;
 pub mod hbone;
+pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod pod;

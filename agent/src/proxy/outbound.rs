@@ -46,7 +46,12 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         .find(|ip| ip.is_ipv4() == dst.is_ipv4())
         .map(|ip| SocketAddr::new(*ip, peer.port()))
         .unwrap_or(peer);
-    let route = match pod.shared.directory.lookup(dst.ip()).filter(|d| d.in_mesh()) {
+    let route = match pod
+        .shared
+        .directory
+        .lookup(dst.ip())
+        .filter(|d| d.in_mesh())
+    {
         None => Ok(Route::Passthrough),
         Some(dest) => pod
             .shared

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
@@ -24,6 +25,7 @@ use crate::{
     dataplane::OrigDstTable,
     identity::{Identity, SpiffeId},
     netns::Netns,
+    policy::PolicySet,
     workloads::{MtlsMode, Workload, directory::Directory},
 };
 
@@ -46,6 +48,8 @@ pub struct Shared {
     pub node_addrs: Vec<IpAddr>,
     /// Every live proxied connection of the node.
     pub connections: Registry,
+    /// The authorization policies in force.
+    pub policy: ArcSwap<PolicySet>,
 }
 
 impl Shared {
@@ -67,6 +71,7 @@ impl Shared {
             buffer_bytes: config.proxy.buffer_bytes,
             node_addrs,
             connections: Registry::default(),
+            policy: ArcSwap::from_pointee(PolicySet::empty()),
         }
     }
 }

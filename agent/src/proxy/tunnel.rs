@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
 use super::{
+    authorize,
     copy::Abort,
     deliver,
     destination::{self, Arrival},
@@ -201,6 +202,15 @@ impl Handler for Deliver {
                 StatusCode::BAD_REQUEST,
                 format!("CONNECT to {dst}, which is not an address of this pod"),
             ));
+        }
+        if !authorize::needs_http(&self.pod) {
+            let peer = authorize::Peer {
+                identity: Some(&self.peer_id),
+                ip: arrival.src.ip(),
+            };
+            if let Err(reason) = authorize::check(&self.pod, peer, dst.port(), None) {
+                return Err(refuse(StatusCode::FORBIDDEN, reason));
+            }
         }
         match deliver::to_app(&self.pod, dst).await {
             Ok(app) => Ok((app, started)),

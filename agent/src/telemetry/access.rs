@@ -132,3 +132,34 @@ pub fn log_connection(
         error: error.map(|e| conn.closed_because().unwrap_or_else(|| e.to_string())),
     });
 }
+
+/// Logs one HTTP request of a proxied connection (`request` lines sit beside the
+/// connection's own line).
+pub fn log_request(conn: &Connection, local_identity: &str, report: &crate::proxy::http::Report) {
+    let peer = conn.peer_identity.as_deref().unwrap_or("");
+    let (src_identity, dst_identity) = match conn.direction {
+        Direction::Outbound => (local_identity, peer),
+        Direction::Inbound => (peer, local_identity),
+    };
+    tracing::info!(
+        target: "access",
+        pod = %conn.pod,
+        direction = conn.direction.as_str(),
+        transport = conn.transport.as_str(),
+        src = %conn.src,
+        dst = %conn.dst,
+        src_identity,
+        dst_identity,
+        method = %report.request.method,
+        path = report.request.path(),
+        authority = report.request.authority.as_deref().unwrap_or(""),
+        protocol = ?report.request.version,
+        status = report.status.as_u16(),
+        request_bytes = report.request_bytes,
+        response_bytes = report.response_bytes,
+        duration_ms = report.duration.as_secs_f64() * 1000.0,
+        denied = report.denied,
+        response_flags = report.response_flags(),
+        "request"
+    );
+}

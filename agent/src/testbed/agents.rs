@@ -15,7 +15,10 @@ use super::{
     state::{self, AGENT_PID_FILE, AgentState, NodeState, State},
 };
 use crate::{
-    config::{CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, WorkloadSourceConfig},
+    config::{
+        CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, PolicyConfig,
+        WorkloadSourceConfig,
+    },
     identity,
     workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet},
 };
@@ -97,6 +100,8 @@ pub fn write_files(
         identity::ca::init(&state.ca_dir, &identity::ca::InitOptions::default())
             .context("cannot make the testbed's CA")?;
     }
+    std::fs::create_dir_all(&state.policy_dir)
+        .with_context(|| format!("cannot create {}", state.policy_dir.display()))?;
     for node in &state.nodes {
         let node_dir = State::node_dir(dir, &node.name);
         std::fs::create_dir_all(&node_dir)
@@ -123,6 +128,10 @@ pub fn write_files(
             identity: IdentityConfig {
                 ca_dir: state.ca_dir.clone(),
                 ..base.identity.clone()
+            },
+            policy: PolicyConfig {
+                dir: Some(state.policy_dir.clone()),
+                ..base.policy.clone()
             },
             ..base.clone()
         };

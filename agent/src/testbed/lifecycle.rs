@@ -83,6 +83,7 @@ fn build(
     net::build(state)?;
     net::check(state)?;
     state.ca_dir = dir.join("ca");
+    state.policy_dir = dir.join("policies");
     agents::write_files(dir, state, mount, agent)?;
     if with_agents {
         agents::start(dir, state)?;

@@ -147,6 +147,7 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
         pods: Vec::new(),
         strict_namespaces: spec.strict_namespaces(),
         ca_dir: PathBuf::new(),
+        policy_dir: PathBuf::new(),
     };
     for (index, (node, netns)) in spec.nodes.iter().zip(&node_names).enumerate() {
         let i = index + 1;

@@ -31,6 +31,10 @@ pub struct State {
     /// The testbed's root CA (`ca.crt`, `ca.key`), shared by its agents.
     #[serde(default)]
     pub ca_dir: PathBuf,
+    /// Authorization policies every agent follows (like the cluster's CRDs): put YAML
+    /// files here.
+    #[serde(default)]
+    pub policy_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -1,0 +1,74 @@
+//! Asking the current policies about a connection or an HTTP request arriving at an
+//! enrolled pod, with what the destination's agent knows of the peer: its verified
+//! identity (tunnels only), its address, the port. Matching AUDIT policies are logged
+//! (`audit`) whatever the verdict.
+use std::net::IpAddr;
+
+use super::pod::PodProxy;
+use crate::{
+    identity::SpiffeId,
+    policy::{Http, Request, Source, WorkloadRef},
+};
+
+/// What the destination's agent knows of a peer.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer<'a> {
+    pub identity: Option<&'a SpiffeId>,
+    pub ip: IpAddr,
+}
+
+/// `Err` carries the reason a person reads in the access log.
+pub type Verdict = Result<(), String>;
+
+/// The policies' verdict for `peer` reaching `pod` on `port` (`http`: one request).
+pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) -> Verdict {
+    let policy = pod.shared.policy.load();
+    let principal = peer
+        .identity
+        .map(|id| id.as_str().trim_start_matches("spiffe://"));
+    let request = Request {
+        source: Source {
+            principal,
+            namespace: peer.identity.map(|id| id.namespace()),
+            ip: peer.ip,
+        },
+        port,
+        http,
+    };
+    let decision = policy.evaluate(&workload_ref(pod), &request);
+    for audit in decision.audits.iter() {
+        tracing::info!(
+            pod = %pod.key,
+            policy = audit.policy,
+            rule = audit.rule,
+            source = %peer.ip,
+            principal = principal.unwrap_or(""),
+            port,
+            method = http.map(|h| h.method).unwrap_or(""),
+            path = http.map(|h| h.path).unwrap_or(""),
+            allowed = decision.allowed,
+            "audit"
+        );
+    }
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(format!("RBAC: access denied ({})", decision.reason))
+    }
+}
+
+/// True when a policy selecting the pod looks at HTTP requests, so that connections to
+/// it must be parsed as HTTP before they can be decided.
+pub fn needs_http(pod: &PodProxy) -> bool {
+    pod.shared
+        .policy
+        .load()
+        .is_http_sensitive(&workload_ref(pod))
+}
+
+fn workload_ref(pod: &PodProxy) -> WorkloadRef<'_> {
+    WorkloadRef {
+        namespace: &pod.workload.namespace,
+        labels: &pod.workload.labels,
+    }
+}

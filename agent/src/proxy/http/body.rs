@@ -1,0 +1,165 @@
+//! Bodies streamed through the proxy frame by frame, never gathered whole: hyper pulls
+//! a frame from one side only when the other side can take it, so back-pressure (TCP
+//! windows, HTTP/2 flow control) passes through. [`RequestBody`] counts what the client
+//! sends; [`ResponseBody`] counts what the client gets and finishes the exchange when
+//! the response ends — fully sent, failed by the app, or dropped because the client went
+//! away.
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::{
+    Failure, Hook,
+    exchange::{BodyProgress, Exchange},
+};
+
+/// A client's request body on its way to the app.
+pub struct RequestBody {
+    inner: Incoming,
+    progress: Arc<BodyProgress>,
+}
+
+impl RequestBody {
+    pub(super) fn new(inner: Incoming, progress: Arc<BodyProgress>) -> Self {
+        Self { inner, progress }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.progress.add(data.len());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.progress.fail(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Content {
+    /// The app's response body.
+    Stream(Incoming),
+    /// A body of our own (a deny, an error), sent once.
+    Full(Option<Bytes>),
+}
+
+impl Content {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Stream(body) => body.is_end_stream(),
+            Self::Full(bytes) => bytes.is_none(),
+        }
+    }
+}
+
+/// A response body on its way to the client; reports the exchange when it ends.
+pub struct ResponseBody<H: Hook + ?Sized> {
+    content: Content,
+    sent: u64,
+    exchange: Option<Exchange<H>>,
+}
+
+impl<H: Hook + ?Sized> ResponseBody<H> {
+    pub(super) fn stream(body: Incoming, exchange: Exchange<H>) -> Self {
+        Self {
+            content: Content::Stream(body),
+            sent: 0,
+            exchange: Some(exchange),
+        }
+    }
+
+    pub(super) fn full(bytes: Bytes, exchange: Option<Exchange<H>>) -> Self {
+        Self {
+            content: Content::Full((!bytes.is_empty()).then_some(bytes)),
+            sent: 0,
+            exchange,
+        }
+    }
+
+    fn finish(&mut self, failure: Option<Failure>) {
+        if let Some(exchange) = self.exchange.take() {
+            exchange.finish(self.sent, failure);
+        }
+    }
+}
+
+impl<H: Hook + ?Sized> Body for ResponseBody<H> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.content {
+            Content::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Content::Stream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                if this.content.is_end_stream() {
+                    this.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(err))) => {
+                tracing::debug!(error = %err, "the app's response body failed");
+                this.finish(Some(Failure::UpstreamReset));
+            }
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.content.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.content {
+            Content::Stream(body) => body.size_hint(),
+            Content::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl<H: Hook + ?Sized> Drop for ResponseBody<H> {
+    fn drop(&mut self) {
+        // hyper stops polling once `is_end_stream` says so: that is a clean end. Dropped
+        // before that, the client is gone.
+        let failure = (!self.content.is_end_stream()).then_some(Failure::DownstreamReset);
+        self.finish(failure);
+    }
+}

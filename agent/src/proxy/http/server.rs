@@ -1,0 +1,133 @@
+//! One proxied HTTP connection: hyper serves the client (HTTP/1 with upgrades, or
+//! HTTP/2), each request goes through the [`Proxy`] service to the app's client
+//! connection. The two connections live and die together: when the app's ends, the
+//! client's is shut down gracefully (HTTP/1: after the response in flight; HTTP/2:
+//! GOAWAY, streams in flight finish); when the client's ends, the app's is dropped.
+use std::{
+    future::Future,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{
+    Hook, HttpError, HttpVersion, Settings,
+    service::Proxy,
+    settings::MIN_BUF_SIZE,
+    upstream::{Closed, Upstream},
+};
+
+/// Proxies HTTP between `client` (which speaks `version`, as [`detect`](super::detect)
+/// found) and `app`, calling `hook` for each request, until either connection ends or
+/// `shutdown` resolves (then gracefully: requests in flight finish).
+///
+/// Returns when the client connection is done; an error says why it ended badly (e.g.
+/// a malformed request, answered with 400). Upgraded connections (WebSocket) run on in
+/// their own task after this returns.
+pub async fn serve<C, A, H>(
+    client: C,
+    app: A,
+    version: HttpVersion,
+    hook: Arc<H>,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Hook + ?Sized,
+{
+    let (upstream, closed) = Upstream::handshake(app, version, settings)
+        .await
+        .map_err(|source| HttpError::AppHandshake { version, source })?;
+    let upgrading = Arc::new(AtomicBool::new(false));
+    let proxy = Proxy::new(hook, upstream, version, settings.clone(), upgrading.clone());
+    let io = TokioIo::new(client);
+    let result = match version {
+        HttpVersion::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_read_timeout)
+                .max_buf_size(settings.max_buf_size.max(MIN_BUF_SIZE))
+                // A client that half-closes after its request still gets the response.
+                .half_close(true)
+                .preserve_header_case(true)
+                // The app's `Date` (or none) goes through as it is.
+                .auto_date_header(false)
+                .serve_connection(io, proxy)
+                .with_upgrades();
+            drive(
+                conn,
+                |conn| conn.graceful_shutdown(),
+                closed,
+                shutdown,
+                &upgrading,
+            )
+            .await
+        }
+        HttpVersion::Http2 => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.max_concurrent_streams)
+                .auto_date_header(false)
+                .serve_connection(io, proxy);
+            drive(
+                conn,
+                |conn| conn.graceful_shutdown(),
+                closed,
+                shutdown,
+                &upgrading,
+            )
+            .await
+        }
+    };
+    result.map_err(|source| HttpError::Client { version, source })
+}
+
+/// Polls the client connection to its end, shutting it down gracefully when `shutdown`
+/// resolves or the app's connection ends (unless that was an upgrade taking it over).
+async fn drive<F, G>(
+    conn: F,
+    mut graceful: G,
+    app_closed: Closed,
+    shutdown: impl Future<Output = ()>,
+    upgrading: &AtomicBool,
+) -> hyper::Result<()>
+where
+    F: Future<Output = hyper::Result<()>>,
+    G: FnMut(Pin<&mut F>),
+{
+    let mut conn = pin!(conn);
+    let mut shutdown = pin!(shutdown);
+    let mut app_closed = pin!(app_closed);
+    let mut app_open = true;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                graceful(conn.as_mut());
+            }
+            ended = &mut app_closed, if app_open => {
+                app_open = false;
+                if !upgrading.load(Ordering::Relaxed) {
+                    match ended {
+                        Ok(Err(err)) => tracing::debug!(error = %err, "app connection failed"),
+                        _ => tracing::debug!("app connection closed"),
+                    }
+                    if !shutting_down {
+                        shutting_down = true;
+                        graceful(conn.as_mut());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What happens to one request: the hook decides; a denied request gets the hook's
+//! answer (in HTTP/1 after reading away a small body, so the connection can go on); a
+//! forwarded one goes to the app with its head as received (method, target, `Host` or
+//! `:authority`, headers, header case in HTTP/1) and its body streamed; the app's
+//! response comes back the same way. When the app fails before answering, the client
+//! gets 503 (connection failed or closed: `UC`) or 502 (not HTTP: `UPE`), and in
+//! HTTP/1 the connection is closed after it, since the app's is gone.
+//!
+//! `Expect: 100-continue` needs nothing special: hyper answers `100 Continue` to the
+//! client when the body is first read, which is when the request goes to the app (a
+//! denied request's body is not read, so no `100`); the header goes on to the app, whose
+//! own `100` hyper's client skips.
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{
+    Failure, Hook, HttpVersion, RequestInfo, Settings, Verdict,
+    body::{RequestBody, ResponseBody},
+    exchange::{BodyProgress, Exchange},
+    upgrade,
+    upstream::Upstream,
+};
+
+/// The service hyper calls for each request of one client connection.
+pub(super) struct Proxy<H: Hook + ?Sized>(Arc<Shared<H>>);
+
+struct Shared<H: Hook + ?Sized> {
+    hook: Arc<H>,
+    upstream: Upstream,
+    version: HttpVersion,
+    settings: Settings,
+    /// An upgrade request is with the app: its connection ending is no reason to end the
+    /// client's.
+    upgrading: Arc<AtomicBool>,
+}
+
+impl<H: Hook + ?Sized> Proxy<H> {
+    pub(super) fn new(
+        hook: Arc<H>,
+        upstream: Upstream,
+        version: HttpVersion,
+        settings: Settings,
+        upgrading: Arc<AtomicBool>,
+    ) -> Self {
+        Self(Arc::new(Shared {
+            hook,
+            upstream,
+            version,
+            settings,
+            upgrading,
+        }))
+    }
+}
+
+impl<H: Hook + ?Sized> hyper::service::Service<Request<Incoming>> for Proxy<H> {
+    type Response = Response<ResponseBody<H>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move { Ok(shared.handle(request).await) })
+    }
+}
+
+impl<H: Hook + ?Sized> Shared<H> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody<H>> {
+        let started = Instant::now();
+        let info = RequestInfo::from_request(&request);
+        let progress = Arc::new(BodyProgress::default());
+        let verdict = self.hook.on_request(&info, request.headers());
+        let head = info.method == Method::HEAD;
+        // Dropped unfinished (this future dropped: the client went away before the
+        // response's head), the exchange reports itself.
+        let exchange = Exchange::new(self.hook.clone(), info, started, progress.clone());
+        if let Verdict::Deny { status, body } = verdict {
+            let expects_continue = request
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let drained = self
+                .drain(request.into_body(), expects_continue, &progress)
+                .await;
+            let exchange = exchange.answered(status).denied();
+            let mut response = plain(status, body, head, Some(exchange));
+            if !drained {
+                close(&mut response);
+            }
+            return response;
+        }
+
+        if self.version == HttpVersion::Http1 && upgrade::refuse_h2c(request.headers_mut()) {
+            tracing::debug!(path = request.uri().path(), "h2c upgrade offer removed");
+        }
+        let upgrade = (self.version == HttpVersion::Http1
+            && upgrade::is_upgrade_request(request.method(), request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
+        if self.version == HttpVersion::Http2 && request.uri().authority().is_none() {
+            // No `:authority` (the client sent `Host` instead): h2 then sends `:scheme`
+            // `http` and the path, as it does for a forwarded HTTP/1 request.
+            *request.version_mut() = Version::HTTP_11;
+        }
+        let method = request.method().clone();
+        self.upgrading.store(upgrade.is_some(), Ordering::Relaxed);
+        let request = request.map(|body| RequestBody::new(body, progress.clone()));
+
+        let mut response = match self.upstream.send(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                self.upgrading.store(false, Ordering::Relaxed);
+                return self.failed(&err, &progress, head, exchange);
+            }
+        };
+        let status = response.status();
+        let exchange = exchange.answered(status);
+        if let Some(client) = upgrade {
+            if upgrade::is_upgrade_response(&method, status) {
+                let app = hyper::upgrade::on(&mut response);
+                tokio::spawn(upgrade::splice(client, app, exchange));
+                return response.map(|_| ResponseBody::full(Bytes::new(), None));
+            }
+            self.upgrading.store(false, Ordering::Relaxed);
+        }
+        response.map(|body| ResponseBody::stream(body, exchange))
+    }
+
+    /// The app failed `request` before its response's head.
+    fn failed(
+        &self,
+        err: &hyper::Error,
+        progress: &BodyProgress,
+        head: bool,
+        exchange: Exchange<H>,
+    ) -> Response<ResponseBody<H>> {
+        let (status, failure, text): (_, _, &'static [u8]) = if progress.failed() {
+            // hyper's client reports a failed request body as its own error; the client
+            // is gone.
+            (
+                super::hook::client_closed(),
+                Failure::DownstreamReset,
+                b"request body failed",
+            )
+        } else if err.is_parse() {
+            (
+                StatusCode::BAD_GATEWAY,
+                Failure::UpstreamProtocol,
+                b"upstream protocol error",
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Failure::UpstreamReset,
+                b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            )
+        };
+        tracing::debug!(error = %err, %status, flag = failure.response_flag(), "request failed");
+        let mut response = plain(status, Bytes::from_static(text), head, None);
+        // Report now: the failure is known, and the body's end would report none.
+        let sent = if head { 0 } else { text.len() as u64 };
+        exchange.answered(status).finish(sent, Some(failure));
+        if self.version == HttpVersion::Http1 {
+            close(&mut response);
+        }
+        response
+    }
+
+    /// Reads a denied HTTP/1 request's body away, within the settings' bounds, so that the
+    /// connection can carry the next request. False when it could not (too big, too slow,
+    /// or waiting for `100 Continue`, which a denied request does not get).
+    async fn drain(
+        &self,
+        mut body: Incoming,
+        expects_continue: bool,
+        progress: &BodyProgress,
+    ) -> bool {
+        use http_body::Body as _;
+        if self.version != HttpVersion::Http1 || body.is_end_stream() {
+            return true;
+        }
+        if expects_continue {
+            return false;
+        }
+        let limit = self.settings.deny_drain_bytes as u64;
+        if body.size_hint().lower() > limit {
+            return false;
+        }
+        let drain = async {
+            loop {
+                match body.frame().await {
+                    None => return true,
+                    Some(Err(_)) => return false,
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            progress.add(data.len());
+                        }
+                        if progress.bytes() > limit {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(self.settings.deny_drain_timeout, drain)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A `text/plain` response of our own; without its body (but with its length) to a
+/// `HEAD` request.
+fn plain<H: Hook + ?Sized>(
+    status: StatusCode,
+    body: Bytes,
+    head: bool,
+    exchange: Option<Exchange<H>>,
+) -> Response<ResponseBody<H>> {
+    let length = body.len();
+    let body = if head { Bytes::new() } else { body };
+    let mut response = Response::new(ResponseBody::full(body, exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
+
+/// Asks hyper to close the HTTP/1 connection after this response.
+fn close<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}

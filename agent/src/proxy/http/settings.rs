@@ -1,0 +1,62 @@
+//! The knobs of the HTTP layer: how long and how far protocol detection looks
+//! ([`DetectSettings`]) and how the HTTP/1 and HTTP/2 ends are tuned ([`Settings`]).
+use std::time::Duration;
+
+/// How protocol detection waits for the client's first bytes.
+#[derive(Clone, Debug)]
+pub struct DetectSettings {
+    /// How long to wait for the client's first byte before calling the connection
+    /// opaque. This is the only delay a server-first protocol can see, and only when its
+    /// server stays silent too (a banner ends detection at once).
+    pub first_byte_timeout: Duration,
+    /// Once the client has spoken, how long (from the start) it may take to send enough
+    /// bytes to decide (e.g. `GE`, a pause, then `T / HTTP/1.1`). After it: opaque.
+    pub timeout: Duration,
+    /// The most client bytes read while deciding. A request line still well formed at
+    /// this length is taken for HTTP/1 (hyper then answers a too-long target itself).
+    pub max_bytes: usize,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        Self {
+            first_byte_timeout: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+            max_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// HTTP proxying: the server end (towards the client) and the client end (towards the
+/// app) of one proxied connection.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// HTTP/1: a client must send a request's head within this time (also bounds idle
+    /// keep-alive connections between requests).
+    pub header_read_timeout: Duration,
+    /// HTTP/1: the most bytes buffered for one message head, both ends (at least 8 KiB;
+    /// smaller values are raised to it).
+    pub max_buf_size: usize,
+    /// HTTP/2: the most concurrent streams a client may open.
+    pub max_concurrent_streams: u32,
+    /// HTTP/1: a denied request's body is read and dropped up to this many bytes so the
+    /// connection can carry the next request; a larger body closes the connection.
+    pub deny_drain_bytes: usize,
+    /// HTTP/1: how long draining a denied request's body may take.
+    pub deny_drain_timeout: Duration,
+}
+
+/// hyper's floor for `max_buf_size`.
+pub(super) const MIN_BUF_SIZE: usize = 8 * 1024;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_buf_size: 400 * 1024,
+            max_concurrent_streams: 256,
+            deny_drain_bytes: 64 * 1024,
+            deny_drain_timeout: Duration::from_secs(1),
+        }
+    }
+}
