@@ -50,6 +50,28 @@ pub struct DenyKey {
     pub addr: [u8; 16],
 }
 
+/// Map: per-CPU array indexed by pod id (`MAX_PODS` slots) → [`PodCounters`]; the
+/// traffic that crosses an enrolled pod's network interface (never its loopback).
+pub const MAP_POD_COUNTERS: &str = "POD_COUNTERS";
+
+/// Traffic counters of one pod (value of `POD_COUNTERS`, per CPU; userspace sums them).
+///
+/// Counted at the pod's sockets (cgroup_skb), for every socket in the pod's network
+/// namespace — the app's own and the agent's in-pod ones — whose packet goes through a
+/// device other than loopback: `rx` arrives at the pod, `tx` leaves it. `packets` are the
+/// packets as the socket layer sees them: with TSO/GSO (veth) or GRO one of them may stand
+/// for several segments on the wire. `bytes` are their length from the IP header on
+/// (`skb->len`: IP header, transport header, payload); an aggregate counts its headers
+/// once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
 /// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
 pub const PROG_CONNECT4: &str = "or_connect4";
 pub const PROG_CONNECT6: &str = "or_connect6";
@@ -57,6 +79,8 @@ pub const PROG_SOCKOPS: &str = "or_sockops";
 pub const PROG_BIND4: &str = "or_bind4";
 pub const PROG_BIND6: &str = "or_bind6";
 pub const PROG_SK_LOOKUP: &str = "or_sk_lookup";
+pub const PROG_SKB_INGRESS: &str = "or_skb_ingress";
+pub const PROG_SKB_EGRESS: &str = "or_skb_egress";
 /// Every program of ours starts with this.
 pub const PROG_PREFIX: &str = "or_";
 
@@ -120,4 +144,5 @@ mod user {
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::DenyKey {}
+    unsafe impl aya::Pod for super::PodCounters {}
 }

@@ -3,6 +3,8 @@
 //! - `capture`: `cgroup/connect4`, `cgroup/connect6` steer enrolled pods' TCP connects to
 //!   the in-pod outbound listener and remember the original destination; `sockops`
 //!   publishes it under (netns cookie, family, client port) for the agent.
+//! - `counters`: `cgroup_skb/ingress`, `cgroup_skb/egress` count the packets and bytes
+//!   crossing each enrolled pod's network interface (loopback excluded), per pod id.
 //! - `guard`: `cgroup/bind4`, `cgroup/bind6` keep apps off the agent's reserved ports.
 //! - `inbound`: `sk_lookup`, per pod namespace, steers plaintext arriving for the pod to
 //!   the agent's `:15006` listener in it.
@@ -11,9 +13,13 @@
 //! On the host this file compiles to an empty program so that `cargo` commands over the
 //! whole workspace keep working.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// `counters` adds with the BPF atomic instruction, written as inline assembly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod capture;
+#[cfg(target_arch = "bpf")]
+mod counters;
 #[cfg(target_arch = "bpf")]
 mod guard;
 #[cfg(target_arch = "bpf")]

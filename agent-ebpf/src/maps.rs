@@ -1,9 +1,9 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
-use agent_ebpf::{DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodEntry, Settings};
+use agent_ebpf::{DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, Settings};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, SockMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 
 #[map(name = "ENROLLED")]
@@ -41,6 +41,9 @@ pub static INBOUND_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_PO
 
 #[map(name = "INBOUND_LISTENERS")]
 pub static INBOUND_LISTENERS: SockMap = SockMap::with_max_entries(MAX_PODS * 2, 0);
+
+#[map(name = "POD_COUNTERS")]
+pub static POD_COUNTERS: PerCpuArray<PodCounters> = PerCpuArray::with_max_entries(MAX_PODS, 0);
 
 /// True when the current socket belongs to the agent: by its mark or its cgroup.
 #[inline(always)]

@@ -1,14 +1,33 @@
 //! `outrider run`: wires the agent together — config, logging, kernel programs, the
 //! workload source, enrollment — and runs until SIGTERM or SIGINT.
-use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 
 use tokio::sync::watch;
 
 use crate::{
-    config::Config, dataplane::Dataplane, enrollment::Enrollment, identity::Identity, logging,
-    netns, policy::PolicySet, proxy::Shared, workloads, workloads::directory::Directory,
+    config::Config,
+    dataplane::Dataplane,
+    enrollment::Enrollment,
+    identity::Identity,
+    logging, netns,
+    policy::PolicySet,
+    proxy::Shared,
+    telemetry::{
+        endpoint::{self, Endpoint},
+        metrics::Metrics,
+    },
+    workloads,
+    workloads::directory::Directory,
 };
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -38,20 +57,35 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     };
     let policies = follow_policies(&config)?;
     let dataplane = Dataplane::load(&config)?;
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::new(
         &config,
         dataplane.orig_dst(),
         Directory::default(),
         identity,
         node_addresses(),
+        metrics.clone(),
     ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let flush = shared.clone();
+    endpoint::start(
+        config.telemetry.metrics_addr,
+        Endpoint {
+            metrics,
+            before_scrape: Box::new(move || flush.connections.flush_metrics()),
+            ready: ready.clone(),
+        },
+    )
+    .await?;
     let workloads = workloads::file::watch(
         file,
         Duration::from_millis(config.workloads.poll_interval_ms),
     );
     let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared);
-    let enrollment =
-        tokio::spawn(enrollment.run(workloads, policies, || tracing::info!("agent ready")));
+    let enrollment = tokio::spawn(enrollment.run(workloads, policies, move || {
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!("agent ready")
+    }));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

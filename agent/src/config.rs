@@ -25,6 +25,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub identity: IdentityConfig,
     pub policy: PolicyConfig,
+    pub telemetry: TelemetryConfig,
     pub log: LogConfig,
 }
 
@@ -42,6 +43,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             identity: IdentityConfig::default(),
             policy: PolicyConfig::default(),
+            telemetry: TelemetryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -169,6 +171,22 @@ impl Default for PolicyConfig {
             dir: None,
             root_namespace: "outrider-system".to_string(),
             poll_interval_ms: 250,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where `/metrics` and `/healthz/ready` are served (on the node). Default
+    /// `0.0.0.0:15020`.
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
         }
     }
 }

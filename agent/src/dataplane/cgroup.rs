@@ -106,6 +106,11 @@ pub fn resolve_attach(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
 /// The cgroup v2 id (the directory's inode) of the cgroup this process lives in; the
 /// programs never steer sockets made from it.
 pub fn own_cgroup_id(config: &CgroupConfig) -> Result<u64, CgroupError> {
+    id_of(&own_cgroup(config)?)
+}
+
+/// The directory of the cgroup this process lives in.
+pub fn own_cgroup(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
     let mount = mount(config)?;
     let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| CgroupError::Own {
         path: PathBuf::from("/proc/self/cgroup"),
@@ -118,8 +123,7 @@ pub fn own_cgroup_id(config: &CgroupConfig) -> Result<u64, CgroupError> {
             path: PathBuf::from("/proc/self/cgroup"),
             reason: "no cgroup v2 entry".into(),
         })?;
-    let path = mount.join(relative.trim_start_matches('/'));
-    id_of(&path)
+    Ok(mount.join(relative.trim_start_matches('/')))
 }
 
 fn id_of(path: &Path) -> Result<u64, CgroupError> {

@@ -1,8 +1,10 @@
 //! The kernel side of capture: loads Outrider's programs (built into the binary), attaches
 //! them by bpf_link to the cgroup that holds the pods, and owns their maps — the enrolled
 //! set (by network-namespace cookie), the original destinations of steered connections,
-//! and the agent-wide settings. Dropping the [`Dataplane`] detaches everything.
+//! the agent-wide settings, and per-pod traffic counters. Dropping the [`Dataplane`]
+//! detaches everything.
 pub mod cgroup;
+mod counters;
 mod inbound;
 
 use std::{
@@ -15,7 +17,7 @@ use std::{
 use agent_ebpf::{
     DenyKey, FAMILY_V4, FAMILY_V6, MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4,
     MAP_EXCLUDED_V6, MAP_ORIG_DST, MAP_POLICY_DENY, MAP_RESERVED_PORTS, MAP_SETTINGS, OrigDst,
-    OrigDstKey, PodEntry, Settings,
+    OrigDstKey, PodCounters, PodEntry, Settings,
 };
 use aya::{
     Ebpf,
@@ -30,6 +32,7 @@ use ipnet::IpNet;
 use crate::config::Config;
 
 pub use cgroup::{CgroupError, own_cgroup_id, resolve_attach};
+use counters::CounterTable;
 use inbound::InboundSteering;
 pub use inbound::PodInbound;
 
@@ -59,6 +62,8 @@ pub enum DataplaneError {
     MissingProgram(&'static str),
     #[error("at most {0} pods per node can be enrolled")]
     TooManyPods(u32),
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
     #[error("cgroup {path}: {source}")]
     OpenCgroup {
         path: PathBuf,
@@ -116,6 +121,7 @@ pub struct Dataplane {
     policy_deny: HashMap<MapData, DenyKey, u8>,
     /// What `policy_deny` holds now.
     denied: std::collections::HashSet<DenyKey>,
+    counters: CounterTable,
     /// Holds the programs and their links; dropped last.
     ebpf: Ebpf,
 }
@@ -195,6 +201,11 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
 
+        let agent_cgroup = cgroup::own_cgroup(&config.cgroup)
+            .ok()
+            .and_then(|p| p.canonicalize().ok());
+        let counters = CounterTable::load(&mut ebpf, &cgroup, &attach, agent_cgroup.as_deref())?;
+
         let enrolled = HashMap::try_from(
             ebpf.take_map(MAP_ENROLLED)
                 .ok_or(DataplaneError::MissingMap(MAP_ENROLLED))?,
@@ -218,6 +229,7 @@ impl Dataplane {
             inbound,
             policy_deny,
             denied: Default::default(),
+            counters,
             ebpf,
         })
     }
@@ -272,6 +284,17 @@ impl Dataplane {
     /// Stops steering plaintext for the pod.
     pub fn detach_inbound(&mut self, pod_id: u32, ips: &[IpAddr]) {
         self.inbound.detach(&mut self.ebpf, pod_id, ips);
+    }
+
+    /// The pod's traffic counters since [`Dataplane::reset_pod_counters`], summed over
+    /// CPUs (see [`PodCounters`]).
+    pub fn pod_counters(&self, pod_id: u32) -> Result<PodCounters, DataplaneError> {
+        self.counters.get(pod_id)
+    }
+
+    /// Zeroes the pod's traffic counters: for a pod id given to a new pod.
+    pub fn reset_pod_counters(&mut self, pod_id: u32) -> Result<(), DataplaneError> {
+        self.counters.reset(pod_id)
     }
 
     pub fn orig_dst(&self) -> OrigDstTable {

@@ -252,6 +252,9 @@ impl Enrollment {
             return Err(e.to_string());
         }
         self.shared.identity.manager().ensure(&id);
+        if let Err(error) = self.dataplane.reset_pod_counters(pod_id) {
+            tracing::warn!(pod = %key, pod_id, %error, "cannot zero the pod's traffic counters; they start from the previous pod's");
+        }
         if let Err(e) = self.dataplane.enroll(netns.cookie(), pod_id) {
             self.dataplane.detach_inbound(pod_id, &workload.ips);
             self.shared.identity.manager().release(&id);
@@ -281,6 +284,32 @@ impl Enrollment {
         Ok(())
     }
 
+    /// Logs every enrolled pod's traffic counters (target `counters`, one line a pod).
+    pub fn log_counters(&self) {
+        for (key, pod) in &self.pods {
+            self.log_pod_counters(key, pod.pod_id);
+        }
+    }
+
+    /// Logs the kernel's traffic counters of one pod: what crossed its network interface
+    /// since it was enrolled (see `agent_ebpf::PodCounters`).
+    fn log_pod_counters(&self, key: &WorkloadKey, pod_id: u32) {
+        match self.dataplane.pod_counters(pod_id) {
+            Ok(c) => tracing::info!(
+                target: "counters",
+                pod = %key,
+                rx_bytes = c.rx_bytes,
+                tx_bytes = c.tx_bytes,
+                rx_packets = c.rx_packets,
+                tx_packets = c.tx_packets,
+                "pod counters"
+            ),
+            Err(error) => {
+                tracing::warn!(pod = %key, pod_id, %error, "cannot read the pod's traffic counters")
+            }
+        }
+    }
+
     fn unenroll(&mut self, key: &WorkloadKey) {
         let Some(pod) = self.pods.remove(key) else {
             return;
@@ -290,6 +319,7 @@ impl Enrollment {
         }
         self.dataplane.detach_inbound(pod.pod_id, &pod.workload.ips);
         self.shared.identity.manager().release(&pod.id);
+        self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
         tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.

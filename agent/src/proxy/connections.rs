@@ -15,7 +15,10 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use super::copy::Counters;
-use crate::telemetry::access::{Direction, Transport};
+use crate::telemetry::{
+    access::{Direction, Transport},
+    metrics::{ConnectionMetrics, Metrics, TcpLabels},
+};
 
 /// One live connection.
 #[derive(Debug)]
@@ -32,6 +35,8 @@ pub struct Connection {
     pub peer_identity: Option<String>,
     pub opened: SystemTime,
     pub counters: Counters,
+    /// Its labels in metrics, and what of its bytes metrics have counted.
+    pub metrics: ConnectionMetrics,
     cancel: CancellationToken,
     /// Why the agent closed it, once it did.
     closed_because: Mutex<Option<String>>,
@@ -64,12 +69,14 @@ pub struct NewConnection {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub peer_identity: Option<String>,
+    pub labels: TcpLabels,
 }
 
-#[derive(Default)]
+/// Counts connections in metrics as they open and close.
 pub struct Registry {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Arc<Connection>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Keeps a connection registered; dropping it unregisters.
@@ -83,10 +90,39 @@ impl Drop for Registration<'_> {
         if let Ok(mut live) = self.registry.live.lock() {
             live.remove(&self.connection.id);
         }
+        let c = &self.connection;
+        self.registry.metrics.closed(
+            &c.metrics,
+            c.counters.forward.load(Ordering::Relaxed),
+            c.counters.backward.load(Ordering::Relaxed),
+        );
     }
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Brings metrics' byte counters up to date with the live connections.
+    pub fn flush_metrics(&self) {
+        for c in self.snapshot() {
+            self.metrics.flush(
+                &c.metrics,
+                c.counters.forward.load(Ordering::Relaxed),
+                c.counters.backward.load(Ordering::Relaxed),
+            );
+        }
+    }
+
     pub fn register(&self, new: NewConnection) -> Registration<'_> {
         let connection = Arc::new(Connection {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
@@ -98,12 +134,14 @@ impl Registry {
             peer_identity: new.peer_identity,
             opened: SystemTime::now(),
             counters: Counters::default(),
+            metrics: ConnectionMetrics::new(new.labels),
             cancel: CancellationToken::new(),
             closed_because: Mutex::new(None),
         });
         if let Ok(mut live) = self.live.lock() {
             live.insert(connection.id, connection.clone());
         }
+        self.metrics.opened(&connection.metrics);
         Registration {
             registry: self,
             connection,
@@ -133,6 +171,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::metrics::{Party, Reporter};
 
     fn new(pod: &str) -> NewConnection {
         NewConnection {
@@ -142,12 +181,18 @@ mod tests {
             src: "198.19.1.12:40000".parse().unwrap(),
             dst: "198.19.2.11:80".parse().unwrap(),
             peer_identity: None,
+            labels: TcpLabels::new(
+                Reporter::Destination,
+                Party::unknown(),
+                Party::unknown(),
+                false,
+            ),
         }
     }
 
     #[test]
     fn connections_are_listed_while_they_live_and_can_be_closed_with_a_reason() {
-        let registry = Registry::default();
+        let registry = Registry::new(Arc::default());
         let a = registry.register(new("shop/a"));
         {
             let _b = registry.register(new("shop/b"));
@@ -164,5 +209,10 @@ mod tests {
         );
         drop(a);
         assert!(registry.is_empty());
+        let text = registry.metrics().encode();
+        assert!(
+            text.contains("istio_tcp_connections_closed_total{"),
+            "{text}"
+        );
     }
 }

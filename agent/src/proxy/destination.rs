@@ -18,15 +18,19 @@ use tokio::{
 
 use super::{
     authorize::{self, Peer},
-    connections::{Connection, NewConnection},
-    copy::{self, Abort},
-    http::{self, DetectSettings, Hook, Report, RequestInfo},
+    connections::NewConnection,
+    copy::Abort,
+    http::RequestInfo,
     pod::PodProxy,
+    relay::{Decide, RequestHook, relay},
 };
 use crate::{
     identity::SpiffeId,
     policy,
-    telemetry::access::{self, ConnectionRecord, Direction, Transport},
+    telemetry::{
+        access::{self, ConnectionRecord, Direction, Transport},
+        metrics::{Reporter, TcpLabels},
+    },
 };
 
 /// A connection arriving at a pod.
@@ -52,8 +56,8 @@ impl Arrival {
 }
 
 /// Serves an arrival already allowed at the connection level (or whose decision waits
-/// for its requests): when the pod's policies look at HTTP, detect the protocol and
-/// decide HTTP request by request, anything else once; otherwise copy.
+/// for its protocol): HTTP is decided request by request when the pod's policies look at
+/// HTTP, anything else once, as TCP.
 pub async fn serve<S>(
     pod: &Arc<PodProxy>,
     arrival: Arrival,
@@ -63,83 +67,46 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
 {
-    if !authorize::needs_http(pod) {
-        return copy_registered(pod, arrival, client, app, started).await;
-    }
-    let detected = http::detect(client, app, &DetectSettings::default()).await;
-    let Some(version) = detected.protocol.http() else {
-        // Not HTTP: decided as TCP, where HTTP-only rules are treated as Istio does.
-        let (mut client, mut app) = (detected.client, detected.app);
-        if let Err(reason) = authorize::check(pod, arrival.peer(), arrival.dst.port(), None) {
-            client.abort();
-            app.abort();
-            return log_refused(pod, &arrival, started.elapsed(), reason);
-        }
-        return copy_registered(pod, arrival, client, app, started).await;
-    };
     let registration = register(pod, &arrival);
     let conn = registration.connection.clone();
-    let hook = Arc::new(RequestPolicy {
-        pod: pod.clone(),
-        arrival: arrival.clone(),
-        conn: conn.clone(),
+    let decide: Option<Decide> = authorize::needs_http(pod).then(|| {
+        let (pod, arrival) = (pod.clone(), arrival.clone());
+        Box::new(move |request: &RequestInfo| {
+            let http = policy::Http {
+                method: request.method.as_str(),
+                path: request.path(),
+                host: request.host().unwrap_or(""),
+            };
+            authorize::check(&pod, arrival.peer(), arrival.dst.port(), Some(http)).err()
+        }) as Decide
     });
-    let result = http::serve(
-        detected.client,
-        detected.app,
-        version,
-        hook,
-        &http::Settings::default(),
-        conn.cancel_token().clone().cancelled_owned(),
-    )
-    .await;
-    let error = result.err().map(|e| std::io::Error::other(e.to_string()));
-    access::log_connection(&conn, pod.id.as_str(), started.elapsed(), error);
-}
-
-/// Decides each HTTP request of one connection, and counts and logs it.
-struct RequestPolicy {
-    pod: Arc<PodProxy>,
-    arrival: Arrival,
-    conn: Arc<Connection>,
-}
-
-impl Hook for RequestPolicy {
-    fn on_request(&self, request: &RequestInfo, _headers: &::http::HeaderMap) -> http::Verdict {
-        let req = policy::Http {
-            method: request.method.as_str(),
-            path: request.path(),
-            host: request.host().unwrap_or(""),
-        };
-        match authorize::check(
-            &self.pod,
-            self.arrival.peer(),
-            self.arrival.dst.port(),
-            Some(req),
-        ) {
-            Ok(()) => http::Verdict::Forward,
-            Err(reason) => {
-                tracing::debug!(pod = %self.pod.key, %reason, "request denied");
-                http::Verdict::rbac_denied()
-            }
+    let needs_http = decide.is_some();
+    let hook = RequestHook {
+        conn: conn.clone(),
+        metrics: pod.shared.connections.metrics().clone(),
+        local_identity: pod.id.to_string(),
+        decide,
+    };
+    // Not HTTP: decided as TCP (HTTP-only rules as Istio treats them), unless that was
+    // done before the connection was accepted.
+    let opaque_check = || {
+        if needs_http {
+            authorize::check(pod, arrival.peer(), arrival.dst.port(), None)
+        } else {
+            Ok(())
         }
-    }
-
-    fn on_complete(&self, report: Report) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.conn
-            .counters
-            .forward
-            .fetch_add(report.request_bytes, Relaxed);
-        self.conn
-            .counters
-            .backward
-            .fetch_add(report.response_bytes, Relaxed);
-        access::log_request(&self.conn, self.pod.id.as_str(), &report);
-    }
+    };
+    let result = relay(client, app, pod.shared.buffer_bytes, hook, opaque_check).await;
+    access::log_connection(&conn, pod.id.as_str(), started.elapsed(), result.err());
 }
 
 fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Registration<'a> {
+    let labels = TcpLabels::new(
+        Reporter::Destination,
+        pod.party_at(arrival.src.ip(), arrival.peer.as_ref()),
+        pod.party(),
+        arrival.transport == Transport::Hbone,
+    );
     pod.shared.connections.register(NewConnection {
         pod: pod.key.clone(),
         direction: Direction::Inbound,
@@ -147,32 +114,8 @@ fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Reg
         src: arrival.src,
         dst: arrival.dst,
         peer_identity: arrival.peer.as_ref().map(|p| p.to_string()),
+        labels,
     })
-}
-
-/// Copies between the client side and the app until the connection ends, registered
-/// meanwhile, then logs it.
-async fn copy_registered<C, A>(
-    pod: &Arc<PodProxy>,
-    arrival: Arrival,
-    client: C,
-    app: A,
-    started: Instant,
-) where
-    C: AsyncRead + AsyncWrite + Abort + Unpin,
-    A: AsyncRead + AsyncWrite + Abort + Unpin,
-{
-    let registration = register(pod, &arrival);
-    let conn = &registration.connection;
-    let result = copy::bidirectional(
-        client,
-        app,
-        pod.shared.buffer_bytes,
-        &conn.counters,
-        conn.cancel_token(),
-    )
-    .await;
-    access::log_connection(conn, pod.id.as_str(), started.elapsed(), result.err());
 }
 
 /// Logs an arrival that was refused before anything was copied.

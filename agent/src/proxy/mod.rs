@@ -14,6 +14,7 @@ pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod pod;
+pub mod relay;
 pub mod tunnel;
 
 use std::{io, net::SocketAddr, time::Duration};

@@ -9,13 +9,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     connections::NewConnection,
-    copy,
     pod::{self, PodProxy},
+    relay::{RequestHook, relay},
     tunnel,
 };
 use crate::{
     identity::SpiffeId,
-    telemetry::access::{self, Direction, Transport},
+    telemetry::{
+        access::{self, Direction, Transport},
+        metrics::{Reporter, TcpLabels},
+    },
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
@@ -60,10 +63,20 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             .map(Route::Mesh)
             .map_err(|e| format!("destination {}: {e}", dest.key())),
     };
-    let (transport, peer_identity) = match &route {
-        Ok(Route::Mesh(id)) => (Transport::Hbone, Some(id.to_string())),
-        _ => (Transport::Plaintext, None),
+    let (transport, peer_identity, destination) = match &route {
+        Ok(Route::Mesh(id)) => {
+            let mut party = pod.party_at(dst.ip(), Some(id));
+            party.principal = id.to_string();
+            (Transport::Hbone, Some(id.to_string()), party)
+        }
+        _ => (Transport::Plaintext, None, pod.party_at(dst.ip(), None)),
     };
+    let labels = TcpLabels::new(
+        Reporter::Source,
+        pod.party(),
+        destination,
+        transport == Transport::Hbone,
+    );
     let registration = pod.shared.connections.register(NewConnection {
         pod: pod.key.clone(),
         direction: Direction::Outbound,
@@ -71,9 +84,15 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         src,
         dst,
         peer_identity,
+        labels,
     });
     let conn = &registration.connection;
-    let (counters, cancel) = (&conn.counters, conn.cancel_token());
+    let hook = RequestHook {
+        conn: conn.clone(),
+        metrics: pod.shared.connections.metrics().clone(),
+        local_identity: pod.id.to_string(),
+        decide: None,
+    };
     let buffer = pod.shared.buffer_bytes;
     let result = match route {
         Err(reason) => {
@@ -81,14 +100,14 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             Err(io::Error::other(reason))
         }
         Ok(Route::Mesh(peer_id)) => match tunnel::open(&pod, dst, &peer_id).await {
-            Ok(stream) => copy::bidirectional(app, stream, buffer, counters, cancel).await,
+            Ok(stream) => relay(app, stream, buffer, hook, || Ok(())).await,
             Err(err) => {
                 super::reset(app);
                 Err(err)
             }
         },
         Ok(Route::Passthrough) => match connect(&pod, dst).await {
-            Ok(upstream) => copy::bidirectional(app, upstream, buffer, counters, cancel).await,
+            Ok(upstream) => relay(app, upstream, buffer, hook, || Ok(())).await,
             Err(err) => {
                 // Refuse the app's connection as the destination refused ours.
                 super::reset(app);

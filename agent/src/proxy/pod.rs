@@ -26,6 +26,7 @@ use crate::{
     identity::{Identity, SpiffeId},
     netns::Netns,
     policy::PolicySet,
+    telemetry::metrics::{Metrics, Party},
     workloads::{MtlsMode, Workload, directory::Directory},
 };
 
@@ -59,6 +60,7 @@ impl Shared {
         directory: Directory,
         identity: Identity,
         node_addrs: Vec<IpAddr>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             orig_dst,
@@ -70,7 +72,7 @@ impl Shared {
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
             node_addrs,
-            connections: Registry::default(),
+            connections: Registry::new(metrics),
             policy: ArcSwap::from_pointee(PolicySet::empty()),
         }
     }
@@ -107,6 +109,34 @@ impl PodProxy {
             netns,
             shared,
             pool: Pool::new(PoolConfig::default()),
+        }
+    }
+
+    /// This pod as one end of a connection in metrics.
+    pub fn party(&self) -> Party {
+        Party {
+            workload: self.workload.workload_name().to_string(),
+            namespace: self.workload.namespace.clone(),
+            principal: self.id.to_string(),
+        }
+    }
+
+    /// Whoever is at `ip`, as the directory knows it; its principal only when verified
+    /// (`identity`), else "unknown".
+    pub fn party_at(&self, ip: IpAddr, identity: Option<&SpiffeId>) -> Party {
+        let known = self.shared.directory.lookup(ip);
+        Party {
+            workload: known
+                .as_ref()
+                .map(|d| d.workload.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            namespace: identity
+                .map(|id| id.namespace().to_string())
+                .or_else(|| known.as_ref().map(|d| d.namespace.clone()))
+                .unwrap_or_else(|| "unknown".into()),
+            principal: identity
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "unknown".into()),
         }
     }
 

@@ -1,2 +1,6 @@
-//! What the agent tells about the traffic it carries: access logs (`access`).
+//! What the agent tells about the traffic it carries: access logs (`access`), and
+//! Prometheus metrics with Istio's names (`metrics`) served on `:15020/metrics`
+//! (`endpoint`).
 pub mod access;
+pub mod endpoint;
+pub mod metrics;

@@ -12,6 +12,8 @@ use super::{Mode, MtlsMode, Workload, WorkloadSet};
 pub struct Destination {
     pub namespace: String,
     pub name: String,
+    /// The workload's name in metrics (see [`Workload::workload_name`]).
+    pub workload: String,
     pub service_account: String,
     pub node: Option<String>,
     pub mode: Mode,
@@ -62,6 +64,7 @@ fn destination(w: &Workload, set: &WorkloadSet) -> Destination {
     Destination {
         namespace: w.namespace.clone(),
         name: w.name.clone(),
+        workload: w.workload_name().to_string(),
         service_account: w.service_account.clone(),
         node: w.node.clone(),
         mode: w.mode,

@@ -95,6 +95,16 @@ impl Workload {
 }
 
 impl Workload {
+    /// The workload's name in metrics: its `app` (or `app.kubernetes.io/name`) label, as
+    /// pods of one Deployment share it, else the pod's name.
+    pub fn workload_name(&self) -> &str {
+        self.labels
+            .get("app")
+            .or_else(|| self.labels.get("app.kubernetes.io/name"))
+            .map(String::as_str)
+            .unwrap_or(&self.name)
+    }
+
     /// True when the pod runs on `node` (or the source did not say where it runs).
     pub fn runs_on(&self, node: &str) -> bool {
         self.node.as_deref().is_none_or(|n| n == node)
