@@ -7,8 +7,9 @@
 //! The pod is found by the network namespace of the packet's socket (`ENROLLED`), so
 //! sockets the agent opens inside the pod count for the pod and its sockets in the node's
 //! namespace for nobody. `__sk_buff.ifindex` is the device the packet leaves by (egress)
-//! or came in by (ingress); loopback is ifindex 1 in every network namespace. Packets are
-//! never dropped here.
+//! or came in by (ingress) — measured on 6.18: 1 on `lo`, the pod's `eth0` otherwise,
+//! both ways (`ingress_ifindex` is the same on ingress and 0 on egress, so unusable
+//! there); loopback is ifindex 1 in every network namespace. Packets are never dropped.
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_netns_cookie, macros::cgroup_skb, programs::SkBuffContext,
 };

@@ -56,13 +56,15 @@ pub const MAP_POD_COUNTERS: &str = "POD_COUNTERS";
 
 /// Traffic counters of one pod (value of `POD_COUNTERS`, per CPU; userspace sums them).
 ///
-/// Counted at the pod's sockets (cgroup_skb), for every socket in the pod's network
-/// namespace — the app's own and the agent's in-pod ones — whose packet goes through a
-/// device other than loopback: `rx` arrives at the pod, `tx` leaves it. `packets` are the
-/// packets as the socket layer sees them: with TSO/GSO (veth) or GRO one of them may stand
-/// for several segments on the wire. `bytes` are their length from the IP header on
-/// (`skb->len`: IP header, transport header, payload); an aggregate counts its headers
-/// once.
+/// What crosses the pod's network interface, never its loopback: `rx` came in, `tx` went
+/// out. Counted at the sockets of the pod's network namespace (`cgroup_skb`): the app's
+/// own, also where they bypass the agent (excluded ports and CIDRs), and the agent's
+/// in-pod sockets (passthrough, tunnels), while the agent's cgroup is below the attach
+/// cgroup. A packet is an skb as the socket layer sees it: with TSO/GSO (veth) or GRO one
+/// stands for up to 64 KiB of segments on the wire. Its bytes are `skb->len`, from the IP
+/// header on: IP and transport headers once per packet, plus the payload — for TCP with
+/// timestamps, payload + 52 bytes a packet over IPv4 and + 72 over IPv6 (+ 8 for a SYN's
+/// options); measured exactly so on 6.18.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodCounters {

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "coreutils",    // sha256sum, head
     "tcpdump",      // captures on the testbed's links (is the tunnel encrypted?)
     "openssl",      // a TLS client that presents foreign or expired certificates
+    "iperf3",       // bulk TCP workloads of known sizes
+    "prometheus",   // promtool, which checks the agent's metrics exposition
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -253,7 +253,12 @@ impl Enrollment {
         }
         self.shared.identity.manager().ensure(&id);
         if let Err(error) = self.dataplane.reset_pod_counters(pod_id) {
-            tracing::warn!(pod = %key, pod_id, %error, "cannot zero the pod's traffic counters; they start from the previous pod's");
+            tracing::warn!(
+                pod = %key,
+                pod_id,
+                %error,
+                "cannot zero the pod's traffic counters; they start from the previous pod's"
+            );
         }
         if let Err(e) = self.dataplane.enroll(netns.cookie(), pod_id) {
             self.dataplane.detach_inbound(pod_id, &workload.ips);
@@ -304,9 +309,12 @@ impl Enrollment {
                 tx_packets = c.tx_packets,
                 "pod counters"
             ),
-            Err(error) => {
-                tracing::warn!(pod = %key, pod_id, %error, "cannot read the pod's traffic counters")
-            }
+            Err(error) => tracing::warn!(
+                pod = %key,
+                pod_id,
+                %error,
+                "cannot read the pod's traffic counters"
+            ),
         }
     }
 

@@ -128,6 +128,7 @@ pub fn log_refused(pod: &PodProxy, arrival: &Arrival, duration: Duration, reason
         dst: Some(arrival.dst),
         src_identity: arrival.peer.as_ref().map(|p| p.as_str()),
         dst_identity: Some(pod.id.as_str()),
+        workloads: None,
         bytes_sent: 0,
         bytes_received: 0,
         duration,

@@ -3,6 +3,7 @@
 //! JSON object with the fields below).
 use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
+use super::metrics::TcpLabels;
 use crate::proxy::connections::Connection;
 
 /// Which way a connection went, seen from the pod.
@@ -55,6 +56,8 @@ pub struct ConnectionRecord<'a> {
     /// SPIFFE IDs, where known.
     pub src_identity: Option<&'a str>,
     pub dst_identity: Option<&'a str>,
+    /// Workload names and namespaces of both ends, where known (as in metrics).
+    pub workloads: Option<&'a TcpLabels>,
     /// Bytes from the connection's opener to its destination.
     pub bytes_sent: u64,
     /// Bytes back to the opener.
@@ -71,6 +74,11 @@ pub fn log(record: &ConnectionRecord<'_>) {
     let duration_ms = record.duration.as_secs_f64() * 1000.0;
     let src_identity = record.src_identity.unwrap_or("");
     let dst_identity = record.dst_identity.unwrap_or("");
+    let w = |f: fn(&TcpLabels) -> &str| record.workloads.map(f).unwrap_or("unknown");
+    let src_workload = w(|l| &l.source_workload);
+    let src_namespace = w(|l| &l.source_workload_namespace);
+    let dst_workload = w(|l| &l.destination_workload);
+    let dst_namespace = w(|l| &l.destination_workload_namespace);
     match &record.error {
         None => tracing::info!(
             target: "access",
@@ -79,6 +87,10 @@ pub fn log(record: &ConnectionRecord<'_>) {
             transport = record.transport.as_str(),
             src = %record.src,
             dst = %dst,
+            src_workload,
+            src_namespace,
+            dst_workload,
+            dst_namespace,
             src_identity,
             dst_identity,
             bytes_sent = record.bytes_sent,
@@ -93,6 +105,10 @@ pub fn log(record: &ConnectionRecord<'_>) {
             transport = record.transport.as_str(),
             src = %record.src,
             dst = %dst,
+            src_workload,
+            src_namespace,
+            dst_workload,
+            dst_namespace,
             src_identity,
             dst_identity,
             bytes_sent = record.bytes_sent,
@@ -126,6 +142,7 @@ pub fn log_connection(
         dst: Some(conn.dst),
         src_identity,
         dst_identity,
+        workloads: Some(&conn.metrics.labels),
         bytes_sent: conn.counters.forward.load(Ordering::Relaxed),
         bytes_received: conn.counters.backward.load(Ordering::Relaxed),
         duration,
@@ -141,6 +158,7 @@ pub fn log_request(conn: &Connection, local_identity: &str, report: &crate::prox
         Direction::Outbound => (local_identity, peer),
         Direction::Inbound => (peer, local_identity),
     };
+    let l = &conn.metrics.labels;
     tracing::info!(
         target: "access",
         pod = %conn.pod,
@@ -148,6 +166,10 @@ pub fn log_request(conn: &Connection, local_identity: &str, report: &crate::prox
         transport = conn.transport.as_str(),
         src = %conn.src,
         dst = %conn.dst,
+        src_workload = %l.source_workload,
+        src_namespace = %l.source_workload_namespace,
+        dst_workload = %l.destination_workload,
+        dst_namespace = %l.destination_workload_namespace,
         src_identity,
         dst_identity,
         method = %report.request.method,

@@ -77,7 +77,7 @@ fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>>
             text(
                 StatusCode::OK,
                 endpoint.metrics.encode(),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                "text/plain; version=0.0.4; charset=utf-8",
             )
         }
         "/healthz/ready" if endpoint.ready.load(Ordering::Relaxed) => {

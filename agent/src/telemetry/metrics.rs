@@ -274,19 +274,51 @@ impl Metrics {
             .observe(response_bytes as f64);
     }
 
-    /// The text exposition format.
+    /// The Prometheus text exposition format (0.0.4), which every scraper and promtool
+    /// read: prometheus-client writes OpenMetrics, whose counter families are named
+    /// without `_total` and which ends with `# EOF`; both are adjusted here.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let mut open_metrics = String::new();
+        if let Err(err) =
+            prometheus_client::encoding::text::encode(&mut open_metrics, &self.registry)
+        {
             tracing::error!(error = %err, "encoding metrics");
         }
-        out
+        to_prometheus_text(&open_metrics)
     }
 
     /// The registry, for metrics other modules add (kernel counters).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: counter families take their samples'
+/// `_total` name in `# HELP`/`# TYPE`, and `# EOF` goes.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -338,6 +370,15 @@ mod tests {
             requests.contains("destination_principal=\"spiffe://cluster.local/ns/data/sa/db\"")
         );
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+        assert!(
+            text.contains("# TYPE istio_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP istio_tcp_sent_bytes_total "),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
         assert!(text.contains("istio_response_bytes_sum"));
     }
 }

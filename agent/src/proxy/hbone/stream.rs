@@ -189,10 +189,12 @@ impl AsyncWrite for H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        // Not finished both ways (an error, or given up on): abort it rather than leave
-        // the peer waiting on a stream nobody serves.
-        let ended_both_ways = self.write_closed && self.read_done;
-        if !(self.reset || ended_both_ways) {
+        // Our side never ended (an error, or given up on): abort it rather than leave the
+        // peer waiting on a stream nobody serves. When it did end (END_STREAM queued),
+        // an explicit reset would throw away DATA still queued behind it — e.g. an HTTP/1
+        // response sent just before `Connection: close` — so h2 is left to close the
+        // stream once its queue is sent.
+        if !(self.reset || self.write_closed) {
             self.send.send_reset(Reason::CANCEL);
         }
     }
