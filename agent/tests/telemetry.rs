@@ -152,6 +152,25 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
         Some(1.0)
     );
 
+    // The kernel's per-pod counters saw the same bytes leave the client pod's interface
+    // (inside TLS records and TCP/IP headers: a little more, never less).
+    let pod = [("namespace", "shop"), ("pod", "client")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let kernel = loop {
+        let text = scrape(&tb, "node-a");
+        match sample(&text, "outrider_pod_sent_bytes_total", &pod) {
+            Some(v) if v >= N as f64 => break v,
+            other if std::time::Instant::now() > deadline => {
+                panic!("outrider_pod_sent_bytes_total is {other:?}, want >= {N}\n{text}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(
+        kernel < N as f64 * 1.1,
+        "kernel counted {kernel} for {N} bytes of payload"
+    );
+
     // iperf3: a control connection, and a data connection. Its client reports what it
     // sent and what the server read; the server may close before reading all that
     // crossed, and bytes the agent wrote into the app's socket buffer count as moved, so

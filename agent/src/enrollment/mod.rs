@@ -24,12 +24,14 @@ use crate::{
     netns::Netns,
     policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
     proxy::{self, PodListeners, PodProxy, Shared, authorize, pod::Fd},
-    telemetry::access::Direction,
+    telemetry::{access::Direction, metrics::PodLabels},
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
 
 struct EnrolledPod {
     proxy: Arc<PodProxy>,
+    /// The kernel counters as last exported: sent/received bytes, sent/received packets.
+    exported: [u64; 4],
     workload: Workload,
     netns: Arc<Netns>,
     pod_id: u32,
@@ -76,6 +78,8 @@ impl Enrollment {
         self.reconcile(&current);
         ready();
         let mut policies_open = true;
+        let mut counters = tokio::time::interval(Duration::from_secs(1));
+        counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -98,6 +102,7 @@ impl Enrollment {
                     self.recheck_connections();
                     self.update_kernel_denials();
                 }
+                _ = counters.tick() => self.export_counters(),
                 _ = retry.tick(), if !self.failed.is_empty() => {
                     let current = workloads.borrow().clone();
                     self.reconcile(&current);
@@ -278,6 +283,7 @@ impl Enrollment {
         self.pods.insert(
             key,
             EnrolledPod {
+                exported: [0; 4],
                 proxy: pod,
                 workload: workload.clone(),
                 netns,
@@ -287,6 +293,22 @@ impl Enrollment {
             },
         );
         Ok(())
+    }
+
+    /// Brings the `outrider_pod_*` metrics up to date with the kernel's counters.
+    fn export_counters(&mut self) {
+        let metrics = self.shared.connections.metrics().clone();
+        for pod in self.pods.values_mut() {
+            let Ok(c) = self.dataplane.pod_counters(pod.pod_id) else {
+                continue;
+            };
+            let labels = PodLabels {
+                namespace: pod.workload.namespace.clone(),
+                pod: pod.workload.name.clone(),
+            };
+            let now = [c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets];
+            metrics.pod_counters(&labels, &mut pod.exported, now);
+        }
     }
 
     /// Logs every enrolled pod's traffic counters (target `counters`, one line a pod).

@@ -115,6 +115,13 @@ impl TcpLabels {
     }
 }
 
+/// The labels of the kernel's per-pod counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+}
+
 /// Istio's buckets for durations (ms) and sizes (bytes).
 const DURATION_BUCKETS_MS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -143,6 +150,11 @@ pub struct Metrics {
     pub request_duration: HistogramFamily,
     pub request_bytes: HistogramFamily,
     pub response_bytes: HistogramFamily,
+    /// What crossed each enrolled pod's network interface, counted in the kernel.
+    pub pod_sent_bytes: Family<PodLabels, Counter>,
+    pub pod_received_bytes: Family<PodLabels, Counter>,
+    pub pod_sent_packets: Family<PodLabels, Counter>,
+    pub pod_received_packets: Family<PodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,8 +204,40 @@ impl Default for Metrics {
             "HTTP response body sizes in bytes",
             response_bytes.clone(),
         );
+        let pod_sent_bytes = Family::<PodLabels, Counter>::default();
+        let pod_received_bytes = Family::<PodLabels, Counter>::default();
+        let pod_sent_packets = Family::<PodLabels, Counter>::default();
+        let pod_received_packets = Family::<PodLabels, Counter>::default();
+        for (name, help, family) in [
+            (
+                "outrider_pod_sent_bytes",
+                "Bytes (IP packet lengths) the pod sent on its interface, counted in the kernel",
+                &pod_sent_bytes,
+            ),
+            (
+                "outrider_pod_received_bytes",
+                "Bytes (IP packet lengths) the pod received on its interface, counted in the kernel",
+                &pod_received_bytes,
+            ),
+            (
+                "outrider_pod_sent_packets",
+                "Packets the pod sent on its interface, counted in the kernel",
+                &pod_sent_packets,
+            ),
+            (
+                "outrider_pod_received_packets",
+                "Packets the pod received on its interface, counted in the kernel",
+                &pod_received_packets,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         Self {
             registry,
+            pod_sent_bytes,
+            pod_received_bytes,
+            pod_sent_packets,
+            pod_received_packets,
             tcp_opened,
             tcp_closed,
             tcp_sent_bytes,
@@ -272,6 +316,23 @@ impl Metrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(response_bytes as f64);
+    }
+
+    /// Adds a pod's kernel counters' growth since the last call (`last`, updated).
+    pub fn pod_counters(&self, labels: &PodLabels, last: &mut [u64; 4], now: [u64; 4]) {
+        let families = [
+            &self.pod_sent_bytes,
+            &self.pod_received_bytes,
+            &self.pod_sent_packets,
+            &self.pod_received_packets,
+        ];
+        for ((family, last), now) in families.into_iter().zip(last.iter_mut()).zip(now) {
+            let delta = now.saturating_sub(*last);
+            *last = now;
+            if delta > 0 {
+                family.get_or_create(labels).inc_by(delta);
+            }
+        }
     }
 
     /// The Prometheus text exposition format (0.0.4), which every scraper and promtool
