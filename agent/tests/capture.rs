@@ -25,27 +25,9 @@ nodes:
       - {namespace: data, name: db, serviceAccount: db, enrolled: false}
 ";
 
-/// A TCP server in `pod` on `port` (IPv4 and IPv6) that answers each connection with the
-/// peer address it saw.
-fn peer_echo_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let server = tb.spawn(
-        pod,
-        &[
-            "socat",
-            &format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0"),
-            "SYSTEM:echo $SOCAT_PEERADDR",
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
-}
-
 /// Connects from `pod` to `dst` and returns the peer address the server reported.
 fn peer_seen_by_server(tb: &Testbed, pod: &str, dst: SocketAddr) -> IpAddr {
-    let target = match dst {
-        SocketAddr::V4(a) => format!("TCP4:{a}"),
-        SocketAddr::V6(a) => format!("TCP6:{a}"),
-    };
+    let target = support::socat_target(dst);
     let out = tb.exec(pod, &["socat", "-t5", "-T5", "STDIO", &target]);
     assert!(
         out.status.success(),
@@ -87,8 +69,8 @@ fn captured_connections_reach_their_destination_with_the_pod_ip() {
     let client = tb.pod("shop/client").clone();
     let web = tb.pod("shop/web").clone();
     let db = tb.pod("data/db").clone();
-    let _web_server = peer_echo_server(&tb, "shop/web", 7000);
-    let _db_server = peer_echo_server(&tb, "data/db", 7000);
+    let _web_server = tb.tcp_server("shop/web", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
+    let _db_server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
 
     let cases = [
         (
@@ -157,8 +139,8 @@ fn unenrolled_pods_and_loopback_are_not_captured() {
     let tb = Testbed::up(SPEC, true);
     let outsider = tb.pod("shop/outsider").clone();
     let db = tb.pod("data/db").clone();
-    let _db_server = peer_echo_server(&tb, "data/db", 7000);
-    let _loop_server = peer_echo_server(&tb, "shop/client", 7100);
+    let _db_server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
+    let _loop_server = tb.tcp_server("shop/client", 7100, "SYSTEM:echo $SOCAT_PEERADDR");
 
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
     assert_eq!(
@@ -197,7 +179,7 @@ fn enroll_and_unenroll_live_without_cutting_established_connections() {
         ],
     );
     tb.wait_listening("data/db", 7200);
-    let _peer = peer_echo_server(&tb, "data/db", 7000);
+    let _peer = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
     let dst = SocketAddr::new(db.ipv4.into(), 7200);
 
     // A long-lived connection, captured.
@@ -405,7 +387,7 @@ fn sockets_of_the_agent_are_never_steered_by_mark_or_by_cgroup() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
     let client = tb.pod("shop/client").clone();
-    let _server = peer_echo_server(&tb, "data/db", 7000);
+    let _server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
     let mark = 0x4f52; // the agent's default SO_MARK (config.rs)
 
     // An app socket carrying the agent's mark is taken for the agent's own. (socat sets
@@ -473,7 +455,7 @@ fn a_socket_bound_to_the_pod_ip_before_connect_is_captured() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
     let client = tb.pod("shop/client").clone();
-    let _server = peer_echo_server(&tb, "data/db", 7000);
+    let _server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
     let out = tb.exec(
         "shop/client",

@@ -30,33 +30,12 @@ namespaces:
 
 const TD: &str = "spiffe://cluster.local";
 
-/// A TCP echo server on `port` (IPv4 and IPv6).
-fn echo_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let server = tb.spawn(
-        pod,
-        &[
-            "socat",
-            &format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0"),
-            "EXEC:cat",
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
-}
-
-fn target(dst: SocketAddr) -> String {
-    match dst {
-        SocketAddr::V4(a) => format!("TCP4:{a}"),
-        SocketAddr::V6(a) => format!("TCP6:{a}"),
-    }
-}
-
 /// Sends `message` from `pod` to the echo server at `dst`; returns what came back (and
 /// socat's success).
 fn echo(tb: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> (bool, String) {
     let script = format!(
         "printf '%s' '{message}' | socat -t5 -T5 STDIO {}",
-        target(dst)
+        support::socat_target(dst)
     );
     let out = tb.sh(pod, &script);
     (
@@ -75,7 +54,7 @@ fn access(v: &Value, direction: &str, dst: SocketAddr) -> bool {
 fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _echo = echo_server(&tb, "data/db", 7000);
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
 
     // Watch node-a's link to the other nodes (its port on the fabric bridge) while the
     // pods talk.
@@ -147,7 +126,7 @@ fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
 fn same_node_traffic_between_enrolled_pods_goes_through_the_tunnel() {
     let tb = Testbed::up(SPEC, true);
     let web = tb.pod("shop/web").clone();
-    let _echo = echo_server(&tb, "shop/web", 7000);
+    let _echo = tb.tcp_server("shop/web", 7000, "EXEC:cat");
     let dst = SocketAddr::new(web.ipv6.into(), 7000);
     let (ok, back) = echo(&tb, "shop/client", dst, "same-node");
     assert!(ok && back == "same-node");
@@ -170,8 +149,8 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     let tb = Testbed::up(SPEC, true);
     let vault = tb.pod("secure/vault").clone();
     let db = tb.pod("data/db").clone();
-    let _v = echo_server(&tb, "secure/vault", 7000);
-    let _d = echo_server(&tb, "data/db", 7000);
+    let _v = tb.tcp_server("secure/vault", 7000, "EXEC:cat");
+    let _d = tb.tcp_server("data/db", 7000, "EXEC:cat");
 
     // From a pod outside the mesh: plaintext.
     let to_vault = SocketAddr::new(vault.ipv4.into(), 7000);
@@ -230,7 +209,7 @@ enum Attempt<'a> {
 fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _echo = echo_server(&tb, "data/db", 7000);
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
     let tunnel = format!("{}:15008", db.ipv4);
     let work = tb.dir().join("certs");
 
@@ -355,7 +334,7 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
 fn two_hundred_short_connections_reuse_few_tunnels() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _echo = echo_server(&tb, "data/db", 7000);
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
     let script = format!(
         "import socket\n\
          for i in range(200):\n\
@@ -423,7 +402,7 @@ fn certificates_rotate_under_continuous_traffic_without_losing_bytes() {
     let spec = format!("{SPEC}agent:\n  identity: {{certTtlSeconds: 20}}\n");
     let tb = Testbed::up(&spec, true);
     let db = tb.pod("data/db").clone();
-    let _echo = echo_server(&tb, "data/db", 7000);
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
     // For 36 s (three renewals at a 10 s half life): one long connection echoing a block
     // every 50 ms, and a new short connection every 250 ms. Every byte must come back.
     let script = format!(

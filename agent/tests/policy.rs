@@ -28,19 +28,6 @@ nodes:
 
 const CLIENT: &str = "cluster.local/ns/shop/sa/client";
 
-fn echo_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let server = tb.spawn(
-        pod,
-        &[
-            "socat",
-            &format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0"),
-            "SYSTEM:echo hi",
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
-}
-
 fn http_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
     let site = tb.dir().join(format!("site-{port}"));
     std::fs::create_dir_all(site.join("public")).unwrap();
@@ -67,10 +54,7 @@ fn http_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
 
 /// Connects from `pod` to the echo server at `dst`: true when it answered.
 fn reaches(tb: &Testbed, pod: &str, dst: SocketAddr) -> bool {
-    let target = match dst {
-        SocketAddr::V4(a) => format!("TCP4:{a}"),
-        SocketAddr::V6(a) => format!("TCP6:{a}"),
-    };
+    let target = support::socat_target(dst);
     let out = tb.exec(pod, &["socat", "-t3", "-T3", "STDIO", &target]);
     String::from_utf8_lossy(&out.stdout) == "hi\n"
 }
@@ -125,8 +109,8 @@ fn l4_policies_by_principal_namespace_ip_block_and_port_with_deny_first() {
     let tb = Testbed::up(SPEC, true);
     let web = tb.pod("shop/web").clone();
     let other = tb.pod("shop/other").clone();
-    let _a = echo_server(&tb, "shop/web", 7000);
-    let _b = echo_server(&tb, "shop/web", 7001);
+    let _a = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
+    let _b = tb.tcp_server("shop/web", 7001, "SYSTEM:echo hi");
     let to_7000 = SocketAddr::new(web.ipv4.into(), 7000);
     let to_7001 = SocketAddr::new(web.ipv6.into(), 7001);
     for pod in ["shop/client", "shop/other", "shop/outsider"] {
@@ -367,7 +351,7 @@ spec:
 fn pure_l4_denials_refuse_connect_in_the_source_kernel() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _e = echo_server(&tb, "data/db", 7000);
+    let _e = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
     assert!(reaches(&tb, "shop/client", dst));
     apply(
@@ -497,7 +481,7 @@ spec:
 fn an_invalid_policy_file_is_refused_with_its_location_and_the_previous_policies_stay() {
     let tb = Testbed::up(SPEC, true);
     let web = tb.pod("shop/web").clone();
-    let _e = echo_server(&tb, "shop/web", 7000);
+    let _e = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
     let dst = SocketAddr::new(web.ipv4.into(), 7000);
     apply(
         &tb,

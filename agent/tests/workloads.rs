@@ -24,24 +24,8 @@ agent:
     excludeCidrs: ['198.19.2.0/24']
 ";
 
-fn echo_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let server = tb.spawn(
-        pod,
-        &[
-            "socat",
-            &format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0"),
-            "SYSTEM:echo hi",
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
-}
-
 fn connect(tb: &Testbed, pod: &str, dst: SocketAddr) {
-    let target = match dst {
-        SocketAddr::V4(a) => format!("TCP4:{a}"),
-        SocketAddr::V6(a) => format!("TCP6:{a}"),
-    };
+    let target = support::socat_target(dst);
     let out = tb.exec(pod, &["socat", "-t5", "-T5", "STDIO", &target]);
     assert!(
         out.status.success(),
@@ -67,8 +51,8 @@ fn wait_captured(tb: &Testbed, dst: SocketAddr) -> Value {
 fn excluded_cidrs_and_ports_pass_untouched() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _a = echo_server(&tb, "data/db", 7000);
-    let _b = echo_server(&tb, "data/db", 7400);
+    let _a = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
+    let _b = tb.tcp_server("data/db", 7400, "SYSTEM:echo hi");
 
     let excluded_cidr = SocketAddr::new(db.ipv4.into(), 7000);
     let excluded_port = SocketAddr::new(db.ipv6.into(), 7400);
@@ -86,7 +70,7 @@ fn excluded_cidrs_and_ports_pass_untouched() {
 fn a_bad_workload_file_is_reported_and_the_running_set_stays() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
-    let _server = echo_server(&tb, "data/db", 7000);
+    let _server = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
     let workloads = tb.node("node-a").agent.clone().unwrap().workloads;
     let good = std::fs::read_to_string(&workloads).unwrap();
 

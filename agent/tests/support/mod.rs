@@ -42,7 +42,25 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// socat's address for a TCP connection to `dst`.
+pub fn socat_target(dst: std::net::SocketAddr) -> String {
+    match dst {
+        std::net::SocketAddr::V4(a) => format!("TCP4:{a}"),
+        std::net::SocketAddr::V6(a) => format!("TCP6:{a}"),
+    }
+}
+
 impl Testbed {
+    /// A socat TCP server in `pod` on `port`, IPv4 and IPv6, handing each connection to
+    /// `handler` (a socat address: `EXEC:cat`, `SYSTEM:echo hi`, …); returns once it
+    /// listens.
+    pub fn tcp_server(&self, pod: &str, port: u16, handler: &str) -> Background {
+        let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
+        let server = self.spawn(pod, &["socat", &listen, handler]);
+        self.wait_listening(pod, port);
+        server
+    }
+
     /// Builds the testbed of `spec_yaml` (see `outrider testbed up`); with `agents`, one
     /// agent per node, ready when this returns.
     pub fn up(spec_yaml: &str, agents: bool) -> Testbed {
