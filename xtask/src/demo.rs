@@ -150,7 +150,7 @@ pub fn run() -> anyhow::Result<()> {
     let _ = capture.kill();
     let _ = capture.wait();
 
-    println!("\n== What each agent logged (one line per connection)");
+    println!("\n== What each agent logged: one line per connection (for HTTP, bytes are bodies)");
     println!(
         "  {:<7} {:<12} {:<9} {:<10} {:<28} {:<26} {:<38} {:>5} {:>6}  ERROR",
         "NODE",
@@ -165,7 +165,7 @@ pub fn run() -> anyhow::Result<()> {
     );
     let mut lines: Vec<(String, Value)> = Vec::new();
     for node in ["node-a", "node-b"] {
-        for line in access_lines(&state.join(node).join("agent.log"))? {
+        for line in access_lines(&state.join(node).join("agent.log"), "connection")? {
             let f = &line["fields"];
             let outbound = f["direction"] == "outbound";
             let peer = if outbound {
@@ -190,6 +190,27 @@ pub fn run() -> anyhow::Result<()> {
                 f["error"].as_str().unwrap_or("-"),
             );
             lines.push((node.to_string(), line));
+        }
+    }
+    println!("\n== ... and one line per HTTP request");
+    println!(
+        "  {:<7} {:<12} {:<9} {:<7} {:<14} {:>6}  {:<12} {:<12}",
+        "NODE", "POD", "DIRECTION", "METHOD", "PATH", "STATUS", "SOURCE", "DESTINATION"
+    );
+    for node in ["node-a", "node-b"] {
+        for line in access_lines(&state.join(node).join("agent.log"), "request")? {
+            let f = &line["fields"];
+            println!(
+                "  {:<7} {:<12} {:<9} {:<7} {:<14} {:>6}  {:<12} {:<12}",
+                node,
+                f["pod"].as_str().unwrap_or("?"),
+                f["direction"].as_str().unwrap_or("?"),
+                f["method"].as_str().unwrap_or("?"),
+                f["path"].as_str().unwrap_or("?"),
+                f["status"].as_u64().unwrap_or(0),
+                f["src_workload"].as_str().unwrap_or("?"),
+                f["dst_workload"].as_str().unwrap_or("?"),
+            );
         }
     }
     let count = |pod: &str, direction: &str, transport: &str| {
@@ -280,12 +301,14 @@ fn wait_listening(outrider: &Path, state: &Path, pod: &str, port: u16) -> anyhow
     }
 }
 
-fn access_lines(log: &Path) -> anyhow::Result<Vec<Value>> {
+/// The access lines of an agent's log with this `message`: `connection` (one per
+/// connection) or `request` (one per HTTP request).
+fn access_lines(log: &Path, message: &str) -> anyhow::Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
+        .filter(|v| v["target"] == "access" && v["fields"]["message"] == message)
         .collect())
 }
