@@ -33,23 +33,7 @@ fn http_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
     std::fs::create_dir_all(site.join("public")).unwrap();
     std::fs::write(site.join("public/index.html"), "public page\n").unwrap();
     std::fs::write(site.join("private.html"), "private page\n").unwrap();
-    let server = tb.spawn(
-        pod,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "::",
-            "--protocol",
-            "HTTP/1.1",
-            "--directory",
-            site.to_str().unwrap(),
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
+    tb.http_server(pod, port, &site)
 }
 
 /// Connects from `pod` to the echo server at `dst`: true when it answered.
@@ -62,6 +46,20 @@ fn reaches(tb: &Testbed, pod: &str, dst: SocketAddr) -> bool {
 /// Writes a policy file and waits until every agent has loaded the new policies;
 /// returns how long that took.
 fn apply(tb: &Testbed, file: &str, yaml: &str) -> Duration {
+    reload(tb, || {
+        std::fs::write(tb.state.policy_dir.join(file), yaml).unwrap()
+    })
+}
+
+fn remove(tb: &Testbed, file: &str) {
+    reload(tb, || {
+        std::fs::remove_file(tb.state.policy_dir.join(file)).unwrap()
+    });
+}
+
+/// Makes `change` to the policy directory and waits until every agent has loaded the
+/// result; returns how long that took.
+fn reload(tb: &Testbed, change: impl FnOnce()) -> Duration {
     let marks: Vec<(String, usize)> = tb
         .state
         .nodes
@@ -69,28 +67,13 @@ fn apply(tb: &Testbed, file: &str, yaml: &str) -> Duration {
         .map(|n| (n.name.clone(), tb.log_mark(&n.name)))
         .collect();
     let started = Instant::now();
-    std::fs::write(tb.state.policy_dir.join(file), yaml).unwrap();
+    change();
     for (node, mark) in marks {
         tb.wait_log_after(&node, mark, Duration::from_secs(5), |v| {
             v["fields"]["message"] == "policies loaded"
         });
     }
     started.elapsed()
-}
-
-fn remove(tb: &Testbed, file: &str) {
-    let marks: Vec<(String, usize)> = tb
-        .state
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), tb.log_mark(&n.name)))
-        .collect();
-    std::fs::remove_file(tb.state.policy_dir.join(file)).unwrap();
-    for (node, mark) in marks {
-        tb.wait_log_after(&node, mark, Duration::from_secs(5), |v| {
-            v["fields"]["message"] == "policies loaded"
-        });
-    }
 }
 
 fn denial(tb: &Testbed, node: &str, mark: usize, dst: SocketAddr) -> Value {

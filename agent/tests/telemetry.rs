@@ -227,22 +227,7 @@ fn http_requests_are_counted_by_status_code_from_both_reporters() {
     let site = tb.dir().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("page.html"), vec![b'x'; 12_345]).unwrap();
-    let _http = tb.spawn(
-        "shop/web",
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
-            "::",
-            "--protocol",
-            "HTTP/1.1",
-            "--directory",
-            site.to_str().unwrap(),
-        ],
-    );
-    tb.wait_listening("shop/web", 8080);
+    let _http = tb.http_server("shop/web", 8080, &site);
     let base = format!("http://{}:8080", web.ipv4);
     let out = tb.exec(
         "shop/client",

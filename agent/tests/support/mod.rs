@@ -51,6 +51,30 @@ pub fn socat_target(dst: std::net::SocketAddr) -> String {
 }
 
 impl Testbed {
+    /// An HTTP/1.1 server (Python's http.server, keep-alive on) in `pod` on `port`, IPv4
+    /// and IPv6, serving `site`; returns once it listens.
+    pub fn http_server(&self, pod: &str, port: u16, site: &Path) -> Background {
+        let port_arg = port.to_string();
+        let site_arg = site.display().to_string();
+        let server = self.spawn(
+            pod,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                &port_arg,
+                "--bind",
+                "::",
+                "--protocol",
+                "HTTP/1.1",
+                "--directory",
+                &site_arg,
+            ],
+        );
+        self.wait_listening(pod, port);
+        server
+    }
+
     /// A socat TCP server in `pod` on `port`, IPv4 and IPv6, handing each connection to
     /// `handler` (a socat address: `EXEC:cat`, `SYSTEM:echo hi`, …); returns once it
     /// listens.
