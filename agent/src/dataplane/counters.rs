@@ -14,7 +14,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 
-use super::{DataplaneError, map_err};
+use super::{DataplaneError, map_err, prog_err, program, take_map};
 
 pub struct CounterTable {
     map: PerCpuArray<MapData, PodCounters>,
@@ -32,27 +32,18 @@ impl CounterTable {
         agent_cgroup: Option<&Path>,
     ) -> Result<Self, DataplaneError> {
         // The map first: the programs count as soon as they are attached.
-        let map = PerCpuArray::try_from(
-            ebpf.take_map(MAP_POD_COUNTERS)
-                .ok_or(DataplaneError::MissingMap(MAP_POD_COUNTERS))?,
-        )
-        .map_err(map_err(MAP_POD_COUNTERS))?;
+        let map = PerCpuArray::try_from(take_map(ebpf, MAP_POD_COUNTERS)?)
+            .map_err(map_err(MAP_POD_COUNTERS))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
         for (name, attach_type) in [
             (PROG_SKB_INGRESS, CgroupSkbAttachType::Ingress),
             (PROG_SKB_EGRESS, CgroupSkbAttachType::Egress),
         ] {
-            let program: &mut CgroupSkb = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            let program: &mut CgroupSkb = program(ebpf, name)?;
+            program.load().map_err(prog_err(name))?;
             program
                 .attach(cgroup, attach_type, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Program { name, source })?;
+                .map_err(prog_err(name))?;
         }
         match agent_cgroup {
             Some(own) if own.starts_with(path) => {}

@@ -17,7 +17,7 @@ use aya::{
     programs::{SkLookup, sk_lookup::SkLookupLinkId},
 };
 
-use super::{DataplaneError, map_err};
+use super::{DataplaneError, map_err, prog_err, program, take_map};
 
 pub struct InboundSteering {
     v4: HashMap<MapData, [u8; 4], u32>,
@@ -35,32 +35,20 @@ pub struct PodInbound<'a, N: AsFd, L: AsRawFd> {
     pub listener_v6: &'a L,
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DataplaneError> {
-    ebpf.program_mut(PROG_SK_LOOKUP)
-        .ok_or(DataplaneError::MissingProgram(PROG_SK_LOOKUP))?
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            name: PROG_SK_LOOKUP,
-            source,
-        })
+fn sk_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DataplaneError> {
+    program(ebpf, PROG_SK_LOOKUP)
 }
 
 impl InboundSteering {
     /// Loads the program (attached per pod later) and takes its maps.
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        program(ebpf)?
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                name: PROG_SK_LOOKUP,
-                source,
-            })?;
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
-        };
+        sk_lookup(ebpf)?.load().map_err(prog_err(PROG_SK_LOOKUP))?;
         Ok(Self {
-            v4: HashMap::try_from(take(ebpf, MAP_INBOUND_V4)?).map_err(map_err(MAP_INBOUND_V4))?,
-            v6: HashMap::try_from(take(ebpf, MAP_INBOUND_V6)?).map_err(map_err(MAP_INBOUND_V6))?,
-            listeners: SockMap::try_from(take(ebpf, MAP_INBOUND_LISTENERS)?)
+            v4: HashMap::try_from(take_map(ebpf, MAP_INBOUND_V4)?)
+                .map_err(map_err(MAP_INBOUND_V4))?,
+            v6: HashMap::try_from(take_map(ebpf, MAP_INBOUND_V6)?)
+                .map_err(map_err(MAP_INBOUND_V6))?,
+            listeners: SockMap::try_from(take_map(ebpf, MAP_INBOUND_LISTENERS)?)
                 .map_err(map_err(MAP_INBOUND_LISTENERS))?,
             links: StdHashMap::new(),
         })
@@ -93,13 +81,9 @@ impl InboundSteering {
         self.listeners
             .set(inbound_slot(pod.pod_id, true), pod.listener_v6, 0)
             .map_err(map_err(MAP_INBOUND_LISTENERS))?;
-        let link =
-            program(ebpf)?
-                .attach(pod.netns.as_fd())
-                .map_err(|source| DataplaneError::Program {
-                    name: PROG_SK_LOOKUP,
-                    source,
-                })?;
+        let link = sk_lookup(ebpf)?
+            .attach(pod.netns.as_fd())
+            .map_err(prog_err(PROG_SK_LOOKUP))?;
         self.links.insert(pod.pod_id, link);
         for ip in pod.ips {
             match ip {
@@ -131,7 +115,7 @@ impl InboundSteering {
             }
         }
         if let Some(link) = self.links.remove(&pod_id)
-            && let Ok(program) = program(ebpf)
+            && let Ok(program) = sk_lookup(ebpf)
             && let Err(err) = program.detach(link)
         {
             tracing::warn!(pod_id, error = %err, "inbound: cannot detach sk_lookup");

@@ -75,6 +75,26 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneE
     move |source| DataplaneError::Map { name, source }
 }
 
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program { name, source }
+}
+
+/// Takes the map `name` out of the object, for the agent to own.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DataplaneError> {
+    ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))
+}
+
+/// The program `name` of the object, as the kind of program `P` it must be.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 /// Looks up where steered connections were going; cheap to clone, shared by every pod's
 /// accept loop.
 #[derive(Clone)]
@@ -174,54 +194,31 @@ impl Dataplane {
             source,
         })?;
         for name in CONNECT_PROGRAMS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program.load().map_err(prog_err(name))?;
             program
                 .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Program { name, source })?;
+                .map_err(prog_err(name))?;
         }
-        {
-            let name = agent_ebpf::PROG_SOCKOPS;
-            let program: &mut SockOps = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
+        let name = agent_ebpf::PROG_SOCKOPS;
+        let sockops: &mut SockOps = program(&mut ebpf, name)?;
+        sockops.load().map_err(prog_err(name))?;
+        sockops
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
 
         let agent_cgroup = cgroup::own_cgroup(&config.cgroup)
             .ok()
             .and_then(|p| p.canonicalize().ok());
         let counters = CounterTable::load(&mut ebpf, &cgroup, &attach, agent_cgroup.as_deref())?;
 
-        let enrolled = HashMap::try_from(
-            ebpf.take_map(MAP_ENROLLED)
-                .ok_or(DataplaneError::MissingMap(MAP_ENROLLED))?,
-        )
-        .map_err(map_err(MAP_ENROLLED))?;
-        let orig_dst = HashMap::try_from(
-            ebpf.take_map(MAP_ORIG_DST)
-                .ok_or(DataplaneError::MissingMap(MAP_ORIG_DST))?,
-        )
-        .map_err(map_err(MAP_ORIG_DST))?;
+        let enrolled =
+            HashMap::try_from(take_map(&mut ebpf, MAP_ENROLLED)?).map_err(map_err(MAP_ENROLLED))?;
+        let orig_dst =
+            HashMap::try_from(take_map(&mut ebpf, MAP_ORIG_DST)?).map_err(map_err(MAP_ORIG_DST))?;
         let inbound = InboundSteering::load(&mut ebpf)?;
-        let policy_deny = HashMap::try_from(
-            ebpf.take_map(MAP_POLICY_DENY)
-                .ok_or(DataplaneError::MissingMap(MAP_POLICY_DENY))?,
-        )
-        .map_err(map_err(MAP_POLICY_DENY))?;
+        let policy_deny = HashMap::try_from(take_map(&mut ebpf, MAP_POLICY_DENY)?)
+            .map_err(map_err(MAP_POLICY_DENY))?;
         tracing::info!(cgroup = %attach.display(), agent_cgroup_id, "kernel programs attached");
         Ok(Self {
             enrolled,

@@ -28,14 +28,13 @@ use crate::{
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
 
+/// A pod of this node that is enrolled: its proxy (which holds the workload, its
+/// network namespace and identity), its kernel slot and its listeners.
 struct EnrolledPod {
     proxy: Arc<PodProxy>,
     /// The kernel counters as last exported: sent/received bytes, sent/received packets.
     exported: [u64; 4],
-    workload: Workload,
-    netns: Arc<Netns>,
     pod_id: u32,
-    id: SpiffeId,
     _listeners: PodListeners,
 }
 
@@ -163,9 +162,9 @@ impl Enrollment {
         let mut wanted = HashSet::new();
         for pod in self.pods.values() {
             let source = SourcePod {
-                principal: Some(pod.id.as_str().trim_start_matches("spiffe://")),
-                namespace: Some(pod.id.namespace()),
-                ips: &pod.workload.ips,
+                principal: Some(pod.proxy.id.as_str().trim_start_matches("spiffe://")),
+                namespace: Some(pod.proxy.id.namespace()),
+                ips: &pod.proxy.workload.ips,
             };
             for denial in policy.kernel_denials(&source, &destinations) {
                 wanted.insert(deny_key(pod.pod_id, denial));
@@ -197,7 +196,7 @@ impl Enrollment {
         let leaving: Vec<WorkloadKey> = self
             .pods
             .iter()
-            .filter(|(key, pod)| wanted.get(*key).is_none_or(|w| **w != pod.workload))
+            .filter(|(key, pod)| wanted.get(*key).is_none_or(|w| **w != pod.proxy.workload))
             .map(|(key, _)| key.clone())
             .collect();
         for key in leaving {
@@ -285,10 +284,7 @@ impl Enrollment {
             EnrolledPod {
                 exported: [0; 4],
                 proxy: pod,
-                workload: workload.clone(),
-                netns,
                 pod_id,
-                id,
                 _listeners: listeners,
             },
         );
@@ -303,8 +299,8 @@ impl Enrollment {
                 continue;
             };
             let labels = PodLabels {
-                namespace: pod.workload.namespace.clone(),
-                pod: pod.workload.name.clone(),
+                namespace: pod.proxy.workload.namespace.clone(),
+                pod: pod.proxy.workload.name.clone(),
             };
             let now = [c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets];
             metrics.pod_counters(&labels, &mut pod.exported, now);
@@ -344,11 +340,12 @@ impl Enrollment {
         let Some(pod) = self.pods.remove(key) else {
             return;
         };
-        if let Err(error) = self.dataplane.unenroll(pod.netns.cookie()) {
+        if let Err(error) = self.dataplane.unenroll(pod.proxy.netns.cookie()) {
             tracing::error!(pod = %key, %error, "removing the pod from the kernel map failed");
         }
-        self.dataplane.detach_inbound(pod.pod_id, &pod.workload.ips);
-        self.shared.identity.manager().release(&pod.id);
+        self.dataplane
+            .detach_inbound(pod.pod_id, &pod.proxy.workload.ips);
+        self.shared.identity.manager().release(&pod.proxy.id);
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
         tracing::info!(pod = %key, "pod unenrolled");
