@@ -9,6 +9,7 @@
 //! and people use.
 pub mod agent;
 pub mod config;
+pub mod ctl;
 pub mod dataplane;
 pub mod enrollment;
 pub mod identity;
