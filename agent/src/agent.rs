@@ -1,5 +1,5 @@
 //! `outrider run`: wires the agent together — config, logging, kernel programs, the
-//! workload source, enrollment — and runs until SIGTERM or SIGINT.
+//! workload source, enrollment, the admin API — and runs until SIGTERM or SIGINT.
 use std::{
     path::Path,
     process::ExitCode,
@@ -15,11 +15,14 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::{
+    admin::{self, AdminService},
     config::Config,
     dataplane::Dataplane,
     enrollment::Enrollment,
     identity::Identity,
-    logging, netns,
+    logging,
+    logging::LogControl,
+    netns,
     policy::PolicySet,
     proxy::Shared,
     telemetry::{
@@ -32,17 +35,18 @@ use crate::{
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
-    logging::init(&config.log)?;
+    let log = logging::init(&config.log)?;
     netns::init().context("recording the agent's own network namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("outrider")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, log))
 }
 
-async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
+async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode> {
+    let started = std::time::SystemTime::now();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %config.node_name,
@@ -81,7 +85,20 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         file,
         Duration::from_millis(config.workloads.poll_interval_ms),
     );
-    let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared);
+    let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared.clone());
+    let _admin = admin::start(
+        AdminService {
+            config: config.clone(),
+            shared,
+            status: enrollment.status(),
+            log: Some(log),
+            started,
+            policy_lock: tokio::sync::Mutex::new(()),
+        },
+        &config.admin,
+        &config.instance,
+    )
+    .await?;
     let enrollment = tokio::spawn(enrollment.run(workloads, policies, move || {
         ready.store(true, Ordering::Relaxed);
         tracing::info!("agent ready")

@@ -26,6 +26,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -44,6 +45,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             policy: PolicyConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -189,6 +191,45 @@ impl Default for TelemetryConfig {
             metrics_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
         }
     }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin API's unix socket, made with mode 0600. Default
+    /// `/run/outrider/admin.sock`, or `/run/outrider/<instance>/admin.sock` for an
+    /// instance other than `default` (see [`AdminConfig::socket_path`]).
+    pub socket: Option<PathBuf>,
+    /// Callers (by user id, from the socket's peer credentials) allowed besides root and
+    /// the agent's own user. Default none.
+    pub allow_uids: Vec<u32>,
+    /// The admin API on TCP too, with mutual TLS (client certificate required).
+    /// Default: off.
+    pub tcp: Option<AdminTcpConfig>,
+}
+
+impl AdminConfig {
+    /// The socket path in force for an agent `instance`.
+    pub fn socket_path(&self, instance: &str) -> PathBuf {
+        match &self.socket {
+            Some(path) => path.clone(),
+            None if instance == "default" => PathBuf::from("/run/outrider/admin.sock"),
+            None => PathBuf::from(format!("/run/outrider/{instance}/admin.sock")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminTcpConfig {
+    /// Address to listen on, e.g. `0.0.0.0:15010`. Required.
+    pub addr: std::net::SocketAddr,
+    /// The server's certificate chain and key (PEM). Required.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign the clients' certificates. Required: every
+    /// client must present a certificate it signed.
+    pub client_ca_file: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

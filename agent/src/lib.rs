@@ -7,6 +7,7 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
 //! and people use.
+pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod ctl;

@@ -1,21 +1,79 @@
 //! Log set-up: tracing to stderr, as text for people or JSON lines for machines.
-//! `RUST_LOG` overrides the configured filter.
-use tracing_subscriber::{EnvFilter, fmt};
+//! `RUST_LOG` overrides the configured filter; the admin API changes it at run time
+//! through [`LogControl`].
+use std::sync::Arc;
+
+use tracing_subscriber::{
+    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
 
 use crate::config::{LogConfig, LogFormat};
 
-pub fn init(config: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => {
-            EnvFilter::try_new(&spec).map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?}: {e}"))?
+/// Reads and changes the log filter in force.
+#[derive(Clone)]
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// The filter set at start (config or `RUST_LOG`), restored by an empty level.
+    initial: Arc<str>,
+    current: Arc<std::sync::Mutex<String>>,
+}
+
+impl LogControl {
+    /// The filter in force, as written.
+    pub fn level(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Sets the filter (`""`: back to the one set at start). An invalid filter is an
+    /// error naming it, and the filter in force stays.
+    pub fn set_level(&self, spec: &str) -> Result<String, String> {
+        let spec = if spec.trim().is_empty() {
+            self.initial.to_string()
+        } else {
+            spec.trim().to_string()
+        };
+        let filter = EnvFilter::try_new(&spec).map_err(|e| format!("log level {spec:?}: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log level: {e}"))?;
+        if let Ok(mut current) = self.current.lock() {
+            current.clone_from(&spec);
         }
-        _ => EnvFilter::try_new(&config.level)
-            .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", config.level))?,
+        tracing::info!(level = %spec, "log level changed");
+        Ok(spec)
+    }
+}
+
+pub fn init(config: &LogConfig) -> anyhow::Result<LogControl> {
+    let spec = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => spec,
+        _ => config.level.clone(),
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(&spec).map_err(|e| {
+        if spec == config.level {
+            anyhow::anyhow!("log.level {spec:?}: {e}")
+        } else {
+            anyhow::anyhow!("RUST_LOG={spec:?}: {e}")
+        }
+    })?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init` also routes the `log` crate's records (aya's) into tracing.
     let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("logging: {e}"))
+    result.map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    Ok(LogControl {
+        handle,
+        initial: spec.clone().into(),
+        current: Arc::new(std::sync::Mutex::new(spec)),
+    })
 }

@@ -5,14 +5,18 @@
 //! add it to the kernel's enrolled map — in that order, so nothing is steered to a
 //! listener that is not there yet. When a pod leaves (or changes), the reverse; its
 //! established connections run on. A pod that cannot be enrolled (its namespace vanished,
-//! say) is reported once and retried; the others are untouched.
+//! say) is reported once and retried; the others are untouched. What it did is
+//! published as a [`NodeStatus`] (for the admin API) after every change and every second.
 mod ids;
+mod status;
+
+pub use status::{NodeStatus, PodState, PodStatus};
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6};
@@ -35,6 +39,7 @@ struct EnrolledPod {
     /// The kernel counters as last exported: sent/received bytes, sent/received packets.
     exported: [u64; 4],
     pod_id: u32,
+    since: SystemTime,
     _listeners: PodListeners,
 }
 
@@ -48,6 +53,7 @@ pub struct Enrollment {
     ids: ids::PodIds,
     /// The latest workload set (destinations for the kernel's policy denials).
     current: Arc<WorkloadSet>,
+    status: watch::Sender<Arc<NodeStatus>>,
 }
 
 impl Enrollment {
@@ -60,7 +66,13 @@ impl Enrollment {
             failed: HashMap::new(),
             ids: ids::PodIds::new(agent_ebpf::MAX_PODS),
             current: Arc::default(),
+            status: watch::channel(Arc::default()).0,
         }
+    }
+
+    /// What enrollment did, kept up to date.
+    pub fn status(&self) -> watch::Receiver<Arc<NodeStatus>> {
+        self.status.subscribe()
     }
 
     /// Follows the workload source and the policies until the workload source goes away.
@@ -101,7 +113,10 @@ impl Enrollment {
                     self.recheck_connections();
                     self.update_kernel_denials();
                 }
-                _ = counters.tick() => self.export_counters(),
+                _ = counters.tick() => {
+                    self.export_counters();
+                    self.publish_status();
+                }
                 _ = retry.tick(), if !self.failed.is_empty() => {
                     let current = workloads.borrow().clone();
                     self.reconcile(&current);
@@ -225,6 +240,7 @@ impl Enrollment {
             }
         }
         self.update_kernel_denials();
+        self.publish_status();
     }
 
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {
@@ -285,6 +301,7 @@ impl Enrollment {
                 exported: [0; 4],
                 proxy: pod,
                 pod_id,
+                since: SystemTime::now(),
                 _listeners: listeners,
             },
         );
@@ -348,6 +365,7 @@ impl Enrollment {
         self.shared.identity.manager().release(&pod.proxy.id);
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
+        self.shared.connections.forget_pod(&pod.proxy.key);
         tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.
     }

@@ -17,7 +17,7 @@ pub mod signer;
 pub mod spiffe;
 pub mod tls;
 pub mod trust;
-mod x509;
+pub mod x509;
 
 #[cfg(test)]
 mod testing;

@@ -26,6 +26,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct TrustBundle {
     trust_domain: String,
     roots: Arc<RootCertStore>,
+    /// The roots as given (for the admin API).
+    root_ders: Arc<[CertificateDer<'static>]>,
     provider: Arc<CryptoProvider>,
     /// webpki's client-certificate chain check, built once (it copies the roots).
     client_chain: Arc<dyn ClientCertVerifier>,
@@ -45,6 +47,7 @@ impl TrustBundle {
         trust_domain: &str,
         roots: &[CertificateDer<'static>],
     ) -> Result<Self, IdentityError> {
+        let roots_given = roots.to_vec();
         spiffe::check_trust_domain(trust_domain).map_err(IdentityError::TrustBundle)?;
         let mut store = RootCertStore::empty();
         for (i, root) in roots.iter().enumerate() {
@@ -66,9 +69,15 @@ impl TrustBundle {
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             roots,
+            root_ders: roots_given.into(),
             provider,
             client_chain,
         })
+    }
+
+    /// The root certificates (DER).
+    pub fn root_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.root_ders
     }
 
     pub fn trust_domain(&self) -> &str {

@@ -73,6 +73,13 @@ fn system_time(t: ASN1Time) -> SystemTime {
     }
 }
 
+/// The subject's distinguished name (`CN=Outrider Root CA`), or why it cannot be read.
+pub fn subject(der: &[u8]) -> Result<String, String> {
+    let (_, cert) =
+        parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    Ok(cert.subject().to_string())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

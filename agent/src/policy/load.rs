@@ -22,12 +22,36 @@ impl PolicySet {
         trust_domain: &str,
         root_namespace: &str,
     ) -> Result<PolicySet, PolicyError> {
+        Self::load_dir_with(dir, trust_domain, root_namespace, &[])
+    }
+
+    /// What [`PolicySet::load_dir`] would give after `changes` to the directory's files:
+    /// `(path, Some(text))` writes a file, `(path, None)` removes one. Nothing on disk
+    /// changes; the admin API checks a change with it before making it.
+    pub fn load_dir_with(
+        dir: &Path,
+        trust_domain: &str,
+        root_namespace: &str,
+        changes: &[(PathBuf, Option<String>)],
+    ) -> Result<PolicySet, PolicyError> {
+        let mut files = policy_files(dir)?;
+        for (path, text) in changes {
+            files.retain(|f| f != path);
+            if text.is_some() {
+                files.push(path.clone());
+            }
+        }
+        files.sort();
         let mut items = Vec::new();
-        for file in policy_files(dir)? {
-            let text = fs::read_to_string(&file).map_err(|source| PolicyError::ReadFile {
-                file: file.clone(),
-                source,
-            })?;
+        for file in files {
+            let changed = changes.iter().find(|(p, _)| *p == file);
+            let text = match changed {
+                Some((_, Some(text))) => text.clone(),
+                _ => fs::read_to_string(&file).map_err(|source| PolicyError::ReadFile {
+                    file: file.clone(),
+                    source,
+                })?,
+            };
             items.extend(parse_documents(&file, &text)?);
         }
         PolicySet::build(items, trust_domain, root_namespace)

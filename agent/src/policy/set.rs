@@ -18,6 +18,8 @@ use crate::{
 pub struct PolicySet {
     /// Sorted by `namespace/name`; `compiled[i]` is `sources[i]` compiled.
     sources: Vec<AuthorizationPolicy>,
+    /// Where `sources[i]` came from.
+    origins: Vec<Origin>,
     pub(super) compiled: Vec<CompiledPolicy>,
     pub(super) index: Index,
     trust_domain: String,
@@ -35,6 +37,7 @@ impl PolicySet {
     pub fn empty() -> Self {
         PolicySet {
             sources: Vec::new(),
+            origins: Vec::new(),
             compiled: Vec::new(),
             index: Index::default(),
             trust_domain: IdentityConfig::default().trust_domain,
@@ -105,8 +108,10 @@ impl PolicySet {
             .map(|(p, _)| p.metadata.namespace.as_str())
             .collect();
         let index = Index::new(&mut compiled, &namespaces, root_namespace);
+        let (sources, origins) = items.into_iter().unzip();
         Ok(PolicySet {
-            sources: items.into_iter().map(|(p, _)| p).collect(),
+            sources,
+            origins,
             compiled,
             index,
             trust_domain: trust_domain.to_string(),
@@ -117,6 +122,17 @@ impl PolicySet {
     /// The policies as given, sorted by `namespace/name` (for the admin API).
     pub fn policies(&self) -> &[AuthorizationPolicy] {
         &self.sources
+    }
+
+    /// The policies with where each came from, sorted by `namespace/name`.
+    pub fn with_origins(&self) -> impl Iterator<Item = (&AuthorizationPolicy, &Origin)> {
+        self.sources.iter().zip(&self.origins)
+    }
+
+    /// The policy `namespace/name`, with where it came from.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<(&AuthorizationPolicy, &Origin)> {
+        self.with_origins()
+            .find(|(p, _)| p.metadata.namespace == namespace && p.metadata.name == name)
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,8 @@
 //! The agent's live connections: each proxied connection is registered while it lives,
 //! with what it is (pod, direction, transport, addresses, identities), its byte counters
 //! and a way for the agent to close it (a policy change that now denies it, an operator).
-//! The admin API lists them; policy re-checks walk them.
+//! The admin API lists them and streams their opening and closing; policy re-checks walk
+//! them. Per pod, totals since the pod was enrolled ([`PodStats`]) sum up the closed ones.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -12,6 +13,7 @@ use std::{
     time::SystemTime,
 };
 
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::copy::Counters;
@@ -37,6 +39,8 @@ pub struct Connection {
     pub counters: Counters,
     /// Its labels in metrics, and what of its bytes metrics have counted.
     pub metrics: ConnectionMetrics,
+    /// Its pod's totals.
+    pub stats: Arc<PodStats>,
     cancel: CancellationToken,
     /// Why the agent closed it, once it did.
     closed_because: Mutex<Option<String>>,
@@ -61,6 +65,72 @@ impl Connection {
     }
 }
 
+/// A pod's connection and request totals since it was enrolled (closed connections;
+/// [`Registry::pod_totals`] adds the live ones).
+#[derive(Debug, Default)]
+pub struct PodStats {
+    pub connections: AtomicU64,
+    /// Connections that ended in an error.
+    pub failed: AtomicU64,
+    /// Bytes of closed connections from the pod and to it.
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub requests: AtomicU64,
+    /// Requests answered 5xx (or not at all, which the proxy answers 502/503).
+    pub failed_requests: AtomicU64,
+}
+
+/// A pod's totals, live connections included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodTotals {
+    pub active: u64,
+    pub connections: u64,
+    pub failed: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub requests: u64,
+    pub failed_requests: u64,
+}
+
+impl Connection {
+    /// Bytes (from the pod, to the pod) so far: an outbound connection's opener is the
+    /// pod, an inbound one's the peer.
+    pub fn pod_bytes(&self) -> (u64, u64) {
+        let forward = self.counters.forward.load(Ordering::Relaxed);
+        let backward = self.counters.backward.load(Ordering::Relaxed);
+        match self.direction {
+            Direction::Outbound => (forward, backward),
+            Direction::Inbound => (backward, forward),
+        }
+    }
+
+    /// Records how the connection ended.
+    pub fn ended(&self, failed: bool) {
+        if failed {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records an HTTP request's answer.
+    pub fn request_done(&self, status: u16) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.stats.failed_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection opening or closing, for the admin API's stream.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Opened(Arc<Connection>),
+    /// With its final byte counts in its counters.
+    Closed(Arc<Connection>),
+}
+
+/// Events buffered per watcher before it is told it missed some.
+const EVENT_BUFFER: usize = 4096;
+
 /// What a connection is, when it is registered.
 pub struct NewConnection {
     pub pod: String,
@@ -76,6 +146,8 @@ pub struct NewConnection {
 pub struct Registry {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Arc<Connection>>>,
+    pods: Mutex<HashMap<String, Arc<PodStats>>>,
+    events: broadcast::Sender<Event>,
     metrics: Arc<Metrics>,
 }
 
@@ -91,6 +163,10 @@ impl Drop for Registration<'_> {
             live.remove(&self.connection.id);
         }
         let c = &self.connection;
+        let (sent, received) = c.pod_bytes();
+        c.stats.sent.fetch_add(sent, Ordering::Relaxed);
+        c.stats.received.fetch_add(received, Ordering::Relaxed);
+        self.registry.publish(|| Event::Closed(c.clone()));
         self.registry.metrics.closed(
             &c.metrics,
             c.counters.forward.load(Ordering::Relaxed),
@@ -104,7 +180,61 @@ impl Registry {
         Self {
             next: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
             metrics,
+        }
+    }
+
+    /// Connection events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sends an event when someone listens (no cost otherwise).
+    fn publish(&self, event: impl FnOnce() -> Event) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event());
+        }
+    }
+
+    fn stats_of(&self, pod: &str) -> Arc<PodStats> {
+        let Ok(mut pods) = self.pods.lock() else {
+            return Arc::default();
+        };
+        pods.entry(pod.to_string()).or_default().clone()
+    }
+
+    /// A pod's totals since it was enrolled (or first seen), live connections included.
+    pub fn pod_totals(&self, pod: &str) -> PodTotals {
+        let stats = self.stats_of(pod);
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut totals = PodTotals {
+            active: 0,
+            connections: r(&stats.connections),
+            failed: r(&stats.failed),
+            sent: r(&stats.sent),
+            received: r(&stats.received),
+            requests: r(&stats.requests),
+            failed_requests: r(&stats.failed_requests),
+        };
+        for c in self
+            .snapshot()
+            .iter()
+            .filter(|c| Arc::ptr_eq(&c.stats, &stats))
+        {
+            let (sent, received) = c.pod_bytes();
+            totals.active += 1;
+            totals.sent += sent;
+            totals.received += received;
+        }
+        totals
+    }
+
+    /// Forgets a pod's totals (it left the node); a pod of that name starts from zero.
+    pub fn forget_pod(&self, pod: &str) {
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.remove(pod);
         }
     }
 
@@ -124,7 +254,10 @@ impl Registry {
     }
 
     pub fn register(&self, new: NewConnection) -> Registration<'_> {
+        let stats = self.stats_of(&new.pod);
+        stats.connections.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection {
+            stats,
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
             pod: new.pod,
             direction: new.direction,
@@ -142,6 +275,7 @@ impl Registry {
             live.insert(connection.id, connection.clone());
         }
         self.metrics.opened(&connection.metrics);
+        self.publish(|| Event::Opened(connection.clone()));
         Registration {
             registry: self,
             connection,

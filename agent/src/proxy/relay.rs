@@ -62,6 +62,7 @@ impl Hook for RequestHook {
             report.request_bytes,
             report.response_bytes,
         );
+        self.conn.request_done(report.status.as_u16());
         access::log_request(&self.conn, &self.local_identity, &report);
     }
 }

@@ -129,6 +129,7 @@ pub fn log_connection(
     duration: Duration,
     error: Option<io::Error>,
 ) {
+    conn.ended(error.is_some());
     let peer = conn.peer_identity.as_deref();
     let (src_identity, dst_identity) = match conn.direction {
         Direction::Outbound => (Some(local_identity), peer),

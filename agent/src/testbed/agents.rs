@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{
-        CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, PolicyConfig,
+        AdminConfig, CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, PolicyConfig,
         WorkloadSourceConfig,
     },
     identity,
@@ -77,6 +77,11 @@ fn workload_set(state: &State) -> WorkloadSet {
     }
 }
 
+/// Where the agent of `node` serves its admin API.
+pub fn admin_socket_path(dir: &Path, node: &str) -> PathBuf {
+    State::node_dir(dir, node).join("admin.sock")
+}
+
 /// Writes every node's workload file from `state` (atomically: agents read them at any
 /// time).
 pub fn write_workload_files(dir: &Path, state: &State) -> anyhow::Result<()> {
@@ -132,6 +137,10 @@ pub fn write_files(
             policy: PolicyConfig {
                 dir: Some(state.policy_dir.clone()),
                 ..base.policy.clone()
+            },
+            admin: AdminConfig {
+                socket: Some(admin_socket_path(dir, &node.name)),
+                ..base.admin.clone()
             },
             ..base.clone()
         };

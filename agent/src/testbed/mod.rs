@@ -1,7 +1,7 @@
 //! `outrider testbed …`: Kubernetes-like nodes and pods on one machine, made of network
 //! namespaces, veths, bridges and cgroups, with one agent per node (see DESIGN.md,
 //! "Testbed"). This file holds the commands and sends each to the module that does it.
-mod agents;
+pub mod agents;
 mod cgroup;
 mod exec;
 mod leftovers;

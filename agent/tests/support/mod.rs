@@ -22,8 +22,9 @@ use std::{
 pub use outrider::testbed::state::{AgentState, NodeState, PodState, State};
 use serde_json::Value;
 
-/// The binary under test.
+/// The binaries under test.
 pub const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
+pub const OUTRIDERCTL: &str = env!("CARGO_BIN_EXE_outriderctl");
 
 /// Set to keep the state directory (configs, agent logs) after the test.
 const KEEP_ENV: &str = "OUTRIDER_KEEP_TESTBED";
@@ -133,6 +134,34 @@ impl Testbed {
     /// The state directory (`testbed.json`, `<node>/agent.log`, …).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The admin API socket of `node`'s agent.
+    pub fn admin_socket(&self, node: &str) -> PathBuf {
+        outrider::testbed::agents::admin_socket_path(self.dir(), &self.node(node).name)
+    }
+
+    /// Runs `outriderctl --socket <node's socket> args` on the host and waits for it.
+    pub fn ctl(&self, node: &str, args: &[&str]) -> Output {
+        Command::new(OUTRIDERCTL)
+            .arg("--socket")
+            .arg(self.admin_socket(node))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run outriderctl")
+    }
+
+    /// Like [`Testbed::ctl`], and asserts that it succeeded; returns its stdout.
+    pub fn ctl_ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.ctl(node, args);
+        assert!(
+            out.status.success(),
+            "outriderctl {} failed: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The pod `namespace/name`; panics listing the pods if there is none.

@@ -1,0 +1,218 @@
+//! The admin API (`outrider.admin.v1`, gRPC): how operators and `outriderctl` see and
+//! steer the agent. `service` answers the calls, `convert` makes the messages, `policies`
+//! stores policies applied through it. This file owns the transports — the unix socket
+//! (mode 0600, the default) and optionally TCP with mutual TLS — and who may call:
+//! on the socket, root, the agent's own user and `admin.allowUids` (by the peer's
+//! credentials, besides the file mode); on TCP, whoever holds a client certificate
+//! from `admin.tcp.clientCaFile`. Server reflection and `grpc.health.v1` are served
+//! beside the API, so grpcurl and generated clients work without the .proto files.
+mod convert;
+mod policies;
+mod service;
+
+use std::{
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use outrider_proto::admin::v1::{self as pb, admin_server::AdminServer};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    service::InterceptorLayer,
+    transport::{
+        Certificate, Identity, Server, ServerTlsConfig,
+        server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo},
+    },
+};
+
+pub use service::AdminService;
+
+use crate::config::AdminConfig;
+
+/// The running admin API; dropping it stops the servers and removes the socket.
+pub struct AdminHandle {
+    socket: PathBuf,
+    stop: CancellationToken,
+}
+
+impl AdminHandle {
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Who may call over the unix socket.
+#[derive(Clone)]
+struct Callers {
+    uids: Arc<[u32]>,
+}
+
+impl Callers {
+    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        if request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .is_some()
+        {
+            // Mutual TLS: the handshake required a client certificate from the client CA.
+            return Ok(request);
+        }
+        let Some(info) = request.extensions().get::<UdsConnectInfo>() else {
+            return Err(Status::permission_denied("unknown transport"));
+        };
+        let Some(cred) = info.peer_cred else {
+            return Err(Status::permission_denied(
+                "the caller's credentials cannot be read",
+            ));
+        };
+        if self.uids.contains(&cred.uid()) {
+            Ok(request)
+        } else {
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "admin API call refused");
+            Err(Status::permission_denied(format!(
+                "user id {} may not use the admin API (allowed: root, the agent's user, admin.allowUids)",
+                cred.uid()
+            )))
+        }
+    }
+}
+
+/// Starts the admin API on the socket (and TCP, if configured).
+pub async fn start(
+    service: AdminService,
+    config: &AdminConfig,
+    instance: &str,
+) -> anyhow::Result<AdminHandle> {
+    let service = Arc::new(service);
+    let socket = config.socket_path(instance);
+    let listener = bind_socket(&socket)?;
+    let stop = CancellationToken::new();
+    let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
+    uids.extend(&config.allow_uids);
+    let callers = Callers { uids: uids.into() };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let router = |tls: Option<ServerTlsConfig>| -> anyhow::Result<_> {
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("admin.tcp: TLS set-up")?;
+        }
+        let check = callers.clone();
+        Ok(builder
+            .layer(InterceptorLayer::new(move |r| check.check(r)))
+            .add_service(AdminServer::from_arc(service.clone()))
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1().context("server reflection")?)
+            .add_service(reflection().build_v1alpha().context("server reflection")?))
+    };
+
+    let unix = router(None)?;
+    let done = stop.clone();
+    tokio::spawn(async move {
+        let incoming = UnixListenerStream::new(listener);
+        if let Err(error) = unix
+            .serve_with_incoming_shutdown(incoming, done.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "the admin API's socket server stopped");
+        }
+    });
+    tracing::info!(socket = %socket.display(), "admin API listening");
+
+    if let Some(tcp) = &config.tcp {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .with_context(|| format!("admin.tcp: cannot read {}", path.display()))
+        };
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read(&tcp.cert_file)?,
+                read(&tcp.key_file)?,
+            ))
+            .client_ca_root(Certificate::from_pem(read(&tcp.client_ca_file)?))
+            .client_auth_optional(false);
+        let server = router(Some(tls))?;
+        let listener = tokio::net::TcpListener::bind(tcp.addr)
+            .await
+            .with_context(|| format!("admin.tcp.addr: cannot listen on {}", tcp.addr))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let done = stop.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server
+                .serve_with_incoming_shutdown(incoming, done.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "the admin API's TCP server stopped");
+            }
+        });
+        tracing::info!(addr = %tcp.addr, "admin API listening on TCP (mutual TLS)");
+    }
+    Ok(AdminHandle { socket, stop })
+}
+
+/// Binds the socket with mode 0600 from the first moment: bound under a temporary name,
+/// restricted, then renamed into place. A stale socket (nobody listening) is replaced;
+/// a live one means another agent, which is an error.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .with_context(|| format!("admin.socket: cannot create {}", parent.display()))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            anyhow::bail!(
+                "admin.socket: {} exists and is not a socket; not touching it",
+                path.display()
+            );
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "admin.socket: another process serves {} (is another agent running?)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("admin.socket: cannot remove stale {}", path.display()))?;
+        }
+        Err(_) => {}
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "admin.sock".into());
+    let tmp = parent.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .with_context(|| format!("admin.socket: cannot bind {}", tmp.display()))?;
+    let restrict = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = restrict {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("admin.socket: cannot set up {}", path.display()));
+    }
+    Ok(listener)
+}

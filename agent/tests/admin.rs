@@ -1,0 +1,663 @@
+//! End-to-end: the admin API of real agents on a testbed — every RPC over the unix
+//! socket with a generated client (workloads with their identity, certificate and
+//! counters; live connections and their event stream; config; policies applied, in force
+//! and deleted; certificates; log level), the right status code and message for bad
+//! requests, server reflection and the health service, and callers that are refused.
+mod support;
+
+use std::{
+    io::Write,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use outrider_proto::admin::v1::{self as pb, admin_client::AdminClient};
+use support::Testbed;
+use tonic::{Code, transport::Channel};
+
+const SPEC: &str = "
+nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: client, serviceAccount: client}
+      - {namespace: shop, name: outsider, enrolled: false}
+  - name: node-b
+    pods:
+      - {namespace: data, name: db, serviceAccount: db}
+";
+
+/// A gRPC channel to the agent listening on the unix socket `path`.
+async fn channel(path: &Path) -> Channel {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("cannot connect to the admin socket")
+}
+
+async fn client(tb: &Testbed, node: &str) -> AdminClient<Channel> {
+    AdminClient::new(channel(&tb.admin_socket(node)).await)
+}
+
+/// A sink in data/db on 7000 that reads everything.
+fn sink(tb: &Testbed) -> support::Background {
+    let sink = tb.spawn(
+        "data/db",
+        &[
+            "socat",
+            "-u",
+            "TCP6-LISTEN:7000,reuseaddr,fork,ipv6only=0",
+            "OPEN:/dev/null",
+        ],
+    );
+    tb.wait_listening("data/db", 7000);
+    sink
+}
+
+fn send(tb: &Testbed, bytes: u64) {
+    let db = tb.pod("data/db").ipv4;
+    let out = tb.sh(
+        "shop/client",
+        &format!("head -c {bytes} /dev/zero | socat -u STDIN TCP4:{db}:7000"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn workload(c: &mut AdminClient<Channel>, ns: &str, name: &str) -> pb::Workload {
+    c.get_workload(pb::GetWorkloadRequest {
+        namespace: ns.into(),
+        name: name.into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("GetWorkload {ns}/{name}: {s}"))
+    .into_inner()
+}
+
+/// Polls GetWorkload until `done` holds (counters are exported every second).
+async fn wait_workload(
+    c: &mut AdminClient<Channel>,
+    ns: &str,
+    name: &str,
+    done: impl Fn(&pb::Workload) -> bool,
+) -> pb::Workload {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let w = workload(c, ns, name).await;
+        if done(&w) {
+            return w;
+        }
+        assert!(Instant::now() < deadline, "condition never held: {w:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_version_config_certificates_and_log_level() {
+    let tb = Testbed::up(SPEC, true);
+    let mut a = client(&tb, "node-a").await;
+
+    let version = a
+        .get_version(pb::GetVersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(version.node_name, "node-a");
+    assert!(!version.kernel.is_empty() && !version.started.is_empty());
+
+    // Only this node's pods, enrolled or not.
+    let list = a
+        .list_workloads(pb::ListWorkloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads;
+    let names: Vec<_> = list.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["client", "outsider"]);
+    let client_pod = tb.pod("shop/client");
+    let w = wait_workload(&mut a, "shop", "client", |w| {
+        !w.certificate_expiry.is_empty()
+    })
+    .await;
+    assert_eq!(w.state(), pb::EnrollmentState::Enrolled);
+    assert_eq!(w.mode(), pb::Mode::Node);
+    assert_eq!(w.identity, "spiffe://cluster.local/ns/shop/sa/client");
+    assert_eq!(
+        w.ips,
+        [client_pod.ipv4.to_string(), client_pod.ipv6.to_string()]
+    );
+    assert!(!w.enrolled_since.is_empty());
+    assert_eq!(w.labels.get("app").map(String::as_str), Some("client"));
+    let outsider = workload(&mut a, "shop", "outsider").await;
+    assert_eq!(outsider.state(), pb::EnrollmentState::NotEnrolled);
+    assert!(outsider.enrolled_since.is_empty() && outsider.certificate_expiry.is_empty());
+
+    // Counters: what the pod sent through the proxy, exactly; the kernel saw at least it.
+    let _sink = sink(&tb);
+    const N: u64 = 1_000_000;
+    send(&tb, N);
+    let w = wait_workload(&mut a, "shop", "client", |w| {
+        let c = w.counters.unwrap_or_default();
+        c.connections_active == 0 && c.kernel_tx_bytes >= N
+    })
+    .await;
+    let c = w.counters.unwrap_or_default();
+    assert_eq!(c.bytes_sent, N, "{c:?}");
+    assert_eq!(c.connections_total, 1, "{c:?}");
+    assert_eq!(c.connections_failed, 0, "{c:?}");
+
+    // The namespace filter.
+    let data = a
+        .list_workloads(pb::ListWorkloadsRequest {
+            namespace: "data".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(data.workloads.is_empty(), "data/db runs on node-b");
+
+    let config = a
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&config.json).unwrap();
+    assert_eq!(config["nodeName"], "node-a");
+    assert_eq!(
+        config["admin"]["socket"],
+        tb.admin_socket("node-a").display().to_string()
+    );
+
+    let certs = a
+        .list_certificates(pb::ListCertificatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(certs.trust_domain, "cluster.local");
+    assert_eq!(certs.certificates.len(), 1, "{certs:?}");
+    let cert = &certs.certificates[0];
+    assert_eq!(cert.identity, w.identity);
+    assert_eq!(cert.pods, 1);
+    assert_eq!(cert.not_after, w.certificate_expiry);
+    assert_eq!(cert.fingerprint_sha256.len(), 64);
+    assert!(cert.renew_at < cert.not_after && cert.not_before < cert.renew_at);
+    assert_eq!(certs.roots.len(), 1);
+    assert!(
+        certs.roots[0].subject.contains("Outrider"),
+        "{:?}",
+        certs.roots
+    );
+    // The root's fingerprint is the CA file's.
+    let ca = std::fs::read_to_string(tb.state.ca_dir.join("ca.crt")).unwrap();
+    let der = pem::parse(ca).unwrap().into_contents();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(certs.roots[0].fingerprint_sha256, hex);
+
+    // Log level: changed, read back, and a debug line appears; reset restores it.
+    let level = a
+        .get_log_level(pb::GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(level.level, "info");
+    let set = a
+        .set_log_level(pb::SetLogLevelRequest {
+            level: "info,outrider::identity=debug".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.level, "info,outrider::identity=debug");
+    let now = a
+        .get_log_level(pb::GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.level, set.level);
+    let reset = a
+        .set_log_level(pb::SetLogLevelRequest {
+            level: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.level, "info");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_and_streamed_with_their_bytes() {
+    let tb = Testbed::up(SPEC, true);
+    let mut a = client(&tb, "node-a").await;
+    let mut b = client(&tb, "node-b").await;
+    let _sink = sink(&tb);
+
+    let mut events = a
+        .watch_connections(pb::WatchConnectionsRequest {
+            pod: "shop/client".into(),
+            new_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A connection that stays open while we look.
+    let db = tb.pod("data/db").ipv4;
+    let mut held = tb.spawn_piped(
+        "shop/client",
+        &["socat", "-u", "STDIN", &format!("TCP4:{db}:7000")],
+    );
+    let stdin = held.child.stdin.as_mut().unwrap();
+    stdin.write_all(&[7u8; 5000]).unwrap();
+    stdin.flush().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conn = loop {
+        let list = a
+            .list_connections(pb::ListConnectionsRequest {
+                pod: "shop/client".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .connections;
+        if let Some(c) = list.first().filter(|c| c.bytes_sent == 5000) {
+            break c.clone();
+        }
+        assert!(Instant::now() < deadline, "no live connection: {list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(conn.direction(), pb::Direction::Outbound);
+    assert_eq!(conn.transport(), pb::Transport::Hbone);
+    assert_eq!(conn.destination, format!("{db}:7000"));
+    assert_eq!(conn.peer_identity, "spiffe://cluster.local/ns/data/sa/db");
+    // The destination's agent lists the same connection, inbound, with the verified peer.
+    let inbound = b
+        .list_connections(pb::ListConnectionsRequest {
+            pod: "data/db".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connections;
+    assert!(
+        inbound
+            .iter()
+            .any(|c| c.direction() == pb::Direction::Inbound
+                && c.peer_identity == "spiffe://cluster.local/ns/shop/sa/client"),
+        "{inbound:?}"
+    );
+
+    // Closing it: the stream says OPEN then CLOSE with the final bytes.
+    drop(held.child.stdin.take());
+    let _ = held.child.wait();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|e: &pb::ConnectionEvent| e.kind() == pb::connection_event::Kind::Close)
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no CLOSE event; got {seen:?}"))
+            .unwrap()
+            .expect("the stream ended");
+        seen.push(event);
+    }
+    assert_eq!(seen[0].kind(), pb::connection_event::Kind::Open, "{seen:?}");
+    let close = seen.last().unwrap();
+    let closed = close.connection.as_ref().unwrap();
+    assert_eq!(closed.id, conn.id);
+    assert_eq!(closed.bytes_sent, 5000);
+    assert!(close.duration_ms > 0.0);
+    assert!(close.closed_because.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_applied_enforced_listed_and_deleted() {
+    let tb = Testbed::up(SPEC, true);
+    let mut a = client(&tb, "node-a").await;
+    let mut b = client(&tb, "node-b").await;
+    let _sink = sink(&tb);
+    let deny = "apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-7000, namespace: data}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: [\"7000\"]}}]}]
+";
+    let dry = b
+        .apply_policies(pb::ApplyPoliciesRequest {
+            yaml: deny.into(),
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.applied[0].outcome, "created");
+    assert!(
+        b.list_policies(pb::ListPoliciesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .policies
+            .is_empty(),
+        "a dry run changes nothing"
+    );
+
+    let applied = b
+        .apply_policies(pb::ApplyPoliciesRequest {
+            yaml: deny.into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.applied.len(), 1);
+    assert_eq!(
+        (
+            applied.applied[0].namespace.as_str(),
+            applied.applied[0].name.as_str(),
+            applied.applied[0].outcome.as_str()
+        ),
+        ("data", "deny-7000", "created")
+    );
+    // In force on return, on the node that applied it; node-a follows the same
+    // directory (the testbed shares it) and refuses in the client's kernel.
+    let policies = b
+        .list_policies(pb::ListPoliciesRequest {
+            namespace: "data".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].action, "DENY");
+    assert_eq!(policies[0].rules, 1);
+    assert!(policies[0].applied_by_admin);
+    assert!(
+        policies[0].source.contains("admin.data.deny-7000.yaml"),
+        "{:?}",
+        policies[0].source
+    );
+    let db = tb.pod("data/db").ipv4;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = tb.sh(
+            "shop/client",
+            &format!("echo x | socat -u STDIN TCP4:{db}:7000"),
+        );
+        if !out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the DENY never took effect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = b
+        .apply_policies(pb::ApplyPoliciesRequest {
+            yaml: deny.into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.applied[0].outcome, "unchanged");
+
+    // Invalid: refused with where and why; nothing changes.
+    let bad = deny.replace("\"7000\"", "\"70000\"");
+    let status = b
+        .apply_policies(pb::ApplyPoliciesRequest {
+            yaml: bad,
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("<request>: document 1") && status.message().contains("ports[0]"),
+        "{}",
+        status.message()
+    );
+    let status = b
+        .apply_policies(pb::ApplyPoliciesRequest {
+            yaml: "kind: [".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // A policy from an operator's file cannot be deleted through the API.
+    std::fs::write(
+        tb.state.policy_dir.join("ops.yaml"),
+        deny.replace("deny-7000", "ops-deny"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match b
+            .delete_policy(pb::DeletePolicyRequest {
+                namespace: "data".into(),
+                name: "ops-deny".into(),
+            })
+            .await
+        {
+            Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("ops.yaml"),
+        "{}",
+        status.message()
+    );
+    std::fs::remove_file(tb.state.policy_dir.join("ops.yaml")).unwrap();
+
+    // Deleted: out of force on return; the client reaches db again.
+    b.delete_policy(pb::DeletePolicyRequest {
+        namespace: "data".into(),
+        name: "deny-7000".into(),
+    })
+    .await
+    .unwrap();
+    let status = b
+        .delete_policy(pb::DeletePolicyRequest {
+            namespace: "data".into(),
+            name: "deny-7000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = tb.sh(
+            "shop/client",
+            &format!("echo x | socat -u STDIN TCP4:{db}:7000"),
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still denied after the delete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The policies list of node-a went back to empty too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !a
+        .list_policies(pb::ListPoliciesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .policies
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_code_and_say_what_is_wrong() {
+    let tb = Testbed::up(SPEC, true);
+    let mut a = client(&tb, "node-a").await;
+
+    let status = a
+        .get_workload(pb::GetWorkloadRequest {
+            namespace: "shop".into(),
+            name: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("shop/nobody") && status.message().contains("node-a"),
+        "{}",
+        status.message()
+    );
+    // data/db exists, on another node.
+    let status = a
+        .get_workload(pb::GetWorkloadRequest {
+            namespace: "data".into(),
+            name: "db".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    for (ns, name, field) in [
+        ("", "client", "namespace"),
+        ("Shop", "client", "namespace"),
+        ("shop", "", "name"),
+        ("shop", "cli ent", "name"),
+    ] {
+        let status = a
+            .get_workload(pb::GetWorkloadRequest {
+                namespace: ns.into(),
+                name: name.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{ns}/{name}");
+        assert!(
+            status.message().starts_with(field),
+            "{ns}/{name}: {}",
+            status.message()
+        );
+    }
+    let status = a
+        .list_connections(pb::ListConnectionsRequest {
+            pod: "no-slash".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("pod") && status.message().contains("namespace/name"),
+        "{}",
+        status.message()
+    );
+    let status = a
+        .list_workloads(pb::ListWorkloadsRequest {
+            namespace: "UPPER".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = a
+        .set_log_level(pb::SetLogLevelRequest {
+            level: "info,outrider=loud".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("loud"), "{}", status.message());
+    // The level in force did not change.
+    let level = a
+        .get_log_level(pb::GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(level.level, "info");
+    // The agent is fine afterwards.
+    a.get_version(pb::GetVersionRequest {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_and_health_are_served() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let tb = Testbed::up(SPEC, true);
+    let channel = channel(&tb.admin_socket("node-a")).await;
+
+    let mut health = HealthClient::new(channel.clone());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: "outrider.admin.v1.Admin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status(), ServingStatus::Serving);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let requests = tokio_stream::iter([
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "outrider.admin.v1.Admin".into(),
+            )),
+        },
+    ]);
+    let mut answers = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("{first:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in ["outrider.admin.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let second = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+        panic!("{second:?}");
+    };
+    let file = prost_types_name(&files.file_descriptor_proto[0]);
+    assert_eq!(file, "outrider/admin/v1/admin.proto");
+}
+
+/// The `name` field (1) of an encoded FileDescriptorProto.
+fn prost_types_name(encoded: &[u8]) -> String {
+    // Field 1, wire type 2: tag 0x0a, then a varint length (< 128 here), then the bytes.
+    assert_eq!(encoded[0], 0x0a);
+    let len = encoded[1] as usize;
+    String::from_utf8(encoded[2..2 + len].to_vec()).unwrap()
+}
