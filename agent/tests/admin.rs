@@ -661,3 +661,434 @@ fn prost_types_name(encoded: &[u8]) -> String {
     let len = encoded[1] as usize;
     String::from_utf8(encoded[2..2 + len].to_vec()).unwrap()
 }
+
+// ---- outriderctl, the API's command line ----
+
+fn columns(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The table row whose first two columns are `a` and `b`.
+fn row<'t>(table: &'t str, a: &str, b: &str) -> Vec<&'t str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.len() > 1 && cells[0] == a && cells[1] == b)
+        .unwrap_or_else(|| panic!("no row {a} {b} in\n{table}"))
+}
+
+#[test]
+fn outriderctl_shows_every_area_as_tables_json_and_yaml() {
+    let tb = Testbed::up(SPEC, true);
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
+
+    let version = ctl(&["version"]);
+    assert!(version.contains("node-a"), "{version}");
+
+    let table = ctl(&["workloads"]);
+    assert_eq!(
+        columns(&table),
+        [
+            "NAMESPACE",
+            "NAME",
+            "MODE",
+            "STATE",
+            "IDENTITY",
+            "IPS",
+            "ENROLLED",
+            "CERT-EXPIRY",
+            "CONNS",
+            "SENT",
+            "RECEIVED",
+            "ERROR"
+        ]
+    );
+    let client_row = row(&table, "shop", "client");
+    assert_eq!(
+        client_row[2..5],
+        [
+            "node",
+            "enrolled",
+            "spiffe://cluster.local/ns/shop/sa/client"
+        ]
+    );
+    let outsider_row = row(&table, "shop", "outsider");
+    assert_eq!(outsider_row[3], "not-enrolled");
+    // Every row's cells start where the header's do (aligned columns).
+    let header = table.lines().next().unwrap();
+    let state_at = header.find("STATE").unwrap();
+    for line in table.lines().skip(1) {
+        assert!(
+            line[state_at..].starts_with("enrolled")
+                || line[state_at..].starts_with("not-enrolled"),
+            "misaligned:\n{table}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&ctl(&["workloads", "-o", "json"])).unwrap();
+    let yaml: serde_json::Value =
+        serde_yaml_ng::from_str(&ctl(&["-o", "yaml", "workloads"])).unwrap();
+    assert_eq!(json, yaml);
+    assert_eq!(
+        json["workloads"][0]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/client"
+    );
+    assert_eq!(json["workloads"][0]["state"], "enrolled");
+    assert_eq!(json["workloads"][1]["mode"], "none");
+    let one = ctl(&["workloads", "get", "shop/client", "-o", "json"]);
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["name"], "client");
+
+    // Traffic, then connections, counters and top.
+    let _sink = sink(&tb);
+    let db = tb.pod("data/db").ipv4;
+    let mut held = tb.spawn_piped(
+        "shop/client",
+        &["socat", "-u", "STDIN", &format!("TCP4:{db}:7000")],
+    );
+    let stdin = held.child.stdin.as_mut().unwrap();
+    stdin.write_all(&[1u8; 4096]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let conns = loop {
+        let text = ctl(&["connections", "--pod", "shop/client"]);
+        if text.lines().count() > 1 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no connection listed:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        columns(&conns),
+        [
+            "ID",
+            "POD",
+            "DIRECTION",
+            "TRANSPORT",
+            "SOURCE",
+            "DESTINATION",
+            "PEER",
+            "AGE",
+            "SENT",
+            "RECEIVED"
+        ]
+    );
+    let line = conns.lines().nth(1).unwrap();
+    for want in [
+        "shop/client",
+        "outbound",
+        "hbone",
+        &format!("{db}:7000"),
+        "spiffe://cluster.local/ns/data/sa/db",
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ctl(&["connections", "-o", "json"])).unwrap();
+    assert_eq!(listed["connections"][0]["direction"], "outbound");
+    assert_eq!(listed["connections"][0]["transport"], "hbone");
+
+    // top: two frames one second apart while 4 KiB blocks flow; the client's row has a rate.
+    let writer = std::thread::spawn(move || {
+        let stdin = held.child.stdin.as_mut().unwrap();
+        for _ in 0..40 {
+            if stdin.write_all(&[2u8; 65536]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(held.child.stdin.take());
+        let _ = held.child.wait();
+    });
+    let top = ctl(&["top", "--interval", "1", "--iterations", "2"]);
+    writer.join().unwrap();
+    let frames: Vec<&str> = top.split("\n\n").filter(|f| !f.trim().is_empty()).collect();
+    assert_eq!(frames.len(), 2, "{top}");
+    let last = frames[1];
+    assert_eq!(
+        columns(last),
+        [
+            "NAMESPACE",
+            "NAME",
+            "CONNS",
+            "NEW-CONNS/s",
+            "SENT/s",
+            "RECEIVED/s",
+            "REQ/s",
+            "ERR/s",
+            "ERRORS"
+        ]
+    );
+    let client_top = row(last, "shop", "client");
+    assert!(
+        client_top[4].ends_with("KiB") || client_top[4].ends_with("MiB"),
+        "the client sent ~1.3 MiB/s: {client_top:?}\n{top}"
+    );
+
+    // Policies: apply from a file, list, get, delete.
+    let file = tb.dir().join("deny.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-9000, namespace: data}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: [\"9000\"]}}]}]
+",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    assert_eq!(
+        ctl(&["policies", "apply", "-f", &file, "--dry-run"]).trim(),
+        "policy data/deny-9000 created (dry run)"
+    );
+    assert_eq!(
+        ctl(&["policies", "apply", "-f", &file]).trim(),
+        "policy data/deny-9000 created"
+    );
+    let policies = ctl(&["policies"]);
+    let p = row(&policies, "data", "deny-9000");
+    assert_eq!(p[2..4], ["DENY", "1"]);
+    let got = ctl(&["policies", "get", "data/deny-9000"]);
+    assert!(got.contains("action: DENY"), "{got}");
+    assert_eq!(
+        ctl(&["policies", "delete", "data/deny-9000"]).trim(),
+        "policy data/deny-9000 deleted"
+    );
+    let out = tb.ctl("node-a", &["policies", "delete", "data/deny-9000"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") && err.contains("data/deny-9000"),
+        "{err}"
+    );
+    let bad = tb.dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&file).unwrap().replace("9000", "0"),
+    )
+    .unwrap();
+    let out = tb.ctl(
+        "node-a",
+        &["policies", "apply", "-f", &bad.display().to_string()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid argument") && err.contains("ports[0]"),
+        "{err}"
+    );
+
+    let certs = ctl(&["certs"]);
+    let c = row(&certs, "spiffe://cluster.local/ns/shop/sa/client", "1");
+    assert_eq!(c.len(), 6, "{certs}");
+    let certs: serde_json::Value = serde_json::from_str(&ctl(&["certs", "-o", "json"])).unwrap();
+    assert_eq!(certs["trustDomain"], "cluster.local");
+
+    let config: serde_json::Value = serde_yaml_ng::from_str(&ctl(&["config"])).unwrap();
+    assert_eq!(config["nodeName"], "node-a");
+
+    assert_eq!(ctl(&["log-level"]).trim(), "info");
+    assert_eq!(ctl(&["log-level", "set", "debug"]).trim(), "debug");
+    assert_eq!(ctl(&["log-level", "reset"]).trim(), "info");
+
+    let out = tb.ctl("node-a", &["workloads", "get", "shop/nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") && err.contains("shop/nobody"),
+        "{err}"
+    );
+}
+
+/// Runs outriderctl as the user `nobody`.
+fn ctl_as_nobody(socket: &Path) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            support::OUTRIDERCTL,
+            "--socket",
+        ])
+        .arg(socket)
+        .arg("workloads")
+        .output()
+        .expect("cannot run setpriv")
+}
+
+#[test]
+fn callers_without_permission_are_refused_with_a_clear_message() {
+    use std::os::unix::fs::PermissionsExt;
+    let tb = Testbed::up(SPEC, true);
+    let socket = tb.admin_socket("node-a");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Let `nobody` reach the socket file itself (the state directory is private).
+    for dir in [tb.dir(), socket.parent().unwrap()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // The file mode stops it at connect().
+    let out = ctl_as_nobody(&socket);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains(&socket.display().to_string()),
+        "{err}"
+    );
+    // Opened up by mistake: the agent still refuses by the caller's user id.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = ctl_as_nobody(&socket);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains("user id 65534"),
+        "{err}"
+    );
+    // Root is served on the same socket meanwhile.
+    tb.ctl_ok("node-a", &["workloads"]);
+
+    // No agent there.
+    let missing = tb.dir().join("nowhere.sock");
+    let out = std::process::Command::new(support::OUTRIDERCTL)
+        .env("OUTRIDER_ADMIN_SOCKET", &missing)
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no agent socket at") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+}
+
+/// Makes a CA and a certificate it signs (`extensions` as openssl's -extfile) in `dir`.
+fn openssl_pki(dir: &Path, ca: &str, leaves: &[(&str, &str)]) {
+    let sh = |script: String| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(format!(
+        "openssl req -x509 {key} -keyout {ca}.key -out {ca}.crt -days 1 -subj /CN={ca}"
+    ));
+    for (name, ext) in leaves {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        sh(format!(
+            "openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN={name} && \
+             openssl x509 -req -in {name}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial \
+             -out {name}.crt -days 1 -extfile {name}.ext"
+        ));
+    }
+}
+
+#[test]
+fn tcp_requires_a_client_certificate_from_the_client_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    openssl_pki(
+        dir,
+        "admin-ca",
+        &[
+            (
+                "server",
+                "subjectAltName=DNS:outrider-admin\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("operator", "extendedKeyUsage=clientAuth\n"),
+        ],
+    );
+    openssl_pki(
+        dir,
+        "rogue-ca",
+        &[("rogue", "extendedKeyUsage=clientAuth\n")],
+    );
+    let p = |f: &str| dir.join(f).display().to_string();
+    let spec = format!(
+        "{SPEC}agent:\n  admin:\n    tcp: {{addr: \"0.0.0.0:15010\", certFile: {}, keyFile: {}, clientCaFile: {}}}\n",
+        p("server.crt"),
+        p("server.key"),
+        p("admin-ca.crt")
+    );
+    let tb = Testbed::up(&spec, true);
+    // From a pod outside the mesh, to its node's address.
+    let ctl = |cert: &str, key: &str| {
+        tb.exec(
+            "shop/outsider",
+            &[
+                support::OUTRIDERCTL,
+                "--addr",
+                "198.19.1.1:15010",
+                "--server-name",
+                "outrider-admin",
+                "--ca",
+                &p("admin-ca.crt"),
+                "--cert",
+                &p(cert),
+                "--key",
+                &p(key),
+                "-o",
+                "json",
+                "workloads",
+            ],
+        )
+    };
+    let out = ctl("operator.crt", "operator.key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["workloads"][0]["name"], "client");
+
+    let out = ctl("rogue.crt", "rogue.key");
+    assert!(
+        !out.status.success(),
+        "a certificate from another CA was accepted"
+    );
+    // Without any client certificate, the TLS handshake itself fails.
+    let curl = |with_cert: bool| {
+        let mut args = vec![
+            "curl".to_string(),
+            "-sS".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "--http2-prior-knowledge".into(),
+            "--cacert".into(),
+            p("admin-ca.crt"),
+            "--resolve".into(),
+            "outrider-admin:15010:198.19.1.1".into(),
+        ];
+        if with_cert {
+            args.extend([
+                "--cert".into(),
+                p("operator.crt"),
+                "--key".into(),
+                p("operator.key"),
+            ]);
+        }
+        args.push("https://outrider-admin:15010/grpc.health.v1.Health/Check".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tb.exec("shop/outsider", &args)
+    };
+    assert!(curl(true).status.success());
+    let out = curl(false);
+    assert!(!out.status.success(), "served without a client certificate");
+}
