@@ -326,6 +326,27 @@ async fn connections_are_listed_and_streamed_with_their_bytes() {
     assert!(close.closed_because.is_empty());
 }
 
+/// Waits (up to 5 s) until shop/client can (or cannot) send to data/db's sink.
+async fn wait_reachable(tb: &Testbed, want: bool) {
+    let db = tb.pod("data/db").ipv4;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = tb.sh(
+            "shop/client",
+            &format!("echo x | socat -u STDIN TCP4:{db}:7000"),
+        );
+        if out.status.success() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "data/db still {}reachable",
+            if want { "un" } else { "" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_are_applied_enforced_listed_and_deleted() {
     let tb = Testbed::up(SPEC, true);
@@ -394,19 +415,7 @@ spec:
         "{:?}",
         policies[0].source
     );
-    let db = tb.pod("data/db").ipv4;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = tb.sh(
-            "shop/client",
-            &format!("echo x | socat -u STDIN TCP4:{db}:7000"),
-        );
-        if !out.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the DENY never took effect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_reachable(&tb, false).await;
     let again = b
         .apply_policies(pb::ApplyPoliciesRequest {
             yaml: deny.into(),
@@ -485,18 +494,7 @@ spec:
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = tb.sh(
-            "shop/client",
-            &format!("echo x | socat -u STDIN TCP4:{db}:7000"),
-        );
-        if out.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still denied after the delete");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_reachable(&tb, true).await;
     // The policies list of node-a went back to empty too.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !a

@@ -253,6 +253,20 @@ pub fn run() -> anyhow::Result<()> {
             "expected the page in plaintext exactly once on node-b's link (data/db is not in the mesh) and TLS for shop/cart"
         );
     }
+    println!("\n== What node-a's agent says through its admin API (outriderctl workloads; certs)");
+    let ctl = outrider.with_file_name("outriderctl");
+    let socket = state.join("node-a/admin.sock");
+    for args in [&["workloads"][..], &["certs"][..]] {
+        let status = Command::new(&ctl)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .status()
+            .context("running outriderctl")?;
+        if !status.success() {
+            bail!("outriderctl {} failed", args.join(" "));
+        }
+    }
     println!(
         "\n== shop/client and shop/cart (IPv4 and IPv6, same and other node) went through mutual-TLS tunnels\n   with their SPIFFE identities; data/db is not enrolled: its plaintext was served (permissive)."
     );
