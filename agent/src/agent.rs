@@ -29,8 +29,7 @@ use crate::{
         endpoint::{self, Endpoint},
         metrics::Metrics,
     },
-    workloads,
-    workloads::directory::Directory,
+    workloads::{self, WorkloadSet, directory::Directory, kubernetes},
 };
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -56,9 +55,11 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     // Without its CA the agent must not start: it would have no identity to offer, and
     // serving plaintext instead is not an option.
     let identity = Identity::from_config(&config.identity)?;
-    let Some(file) = config.workloads.file.clone() else {
-        anyhow::bail!("workloads.file is not set: the agent has no workload source");
-    };
+    if config.workloads.file.is_none() && config.workloads.kubernetes.is_none() {
+        anyhow::bail!(
+            "neither workloads.file nor workloads.kubernetes is set: the agent has no workload source"
+        );
+    }
     let policies = follow_policies(&config)?;
     let dataplane = Dataplane::load(&config)?;
     let metrics = Arc::new(Metrics::default());
@@ -81,10 +82,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         },
     )
     .await?;
-    let workloads = workloads::file::watch(
-        file,
-        Duration::from_millis(config.workloads.poll_interval_ms),
-    );
+    let workloads = workload_source(&config).await?;
     let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared.clone());
     let _admin = admin::start(
         AdminService {
@@ -115,6 +113,55 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The workload source the config names: the file, Kubernetes (once it has listed the
+/// cluster), or both merged (the file's entries win).
+async fn workload_source(config: &Config) -> anyhow::Result<watch::Receiver<Arc<WorkloadSet>>> {
+    let interval = Duration::from_millis(config.workloads.poll_interval_ms);
+    let file = config
+        .workloads
+        .file
+        .clone()
+        .map(|f| workloads::file::watch(f, interval));
+    let Some(k8s) = &config.workloads.kubernetes else {
+        return file.context("no workload source");
+    };
+    let client = kubernetes::client(k8s).await?;
+    let cgroup_root = crate::dataplane::cgroup::resolve_attach(&config.cgroup)?;
+    let (from_k8s, mut synced) = kubernetes::watch(
+        client,
+        config.node_name.clone(),
+        &cgroup_root,
+        &k8s.proc_root,
+    );
+    tracing::info!("waiting for the Kubernetes API's namespaces and pods");
+    kubernetes::wait_synced(&mut synced).await?;
+    let Some(file) = file else {
+        return Ok(from_k8s);
+    };
+    Ok(merge(file, from_k8s))
+}
+
+/// One receiver following both: `a`'s entries win.
+fn merge(
+    mut a: watch::Receiver<Arc<WorkloadSet>>,
+    mut b: watch::Receiver<Arc<WorkloadSet>>,
+) -> watch::Receiver<Arc<WorkloadSet>> {
+    let first = a.borrow_and_update().merged(&b.borrow_and_update());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = a.changed() => if r.is_err() { return },
+                r = b.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            let set = a.borrow_and_update().merged(&b.borrow_and_update());
+            tx.send_replace(Arc::new(set));
+        }
+    });
+    rx
 }
 
 /// The node's own addresses (the agent runs in the node's network namespace).

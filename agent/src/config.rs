@@ -14,7 +14,8 @@ pub const DEFAULT_RESERVED_PORTS: [u16; 6] = [15001, 15006, 15008, 15020, 15021,
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
-    /// This node's name (Kubernetes `spec.nodeName`). Default: the host name.
+    /// This node's name (Kubernetes `spec.nodeName`). Default: `$NODE_NAME` (the
+    /// DaemonSet sets it from `spec.nodeName`), else the host name.
     pub node_name: String,
     /// Separates several agents on one machine (the testbed runs one per node). Derives
     /// per-instance names (pin directory, admin socket). Default: `default`.
@@ -33,9 +34,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            node_name: nix::unistd::gethostname()
+            node_name: std::env::var("NODE_NAME")
                 .ok()
-                .and_then(|h| h.into_string().ok())
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|h| h.into_string().ok())
+                })
                 .unwrap_or_else(|| "node".to_string()),
             instance: "default".to_string(),
             workloads: WorkloadSourceConfig::default(),
@@ -60,6 +66,9 @@ pub struct WorkloadSourceConfig {
     /// How often the file is checked for changes, and failed enrollments retried.
     /// Default 250 ms.
     pub poll_interval_ms: u64,
+    /// The Kubernetes API as the workload source (see `workloads::kubernetes`): set
+    /// (even to `{}`) to use it; alongside `file`, both sets are merged. Default: off.
+    pub kubernetes: Option<KubernetesSourceConfig>,
 }
 
 impl Default for WorkloadSourceConfig {
@@ -67,6 +76,31 @@ impl Default for WorkloadSourceConfig {
         Self {
             file: None,
             poll_interval_ms: 250,
+            kubernetes: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesSourceConfig {
+    /// The API server's URL, e.g. `https://10.0.0.1:443`, reached without credentials
+    /// unless `kubeconfig` is set. Default: none — in-cluster (the pod's service account)
+    /// or `KUBECONFIG`, as kubectl finds it.
+    pub api_server: Option<String>,
+    /// A kubeconfig file. Default: none (see `apiServer`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the pods' processes are seen: `/proc` of the host (the DaemonSet runs with
+    /// `hostPID`). Default `/proc`.
+    pub proc_root: PathBuf,
+}
+
+impl Default for KubernetesSourceConfig {
+    fn default() -> Self {
+        Self {
+            api_server: None,
+            kubeconfig: None,
+            proc_root: PathBuf::from("/proc"),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proxy;
 pub mod telemetry;
 pub mod testbed;
+pub mod wait_enrolled;
 pub mod watch;
 pub mod workloads;
 pub mod yaml;

@@ -7,7 +7,7 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
 //! and people use.
-use outrider::{agent, identity, testbed};
+use outrider::{agent, identity, testbed, wait_enrolled};
 
 use std::path::PathBuf;
 
@@ -32,6 +32,15 @@ enum Command {
         #[arg(long, env = "OUTRIDER_CONFIG")]
         config: PathBuf,
     },
+    /// In a pod (an init container): wait until the node agent has enrolled it.
+    WaitEnrolled {
+        /// The agent's in-pod outbound port.
+        #[arg(long, default_value_t = 15001)]
+        port: u16,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 60)]
+        timeout_seconds: u64,
+    },
     /// Manage the mesh's built-in certificate authority.
     #[command(subcommand)]
     Ca(identity::cli::CaCommand),
@@ -44,6 +53,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
+        Command::WaitEnrolled {
+            port,
+            timeout_seconds,
+        } => wait_enrolled::run(port, std::time::Duration::from_secs(timeout_seconds)),
         Command::Ca(cmd) => identity::cli::run(cmd),
         Command::Testbed(cmd) => testbed::run(cmd),
     };

@@ -245,6 +245,9 @@ impl Enrollment {
 
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {
         let key = workload.key();
+        if workload.netns.as_os_str().is_empty() {
+            return Err("its sandbox (network namespace) is not found yet".into());
+        }
         let netns = Arc::new(Netns::open(&workload.netns).map_err(|e| e.to_string())?);
         let id = self
             .shared

@@ -118,9 +118,10 @@ pub fn write_files(
         let config = Config {
             node_name: node.name.clone(),
             instance: format!("{}-{}", state.prefix, node.name),
+            // The testbed's workload file, unless the spec gives a Kubernetes API.
             workloads: WorkloadSourceConfig {
-                file: Some(path),
-                ..WorkloadSourceConfig::default()
+                file: base.workloads.kubernetes.is_none().then_some(path),
+                ..base.workloads.clone()
             },
             cgroup: CgroupConfig {
                 mount: Some(cgroup_mount.to_path_buf()),

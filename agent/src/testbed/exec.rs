@@ -15,6 +15,21 @@ use super::{
     state::{PodState, State},
 };
 
+/// Starts the pod's sandbox process, as a container runtime's pause container: a
+/// process that lives in the pod's network namespace and cgroup until the testbed is
+/// torn down (its cgroup is killed), by which the agent finds the pod from its UID.
+pub fn start_sandbox(pod: &PodState) -> anyhow::Result<()> {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("infinity")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    enter(&mut cmd, &pod.netns, &pod.cgroup, true)?;
+    cmd.spawn()
+        .with_context(|| format!("cannot start the sandbox of pod {}", pod.key()))?;
+    Ok(())
+}
+
 /// Makes `cmd`, once started, join the network namespace at `netns` and the cgroup
 /// `cgroup_dir` before it execs, so that its PID is the program itself. Both are opened
 /// now; the child only writes and calls `setns`. A `daemon` also gets a session of its

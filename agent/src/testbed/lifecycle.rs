@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 use super::{
-    agents, cgroup, net, plan,
+    agents, cgroup, exec, net, plan,
     spec::Spec,
     state::{AGENT_PID_FILE, PREFIX_FILE, STATE_FILE, State},
 };
@@ -75,13 +75,15 @@ fn build(
     cgroup::create(&state.cgroup_root)?;
     for node in &state.nodes {
         cgroup::create(&agents::agent_cgroup(node))?;
-        cgroup::create(&node.cgroup.join("pods"))?;
     }
     for pod in &state.pods {
         cgroup::create(&pod.cgroup)?;
     }
     net::build(state)?;
     net::check(state)?;
+    for pod in &state.pods {
+        exec::start_sandbox(pod)?;
+    }
     state.ca_dir = dir.join("ca");
     state.policy_dir = dir.join("policies");
     agents::write_files(dir, state, mount, agent)?;
@@ -89,6 +91,23 @@ fn build(
         agents::start(dir, state)?;
     }
     state.save(dir)
+}
+
+/// `testbed start`: the agents of a testbed that has none running.
+pub fn start_agents(dir: &Path) -> anyhow::Result<ExitCode> {
+    let mut state = State::load(dir)?;
+    if let Some(node) = state.nodes.iter().find(|n| n.agent.is_some()) {
+        bail!(
+            "node {} already has an agent; `down` and `up` again",
+            node.name
+        );
+    }
+    let result = agents::start(dir, &mut state);
+    // Saved either way: `down` must find the agents that did start.
+    state.save(dir)?;
+    result?;
+    print!("{}", summary(dir, &state));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn summary(dir: &Path, state: &State) -> String {

@@ -29,6 +29,12 @@ pub enum TestbedCommand {
         #[arg(long)]
         agents: bool,
     },
+    /// Start the agents of a testbed brought up without `--agents` (e.g. once what they
+    /// need, such as an API server, is in place), and wait until each is ready.
+    Start {
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Remove everything a testbed made, also after a failed or crashed `up`.
     Down {
         #[arg(long)]
@@ -73,6 +79,7 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
             state,
             agents,
         } => lifecycle::up(&spec, &state, agents),
+        TestbedCommand::Start { state } => lifecycle::start_agents(&state),
         TestbedCommand::Down { state } => lifecycle::down(&state),
         TestbedCommand::Exec {
             state,

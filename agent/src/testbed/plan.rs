@@ -163,13 +163,6 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
             cgroup: node_cgroup.clone(),
             agent: None,
         });
-        // Cgroup directories `<ns>-<name>` collide the same way, within a node.
-        let mut dir_count: HashMap<String, usize> = HashMap::new();
-        for pod in &node.pods {
-            *dir_count
-                .entry(format!("{}-{}", pod.namespace, pod.name))
-                .or_default() += 1;
-        }
         for (pod_index, pod) in node.pods.iter().enumerate() {
             let j = pod_index + 1;
             let key = pod.key();
@@ -177,11 +170,13 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
             let plain = format!("{prefix}-{body}");
             let taken = plain == fabric || node_names.contains(&plain) || plain_count[&plain] > 1;
             let netns = netns_name(prefix, &body, &key, taken);
-            let dir = if dir_count[&body] > 1 {
-                format!("{body}-{}", hash8(&key))
-            } else {
-                body
-            };
+            // As the kubelet's cgroupfs driver lays pods out (BestEffort QoS), so the
+            // agent finds a pod's sandbox from its UID as on a real node.
+            let uid = new_uid();
+            let cgroup = node_cgroup
+                .join("kubepods")
+                .join("besteffort")
+                .join(format!("pod{uid}"));
             state.pods.push(PodState {
                 node: node.name.to_string(),
                 namespace: pod.namespace.to_string(),
@@ -192,8 +187,8 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
                 ipv6: pod_ipv6(i, j),
                 netns: netns_path(&netns),
                 netns_name: netns,
-                cgroup: node_cgroup.join("pods").join(dir),
-                uid: new_uid(),
+                cgroup,
+                uid,
                 labels: pod
                     .labels
                     .clone()

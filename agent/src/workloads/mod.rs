@@ -1,9 +1,11 @@
 //! Who runs in the mesh and which pods are enrolled: the workload model, the sources that
-//! produce it (`file`: a local YAML file, watched), and the cluster-wide view the proxy
+//! produce it (`file`: a local YAML file, watched; `kubernetes`: the API server's
+//! namespaces and pods, watched), and the cluster-wide view the proxy
 //! looks destinations up in (`directory`). Enrollment consumes the latest [`WorkloadSet`]
 //! and never looks at where it came from.
 pub mod directory;
 pub mod file;
+pub mod kubernetes;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
@@ -123,6 +125,27 @@ pub struct WorkloadSet {
 }
 
 impl WorkloadSet {
+    /// Both sets in one: `self`'s namespace settings and workloads win over `other`'s of
+    /// the same name.
+    pub fn merged(&self, other: &WorkloadSet) -> WorkloadSet {
+        let mut namespaces = other.namespaces.clone();
+        namespaces.extend(self.namespaces.clone());
+        let mut workloads = self.workloads.clone();
+        let mine: std::collections::HashSet<WorkloadKey> =
+            self.workloads.iter().map(Workload::key).collect();
+        workloads.extend(
+            other
+                .workloads
+                .iter()
+                .filter(|w| !mine.contains(&w.key()))
+                .cloned(),
+        );
+        WorkloadSet {
+            namespaces,
+            workloads,
+        }
+    }
+
     /// The mTLS mode of `namespace` (permissive unless set).
     pub fn mtls(&self, namespace: &str) -> MtlsMode {
         self.namespaces

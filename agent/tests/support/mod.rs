@@ -10,6 +10,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -134,6 +136,25 @@ impl Testbed {
     /// The state directory (`testbed.json`, `<node>/agent.log`, …).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Starts the agents of a testbed brought up without them (`testbed start`) and
+    /// waits until each is ready.
+    pub fn start_agents(&mut self) {
+        // SAFETY: prctl with integer arguments only (see `up`).
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let out = Command::new(OUTRIDER)
+            .args(["testbed", "start", "--state"])
+            .arg(self.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed start`");
+        assert!(
+            out.status.success(),
+            "`outrider testbed start` failed: {}",
+            describe(&out)
+        );
+        self.state = State::load(self.dir()).expect("testbed state unreadable after start");
     }
 
     /// The admin API socket of `node`'s agent.

@@ -1,0 +1,284 @@
+//! The Kubernetes workload source: watches namespaces and pods through the API server
+//! (kube-rs watchers: they resume from the last resourceVersion after a disconnect and
+//! list again after `410 Gone`), keeps a small record per pod (`records`), and publishes
+//! the cluster as a [`WorkloadSet`]. A namespace labelled `outrider.io/mode=node` enrolls
+//! its pods; a pod's `outrider.io/mode` annotation (`none|node|sidecar`) overrides it.
+//! Every pod is a destination; this node's pods in node mode also need their sandbox —
+//! network namespace and cgroup, found from the pod UID (`sandbox`) and retried every
+//! 50 ms while the sandbox starts, so enrollment follows within a second of the pod
+//! getting its IP.
+pub mod records;
+pub mod sandbox;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::watch;
+
+use self::{
+    records::{Meshing, NamespaceRecord, PodRecord},
+    sandbox::{Finder, Sandbox},
+};
+use super::WorkloadSet;
+use crate::config::KubernetesSourceConfig;
+
+/// How often sandboxes still missing are looked for.
+const SANDBOX_RETRY: Duration = Duration::from_millis(50);
+/// Changes arriving together are published as one set.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// A client for the API server the config names.
+pub async fn client(config: &KubernetesSourceConfig) -> anyhow::Result<Client> {
+    let kube_config = if let Some(path) = &config.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .with_context(|| format!("workloads.kubernetes.kubeconfig {}", path.display()))?;
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .with_context(|| format!("workloads.kubernetes.kubeconfig {}", path.display()))?
+    } else if let Some(url) = &config.api_server {
+        let uri = url
+            .parse()
+            .with_context(|| format!("workloads.kubernetes.apiServer {url:?}"))?;
+        kube::Config::new(uri)
+    } else {
+        kube::Config::infer()
+            .await
+            .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?
+    };
+    Client::try_from(kube_config).context("making the Kubernetes client")
+}
+
+/// What the source follows.
+struct State {
+    node: String,
+    namespaces: HashMap<String, NamespaceRecord>,
+    pods: HashMap<(String, String), PodRecord>,
+    sandboxes: HashMap<String, Sandbox>,
+    /// Sandboxes that could not be found for a reason that will not pass, reported once.
+    reported: HashSet<String>,
+    finder: Finder,
+    namespaces_synced: bool,
+    pods_synced: bool,
+    /// Buffers of a relist in progress.
+    namespaces_relist: Option<HashMap<String, NamespaceRecord>>,
+    pods_relist: Option<HashMap<(String, String), PodRecord>>,
+}
+
+impl State {
+    /// This node's pods in node mode without a sandbox yet.
+    fn missing_sandboxes(&self) -> Vec<(String, String)> {
+        self.pods
+            .values()
+            .filter(|p| p.node.as_deref() == Some(self.node.as_str()))
+            .filter(|p| p.meshing(&self.namespaces) == Meshing::Node)
+            .filter(|p| !self.sandboxes.contains_key(&p.uid))
+            .map(|p| (p.uid.clone(), format!("{}/{}", p.namespace, p.name)))
+            .collect()
+    }
+
+    /// Looks for missing sandboxes; true when one was found.
+    fn find_sandboxes(&mut self) -> bool {
+        let mut found = false;
+        for (uid, pod) in self.missing_sandboxes() {
+            match self.finder.find(&uid) {
+                Ok(sandbox) => {
+                    tracing::debug!(%pod, %uid, netns = %sandbox.netns.display(), "pod sandbox found");
+                    self.sandboxes.insert(uid, sandbox);
+                    found = true;
+                }
+                Err(e) if e.is_retryable() => {}
+                Err(error) => {
+                    if self.reported.insert(uid.clone()) {
+                        tracing::warn!(%pod, %uid, %error, "cannot find the pod's sandbox; will retry");
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Forgets sandboxes of pods that are gone (or replaced: a new UID).
+    fn prune_sandboxes(&mut self) {
+        let live: HashSet<&str> = self.pods.values().map(|p| p.uid.as_str()).collect();
+        self.sandboxes.retain(|uid, _| live.contains(uid.as_str()));
+        self.reported.retain(|uid| live.contains(uid.as_str()));
+    }
+
+    fn on_namespace(&mut self, event: watcher::Event<Namespace>) -> bool {
+        match event {
+            watcher::Event::Init => self.namespaces_relist = Some(HashMap::new()),
+            watcher::Event::InitApply(ns) => {
+                let (name, record) = NamespaceRecord::from_object(&ns);
+                self.namespaces_relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(name, record);
+            }
+            watcher::Event::InitDone => {
+                self.namespaces = self.namespaces_relist.take().unwrap_or_default();
+                self.namespaces_synced = true;
+                return true;
+            }
+            watcher::Event::Apply(ns) => {
+                let (name, record) = NamespaceRecord::from_object(&ns);
+                return self.namespaces.insert(name, record.clone()) != Some(record);
+            }
+            watcher::Event::Delete(ns) => {
+                let name = ns.metadata.name.unwrap_or_default();
+                return self.namespaces.remove(&name).is_some();
+            }
+        }
+        false
+    }
+
+    fn on_pod(&mut self, event: watcher::Event<Pod>) -> bool {
+        let key = |pod: &Pod| {
+            (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Init => self.pods_relist = Some(HashMap::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(record) = PodRecord::from_object(&pod) {
+                    self.pods_relist
+                        .get_or_insert_with(HashMap::new)
+                        .insert(key(&pod), record);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.pods = self.pods_relist.take().unwrap_or_default();
+                self.pods_synced = true;
+                self.prune_sandboxes();
+                return true;
+            }
+            watcher::Event::Apply(pod) => {
+                let changed = match PodRecord::from_object(&pod) {
+                    Some(record) => self.pods.insert(key(&pod), record.clone()) != Some(record),
+                    None => self.pods.remove(&key(&pod)).is_some(),
+                };
+                if changed {
+                    self.prune_sandboxes();
+                }
+                return changed;
+            }
+            watcher::Event::Delete(pod) => {
+                let removed = self.pods.remove(&key(&pod)).is_some();
+                self.prune_sandboxes();
+                return removed;
+            }
+        }
+        false
+    }
+
+    fn set(&self) -> WorkloadSet {
+        records::workload_set(&self.namespaces, &self.pods, &self.sandboxes)
+    }
+}
+
+/// Follows the cluster through `client`. The first set is published once namespaces
+/// and pods are both listed (until then the receiver holds an empty set and
+/// `synced` is false); await [`wait_synced`] before enrolling.
+pub fn watch(
+    client: Client,
+    node: String,
+    cgroup_root: &Path,
+    proc_root: &Path,
+) -> (watch::Receiver<Arc<WorkloadSet>>, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(Arc::new(WorkloadSet::default()));
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let mut state = State {
+        node,
+        namespaces: HashMap::new(),
+        pods: HashMap::new(),
+        sandboxes: HashMap::new(),
+        reported: HashSet::new(),
+        finder: Finder::new(cgroup_root.to_path_buf(), proc_root.to_path_buf()),
+        namespaces_synced: false,
+        pods_synced: false,
+        namespaces_relist: None,
+        pods_relist: None,
+    };
+    let namespaces = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let pods = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
+        let mut namespaces = std::pin::pin!(namespaces);
+        let mut pods = std::pin::pin!(pods);
+        let mut dirty = false;
+        let mut retry = tokio::time::interval(SANDBOX_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut errors = 0u64;
+        loop {
+            let synced = state.namespaces_synced && state.pods_synced;
+            tokio::select! {
+                event = namespaces.next() => match event {
+                    Some(Ok(event)) => dirty |= state.on_namespace(event),
+                    Some(Err(error)) => report(&mut errors, "namespaces", &error),
+                    None => return,
+                },
+                event = pods.next() => match event {
+                    Some(Ok(event)) => dirty |= state.on_pod(event),
+                    Some(Err(error)) => report(&mut errors, "pods", &error),
+                    None => return,
+                },
+                _ = retry.tick(), if synced => dirty |= state.find_sandboxes(),
+                _ = tokio::time::sleep(DEBOUNCE), if dirty && synced => {
+                    dirty = false;
+                    state.find_sandboxes();
+                    let set = state.set();
+                    if **tx.borrow() != set {
+                        tracing::debug!(workloads = set.workloads.len(), "workloads from Kubernetes");
+                        tx.send_replace(Arc::new(set));
+                    }
+                    if !*synced_tx.borrow() {
+                        tracing::info!(
+                            namespaces = state.namespaces.len(),
+                            pods = state.pods.len(),
+                            "Kubernetes workloads synced"
+                        );
+                        synced_tx.send_replace(true);
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (rx, synced_rx)
+}
+
+/// Waits until the source has listed the cluster once.
+pub async fn wait_synced(synced: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    synced
+        .wait_for(|s| *s)
+        .await
+        .map(|_| ())
+        .map_err(|_| anyhow::anyhow!("the Kubernetes source stopped before it synced"))
+}
+
+/// Logs a watch error (the watcher retries with backoff by itself); every one at debug,
+/// the first and then every 10th at warn.
+fn report(errors: &mut u64, what: &str, error: &watcher::Error) {
+    *errors += 1;
+    if *errors == 1 || (*errors).is_multiple_of(10) {
+        tracing::warn!(%error, errors = *errors, "watching {what} failed; retrying");
+    } else {
+        tracing::debug!(%error, "watching {what} failed; retrying");
+    }
+}
