@@ -22,8 +22,7 @@ use crate::{
     identity::Identity,
     logging,
     logging::LogControl,
-    netns,
-    policy::PolicySet,
+    netns, policy,
     proxy::Shared,
     telemetry::{
         endpoint::{self, Endpoint},
@@ -60,7 +59,15 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
             "neither workloads.file nor workloads.kubernetes is set: the agent has no workload source"
         );
     }
-    let policies = follow_policies(&config)?;
+    let kube = match &config.workloads.kubernetes {
+        Some(k8s) => Some(kubernetes::client(k8s).await?),
+        None => None,
+    };
+    let policies = policy::source::from_dir(&config)?;
+    let policies = match &kube {
+        Some(client) => policy::source::with_kubernetes(&config, client.clone(), policies).await?,
+        None => policies,
+    };
     let dataplane = Dataplane::load(&config)?;
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::new(
@@ -82,7 +89,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         },
     )
     .await?;
-    let workloads = workload_source(&config).await?;
+    let workloads = workload_source(&config, kube).await?;
     let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared.clone());
     let _admin = admin::start(
         AdminService {
@@ -117,17 +124,19 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
 
 /// The workload source the config names: the file, Kubernetes (once it has listed the
 /// cluster), or both merged (the file's entries win).
-async fn workload_source(config: &Config) -> anyhow::Result<watch::Receiver<Arc<WorkloadSet>>> {
+async fn workload_source(
+    config: &Config,
+    kube: Option<kube::Client>,
+) -> anyhow::Result<watch::Receiver<Arc<WorkloadSet>>> {
     let interval = Duration::from_millis(config.workloads.poll_interval_ms);
     let file = config
         .workloads
         .file
         .clone()
         .map(|f| workloads::file::watch(f, interval));
-    let Some(k8s) = &config.workloads.kubernetes else {
+    let (Some(k8s), Some(client)) = (&config.workloads.kubernetes, kube) else {
         return file.context("no workload source");
     };
-    let client = kubernetes::client(k8s).await?;
     let cgroup_root = crate::dataplane::cgroup::resolve_attach(&config.cgroup)?;
     let (from_k8s, mut synced) = kubernetes::watch(
         client,
@@ -179,25 +188,4 @@ fn node_addresses() -> Vec<std::net::IpAddr> {
         })
         .filter(|ip| !ip.is_loopback())
         .collect()
-}
-
-/// The authorization policies in `policy.dir`, followed live. Invalid policies at start
-/// stop the agent (it would otherwise enforce something nobody wrote); later an invalid
-/// version is logged and the previous one stays.
-fn follow_policies(config: &Config) -> anyhow::Result<watch::Receiver<Arc<PolicySet>>> {
-    let td = config.identity.trust_domain.clone();
-    let root = config.policy.root_namespace.clone();
-    let Some(dir) = config.policy.dir.clone() else {
-        // No policies: everything is allowed, and nothing will change.
-        return Ok(watch::channel(Arc::new(PolicySet::empty())).1);
-    };
-    let initial = PolicySet::load_dir(&dir, &td, &root)?;
-    let interval = Duration::from_millis(config.policy.poll_interval_ms);
-    Ok(crate::watch::follow(
-        dir,
-        interval,
-        "policies",
-        initial,
-        move |d| PolicySet::load_dir(d, &td, &root),
-    ))
 }

@@ -415,6 +415,22 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/configmap.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let map: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let agent = map["data"]["agent.yaml"].as_str().expect("data.agent.yaml");
+        let (_d, file) = write(agent);
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(config.workloads.kubernetes.is_some());
+        assert!(config.workloads.file.is_none());
+        assert_eq!(
+            config.admin.socket_path(&config.instance),
+            Path::new("/run/outrider/admin.sock")
+        );
+    }
+
+    #[test]
     fn missing_attach_cgroup_is_an_error() {
         let (_d, path) = write("instance: a\n");
         let err = Config::load(&path).unwrap_err().to_string();

@@ -47,6 +47,15 @@ enum Command {
     /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
+    /// Print files generated from the agent's types (`cargo xtask codegen` writes them).
+    #[command(subcommand, hide = true)]
+    Codegen(CodegenCommand),
+}
+
+#[derive(Subcommand)]
+enum CodegenCommand {
+    /// The AuthorizationPolicy CustomResourceDefinition, as YAML.
+    Crd,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +68,10 @@ fn main() -> std::process::ExitCode {
         } => wait_enrolled::run(port, std::time::Duration::from_secs(timeout_seconds)),
         Command::Ca(cmd) => identity::cli::run(cmd),
         Command::Testbed(cmd) => testbed::run(cmd),
+        Command::Codegen(CodegenCommand::Crd) => {
+            print!("{}", outrider::policy::crd::crd_yaml());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

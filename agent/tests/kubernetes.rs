@@ -228,6 +228,57 @@ fn the_pod_annotation_overrides_the_namespace_and_other_nodes_pods_are_destinati
         log["fields"]["dst_identity"], "spiffe://cluster.local/ns/shop/sa/web",
         "{log}"
     );
+
+    // An AuthorizationPolicy resource: denied while it exists, in force on both agents.
+    let reaches = || {
+        let out = tb.exec(
+            "tools/debug",
+            &["socat", "-t3", "STDIO", &format!("TCP4:{web}:7000")],
+        );
+        String::from_utf8_lossy(&out.stdout) == "hi\n"
+    };
+    // One the API server would take but the agent refuses (a DENY without rules) is
+    // ignored, with a warning; the others still apply.
+    api.apply(
+        Kind::Policy,
+        apiserver::policy("shop", "broken", serde_json::json!({"action": "DENY"})),
+    );
+    tb.wait_log("node-b", Duration::from_secs(5), |l| {
+        l["fields"]["message"] == "AuthorizationPolicy resource refused; ignored"
+            && l["fields"]["policy"] == "shop/broken"
+    });
+    api.apply(
+        Kind::Policy,
+        apiserver::policy(
+            "shop",
+            "deny-tools",
+            serde_json::json!({"action": "DENY",
+                "rules": [{"from": [{"source": {"namespaces": ["tools"]}}]}]}),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reaches() {
+        assert!(
+            Instant::now() < deadline,
+            "the DENY resource never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let policies: Value =
+        serde_json::from_str(&tb.ctl_ok("node-b", &["-o", "json", "policies"])).unwrap();
+    assert_eq!(
+        policies["policies"][0]["source"],
+        "AuthorizationPolicy shop/deny-tools (Kubernetes)"
+    );
+    api.delete(Kind::Policy, "shop/deny-tools");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !reaches() {
+        assert!(
+            Instant::now() < deadline,
+            "still denied after the resource's deletion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `cargo xtask …`: everything beyond plain cargo — set-up of a fresh machine, the demo,
 //! and the full test run (unit + privileged end-to-end tests on the testbed).
+mod codegen;
 mod demo;
+mod manifests;
 mod setup;
 mod test;
 
@@ -26,11 +28,20 @@ enum Cmd {
     Setup,
     /// Set up, build, and show capture on a two-node testbed.
     Demo,
+    /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
+    Codegen,
     /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Set up, then check the Kubernetes manifests under deploy/ (kustomization file
+    /// list, API schemas, checkov), as `test` does.
+    Manifests {
+        /// The deploy directory to check (default: the workspace's deploy/).
+        #[arg(long, value_name = "DIR")]
+        deploy: Option<PathBuf>,
     },
 }
 
@@ -39,7 +50,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::Demo => setup::run().and_then(|()| demo::run()),
+        Cmd::Codegen => codegen::run(),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
+        Cmd::Manifests { deploy } => setup::run()
+            .and_then(|()| manifests::run(&deploy.unwrap_or_else(|| root().join("deploy")))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

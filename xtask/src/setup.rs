@@ -22,12 +22,18 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",      // a TLS client that presents foreign or expired certificates
     "iperf3",       // bulk TCP workloads of known sizes
     "prometheus",   // promtool, which checks the agent's metrics exposition
+    "python3-venv", // the venv of the manifest checkers (see PYTHON_TOOLS)
 ];
+
+/// Python tools that check the Kubernetes manifests (see manifests.rs), pinned, in a
+/// venv under target/ (PyPI packages, not Debian's: neither is packaged there).
+const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0", "checkov==3.3.30"];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     apt_packages()?;
+    python_tools()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -88,6 +94,24 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The venv `target/xtask-venv` with [`PYTHON_TOOLS`]; a marker file holding the pinned
+/// list says it is complete, so a second run only reads it.
+fn python_tools() -> anyhow::Result<()> {
+    let venv = crate::root().join(crate::manifests::VENV);
+    let marker = venv.join("outrider-tools.txt");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        return Ok(());
+    }
+    if !venv.join("bin/python").exists() {
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    sh(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_TOOLS))?;
+    std::fs::write(&marker, wanted).with_context(|| format!("cannot write {}", marker.display()))
 }
 
 fn nix_is_root() -> bool {

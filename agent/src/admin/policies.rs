@@ -71,7 +71,7 @@ pub fn is_admin_file(dir: Option<&Path>, origin: &Origin) -> bool {
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with(PREFIX))
         }
-        Origin::Item { .. } => false,
+        Origin::Item { .. } | Origin::Kubernetes { .. } => false,
     }
 }
 

@@ -318,6 +318,89 @@ fn pick_files(dir: &Path) -> Result<(PathBuf, PathBuf), IdentityError> {
     })
 }
 
+/// The Kubernetes Secret the DaemonSet mounts as `identity.caDir` (see deploy/).
+pub const K8S_SECRET_NAME: &str = "outrider-ca";
+pub const K8S_SECRET_NAMESPACE: &str = "outrider-system";
+
+/// A Secret manifest `outrider-ca` in `outrider-system` (type Opaque) holding the CA
+/// as `ca.crt` and `ca.key`, base64 as Secrets' `data` requires: for `kubectl apply -f`.
+pub fn k8s_secret_manifest(cert_pem: &[u8], key_pem: &[u8]) -> String {
+    format!(
+        "# The mesh's root CA, made by `outrider ca init`. It holds the CA's PRIVATE KEY:\n\
+         # `kubectl apply -f` it, then delete this file; never commit it.\n\
+         apiVersion: v1\n\
+         kind: Secret\n\
+         metadata:\n  \
+           name: {K8S_SECRET_NAME}\n  \
+           namespace: {K8S_SECRET_NAMESPACE}\n  \
+           labels:\n    \
+             app.kubernetes.io/name: outrider\n    \
+             app.kubernetes.io/part-of: outrider\n\
+         type: Opaque\n\
+         data:\n  \
+           {CERT_FILE}: {}\n  \
+           {KEY_FILE}: {}\n",
+        base64(cert_pem),
+        base64(key_pem)
+    )
+}
+
+/// Writes [`k8s_secret_manifest`] of the CA in `ca_dir` to `path` with mode 0600
+/// (through a temporary file, then a rename). Refuses to replace `path` unless `force`.
+pub fn write_k8s_secret(ca_dir: &Path, path: &Path, force: bool) -> Result<(), IdentityError> {
+    if !force && fs::symlink_metadata(path).is_ok() {
+        return Err(IdentityError::CaExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let read = |name: &str| {
+        let file = ca_dir.join(name);
+        fs::read(&file).map_err(|e| IdentityError::CaFile {
+            path: file,
+            problem: format!("cannot read: {e}"),
+        })
+    };
+    let manifest = k8s_secret_manifest(&read(CERT_FILE)?, &read(KEY_FILE)?);
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secret.yaml".to_string());
+    let tmp = write_new(parent, &name, manifest.as_bytes(), 0o600)?;
+    fs::rename(&tmp, path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        IdentityError::CaWrite {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Standard base64 (RFC 4648, with padding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -326,6 +409,65 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff, 0xbf]), "+/+/");
+    }
+
+    #[test]
+    fn k8s_secret_holds_the_ca_with_mode_0600_and_refuses_to_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        init(&dir, &InitOptions::default()).unwrap();
+        let secret = tmp.path().join("ca-secret.yaml");
+        write_k8s_secret(&dir, &secret, false).unwrap();
+        assert_eq!(mode(&secret), 0o600);
+        let text = fs::read_to_string(&secret).unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(doc["apiVersion"].as_str(), Some("v1"));
+        assert_eq!(doc["kind"].as_str(), Some("Secret"));
+        assert_eq!(doc["type"].as_str(), Some("Opaque"));
+        assert_eq!(doc["metadata"]["name"].as_str(), Some("outrider-ca"));
+        assert_eq!(
+            doc["metadata"]["namespace"].as_str(),
+            Some("outrider-system")
+        );
+        for name in [CERT_FILE, KEY_FILE] {
+            let expected = base64(&fs::read(dir.join(name)).unwrap());
+            assert_eq!(
+                doc["data"][name].as_str(),
+                Some(expected.as_str()),
+                "{name}"
+            );
+        }
+        assert_eq!(doc["data"].as_mapping().unwrap().len(), 2);
+
+        let err = write_k8s_secret(&dir, &secret, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(fs::read_to_string(&secret).unwrap(), text, "left untouched");
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+        write_k8s_secret(&dir, &secret, true).unwrap();
+        assert_eq!(mode(&secret), 0o600, "a replaced file is 0600 too");
+        let leftovers = fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(
+            leftovers, 2,
+            "the CA directory and the Secret, no temporary file"
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum CaCommand {
         /// The root's lifetime in days.
         #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         validity_days: u32,
+        /// Also write the CA as a Kubernetes Secret manifest (`outrider-ca` in
+        /// `outrider-system`, mode 0600) to FILE, for `kubectl apply -f FILE`.
+        #[arg(long, value_name = "FILE")]
+        k8s_secret: Option<PathBuf>,
     },
     /// Issue a workload certificate by hand (for debugging a peer with openssl or curl):
     /// writes DIR/tls.crt (leaf then root) and DIR/tls.key.
@@ -58,7 +62,18 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
             force,
             common_name,
             validity_days,
+            k8s_secret,
         } => {
+            // Refuse before making a CA that would then have no Secret.
+            if let Some(file) = &k8s_secret
+                && !force
+                && std::fs::symlink_metadata(file).is_ok()
+            {
+                anyhow::bail!(
+                    "{} already exists; pass --force to replace it",
+                    file.display()
+                );
+            }
             let options = ca::InitOptions {
                 common_name,
                 validity: Duration::from_secs(u64::from(validity_days) * 24 * 3600),
@@ -71,12 +86,23 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
                 written.key_path.display(),
                 x509::rfc3339(written.not_after)
             );
-            println!(
-                "mount them as the agents' identity.caDir, e.g. `kubectl -n outrider create \
-                 secret generic outrider-ca --from-file={} --from-file={}`",
-                written.cert_path.display(),
-                written.key_path.display()
-            );
+            match k8s_secret {
+                Some(file) => {
+                    ca::write_k8s_secret(&out, &file, force)?;
+                    println!(
+                        "wrote the Secret {}/{} to {} (it holds the CA key: delete it once \
+                         applied); install it with `kubectl apply -f {}`",
+                        ca::K8S_SECRET_NAMESPACE,
+                        ca::K8S_SECRET_NAME,
+                        file.display(),
+                        file.display()
+                    );
+                }
+                None => println!(
+                    "mount them as the agents' identity.caDir; for Kubernetes, pass \
+                     --k8s-secret FILE for a Secret manifest to `kubectl apply -f`"
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Issue {

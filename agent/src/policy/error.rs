@@ -10,6 +10,8 @@ pub enum Origin {
     /// Entry `index` (from 0) of the list given to `PolicySet::compile`, e.g. from the
     /// Kubernetes API or the admin API; `key` is its `namespace/name` as given.
     Item { index: usize, key: String },
+    /// The `AuthorizationPolicy` resource `key` (`namespace/name`) of the Kubernetes API.
+    Kubernetes { key: String },
 }
 
 impl fmt::Display for Origin {
@@ -19,6 +21,7 @@ impl fmt::Display for Origin {
                 write!(f, "{}: document {document}", file.display())
             }
             Origin::Item { index, key } => write!(f, "policy {key} (item {index})"),
+            Origin::Kubernetes { key } => write!(f, "AuthorizationPolicy {key} (Kubernetes)"),
         }
     }
 }

@@ -3,11 +3,12 @@
 //! matcher the proxy asks per connection or HTTP request, whose pure-L4 DENY part also
 //! feeds the kernel.
 //!
-//! `model` is the resource, `values` its checked scalars, `validate` the checks across
-//! fields, `load` reads files, `error` says what is wrong and where. `compile` turns a
-//! policy into `matchers`, `index` finds the policies that can select a workload, `set`
-//! holds it all as a [`PolicySet`]; `evaluate` decides a request, `kernel` derives the
-//! denials the source's kernel can enforce. `tests/` checks the whole against Istio's
+//! `model` is the resource, `values` its checked scalars, `crd` its Kubernetes definition
+//! (and the conversion of a watched resource), `validate` the checks across fields, `load`
+//! reads files, `error` says what is wrong and where. `compile` turns a policy into
+//! `matchers`, `index` finds the policies that can select a workload, `set` holds it all as
+//! a [`PolicySet`]; `evaluate` decides a request, `kernel` derives the denials the source's
+//! kernel can enforce. `tests/` checks the whole against Istio's
 //! semantics.
 //!
 //! # Semantics
@@ -65,6 +66,7 @@
 //! - When several policies match, the one reported is the first found (see
 //!   [`PolicySet::evaluate`]); the decision itself doesn't depend on it.
 mod compile;
+pub mod crd;
 mod error;
 mod evaluate;
 mod index;
@@ -73,6 +75,7 @@ mod load;
 mod matchers;
 pub mod model;
 mod set;
+pub mod source;
 mod validate;
 pub mod values;
 
@@ -83,5 +86,7 @@ pub use error::{Origin, PolicyError};
 pub use evaluate::{Audits, Decision, Http, Reason, Request, RuleRef, Source, WorkloadRef};
 pub use kernel::{DestinationRef, KernelDenial, SourcePod};
 pub use load::parse_yaml;
-pub use model::{Action, AuthorizationPolicy, AuthorizationPolicySpec};
+pub use model::{
+    Action, AuthorizationPolicy, AuthorizationPolicyResource, AuthorizationPolicySpec,
+};
 pub use set::PolicySet;

@@ -1,13 +1,16 @@
 //! The `AuthorizationPolicy` resource as people write it: the YAML file format and, as is,
-//! the Kubernetes custom resource `security.outrider.io/v1alpha1` (its spec is
-//! [`AuthorizationPolicySpec`], kept apart so that a `kube::CustomResource` derive can be
-//! put on it later, with `#[kube(struct = "…")]` to keep the generated type's name free).
+//! the Kubernetes custom resource `security.outrider.io/v1alpha1`: its spec is
+//! [`AuthorizationPolicySpec`], whose `kube::CustomResource` derive makes the resource type
+//! [`AuthorizationPolicyResource`] and, from the `JsonSchema` derives below, the definition's
+//! schema (see `crd`). Field docs become the schema's descriptions.
 //!
 //! Fields follow Istio's `security.istio.io/v1` `AuthorizationPolicy`; unsupported ones
 //! (`when`, `requestPrincipals`, `remoteIpBlocks`, `targetRef(s)`, `provider`, action
 //! `CUSTOM`) are refused as unknown rather than silently ignored.
 use std::collections::BTreeMap;
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -76,13 +79,36 @@ pub struct Metadata {
 }
 
 /// What a policy says: where it applies, what it does, and which requests it matches.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+// The `kube` attributes repeat GROUP, VERSION and KIND as literals (a derive cannot read
+// constants); a test in `crd` checks that they agree.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema, CustomResource)]
+#[kube(
+    group = "security.outrider.io",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    root = "AuthorizationPolicyResource",
+    namespaced,
+    plural = "authorizationpolicies",
+    singular = "authorizationpolicy",
+    shortname = "orap",
+    category = "outrider",
+    doc = "Outrider's authorization policy: Istio's AuthorizationPolicy (security.istio.io/v1) \
+           with the ALLOW, DENY and AUDIT actions.",
+    derive = "PartialEq",
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Absent (or empty): every workload of the policy's namespace, or of the mesh for a
     /// policy in the root namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<WorkloadSelector>,
+    /// ALLOW (the default), DENY or AUDIT (report matches, change nothing).
     #[serde(default)]
     pub action: Action,
     /// A request matches the policy when it matches at least one rule. No rules: matches
@@ -93,14 +119,14 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// Selects workloads by labels: all of `matchLabels` must be on the workload.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default, deserialize_with = "validate::de_match_labels")]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Allow a request only if it matches (when any ALLOW policy selects the workload).
@@ -124,7 +150,7 @@ impl std::fmt::Display for Action {
 
 /// Matches when one of `from` and one of `to` match. An empty rule `{}` matches
 /// everything.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// Absent: any source. Present, it must not be empty.
@@ -144,7 +170,7 @@ pub struct Rule {
 }
 
 /// An entry of `from` (Istio's `Rule.From`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleFrom {
     #[serde(deserialize_with = "validate::de_source")]
@@ -152,7 +178,7 @@ pub struct RuleFrom {
 }
 
 /// An entry of `to` (Istio's `Rule.To`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleTo {
     #[serde(deserialize_with = "validate::de_operation")]
@@ -162,7 +188,7 @@ pub struct RuleTo {
 /// Who sends the request. Fields are AND'ed, values of a field OR'ed; `notX` excludes.
 /// An empty list is the same as an absent one (as in Istio's protobuf); a source with
 /// every list empty is refused.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// The peer's SPIFFE ID without `spiffe://`. Needs mutual TLS: a plaintext peer has
@@ -194,10 +220,11 @@ impl Source {
     }
 }
 
-/// What the request does. Same AND/OR/`not` rules as [`Source`]. `methods`, `paths` and
-/// `hosts` (and their `not` forms) exist only for HTTP: see the module documentation for
-/// what they do to plain TCP traffic.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+/// What the request does. Same AND/OR/`not` rules as a source. `methods`, `paths` and
+/// `hosts` (and their `not` forms) exist only for HTTP: on plain TCP traffic an ALLOW rule
+/// using one never matches, while a DENY or AUDIT rule ignores them (see the `policy` module
+/// documentation).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     /// The destination port of the connection.

@@ -65,6 +65,16 @@ impl PolicySet {
         Self::build(items, trust_domain, root_namespace)
     }
 
+    /// Checks and compiles policies that each say where they came from (e.g. a
+    /// directory's and the Kubernetes API's together).
+    pub fn from_parts(
+        items: Vec<(AuthorizationPolicy, Origin)>,
+        trust_domain: &str,
+        root_namespace: &str,
+    ) -> Result<PolicySet, PolicyError> {
+        Self::build(items, trust_domain, root_namespace)
+    }
+
     pub(super) fn build(
         mut items: Vec<(AuthorizationPolicy, Origin)>,
         trust_domain: &str,

@@ -1,9 +1,12 @@
 //! The validated scalar values of a policy: string patterns (exact, `prefix*`, `*suffix`,
 //! `*`), HTTP path patterns, IP blocks and ports. Each checks itself as it is parsed, so a
 //! bad value is reported at its own line, and serializes back to the text it was written as.
-use std::{fmt, marker::PhantomData, net::IpAddr, str::FromStr};
+//! Their JSON schemas (for the custom resource definition) are written by hand: strings
+//! with a `pattern` close to the checks (never stricter), ports as int-or-string.
+use std::{borrow::Cow, fmt, marker::PhantomData, net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// How a string pattern matches (Istio: "Any string field in the rule supports Exact,
@@ -89,8 +92,22 @@ fn check_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The schema `pattern` of [`Pattern`] and [`Principal`]: `*` alone, leading or trailing
+/// (not both). (That a principal has no `spiffe://` would need a look-ahead, which the RE2
+/// syntax of Kubernetes' `pattern` lacks.)
+pub(super) const PATTERN_REGEX: &str = r"^(\*|\*[^*]+|[^*]+\*?)$";
+/// The schema `pattern` of [`PathPattern`]: `*`, `*suffix`, `/exact` or `/prefix*`, without
+/// `?`, `#`, templates, regular-expression characters or whitespace, and no `.*`.
+pub(super) const PATH_REGEX: &str = concat!(
+    r#"^(\*|\*[^*{}?#\\^\[\]|"<>\x60\s]+|/[^*{}?#\\^\[\]|"<>\x60\s]*"#,
+    r#"|/([^*{}?#\\^\[\]|"<>\x60\s]*[^*{}?#\\^\[\]|"<>\x60\s.])?\*)$"#
+);
+/// The schema `pattern` of [`IpBlock`]: the characters of an address, an optional prefix
+/// length. Looser than the check.
+pub(super) const IP_BLOCK_REGEX: &str = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$";
+
 macro_rules! string_value {
-    ($(#[$doc:meta])* $name:ident, $expecting:literal, $check:path) => {
+    ($(#[$doc:meta])* $name:ident, $expecting:literal, $check:path, $regex:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -137,6 +154,25 @@ macro_rules! string_value {
                 d.deserialize_str(StrVisitor::<Self>(PhantomData, $expecting))
             }
         }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!({
+                    "type": "string",
+                    "description": $expecting,
+                    "minLength": 1,
+                    "pattern": $regex,
+                })
+            }
+        }
     };
 }
 
@@ -144,20 +180,23 @@ string_value!(
     /// A pattern for `namespaces`, `methods` and `hosts` (and their `not` forms).
     Pattern,
     "a string: exact, `prefix*`, `*suffix` or `*`",
-    check_pattern
+    check_pattern,
+    PATTERN_REGEX
 );
 string_value!(
     /// A pattern for `principals`/`notPrincipals`: a SPIFFE ID without `spiffe://`,
     /// e.g. `cluster.local/ns/shop/sa/web`, or a prefix/suffix/`*` pattern of one.
     Principal,
     "a principal such as cluster.local/ns/shop/sa/web",
-    check_principal
+    check_principal,
+    PATTERN_REGEX
 );
 string_value!(
     /// A pattern for `paths`/`notPaths`: exact `/a`, prefix `/a/*`, suffix `*.html` or `*`.
     PathPattern,
     "an HTTP path pattern: exact, `/prefix*`, `*suffix` or `*`",
-    check_path
+    check_path,
+    PATH_REGEX
 );
 
 /// Deserializes a string through `T::from_str`, so that an error is raised while the
@@ -240,6 +279,24 @@ impl<'de> Deserialize<'de> for IpBlock {
     }
 }
 
+impl JsonSchema for IpBlock {
+    fn schema_name() -> Cow<'static, str> {
+        "IpBlock".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "an IP address or CIDR block (198.19.1.7, 198.19.1.0/24, fd00::/64)",
+            "pattern": IP_BLOCK_REGEX,
+        })
+    }
+}
+
 /// An entry of `ports`/`notPorts`: a destination port, 1–65535. Istio writes ports as
 /// strings (`"8080"`); a YAML number (`8080`) is accepted too and written back as a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -302,6 +359,26 @@ impl<'de> Deserialize<'de> for Port {
             }
         }
         d.deserialize_any(PortVisitor)
+    }
+}
+
+/// Int-or-string, as Kubernetes' own ports. The range is only checked when read: kube's
+/// structural rewriter drops the `type` of `anyOf` branches, so a range on the integer branch
+/// and a pattern on the string branch would not survive.
+impl JsonSchema for Port {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "a destination port, 1 to 65535, as a string (\"8080\") or a number",
+            "x-kubernetes-int-or-string": true,
+        })
     }
 }
 

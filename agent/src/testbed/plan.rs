@@ -306,9 +306,11 @@ mod tests {
         );
         let web = &state.pods[0];
         assert_eq!(web.netns_name, "orabc123-shop-web");
+        // The kubelet's cgroupfs layout, so the agent finds the pod by its UID.
         assert_eq!(
             web.cgroup,
-            Path::new("/sys/fs/cgroup/unified/orabc123/node-a/pods/shop-web")
+            Path::new("/sys/fs/cgroup/unified/orabc123/node-a/kubepods/besteffort")
+                .join(format!("pod{}", web.uid))
         );
         assert_eq!(web.uid.len(), 36);
         assert_ne!(web.uid, state.pods[1].uid);

@@ -1,6 +1,6 @@
 //! A fake Kubernetes API server for end-to-end tests — the one fake the project accepts,
 //! since no API server can be installed here. It speaks real Kubernetes JSON over HTTP/1.1
-//! for namespaces and pods: list (with the collection's resourceVersion), watch from a
+//! for namespaces, pods and `AuthorizationPolicy` resources: list (with the collection's resourceVersion), watch from a
 //! resourceVersion (chunked `{"type","object"}` lines, ADDED/MODIFIED/DELETED), BOOKMARK
 //! events every 200 ms when asked for, and `410 Gone` (an ERROR event with reason
 //! `Expired`) for a resourceVersion older than the last compaction. Tests change objects,
@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 pub enum Kind {
     Namespace,
     Pod,
+    /// `security.outrider.io/v1alpha1` AuthorizationPolicy.
+    Policy,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
         match path {
             "/api/v1/namespaces" => Some(Kind::Namespace),
             "/api/v1/pods" => Some(Kind::Pod),
+            "/apis/security.outrider.io/v1alpha1/authorizationpolicies" => Some(Kind::Policy),
             _ => None,
         }
     }
@@ -41,6 +44,14 @@ impl Kind {
         match self {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
+            Kind::Policy => "AuthorizationPolicy",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Policy => "security.outrider.io/v1alpha1",
         }
     }
 }
@@ -232,7 +243,7 @@ async fn serve(
             .collect();
         return Ok(full(
             200,
-            json!({"kind": format!("{}List", kind.name()), "apiVersion": "v1",
+            json!({"kind": format!("{}List", kind.name()), "apiVersion": kind.api_version(),
                    "metadata": {"resourceVersion": store.rv.to_string()}, "items": items}),
         ));
     }
@@ -283,7 +294,8 @@ async fn serve(
                 _ = generation.changed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(),
-                        "apiVersion": "v1", "metadata": {"resourceVersion": sent.to_string()}}});
+                        "apiVersion": kind.api_version(),
+                        "metadata": {"resourceVersion": sent.to_string()}}});
                     if tx.send(line(&bookmark)).await.is_err() {
                         return;
                     }
@@ -328,4 +340,14 @@ pub fn pod(p: &outrider::testbed::state::PodState, annotations: &[(&str, &str)])
         "status": {"phase": "Running", "podIP": p.ipv4.to_string(),
                    "podIPs": [{"ip": p.ipv4.to_string()}, {"ip": p.ipv6.to_string()}]}
     })
+}
+
+/// An `AuthorizationPolicy` resource as the API server returns it (with metadata the
+/// agent must ignore: uid, generation, managedFields).
+pub fn policy(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.outrider.io/v1alpha1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": namespace, "uid": format!("ap-{name}"),
+                        "generation": 1, "creationTimestamp": "2026-11-23T10:00:00Z",
+                        "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+           "spec": spec})
 }
