@@ -30,7 +30,10 @@ fn pods_reach_each_other_across_nodes_and_exec_runs_inside_the_pod() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("/{}/node-a/pods/shop-web", tb.state.prefix)),
+        text.contains(&format!(
+            "/{}/node-a/kubepods/besteffort/pod{}",
+            tb.state.prefix, web.uid
+        )),
         "{text}"
     );
     assert!(text.contains(&web.ipv4.to_string()), "{text}");
