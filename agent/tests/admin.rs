@@ -26,19 +26,10 @@ nodes:
       - {namespace: data, name: db, serviceAccount: db}
 ";
 
-/// A gRPC channel to the agent listening on the unix socket `path`.
+/// A gRPC channel to the agent listening on the unix socket `path` (outriderctl's dialer).
 async fn channel(path: &Path) -> Channel {
-    let path = path.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let target = outrider::ctl::connect::Target::Socket(path.to_path_buf());
+    outrider::ctl::connect::dial(&target, Duration::from_secs(10))
         .await
         .expect("cannot connect to the admin socket")
 }

@@ -40,12 +40,6 @@ pub struct AdminHandle {
     stop: CancellationToken,
 }
 
-impl AdminHandle {
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-}
-
 impl Drop for AdminHandle {
     fn drop(&mut self) {
         self.stop.cancel();

@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     enrollment::NodeStatus,
     logging::LogControl,
-    policy::PolicySet,
+    policy::{self, PolicySet},
     proxy::{Shared, connections::Event},
 };
 
@@ -43,8 +43,8 @@ fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
-/// Checks a Kubernetes namespace or name given in a request (empty allowed when
-/// `optional`).
+/// Checks a Kubernetes namespace (`dots` false) or object name given in a request, with
+/// the policy module's rules (empty allowed when `optional`).
 fn check_name(field: &str, value: &str, optional: bool, dots: bool) -> Result<(), Status> {
     if value.is_empty() {
         return if optional {
@@ -53,23 +53,12 @@ fn check_name(field: &str, value: &str, optional: bool, dots: bool) -> Result<()
             Err(invalid(field, "is required"))
         };
     }
-    let ok = value.len() <= 253
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
-        })
-        && !value.starts_with(['-', '.'])
-        && !value.ends_with(['-', '.']);
-    if ok {
-        Ok(())
+    let check = if dots {
+        policy::check_name
     } else {
-        Err(invalid(
-            field,
-            format!(
-                "{value:?} is not a valid Kubernetes name (lowercase letters, digits, '-'{})",
-                if dots { ", '.'" } else { "" }
-            ),
-        ))
-    }
+        policy::check_namespace
+    };
+    check(value).map_err(|reason| invalid(field, reason))
 }
 
 /// `namespace/name` of a pod, checked.
@@ -165,6 +154,7 @@ impl Admin for AdminService {
         check_name("namespace", &namespace, true, false)?;
         let status = self.node_status();
         let expiries = self.cert_expiries();
+        let totals = self.shared.connections.totals();
         let workloads = status
             .pods
             .iter()
@@ -175,7 +165,7 @@ impl Admin for AdminService {
                     .identity
                     .as_ref()
                     .and_then(|id| expiries.get(id.as_str()).copied());
-                convert::workload(p, self.shared.connections.pod_totals(&key), expiry)
+                convert::workload(p, totals.get(&key).copied().unwrap_or_default(), expiry)
             })
             .collect();
         Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
@@ -200,9 +190,10 @@ impl Admin for AdminService {
             .as_ref()
             .and_then(|id| self.cert_expiries().get(id.as_str()).copied());
         let key = pod.workload.key().to_string();
+        let totals = self.shared.connections.totals();
         Ok(Response::new(convert::workload(
             pod,
-            self.shared.connections.pod_totals(&key),
+            totals.get(&key).copied().unwrap_or_default(),
             expiry,
         )))
     }

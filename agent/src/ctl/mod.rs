@@ -7,7 +7,7 @@
 //! YAML, `human` formats bytes and times.
 mod certs;
 mod config;
-mod connect;
+pub mod connect;
 mod connections;
 mod human;
 mod log_level;

@@ -90,3 +90,5 @@ pub use model::{
     Action, AuthorizationPolicy, AuthorizationPolicyResource, AuthorizationPolicySpec,
 };
 pub use set::PolicySet;
+/// Kubernetes name rules, for whoever else takes names (the admin API).
+pub(crate) use validate::{check_name, check_namespace};

@@ -98,7 +98,7 @@ fn check_kind(v: &str) -> Result<(), String> {
 }
 
 /// A Kubernetes object name (DNS subdomain, RFC 1123).
-pub(super) fn check_name(v: &str) -> Result<(), String> {
+pub(crate) fn check_name(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 253
         && v.bytes()
@@ -115,7 +115,7 @@ pub(super) fn check_name(v: &str) -> Result<(), String> {
 }
 
 /// A Kubernetes namespace (DNS label, RFC 1123).
-pub(super) fn check_namespace(v: &str) -> Result<(), String> {
+pub(crate) fn check_namespace(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 63
         && v.bytes()

@@ -66,7 +66,7 @@ impl Connection {
 }
 
 /// A pod's connection and request totals since it was enrolled (closed connections;
-/// [`Registry::pod_totals`] adds the live ones).
+/// [`Registry::totals`] adds the live ones).
 #[derive(Debug, Default)]
 pub struct PodStats {
     pub connections: AtomicU64,
@@ -78,6 +78,22 @@ pub struct PodStats {
     pub requests: AtomicU64,
     /// Requests answered 5xx (or not at all, which the proxy answers 502/503).
     pub failed_requests: AtomicU64,
+}
+
+impl PodStats {
+    /// The totals of the pod's closed connections (no live ones).
+    fn closed_totals(&self) -> PodTotals {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PodTotals {
+            active: 0,
+            connections: r(&self.connections),
+            failed: r(&self.failed),
+            sent: r(&self.sent),
+            received: r(&self.received),
+            requests: r(&self.requests),
+            failed_requests: r(&self.failed_requests),
+        }
+    }
 }
 
 /// A pod's totals, live connections included.
@@ -202,33 +218,34 @@ impl Registry {
         let Ok(mut pods) = self.pods.lock() else {
             return Arc::default();
         };
+        if let Some(stats) = pods.get(pod) {
+            return stats.clone();
+        }
         pods.entry(pod.to_string()).or_default().clone()
     }
 
-    /// A pod's totals since it was enrolled (or first seen), live connections included.
-    pub fn pod_totals(&self, pod: &str) -> PodTotals {
-        let stats = self.stats_of(pod);
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut totals = PodTotals {
-            active: 0,
-            connections: r(&stats.connections),
-            failed: r(&stats.failed),
-            sent: r(&stats.sent),
-            received: r(&stats.received),
-            requests: r(&stats.requests),
-            failed_requests: r(&stats.failed_requests),
+    /// Every pod's totals since it was enrolled, live connections included, in one pass.
+    /// A connection still running from a pod of the same name that left is not counted.
+    pub fn totals(&self) -> HashMap<String, PodTotals> {
+        let Ok(pods) = self.pods.lock() else {
+            return HashMap::new();
         };
-        for c in self
-            .snapshot()
+        let mut out: HashMap<String, PodTotals> = pods
             .iter()
-            .filter(|c| Arc::ptr_eq(&c.stats, &stats))
-        {
-            let (sent, received) = c.pod_bytes();
-            totals.active += 1;
-            totals.sent += sent;
-            totals.received += received;
+            .map(|(pod, stats)| (pod.clone(), stats.closed_totals()))
+            .collect();
+        if let Ok(live) = self.live.lock() {
+            for c in live.values() {
+                let current = pods.get(&c.pod).is_some_and(|s| Arc::ptr_eq(s, &c.stats));
+                if let (true, Some(t)) = (current, out.get_mut(&c.pod)) {
+                    let (sent, received) = c.pod_bytes();
+                    t.active += 1;
+                    t.sent += sent;
+                    t.received += received;
+                }
+            }
         }
-        totals
+        out
     }
 
     /// Forgets a pod's totals (it left the node); a pod of that name starts from zero.
@@ -341,6 +358,11 @@ mod tests {
             a.connection.closed_because().as_deref(),
             Some("denied by shop/deny-all")
         );
+        let totals = registry.totals();
+        assert_eq!(totals["shop/a"].active, 1);
+        assert_eq!(totals["shop/a"].connections, 1);
+        assert_eq!(totals["shop/b"].active, 0);
+        assert_eq!(totals["shop/b"].connections, 1);
         drop(a);
         assert!(registry.is_empty());
         let text = registry.metrics().encode();
