@@ -1,9 +1,12 @@
-//! Compiles `outrider/admin/v1/*.proto` (with protox: no system protoc needed) into Rust
+//! Compiles `outrider/admin/v1/*.proto` and `outrider/sidecar/v1/*.proto` (with protox: no system protoc needed) into Rust
 //! with tonic's client and server code, plus the descriptor set for server reflection.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["outrider/admin/v1/admin.proto"];
+    let protos = [
+        "outrider/admin/v1/admin.proto",
+        "outrider/sidecar/v1/sidecar.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -1,5 +1,6 @@
 //! `outrider run`: wires the agent together — config, logging, kernel programs, the
-//! workload source, enrollment, the admin API — and runs until SIGTERM or SIGINT.
+//! workload source, enrollment, the admin API, the service for the node's sidecars — and
+//! runs until SIGTERM or SIGINT.
 use std::{
     path::Path,
     process::ExitCode,
@@ -23,7 +24,8 @@ use crate::{
     logging,
     logging::LogControl,
     netns, policy,
-    proxy::Shared,
+    proxy::{Shared, steering::Steering},
+    sidecar::{self, service::SidecarService},
     telemetry::{
         endpoint::{self, Endpoint},
         metrics::Metrics,
@@ -70,12 +72,13 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     };
     let dataplane = Dataplane::load(&config)?;
     let metrics = Arc::new(Metrics::default());
+    let node_addrs = node_addresses();
     let shared = Arc::new(Shared::new(
         &config,
-        dataplane.orig_dst(),
+        Steering::Kernel(dataplane.orig_dst()),
         Directory::default(),
-        identity,
-        node_addresses(),
+        identity.clone(),
+        node_addrs.clone(),
         metrics.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
@@ -90,6 +93,23 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     )
     .await?;
     let workloads = workload_source(&config, kube).await?;
+    let _sidecars = sidecar::service::start(
+        SidecarService {
+            node: config.node_name.clone(),
+            identity,
+            workloads: workloads.clone(),
+            policies: policies.clone(),
+            node_addrs,
+            proc_root: config
+                .workloads
+                .kubernetes
+                .as_ref()
+                .map(|k| k.proc_root.clone())
+                .unwrap_or_else(|| "/proc".into()),
+            cert_ttl: Duration::from_secs(config.identity.cert_ttl_seconds),
+        },
+        config.sidecar.socket_path(&config.instance),
+    )?;
     let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared.clone());
     let _admin = admin::start(
         AdminService {

@@ -28,6 +28,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
     pub admin: AdminConfig,
+    pub sidecar: SidecarConfig,
     pub log: LogConfig,
 }
 
@@ -52,6 +53,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::default(),
+            sidecar: SidecarConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -253,6 +255,40 @@ impl AdminConfig {
     }
 }
 
+/// Sidecar mode: the node agent serves its node's sidecars (their certificates, the
+/// mesh's state) on a unix socket, and `outrider sidecar` finds it there.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarConfig {
+    /// The socket (mode 0666: the callers are attested by their cgroup). Default
+    /// `/run/outrider/sidecar/sidecar.sock`, or `/run/outrider/<instance>/sidecar.sock`
+    /// for an instance other than `default`; pods mount `/run/outrider/sidecar`.
+    pub socket: Option<PathBuf>,
+    /// Worker threads of a sidecar's runtime. Default 2 (as Envoy's default concurrency
+    /// in Istio's sidecars).
+    pub threads: usize,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            threads: 2,
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// The socket path in force for an agent `instance`.
+    pub fn socket_path(&self, instance: &str) -> PathBuf {
+        match &self.socket {
+            Some(path) => path.clone(),
+            None if instance == "default" => PathBuf::from("/run/outrider/sidecar/sidecar.sock"),
+            None => PathBuf::from(format!("/run/outrider/{instance}/sidecar.sock")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminTcpConfig {
@@ -307,6 +343,21 @@ pub enum ConfigError {
 impl Config {
     /// Reads and checks a config file; errors name the file, field and reason.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = yaml::from_file(path)?;
+        config.validate(path)?;
+        if config.cgroup.attach.is_none() {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                field: "cgroup.attach",
+                reason: "must name the cgroup that holds the pods".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads and checks a sidecar's config file (`outrider sidecar --config`): the same
+    /// type, without what only the node agent needs (cgroups).
+    pub fn load_sidecar(path: &Path) -> Result<Self, ConfigError> {
         let config: Config = yaml::from_file(path)?;
         config.validate(path)?;
         Ok(config)
@@ -365,11 +416,8 @@ impl Config {
                 "must be non-empty lowercase letters, digits, '-', '.', '_'",
             ));
         }
-        if self.cgroup.attach.is_none() {
-            return Err(invalid(
-                "cgroup.attach",
-                "must name the cgroup that holds the pods",
-            ));
+        if self.sidecar.threads == 0 {
+            return Err(invalid("sidecar.threads", "must be at least 1"));
         }
         Ok(())
     }

@@ -5,8 +5,9 @@
 //! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
 //! copying) → `telemetry` (access logs). `identity` gives enrolled service accounts their
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
-//! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
-//! and people use.
+//! `sidecar` is the same proxy run as a classic per-pod sidecar, and the node agent's
+//! service for it. `netns` is where sockets are made; `testbed` builds the playground the
+//! tests, the demo and people use.
 pub mod admin;
 pub mod agent;
 pub mod config;
@@ -18,8 +19,10 @@ pub mod logging;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod sidecar;
 pub mod telemetry;
 pub mod testbed;
+pub mod unix_socket;
 pub mod wait_enrolled;
 pub mod watch;
 pub mod workloads;

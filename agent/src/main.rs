@@ -7,7 +7,7 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
 //! and people use.
-use outrider::{agent, identity, testbed, wait_enrolled};
+use outrider::{agent, identity, sidecar, testbed, wait_enrolled};
 
 use std::path::PathBuf;
 
@@ -32,6 +32,11 @@ enum Command {
         #[arg(long, env = "OUTRIDER_CONFIG")]
         config: PathBuf,
     },
+    /// Run as one pod's sidecar (sidecar mode), inside the pod.
+    Sidecar(sidecar::SidecarArgs),
+    /// In a pod (an init container): set the iptables rules that steer the pod's TCP to
+    /// its sidecar.
+    SidecarInit(sidecar::InitArgs),
     /// In a pod (an init container): wait until the node agent has enrolled it.
     WaitEnrolled {
         /// The agent's in-pod outbound port.
@@ -62,6 +67,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
+        Command::Sidecar(args) => sidecar::run::run(&args),
+        Command::SidecarInit(args) => sidecar::init::run(&args),
         Command::WaitEnrolled {
             port,
             timeout_seconds,

@@ -1,7 +1,10 @@
 //! Where the agent's sockets are made. A pod's sockets are made *inside* the pod's
 //! network namespace (the thread enters it with setns, makes the socket, and returns at
 //! once — no await in between), so that listeners sit in the pod and upstream connections
-//! leave with the pod's IP. Every socket carries the agent's SO_MARK.
+//! leave with the pod's IP. Every socket carries the agent's SO_MARK (unless the mark is
+//! 0: a sidecar without the capability to mark is recognized by its user instead). A
+//! sidecar already lives in its pod's namespace: [`Netns::current`] makes sockets there
+//! without entering anything.
 use std::{
     fs::File,
     io,
@@ -53,6 +56,8 @@ pub struct Netns {
     file: File,
     path: PathBuf,
     cookie: u64,
+    /// The process's own namespace: nothing to enter (and no CAP_SYS_ADMIN needed).
+    current: bool,
 }
 
 impl Netns {
@@ -74,6 +79,7 @@ impl Netns {
             file,
             path: path.to_path_buf(),
             cookie: 0,
+            current: false,
         };
         let probe = ns
             .enter(|| Socket::new(Domain::IPV4, Type::DGRAM, None))
@@ -88,6 +94,30 @@ impl Netns {
         Ok(ns)
     }
 
+    /// The namespace this process runs in (a sidecar's: its pod's).
+    pub fn current() -> Result<Self, NetnsError> {
+        let path = PathBuf::from("/proc/self/ns/net");
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let probe =
+            Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(|source| NetnsError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let cookie = netns_cookie(&probe).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path,
+            cookie,
+            current: true,
+        })
+    }
+
     pub fn cookie(&self) -> u64 {
         self.cookie
     }
@@ -99,6 +129,9 @@ impl Netns {
     /// Runs `f` on this thread inside the namespace, then returns to the agent's own.
     /// `f` must not block or yield: it should only make sockets.
     pub fn enter<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        if self.current {
+            return f();
+        }
         let home = home()
             .as_ref()
             .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
@@ -126,7 +159,9 @@ impl Netns {
     ) -> io::Result<std::net::TcpListener> {
         let socket = self.enter(|| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_mark(mark)?;
+            if mark != 0 {
+                socket.set_mark(mark)?;
+            }
             if addr.is_ipv6() {
                 socket.set_only_v6(true)?;
             }
@@ -143,7 +178,9 @@ impl Netns {
     pub fn tcp_socket(&self, dest: SocketAddr, mark: u32) -> io::Result<tokio::net::TcpSocket> {
         let socket = self.enter(|| {
             let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_mark(mark)?;
+            if mark != 0 {
+                socket.set_mark(mark)?;
+            }
             socket.set_nonblocking(true)?;
             socket.set_tcp_nodelay(true)?;
             Ok(socket)

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",      // captures on the testbed's links (is the tunnel encrypted?)
     "openssl",      // a TLS client that presents foreign or expired certificates
     "iperf3",       // bulk TCP workloads of known sizes
+    "iptables",     // sidecar mode's capture rules (outrider sidecar-init)
     "prometheus",   // promtool, which checks the agent's metrics exposition
     "python3-venv", // the venv of the manifest checkers (see PYTHON_TOOLS)
 ];

@@ -83,6 +83,7 @@ fn mode(mode: Mode) -> pb::Mode {
     match mode {
         Mode::Node => pb::Mode::Node,
         Mode::None => pb::Mode::None,
+        Mode::Sidecar => pb::Mode::Sidecar,
     }
 }
 

@@ -11,14 +11,12 @@ mod policies;
 mod service;
 
 use std::{
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::Context;
 use outrider_proto::admin::v1::{self as pb, admin_server::AdminServer};
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -91,7 +89,7 @@ pub async fn start(
 ) -> anyhow::Result<AdminHandle> {
     let service = Arc::new(service);
     let socket = config.socket_path(instance);
-    let listener = bind_socket(&socket)?;
+    let listener = crate::unix_socket::bind(&socket, 0o600, "admin.socket")?;
     let stop = CancellationToken::new();
     let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
     uids.extend(&config.allow_uids);
@@ -160,53 +158,4 @@ pub async fn start(
         tracing::info!(addr = %tcp.addr, "admin API listening on TCP (mutual TLS)");
     }
     Ok(AdminHandle { socket, stop })
-}
-
-/// Binds the socket with mode 0600 from the first moment: bound under a temporary name,
-/// restricted, then renamed into place. A stale socket (nobody listening) is replaced;
-/// a live one means another agent, which is an error.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(parent)
-        .with_context(|| format!("admin.socket: cannot create {}", parent.display()))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            anyhow::bail!(
-                "admin.socket: {} exists and is not a socket; not touching it",
-                path.display()
-            );
-        }
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                anyhow::bail!(
-                    "admin.socket: another process serves {} (is another agent running?)",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path)
-                .with_context(|| format!("admin.socket: cannot remove stale {}", path.display()))?;
-        }
-        Err(_) => {}
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "admin.sock".into());
-    let tmp = parent.join(format!(".{name}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)
-        .with_context(|| format!("admin.socket: cannot bind {}", tmp.display()))?;
-    let restrict = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = restrict {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("admin.socket: cannot set up {}", path.display()));
-    }
-    Ok(listener)
 }

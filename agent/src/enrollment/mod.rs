@@ -167,7 +167,7 @@ impl Enrollment {
             .current
             .workloads
             .iter()
-            .filter(|w| w.mode == Mode::Node)
+            .filter(|w| matches!(w.mode, Mode::Node | Mode::Sidecar))
             .map(|w| DestinationRef {
                 namespace: &w.namespace,
                 labels: &w.labels,

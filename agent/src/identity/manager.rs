@@ -53,6 +53,11 @@ impl CertManager {
         })
     }
 
+    /// Who signs: the sidecars' service signs with it too.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
+    }
+
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
     }

@@ -19,7 +19,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let started = Instant::now();
-    let Ok(dst) = client.local_addr() else {
+    let Ok(dst) = pod.shared.steering.inbound_dst(&client) else {
         return super::reset(client);
     };
     let arrival = Arrival {

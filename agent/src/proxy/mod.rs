@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod pod;
 pub mod relay;
+pub mod steering;
 pub mod tunnel;
 
 use std::{io, net::SocketAddr, time::Duration};

@@ -36,7 +36,11 @@ enum Route {
 async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let started = Instant::now();
     let _ = app.set_nodelay(true);
-    let Some(dst) = pod.shared.orig_dst.lookup(pod.netns.cookie(), peer) else {
+    let Some(dst) = pod
+        .shared
+        .steering
+        .outbound_dst(pod.netns.cookie(), &app, peer)
+    else {
         super::reset(app);
         tracing::warn!(pod = %pod.key, %peer, "outbound connection without an original destination (not a steered connection); reset");
         return;

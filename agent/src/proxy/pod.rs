@@ -18,11 +18,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use super::{
     connections::Registry,
     hbone::{Pool, PoolConfig},
+    steering::Steering,
     tunnel::PoolKey,
 };
 use crate::{
     config::Config,
-    dataplane::OrigDstTable,
     identity::{Identity, SpiffeId},
     netns::Netns,
     policy::PolicySet,
@@ -36,7 +36,8 @@ pub const TUNNEL_PORT: u16 = super::hbone::PORT;
 
 /// What every pod's proxy shares: agent-wide tables and settings.
 pub struct Shared {
-    pub orig_dst: OrigDstTable,
+    /// How connections reach the listeners, and where they were going.
+    pub steering: Steering,
     pub directory: Directory,
     pub identity: Identity,
     pub mark: u32,
@@ -56,14 +57,14 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         config: &Config,
-        orig_dst: OrigDstTable,
+        steering: Steering,
         directory: Directory,
         identity: Identity,
         node_addrs: Vec<IpAddr>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            orig_dst,
+            steering,
             directory,
             identity,
             mark: config.capture.agent_mark,
@@ -190,7 +191,8 @@ pub fn start(pod: Arc<PodProxy>) -> io::Result<PodListeners> {
     let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
     let outbound = [listen(v4(s.outbound_port))?, listen(v6(s.outbound_port))?];
-    let inbound = [listen(v4(INBOUND_PORT))?, listen(v6(INBOUND_PORT))?];
+    let [inbound_v4, inbound_v6] = s.steering.inbound_listen(INBOUND_PORT);
+    let inbound = [listen(inbound_v4)?, listen(inbound_v6)?];
     let tunnel = [
         listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)))?,
         listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, TUNNEL_PORT)))?,

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     config::{
         AdminConfig, CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, PolicyConfig,
-        WorkloadSourceConfig,
+        SidecarConfig, WorkloadSourceConfig,
     },
     identity,
     workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet},
@@ -71,10 +71,21 @@ fn workload_set(state: &State) -> WorkloadSet {
                 ips: vec![p.ipv4.into(), p.ipv6.into()],
                 netns: p.netns.clone(),
                 cgroup: Some(p.cgroup.clone()),
-                mode: if p.enrolled { Mode::Node } else { Mode::None },
+                mode: if p.sidecar {
+                    Mode::Sidecar
+                } else if p.enrolled {
+                    Mode::Node
+                } else {
+                    Mode::None
+                },
             })
             .collect(),
     }
+}
+
+/// Where the agent of `node` serves its node's sidecars.
+pub fn sidecar_socket_path(dir: &Path, node: &str) -> PathBuf {
+    State::node_dir(dir, node).join("sidecar.sock")
 }
 
 /// Where the agent of `node` serves its admin API.
@@ -142,6 +153,10 @@ pub fn write_files(
             admin: AdminConfig {
                 socket: Some(admin_socket_path(dir, &node.name)),
                 ..base.admin.clone()
+            },
+            sidecar: SidecarConfig {
+                socket: Some(sidecar_socket_path(dir, &node.name)),
+                ..base.sidecar.clone()
             },
             ..base.clone()
         };
@@ -211,10 +226,16 @@ fn start_all(
     Ok(())
 }
 
-/// True when a line of a JSON log is the agent's "agent ready".
-fn is_ready_line(line: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(line)
-        .is_ok_and(|v| v["fields"]["message"] == "agent ready")
+/// True when a line of a JSON log is the event `message` (e.g. "agent ready").
+fn is_event_line(line: &str, message: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["fields"]["message"] == message)
+}
+
+/// True when the JSON log at `path` holds the event `message`.
+pub fn log_says(path: &Path, message: &str) -> bool {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().any(|l| is_event_line(l, message)))
+        .unwrap_or(false)
 }
 
 /// The last `n` lines of `path`, for error messages.
@@ -236,10 +257,7 @@ fn wait_ready(dir: &Path, children: &mut [(String, Child)]) -> anyhow::Result<()
         for k in waiting {
             let (node, child) = &mut children[k];
             let log = log_path(dir, node);
-            let ready = std::fs::read_to_string(&log)
-                .map(|text| text.lines().any(is_ready_line))
-                .unwrap_or(false);
-            if ready {
+            if log_says(&log, "agent ready") {
                 continue;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -337,11 +355,12 @@ mod tests {
     #[test]
     fn recognises_the_ready_line() {
         let line = r#"{"timestamp":"2025-01-01T00:00:00Z","level":"INFO","fields":{"message":"agent ready","workloads":2},"target":"outrider::agent"}"#;
-        assert!(is_ready_line(line));
-        assert!(!is_ready_line(
-            &line.replace("agent ready", "agent starting")
+        assert!(is_event_line(line, "agent ready"));
+        assert!(!is_event_line(
+            &line.replace("agent ready", "agent starting"),
+            "agent ready"
         ));
-        assert!(!is_ready_line("agent ready"));
+        assert!(!is_event_line("agent ready", "agent ready"));
     }
 
     #[test]

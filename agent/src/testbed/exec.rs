@@ -108,6 +108,12 @@ pub fn exec(dir: &Path, pod: &str, command: &[OsString]) -> anyhow::Result<ExitC
 pub fn set_enrolled(dir: &Path, pod: &str, enrolled: bool) -> anyhow::Result<ExitCode> {
     let mut state = State::load(dir)?;
     let pod = find_pod(&state, pod)?.clone();
+    if pod.sidecar {
+        anyhow::bail!(
+            "{} runs in sidecar mode: its own sidecar meshes it, not its node's agent",
+            pod.key()
+        );
+    }
     for p in state.pods.iter_mut().filter(|p| p.key() == pod.key()) {
         p.enrolled = enrolled;
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 use super::{
-    agents, cgroup, exec, net, plan,
+    agents, cgroup, exec, net, plan, sidecars,
     spec::Spec,
     state::{AGENT_PID_FILE, PREFIX_FILE, STATE_FILE, State},
 };
@@ -89,6 +89,7 @@ fn build(
     agents::write_files(dir, state, mount, agent)?;
     if with_agents {
         agents::start(dir, state)?;
+        sidecars::start(dir, state)?;
     }
     state.save(dir)
 }
@@ -102,7 +103,7 @@ pub fn start_agents(dir: &Path) -> anyhow::Result<ExitCode> {
             node.name
         );
     }
-    let result = agents::start(dir, &mut state);
+    let result = agents::start(dir, &mut state).and_then(|()| sidecars::start(dir, &mut state));
     // Saved either way: `down` must find the agents that did start.
     state.save(dir)?;
     result?;
@@ -136,7 +137,9 @@ fn summary(dir: &Path, state: &State) -> String {
                 pod.key(),
                 pod.ipv4.to_string(),
                 pod.ipv6.to_string(),
-                if pod.enrolled {
+                if pod.sidecar {
+                    "sidecar"
+                } else if pod.enrolled {
                     "enrolled"
                 } else {
                     "not enrolled"

@@ -8,6 +8,7 @@ mod leftovers;
 mod lifecycle;
 mod net;
 mod plan;
+pub mod sidecars;
 mod spec;
 pub mod state;
 

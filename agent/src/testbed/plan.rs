@@ -18,6 +18,7 @@ use super::{
     spec::Spec,
     state::{NodeState, PodState, State},
 };
+use crate::workloads::Mode;
 
 /// Names longer than this are truncated and given a hash suffix.
 pub const MAX_NETNS_NAME: usize = 48;
@@ -182,7 +183,9 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
                 namespace: pod.namespace.to_string(),
                 name: pod.name.to_string(),
                 service_account: pod.service_account.clone(),
-                enrolled: pod.enrolled,
+                enrolled: pod.mode() == Mode::Node,
+                sidecar: pod.mode() == Mode::Sidecar,
+                sidecar_pid: None,
                 ipv4: pod_ipv4(i, j),
                 ipv6: pod_ipv6(i, j),
                 netns: netns_path(&netns),

@@ -8,6 +8,7 @@
 //!     pods:
 //!       - {namespace: shop, name: web, serviceAccount: web, enrolled: true}
 //!       - {namespace: shop, name: client}     # serviceAccount: default, enrolled: true
+//!       - {namespace: shop, name: cart, mode: sidecar}  # node | sidecar | none
 //! namespaces:                                 # optional: mesh settings per namespace
 //!   shop: {mtls: strict}                      # strict | permissive (default)
 //! agent:                                      # optional: agent settings for every node
@@ -25,7 +26,7 @@ use serde::Deserialize;
 
 use crate::{
     config::Config,
-    workloads::{MtlsMode, NamespaceSettings},
+    workloads::{Mode, MtlsMode, NamespaceSettings},
     yaml,
 };
 
@@ -65,8 +66,13 @@ pub struct PodSpec {
     pub name: Label,
     #[serde(default = "default_service_account")]
     pub service_account: String,
+    /// Shorthand: `false` is `mode: none`.
     #[serde(default = "default_enrolled")]
     pub enrolled: bool,
+    /// How the pod is meshed: `node` (captured by its node's agent; the default),
+    /// `sidecar` (its own `outrider sidecar`, set up by `outrider sidecar-init`) or `none`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
     /// The pod's labels; default `app: <name>`.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
@@ -95,6 +101,15 @@ impl PodSpec {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// How the pod is meshed (`mode`, else `enrolled`).
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(if self.enrolled {
+            Mode::Node
+        } else {
+            Mode::None
+        })
     }
 }
 
@@ -205,6 +220,12 @@ impl Spec {
             for (j, pod) in node.pods.iter().enumerate() {
                 if pod.service_account.is_empty() {
                     bail!("{file}: nodes[{i}].pods[{j}].serviceAccount: must not be empty");
+                }
+                if !pod.enrolled && pod.mode.is_some_and(|m| m != Mode::None) {
+                    bail!(
+                        "{file}: nodes[{i}].pods[{j}]: enrolled: false contradicts mode: {:?} (give one of them)",
+                        pod.mode()
+                    );
                 }
                 if let Some((fi, fj)) = pods.insert(pod.key(), (i, j)) {
                     bail!(

@@ -70,7 +70,14 @@ pub struct PodState {
     pub namespace: String,
     pub name: String,
     pub service_account: String,
+    /// Captured by its node's agent (node mode).
     pub enrolled: bool,
+    /// Meshed by its own sidecar (sidecar mode).
+    #[serde(default)]
+    pub sidecar: bool,
+    /// The sidecar's process, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_pid: Option<u32>,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     /// `/run/netns/<netns_name>`.

@@ -24,7 +24,7 @@ pub struct Destination {
 impl Destination {
     /// In the mesh: reachable through its agent's tunnel (any node).
     pub fn in_mesh(&self) -> bool {
-        self.mode == Mode::Node
+        matches!(self.mode, Mode::Node | Mode::Sidecar)
     }
 
     pub fn key(&self) -> String {

@@ -20,6 +20,9 @@ pub enum Mode {
     Node,
     /// Known (e.g. as a destination) but not captured.
     None,
+    /// Meshed by its own sidecar (`outrider sidecar`): not captured by the node agent,
+    /// but in the mesh — reached through the tunnel on its port 15008.
+    Sidecar,
 }
 
 /// Whether an enrolled pod accepts plaintext from outside the mesh.

@@ -333,10 +333,22 @@ impl Testbed {
 
     /// The JSON lines of the node's agent log, parsed (other lines are skipped).
     pub fn agent_log(&self, node: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
+        json_lines(&self.agent_log_path(node))
+    }
+
+    /// `DIR/<node>/sidecar-<ns>-<name>.log`: the log of a pod's sidecar.
+    pub fn sidecar_log_path(&self, pod: &str) -> PathBuf {
+        outrider::testbed::sidecars::log_path(self.dir(), self.pod(pod))
+    }
+
+    /// Waits until the sidecar of `pod` logs a line matching `pred` and returns it.
+    pub fn wait_sidecar_log(
+        &self,
+        pod: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_json_line(&self.sidecar_log_path(pod), 0, timeout, pred)
     }
 
     /// Waits until the node's agent logs a line matching `pred` and returns it; panics
@@ -359,28 +371,7 @@ impl Testbed {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self
-                .agent_log(node)
-                .into_iter()
-                .skip(mark)
-                .find(|l| pred(l))
-            {
-                return line;
-            }
-            if Instant::now() > deadline {
-                let path = self.agent_log_path(node);
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                panic!(
-                    "no matching line in {} after {timeout:?}; its last lines:\n{}",
-                    path.display(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_json_line(&self.agent_log_path(node), mark, timeout, pred)
     }
 
     /// What of this testbed is still on the machine (empty after a clean `down`).
@@ -513,5 +504,39 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The JSON lines of a log, parsed (other lines are skipped).
+fn json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Waits until the JSON log at `path` has a line, after the first `mark`, matching
+/// `pred`; panics with the end of the log after `timeout`.
+fn wait_json_line(
+    path: &Path,
+    mark: usize,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(line) = json_lines(path).into_iter().skip(mark).find(|l| pred(l)) {
+            return line;
+        }
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            panic!(
+                "no matching line in {} after {timeout:?}; its last lines:\n{}",
+                path.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -161,7 +161,8 @@ pub fn workload_set(
         .map(|p| {
             let mode = match p.meshing(namespaces) {
                 Meshing::Node => Mode::Node,
-                Meshing::Sidecar | Meshing::None => Mode::None,
+                Meshing::Sidecar => Mode::Sidecar,
+                Meshing::None => Mode::None,
             };
             let sandbox = sandboxes.get(&p.uid);
             Workload {
@@ -249,8 +250,8 @@ mod tests {
         );
         assert_eq!(
             s.workloads[0].mode,
-            Mode::None,
-            "a sidecar keeps the node agent out"
+            Mode::Sidecar,
+            "a sidecar keeps the node agent out, and the pod in the mesh"
         );
         let plain = namespace(serde_json::json!({}));
         let s = set(

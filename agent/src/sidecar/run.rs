@@ -1,0 +1,171 @@
+//! `outrider sidecar`: one pod's proxy, running inside the pod (its network namespace and
+//! cgroup). It asks the node agent who it is (attested by its cgroup), gets the mesh's
+//! state and its certificate from it, opens the same listeners as node mode — outbound
+//! `:15001`, inbound plaintext `:15006` (both reached through iptables REDIRECT), the
+//! tunnel `:15008` — and serves its metrics on `:15020`. Policy, tunnel and telemetry are
+//! node mode's own code; only how connections arrive differs (`proxy::steering`).
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use super::client::{Mesh, NodeAgent, NodeSigner};
+use crate::{
+    config::Config,
+    identity::{CertManager, Identity, RenewPolicy, SpiffeId, TrustBundle},
+    logging,
+    netns::Netns,
+    proxy::{self, PodProxy, Shared, steering::Steering},
+    telemetry::{
+        endpoint::{self, Endpoint},
+        metrics::Metrics,
+    },
+    workloads::directory::Directory,
+};
+
+/// How long the sidecar waits for the node agent at start.
+const NODE_PATIENCE: Duration = Duration::from_secs(60);
+/// How long it waits for its first certificate.
+const CERT_PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct SidecarArgs {
+    /// A config file (the agent's type; the sidecar reads `sidecar`, `capture`, `proxy`,
+    /// `identity.certTtlSeconds`, `telemetry` and `log`). Without it: the defaults.
+    #[arg(long, env = "OUTRIDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The node agent's socket (overrides `sidecar.socket`).
+    #[arg(long, env = "OUTRIDER_SIDECAR_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The mark for the sidecar's own sockets (overrides `capture.agentMark`); 0 marks
+    /// nothing (a sidecar without CAP_NET_ADMIN/CAP_NET_RAW, told apart by its user:
+    /// `sidecar-init --proxy-uid`).
+    #[arg(long)]
+    pub mark: Option<u32>,
+}
+
+pub fn run(args: &SidecarArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load_sidecar(path)?,
+        None => Config::default(),
+    };
+    if let Some(socket) = &args.socket {
+        config.sidecar.socket = Some(socket.clone());
+    }
+    if let Some(mark) = args.mark {
+        config.capture.agent_mark = mark;
+    }
+    let _log = logging::init(&config.log)?;
+    crate::netns::init().context("recording the sidecar's network namespace")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.sidecar.threads)
+        .enable_all()
+        .thread_name("outrider-sidecar")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(Arc::new(config)))
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
+    let socket = config.sidecar.socket_path(&config.instance);
+    let agent = NodeAgent::connect(&socket, NODE_PATIENCE).await?;
+    let me = agent.attest().await?;
+    if me.agent_version != env!("CARGO_PKG_VERSION") {
+        tracing::warn!(agent = %me.agent_version, sidecar = env!("CARGO_PKG_VERSION"), "the node agent's version differs from the sidecar's");
+    }
+    let id = SpiffeId::parse(&me.spiffe_id)
+        .with_context(|| format!("the node agent's identity for us, {:?}", me.spiffe_id))?;
+    tracing::info!(pod = %format!("{}/{}", me.namespace, me.name), identity = %id, "sidecar starting");
+    let (mesh, mut updates) = agent.watch_mesh().await?;
+    let workload = mesh
+        .workloads
+        .workloads
+        .iter()
+        .find(|w| w.uid == me.uid)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "the node agent's mesh state lacks our pod {}/{}",
+                me.namespace, me.name
+            )
+        })?;
+
+    let trust = TrustBundle::new(&mesh.trust_domain, &mesh.roots)
+        .context("the mesh's trust roots from the node agent")?;
+    let policy = RenewPolicy::with_ttl(Duration::from_secs(config.identity.cert_ttl_seconds));
+    let manager = CertManager::new(Arc::new(NodeSigner { agent }), trust, policy);
+    let identity = Identity::new(manager.clone());
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared::new(
+        &config,
+        Steering::Redirect,
+        Directory::default(),
+        identity,
+        mesh.node_addrs.clone(),
+        metrics.clone(),
+    ));
+    apply(&shared, &mesh);
+    manager.ensure(&id);
+    tokio::time::timeout(CERT_PATIENCE, manager.ready(&id))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no certificate for {id} from the node agent after {CERT_PATIENCE:?}")
+        })?
+        .with_context(|| format!("the certificate for {id}"))?;
+
+    let netns = Arc::new(Netns::current()?);
+    let pod = Arc::new(PodProxy::new(workload, id, netns, shared.clone()));
+    let _listeners = proxy::pod::start(pod.clone()).context("opening the sidecar's listeners")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let flush = shared.clone();
+    endpoint::start(
+        config.telemetry.metrics_addr,
+        Endpoint {
+            metrics,
+            before_scrape: Box::new(move || flush.connections.flush_metrics()),
+            ready: ready.clone(),
+        },
+    )
+    .await?;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(pod = %pod.key, "sidecar ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: sidecar stopping");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: sidecar stopping");
+                break;
+            }
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the mesh state stopped");
+                }
+                let mesh = updates.borrow_and_update().clone();
+                apply(&shared, &mesh);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Puts a mesh state in force: destinations, policies.
+fn apply(shared: &Shared, mesh: &Mesh) {
+    shared.directory.update(&mesh.workloads);
+    if shared.policy.load().policies() != mesh.policies.policies() {
+        tracing::info!(policies = mesh.policies.len(), "policies in force");
+    }
+    shared.policy.store(mesh.policies.clone());
+}
