@@ -35,20 +35,25 @@ pub fn from_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, YamlE
     // An empty document is an empty mapping, so that all-default files are valid.
     let text = if text.trim().is_empty() { "{}" } else { text };
     serde_yaml_ng::from_str(text).map_err(|err| {
-        let location = err
-            .location()
-            .map(|l| format!(" line {} column {}: ", l.line(), l.column()))
+        let (at, reason) = location_and_reason(&err);
+        let location = at
+            .map(|(line, column)| format!(" line {line} column {column}: "))
             .unwrap_or_else(|| " ".to_string());
-        // serde_yaml_ng starts its message with the field path (`workloads[2].ips[0]: …`)
-        // and ends it with " at line L column C", which we have said already.
-        let mut reason = err.to_string();
-        if let Some(cut) = reason.find(" at line ") {
-            reason.truncate(cut);
-        }
         YamlError::Parse {
             file: path.to_path_buf(),
             location,
             reason,
         }
     })
+}
+
+/// Where a serde_yaml_ng error is (line and column, from 1) when it says, and its
+/// reason without the location: serde_yaml_ng starts its message with the field path
+/// (`workloads[2].ips[0]: …`) and ends it with " at line L column C", said apart here.
+pub fn location_and_reason(err: &serde_yaml_ng::Error) -> (Option<(usize, usize)>, String) {
+    let mut reason = err.to_string();
+    if let Some(cut) = reason.find(" at line ") {
+        reason.truncate(cut);
+    }
+    (err.location().map(|l| (l.line(), l.column())), reason)
 }

@@ -4,12 +4,14 @@
 //! `version`, `workloads`, `connections` (list and watch), `config`, `policies`, `certs`,
 //! `log_level` and `top` (a live per-pod view). `connect` finds and dials the agent,
 //! `rpc` makes the calls (deadlines, errors in words), `output` prints tables, JSON and
-//! YAML, `human` formats bytes and times.
+//! YAML, `human` formats bytes and times. `inject` alone does not talk to the agent: it
+//! adds the sidecar to Kubernetes manifests.
 mod certs;
 mod config;
 pub mod connect;
 mod connections;
 mod human;
+mod inject;
 mod log_level;
 mod output;
 mod policies;
@@ -31,7 +33,7 @@ use outrider_proto::admin::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 use connect::{ConnectArgs, GivenOnCommandLine, Target};
-use output::Format;
+use output::{Format, OutputArg};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,10 +51,10 @@ struct Cli {
         short = 'o',
         long = "output",
         global = true,
-        value_enum,
-        default_value_t = Format::Table
+        value_parser = OutputArg::format_parser(),
+        default_value = "table"
     )]
-    output: Format,
+    output: OutputArg,
     /// How long to wait for the agent to answer a call (or to connect), in seconds.
     #[arg(
         long,
@@ -86,6 +88,8 @@ enum Command {
     LogLevel(log_level::LogLevelArgs),
     /// A live per-pod view of traffic rates, refreshed every interval.
     Top(top::TopArgs),
+    /// Add the Outrider sidecar to the pods of Kubernetes manifests (no agent needed).
+    Inject(inject::InjectArgs),
 }
 
 /// Runs `outriderctl` with the process's arguments; 0 on success, 1 on an error (printed
@@ -97,12 +101,16 @@ pub fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     let given = GivenOnCommandLine::from_matches(&matches);
-    let result = Target::choose(cli.connect.clone(), given).and_then(|target| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(run(cli, target))
-    });
+    let result = match cli.command {
+        // Works on files alone: no agent to choose.
+        Command::Inject(args) => inject::run(args),
+        _ => Target::choose(cli.connect.clone(), given).and_then(|target| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run(cli, target))
+        }),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`outriderctl … | head`): nothing more to say.
@@ -117,7 +125,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli, target: Target) -> Result<()> {
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
-    let mut ctx = Ctx::new(target, cli.timeout, cli.output, Box::new(stdout));
+    let mut ctx = Ctx::new(target, cli.timeout, cli.output.format(), Box::new(stdout));
     ctx.terminal = terminal;
     dispatch(&mut ctx, cli.command).await
 }
@@ -132,6 +140,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<()> {
         Command::Certs => certs::run(ctx).await,
         Command::LogLevel(args) => log_level::run(ctx, args).await,
         Command::Top(args) => top::run(ctx, args).await,
+        Command::Inject(args) => inject::run(args),
     }
 }
 

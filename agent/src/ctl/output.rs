@@ -16,6 +16,39 @@ pub enum Format {
     Yaml,
 }
 
+/// What `-o/--output` says: a [`Format`] for the commands that ask the agent (the global
+/// flag), the file to write for `inject` (whose own `-o FILE` takes the global flag's place
+/// under it). One type for both, because clap hands a global flag's value to the
+/// subcommand's argument of the same name and back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputArg {
+    Format(Format),
+    File(std::path::PathBuf),
+}
+
+impl OutputArg {
+    /// The format of the agent's commands (only `inject` takes a file, and it does not
+    /// print through [`Format`]).
+    pub fn format(&self) -> Format {
+        match self {
+            OutputArg::Format(format) => *format,
+            OutputArg::File(_) => Format::Table,
+        }
+    }
+
+    /// The global flag: `table`, `json` or `yaml`.
+    pub fn format_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
+        use clap::builder::TypedValueParser;
+        clap::builder::EnumValueParser::<Format>::new().map(OutputArg::Format)
+    }
+
+    /// `inject -o FILE`.
+    pub fn file_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
+        use clap::builder::TypedValueParser;
+        clap::builder::PathBufValueParser::new().map(OutputArg::File)
+    }
+}
+
 /// Columns aligned with spaces, two between columns, under a header the caller writes in
 /// upper case (`NAME`, `SENT/s`); an empty cell shows as `-`. Without a header it serves key/value listings (`Key:  value`).
 #[derive(Debug, Default)]

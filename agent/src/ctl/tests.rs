@@ -308,7 +308,12 @@ async fn run_args(socket: &std::path::Path, args: &[&str]) -> (Result<()>, Strin
     )
     .unwrap();
     let captured = Captured::default();
-    let mut ctx = Ctx::new(target, cli.timeout, cli.output, Box::new(captured.clone()));
+    let mut ctx = Ctx::new(
+        target,
+        cli.timeout,
+        cli.output.format(),
+        Box::new(captured.clone()),
+    );
     let result = dispatch(&mut ctx, cli.command).await;
     (result, captured.text())
 }
@@ -344,7 +349,7 @@ fn global_flags_go_anywhere_and_command_line_wins() {
         ])
         .unwrap();
     let cli = Cli::from_arg_matches(&matches).unwrap();
-    assert_eq!(cli.output, Format::Json);
+    assert_eq!(cli.output.format(), Format::Json);
     assert_eq!(cli.timeout, Duration::from_secs(10));
     let given = GivenOnCommandLine::from_matches(&matches);
     assert!(given.socket && !given.addr && !given.tls);
