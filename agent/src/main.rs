@@ -52,6 +52,9 @@ enum Command {
     /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
     #[command(subcommand)]
     Testbed(testbed::TestbedCommand),
+    /// Generate and measure TCP load (the benchmark's workload).
+    #[command(subcommand)]
+    Loadgen(outrider::loadgen::LoadgenCommand),
     /// Print files generated from the agent's types (`cargo xtask codegen` writes them).
     #[command(subcommand, hide = true)]
     Codegen(CodegenCommand),
@@ -75,6 +78,7 @@ fn main() -> std::process::ExitCode {
         } => wait_enrolled::run(port, std::time::Duration::from_secs(timeout_seconds)),
         Command::Ca(cmd) => identity::cli::run(cmd),
         Command::Testbed(cmd) => testbed::run(cmd),
+        Command::Loadgen(cmd) => outrider::loadgen::run(cmd),
         Command::Codegen(CodegenCommand::Crd) => {
             print!("{}", outrider::policy::crd::crd_yaml());
             Ok(std::process::ExitCode::SUCCESS)
