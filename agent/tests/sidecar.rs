@@ -340,3 +340,90 @@ fn only_a_sidecar_pod_of_the_node_is_given_its_identity() {
     );
     assert!(ok && back == "still", "{back:?}");
 }
+
+#[test]
+fn a_sidecar_as_injected_runs_unprivileged_and_is_told_apart_by_its_user() {
+    // What `outriderctl inject` sets up: rules that skip user 1337, and the sidecar as
+    // that user without the capability to mark its sockets (--mark 0).
+    let tb = Testbed::up(SPEC, true);
+    let web = tb.pod("shop/web").clone();
+    let pid = web.sidecar_pid.expect("the testbed started web's sidecar");
+    // The test is the testbed's subreaper: the sidecar ends as our child.
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::wait::waitpid(pid, None).unwrap();
+    let swap = tb.sh(
+        "shop/web",
+        &format!(
+            "{OUTRIDER} sidecar-init --remove && \
+             {OUTRIDER} sidecar-init --mark 0 --proxy-uid 1337 && iptables -t nat -S"
+        ),
+    );
+    let rules = String::from_utf8_lossy(&swap.stdout).into_owned();
+    assert!(
+        swap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swap.stderr)
+    );
+    assert!(
+        rules.contains("--uid-owner 1337") && !rules.contains("--mark"),
+        "{rules}"
+    );
+
+    // User 1337 must reach the node agent's socket and config in the state directory
+    // (on a node: /run/outrider/sidecar, mounted into the pod).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tb.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let config = tb.dir().join("node-a").join("agent.yaml");
+    let log = tb.dir().join("web-unprivileged.log");
+    let script = format!(
+        "exec setpriv --reuid 1337 --regid 1337 --clear-groups --inh-caps=-all --bounding-set=-all \
+         {OUTRIDER} sidecar --mark 0 --config {} > {} 2>&1",
+        config.display(),
+        log.display()
+    );
+    let mut sidecar = tb.spawn("shop/web", &["sh", "-c", &script]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("sidecar ready")
+    {
+        sidecar.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _server = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let cart = tb.pod("data/cart").clone();
+    let _cart = tb.tcp_server("data/cart", 7000, "EXEC:cat");
+    // Both ways, through the tunnel, with the identities verified at the far end.
+    let (ok, back) = echo(
+        &tb,
+        "shop/client",
+        SocketAddr::new(web.ipv4.into(), 7000),
+        "in",
+    );
+    assert!(ok && back == "in", "{back:?}");
+    let (ok, back) = echo(
+        &tb,
+        "shop/web",
+        SocketAddr::new(cart.ipv4.into(), 7000),
+        "out",
+    );
+    assert!(ok && back == "out", "{back:?}");
+    let dst = SocketAddr::new(cart.ipv4.into(), 7000);
+    let inb = wait_access(&tb, "data/cart", "inbound", "shop/web", dst);
+    assert_eq!(
+        inb["fields"]["src_identity"],
+        identity("shop", "web"),
+        "{inb}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("\"direction\":\"outbound\"") && text.contains("\"transport\":\"hbone\""),
+        "{text}"
+    );
+}
