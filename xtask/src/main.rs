@@ -1,5 +1,7 @@
 //! `cargo xtask …`: everything beyond plain cargo — set-up of a fresh machine, the demo,
-//! and the full test run (unit + privileged end-to-end tests on the testbed).
+//! the full test run (unit + privileged end-to-end tests on the testbed), and the
+//! benchmark of both models.
+mod bench;
 mod codegen;
 mod demo;
 mod manifests;
@@ -28,6 +30,16 @@ enum Cmd {
     Setup,
     /// Set up, build, and show capture on a two-node testbed.
     Demo,
+    /// Set up, build, and benchmark node mode against sidecar mode and a direct
+    /// connection on the testbed; writes bench.json, bench.md and bench.svg.
+    Bench {
+        /// Short loads (2 s each): under 3 minutes in all.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the results (default target/bench).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
     Codegen,
     /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
@@ -51,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Demo => setup::run().and_then(|()| demo::run()),
         Cmd::Codegen => codegen::run(),
+        Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Cmd::Manifests { deploy } => setup::run()
             .and_then(|()| manifests::run(&deploy.unwrap_or_else(|| root().join("deploy")))),
