@@ -10,6 +10,9 @@
 //! | `node-mtls` | node mode | node mode | both agents, mutual-TLS tunnel |
 //! | `sidecar` | sidecar | not meshed | the client's sidecar, plaintext |
 //! | `sidecar-mtls` | sidecar | sidecar | both sidecars, mutual-TLS tunnel |
+//!
+//! Each mode has a client pod of its own: connections one mode leaves in TIME_WAIT (tens
+//! of thousands after the new-connections load) must not weigh on the next.
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -23,7 +26,9 @@ nodes:
     pods:
       - {namespace: bench, name: c-direct, enrolled: false}
       - {namespace: bench, name: c-node, serviceAccount: client}
+      - {namespace: bench, name: c-node-mtls, serviceAccount: client}
       - {namespace: bench, name: c-sidecar, serviceAccount: client, mode: sidecar}
+      - {namespace: bench, name: c-sidecar-mtls, serviceAccount: client, mode: sidecar}
   - name: node-b
     pods:
       - {namespace: bench, name: s-direct, enrolled: false}
@@ -53,7 +58,7 @@ const MODES: [Mode; 5] = [
     },
     Mode {
         name: "node-mtls",
-        client: "bench/c-node",
+        client: "bench/c-node-mtls",
         server: "bench/s-node",
     },
     Mode {
@@ -63,7 +68,7 @@ const MODES: [Mode; 5] = [
     },
     Mode {
         name: "sidecar-mtls",
-        client: "bench/c-sidecar",
+        client: "bench/c-sidecar-mtls",
         server: "bench/s-sidecar",
     },
 ];
@@ -76,7 +81,7 @@ fn proxies(bed: &Bed, mode: &Mode) -> anyhow::Result<Vec<u32>> {
             pids.push(pid);
         }
     }
-    if mode.client.ends_with("-node") {
+    if mode.client.contains("-node") {
         pids.push(bed.agent_pid("node-a")?);
     }
     if mode.server.ends_with("-node") {
