@@ -92,7 +92,7 @@ where
         // Until the server's SETTINGS say otherwise, assume no more than we would allow.
         .initial_max_send_streams(settings.max_concurrent_streams as usize)
         .enable_push(false);
-    let (sender, connection) = tokio::time::timeout(
+    let (sender, mut connection) = tokio::time::timeout(
         settings.handshake_timeout,
         builder.handshake::<_, Bytes>(io),
     )
@@ -101,14 +101,33 @@ where
     .map_err(|e| HboneError::Handshake(Arc::new(e)))?;
     let state = Arc::new(ConnState::default());
     let driver_state = state.clone();
+    let keepalive = connection.ping_pong().map(|ping| {
+        super::keepalive::watch(
+            ping,
+            settings.keepalive_interval,
+            settings.keepalive_timeout,
+        )
+    });
     tokio::spawn(
         async move {
-            match connection.await {
-                Ok(()) => tracing::debug!("HBONE client connection closed"),
-                Err(e) if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    tracing::debug!("HBONE client connection closed by the server");
+            let silent = async {
+                match keepalive {
+                    Some(watch) => watch.await,
+                    None => std::future::pending().await,
                 }
-                Err(e) => tracing::info!(error = %e, "HBONE client connection failed"),
+            };
+            tokio::select! {
+                result = &mut connection => match result {
+                    Ok(()) => tracing::debug!("HBONE client connection closed"),
+                    Err(e) if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) => {
+                        tracing::debug!("HBONE client connection closed by the server");
+                    }
+                    Err(e) => tracing::info!(error = %e, "HBONE client connection failed"),
+                },
+                why = silent => {
+                    // Dropping the connection fails every stream on it.
+                    tracing::warn!(%why, "HBONE client connection ended: its streams are reset");
+                }
             }
             driver_state.closed.store(true, Ordering::Release);
             driver_state.changed.notify_waiters();

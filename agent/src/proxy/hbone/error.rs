@@ -14,6 +14,9 @@ pub enum HboneError {
     Handshake(#[source] Arc<h2::Error>),
     #[error("HTTP/2 handshake: no answer within {0:?}")]
     HandshakeTimeout(Duration),
+    /// The peer stopped answering PINGs: the connection was ended.
+    #[error("tunnel connection ended: {0}")]
+    PeerSilent(String),
     /// What a server read instead of the HTTP/2 client preface.
     #[error("not HTTP/2: the connection began with {0:?}")]
     NotHttp2(String),
@@ -62,7 +65,7 @@ impl HboneError {
                 StatusCode::GATEWAY_TIMEOUT => io::ErrorKind::TimedOut,
                 _ => io::ErrorKind::ConnectionRefused,
             },
-            Self::HandshakeTimeout(_) => io::ErrorKind::TimedOut,
+            Self::HandshakeTimeout(_) | Self::PeerSilent(_) => io::ErrorKind::TimedOut,
             Self::InvalidRequest { .. } => io::ErrorKind::InvalidInput,
             Self::NotHttp2(_) | Self::ClosedBeforePreface(_) => io::ErrorKind::InvalidData,
             Self::Handshake(_) | Self::Request { .. } | Self::Connection(_) => {

@@ -13,11 +13,13 @@
 //!   [`Handler`] per CONNECT.
 //! - [`ConnectRequest`] (`headers`): what a CONNECT carries (authority, `baggage`,
 //!   `forwarded`, `traceparent`), built on the client and parsed on the server.
-//! - [`Settings`] (`settings`): the HTTP/2 tuning both ends use.
+//! - [`Settings`] (`settings`): the HTTP/2 tuning both ends use; `keepalive` ends a
+//!   connection whose peer stopped answering PINGs.
 
 mod client;
 mod error;
 mod headers;
+mod keepalive;
 mod pool;
 mod preface;
 mod server;

@@ -83,10 +83,26 @@ where
     .map_err(|_| HboneError::HandshakeTimeout(settings.handshake_timeout))?
     .map_err(|e| HboneError::Handshake(Arc::new(e)))?;
     tokio::pin!(shutdown);
+    let ping = conn.ping_pong();
+    let silent = async {
+        match ping {
+            Some(ping) => {
+                super::keepalive::watch(
+                    ping,
+                    settings.keepalive_interval,
+                    settings.keepalive_timeout,
+                )
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(silent);
     let mut draining = false;
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
+            why = &mut silent => return Err(HboneError::PeerSilent(why)),
             () = &mut shutdown, if !draining => {
                 tracing::debug!("HBONE server connection draining");
                 conn.graceful_shutdown();

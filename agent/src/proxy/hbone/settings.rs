@@ -39,6 +39,11 @@ pub struct Settings {
     pub max_header_list_size: u32,
     /// How long the HTTP/2 handshake (preface and SETTINGS) may take.
     pub handshake_timeout: Duration,
+    /// How often each end PINGs the other (see `keepalive`).
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection (and its streams) is
+    /// ended: a peer that went away is noticed within interval + timeout.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -52,6 +57,8 @@ impl Default for Settings {
             max_concurrent_streams: 200,
             max_header_list_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the tunnel over loopback TCP (the transport is generic, so no TLS): a test
 //! server with a handler that connects to a TCP upstream, and the upstreams it reaches.
 mod headers;
+mod keepalive;
 mod pool;
 mod server;
 mod stream;
