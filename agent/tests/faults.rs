@@ -200,3 +200,53 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn an_upstream_reset_reaches_the_client_as_a_reset() {
+    let tb = Testbed::up(SPEC, true);
+    let db = tb.pod("data/db").clone();
+    let cart = tb.pod("data/cart").clone();
+    let _cart = tb.tcp_server("data/cart", 7000, "EXEC:cat");
+    // An app that answers every connection with a reset (SO_LINGER 0, then close).
+    let resetter = "import socket, struct\n\
+         l = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+         l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+         l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('::', 7001)); l.listen(64)\n\
+         while True:\n\
+         \x20   c, _ = l.accept()\n\
+         \x20   c.recv(16)\n\
+         \x20   c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+         \x20   c.close()\n";
+    let _server = tb.spawn("data/db", &["python3", "-c", resetter]);
+    tb.wait_listening("data/db", 7001);
+    let client = format!(
+        "import socket\n\
+         s = socket.create_connection(('{}', 7001))\n\
+         s.sendall(b'hello')\n\
+         try:\n\
+         \x20   data = s.recv(16)\n\
+         \x20   print('eof' if data == b'' else 'data')\n\
+         except ConnectionResetError:\n\
+         \x20   print('reset')\n",
+        db.ipv4
+    );
+    let mark_a = tb.log_mark("node-a");
+    let out = tb.exec("shop/client", &["python3", "-c", &client]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "reset",
+        "the client must see the reset, not a clean end: {out:?}"
+    );
+    let access = tb.wait_log_after("node-a", mark_a, Duration::from_secs(5), |v: &Value| {
+        v["target"] == "access" && v["fields"]["dst"] == format!("{}:7001", db.ipv4)
+    });
+    assert!(access["fields"]["error"].is_string(), "{access}");
+    let (ok, back) = echo(
+        &tb,
+        "shop/client",
+        SocketAddr::new(cart.ipv4.into(), 7000),
+        "others",
+    );
+    assert!(ok && back == "others", "{back:?}");
+}
