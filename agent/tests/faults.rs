@@ -26,18 +26,6 @@ nodes:
       - {namespace: data, name: cart, serviceAccount: cart}
 ";
 
-fn echo(tb: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> (bool, String) {
-    let script = format!(
-        "printf '%s' '{message}' | socat -t5 -T5 STDIO {}",
-        support::socat_target(dst)
-    );
-    let out = tb.sh(pod, &script);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// Open descriptors of a node's agent.
 fn agent_fds(tb: &Testbed, node: &str) -> usize {
     let pid = tb.node(node).agent.as_ref().expect("an agent").pid;
@@ -109,8 +97,7 @@ fn a_destination_pod_removed_mid_stream_ends_the_connection_with_an_error() {
     );
 
     // The other pod of that node is untouched.
-    let (ok, back) = echo(
-        &tb,
+    let (ok, back) = tb.echo(
         "shop/client",
         SocketAddr::new(cart.ipv4.into(), 7000),
         "others",
@@ -135,7 +122,7 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
     );
     tb.wait_listening("shop/web", 7000);
     let dst = SocketAddr::new(web.ipv4.into(), 7000);
-    let (ok, _) = echo(&tb, "shop/client", dst, "warm");
+    let (ok, _) = tb.echo("shop/client", dst, "warm");
     assert!(ok);
     std::thread::sleep(Duration::from_millis(300));
     let before = agent_fds(&tb, "node-a");
@@ -175,7 +162,7 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
     // Meanwhile the mesh's traffic to the same pod is served at once.
     let started = Instant::now();
     for i in 0..5 {
-        let (ok, back) = echo(&tb, "shop/client", dst, &format!("meanwhile-{i}"));
+        let (ok, back) = tb.echo("shop/client", dst, &format!("meanwhile-{i}"));
         assert!(ok && back == format!("meanwhile-{i}"), "{back:?}");
     }
     assert!(
@@ -242,8 +229,7 @@ fn an_upstream_reset_reaches_the_client_as_a_reset() {
         v["target"] == "access" && v["fields"]["dst"] == format!("{}:7001", db.ipv4)
     });
     assert!(access["fields"]["error"].is_string(), "{access}");
-    let (ok, back) = echo(
-        &tb,
+    let (ok, back) = tb.echo(
         "shop/client",
         SocketAddr::new(cart.ipv4.into(), 7000),
         "others",

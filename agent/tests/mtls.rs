@@ -10,8 +10,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
-use support::{OUTRIDER, Testbed};
+use support::{OUTRIDER, Testbed, access};
 
 const SPEC: &str = "
 nodes:
@@ -29,26 +28,6 @@ namespaces:
 ";
 
 const TD: &str = "spiffe://cluster.local";
-
-/// Sends `message` from `pod` to the echo server at `dst`; returns what came back (and
-/// socat's success).
-fn echo(tb: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> (bool, String) {
-    let script = format!(
-        "printf '%s' '{message}' | socat -t5 -T5 STDIO {}",
-        support::socat_target(dst)
-    );
-    let out = tb.sh(pod, &script);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn access(v: &Value, direction: &str, dst: SocketAddr) -> bool {
-    v["target"] == "access"
-        && v["fields"]["direction"] == direction
-        && v["fields"]["dst"] == dst.to_string()
-}
 
 #[test]
 fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
@@ -76,7 +55,7 @@ fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
         SocketAddr::new(db.ipv4.into(), 7000),
         SocketAddr::new(db.ipv6.into(), 7000),
     ] {
-        let (ok, back) = echo(&tb, "shop/client", dst, marker);
+        let (ok, back) = tb.echo("shop/client", dst, marker);
         assert!(ok && back == marker, "{dst}: echo came back as {back:?}");
         let out = tb.wait_log("node-a", Duration::from_secs(5), |v| {
             access(v, "outbound", dst)
@@ -128,7 +107,7 @@ fn same_node_traffic_between_enrolled_pods_goes_through_the_tunnel() {
     let web = tb.pod("shop/web").clone();
     let _echo = tb.tcp_server("shop/web", 7000, "EXEC:cat");
     let dst = SocketAddr::new(web.ipv6.into(), 7000);
-    let (ok, back) = echo(&tb, "shop/client", dst, "same-node");
+    let (ok, back) = tb.echo("shop/client", dst, "same-node");
     assert!(ok && back == "same-node");
     let out = tb.wait_log("node-a", Duration::from_secs(5), |v| {
         access(v, "outbound", dst)
@@ -154,7 +133,7 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
 
     // From a pod outside the mesh: plaintext.
     let to_vault = SocketAddr::new(vault.ipv4.into(), 7000);
-    let (ok, back) = echo(&tb, "shop/outsider", to_vault, "let me in");
+    let (ok, back) = tb.echo("shop/outsider", to_vault, "let me in");
     assert!(
         !ok || back.is_empty(),
         "strict must refuse plaintext, got {back:?}"
@@ -172,7 +151,7 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     );
 
     let to_db = SocketAddr::new(db.ipv6.into(), 7000);
-    let (ok, back) = echo(&tb, "shop/outsider", to_db, "hello");
+    let (ok, back) = tb.echo("shop/outsider", to_db, "hello");
     assert!(ok && back == "hello", "permissive must serve plaintext");
     let served = tb.wait_log("node-b", Duration::from_secs(5), |v| {
         access(v, "inbound", to_db)
@@ -181,7 +160,7 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     assert!(served["fields"].get("error").is_none(), "{served}");
 
     // From an enrolled pod the strict namespace is reached through the tunnel.
-    let (ok, back) = echo(&tb, "shop/client", to_vault, "meshed");
+    let (ok, back) = tb.echo("shop/client", to_vault, "meshed");
     assert!(ok && back == "meshed");
     // The node itself (kubelet's probes) is still served in strict mode.
     let node = tb.node("node-b").clone();
@@ -313,7 +292,7 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(600));
     let dst = SocketAddr::new(db.ipv6.into(), 7000);
-    let (ok, back) = echo(&tb, "shop/client", dst, "to an impostor?");
+    let (ok, back) = tb.echo("shop/client", dst, "to an impostor?");
     assert!(
         !ok || back.is_empty(),
         "a wrong identity must be refused, got {back:?}"

@@ -9,7 +9,7 @@ mod support;
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde_json::Value;
-use support::{OUTRIDER, Testbed};
+use support::{OUTRIDER, Testbed, access};
 
 const SPEC: &str = "
 nodes:
@@ -27,26 +27,6 @@ namespaces:
 ";
 
 const TD: &str = "spiffe://cluster.local";
-
-/// Sends `message` from `pod` to the echo server at `dst`; returns what came back (and
-/// socat's success).
-fn echo(tb: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> (bool, String) {
-    let script = format!(
-        "printf '%s' '{message}' | socat -t5 -T5 STDIO {}",
-        support::socat_target(dst)
-    );
-    let out = tb.sh(pod, &script);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn access(v: &Value, direction: &str, dst: SocketAddr) -> bool {
-    v["target"] == "access"
-        && v["fields"]["direction"] == direction
-        && v["fields"]["dst"] == dst.to_string()
-}
 
 /// The access-log line of `pod` about its connection from `src_pod` to `dst`, from the
 /// log that tells about `pod`'s connections: its sidecar's, or its node agent's.
@@ -143,7 +123,7 @@ fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
     ];
     for (i, (from, dst, (sns, ssa), (dns, dsa))) in cases.into_iter().enumerate() {
         let message = format!("sidecar-case-{i}");
-        let (ok, back) = echo(&tb, from, dst, &message);
+        let (ok, back) = tb.echo(from, dst, &message);
         assert!(
             ok && back == message,
             "{from} → {dst}: came back as {back:?}"
@@ -195,7 +175,7 @@ fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
 
     // data is strict: plaintext from a pod outside the mesh is refused by db's sidecar.
-    let (ok, back) = echo(&tb, "shop/outsider", dst, "plain");
+    let (ok, back) = tb.echo("shop/outsider", dst, "plain");
     assert!(!ok || back.is_empty(), "plaintext got through: {back:?}");
     let refused = tb.wait_sidecar_log("data/db", Duration::from_secs(5), |v| {
         access(v, "inbound", dst) && v["fields"]["transport"] == "plaintext"
@@ -204,7 +184,7 @@ fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
     assert!(error.contains("strict"), "{refused}");
 
     // Through the tunnel it is served.
-    let (ok, back) = echo(&tb, "shop/client", dst, "meshed");
+    let (ok, back) = tb.echo("shop/client", dst, "meshed");
     assert!(ok && back == "meshed", "{back:?}");
 
     // A policy applied on node-b's agent reaches db's sidecar, which enforces it.
@@ -226,7 +206,7 @@ spec:
         v["fields"]["message"] == "policies in force" && v["fields"]["policies"] == 1
     });
     // From a sidecar: db's sidecar refuses it.
-    let (ok, back) = echo(&tb, "shop/web", dst, "denied");
+    let (ok, back) = tb.echo("shop/web", dst, "denied");
     assert!(
         !ok || back.is_empty(),
         "the policy let it through: {back:?}"
@@ -240,7 +220,7 @@ spec:
     });
     assert_eq!(denied["fields"]["transport"], "hbone", "{denied}");
     // From a node-mode pod: its node's kernel refuses it already, in connect().
-    let (ok, back) = echo(&tb, "shop/client", dst, "denied");
+    let (ok, back) = tb.echo("shop/client", dst, "denied");
     assert!(
         !ok || back.is_empty(),
         "the policy let it through: {back:?}"
@@ -248,19 +228,14 @@ spec:
     // Others are untouched: db's own sidecar → web still works.
     let web = tb.pod("shop/web").clone();
     let _web = tb.tcp_server("shop/web", 7001, "EXEC:cat");
-    let (ok, back) = echo(
-        &tb,
-        "data/db",
-        SocketAddr::new(web.ipv4.into(), 7001),
-        "other",
-    );
+    let (ok, back) = tb.echo("data/db", SocketAddr::new(web.ipv4.into(), 7001), "other");
     assert!(ok && back == "other", "{back:?}");
 
     tb.ctl_ok("node-b", &["policies", "delete", "data/deny-client"]);
     tb.wait_sidecar_log("data/db", Duration::from_secs(5), |v| {
         v["fields"]["message"] == "policies in force" && v["fields"]["policies"] == 0
     });
-    let (ok, back) = echo(&tb, "shop/client", dst, "again");
+    let (ok, back) = tb.echo("shop/client", dst, "again");
     assert!(ok && back == "again", "{back:?}");
 
     // The sidecar's own metrics, in the pod, report the destination side with the
@@ -332,8 +307,7 @@ fn only_a_sidecar_pod_of_the_node_is_given_its_identity() {
     // The real sidecars were not disturbed.
     let web = tb.pod("shop/web").clone();
     let _server = tb.tcp_server("shop/web", 7000, "EXEC:cat");
-    let (ok, back) = echo(
-        &tb,
+    let (ok, back) = tb.echo(
         "shop/client",
         SocketAddr::new(web.ipv4.into(), 7000),
         "still",
@@ -400,19 +374,9 @@ fn a_sidecar_as_injected_runs_unprivileged_and_is_told_apart_by_its_user() {
     let cart = tb.pod("data/cart").clone();
     let _cart = tb.tcp_server("data/cart", 7000, "EXEC:cat");
     // Both ways, through the tunnel, with the identities verified at the far end.
-    let (ok, back) = echo(
-        &tb,
-        "shop/client",
-        SocketAddr::new(web.ipv4.into(), 7000),
-        "in",
-    );
+    let (ok, back) = tb.echo("shop/client", SocketAddr::new(web.ipv4.into(), 7000), "in");
     assert!(ok && back == "in", "{back:?}");
-    let (ok, back) = echo(
-        &tb,
-        "shop/web",
-        SocketAddr::new(cart.ipv4.into(), 7000),
-        "out",
-    );
+    let (ok, back) = tb.echo("shop/web", SocketAddr::new(cart.ipv4.into(), 7000), "out");
     assert!(ok && back == "out", "{back:?}");
     let dst = SocketAddr::new(cart.ipv4.into(), 7000);
     let inb = wait_access(&tb, "data/cart", "inbound", "shop/web", dst);

@@ -16,7 +16,7 @@
 mod emit;
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -141,7 +141,7 @@ pub fn run(args: InjectArgs) -> Result<()> {
         Some(OutputArg::File(path)) if path != Path::new("-") => Some(path),
         _ => None,
     };
-    let (text, source) = read_input(&args.file)?;
+    let (text, source) = super::read_input(&args.file, "Kubernetes manifests (YAML)")?;
     let options = Options {
         image: args.image,
         proxy_cpu_request: args.proxy_cpu_request,
@@ -164,25 +164,6 @@ pub fn run(args: InjectArgs) -> Result<()> {
     }
     writeln!(stderr, "{}", injected.summary())?;
     Ok(())
-}
-
-/// The text of `file`, or of stdin for `-`, and its name for messages.
-fn read_input(file: &Path) -> Result<(String, String)> {
-    let (text, name) = if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read stdin")?;
-        (text, "stdin".to_string())
-    } else {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        (text, file.display().to_string())
-    };
-    if text.trim().is_empty() {
-        bail!("{name} is empty: expected Kubernetes manifests (YAML)");
-    }
-    Ok((text, name))
 }
 
 /// `text` (YAML documents, read from `source`) with the sidecar in every pod template.

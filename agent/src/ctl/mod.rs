@@ -238,6 +238,28 @@ impl fmt::Display for NamespacedName {
 }
 
 /// Seconds as a positive number (`10`, `0.5`).
+/// The text of `file`, or of stdin for `-`, and its name for messages; empty input is an
+/// error saying what was `expected`.
+fn read_input(file: &std::path::Path, expected: &str) -> Result<(String, String)> {
+    use anyhow::Context;
+    use std::io::Read;
+    let (text, name) = if file == std::path::Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        (text, "stdin".to_string())
+    } else {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        (text, file.display().to_string())
+    };
+    if text.trim().is_empty() {
+        anyhow::bail!("{name} is empty: expected {expected}");
+    }
+    Ok((text, name))
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()

@@ -2,10 +2,9 @@
 //! YAML (`get`), applying YAML documents (`apply -f FILE`, ApplyPolicies) and removing one
 //! the admin API applied (`delete`, DeletePolicy).
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use outrider_proto::admin::v1::{
     ApplyPoliciesRequest, DeletePolicyRequest, ListPoliciesRequest, Policy,
 };
@@ -46,6 +45,9 @@ enum PoliciesCommand {
         policy: NamespacedName,
     },
 }
+
+/// What `policies apply -f` reads.
+const POLICY_INPUT: &str = "AuthorizationPolicy YAML documents";
 
 /// `-o json|yaml` of `policies`.
 #[derive(Debug, Serialize)]
@@ -127,7 +129,7 @@ pub async fn run(ctx: &mut Ctx, args: PoliciesArgs) -> Result<()> {
             ctx.emit(&found, |_| String::new())
         }
         Some(PoliciesCommand::Apply { file, dry_run }) => {
-            let yaml = read_input(&file)?;
+            let (yaml, _) = super::read_input(&file, POLICY_INPUT)?;
             let mut client = ctx.client().await?;
             let request = ApplyPoliciesRequest { yaml, dry_run };
             let response = ctx
@@ -177,25 +179,6 @@ async fn list(ctx: &mut Ctx, namespace: String) -> Result<Vec<PolicyView>> {
     let mut policies: Vec<PolicyView> = response.policies.into_iter().map(Into::into).collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(policies)
-}
-
-/// The text of `file`, or of stdin for `-`.
-fn read_input(file: &Path) -> Result<String> {
-    let (text, name) = if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read stdin")?;
-        (text, "stdin".to_string())
-    } else {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        (text, file.display().to_string())
-    };
-    if text.trim().is_empty() {
-        bail!("{name} is empty: expected AuthorizationPolicy YAML documents");
-    }
-    Ok(text)
 }
 
 fn list_table(view: &PolicyListView) -> String {
@@ -323,7 +306,7 @@ mod tests {
     fn apply_input_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.yaml");
-        let err = read_input(&missing).unwrap_err();
+        let err = crate::ctl::read_input(&missing, POLICY_INPUT).unwrap_err();
         assert!(
             format!("{err:#}").starts_with(&format!("cannot read {}: ", missing.display())),
             "{err:#}"
@@ -331,7 +314,9 @@ mod tests {
         let empty = dir.path().join("empty.yaml");
         std::fs::write(&empty, "\n  \n").unwrap();
         assert_eq!(
-            read_input(&empty).unwrap_err().to_string(),
+            crate::ctl::read_input(&empty, POLICY_INPUT)
+                .unwrap_err()
+                .to_string(),
             format!(
                 "{} is empty: expected AuthorizationPolicy YAML documents",
                 empty.display()

@@ -170,49 +170,57 @@ pub fn write_files(
 /// until all are ready. On error the agents started stay (the caller tears down).
 pub fn start(dir: &Path, state: &mut State) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the outrider executable")?;
-    let mut children: Vec<(String, Child)> = Vec::new();
-    let result =
-        start_all(dir, state, &exe, &mut children).and_then(|()| wait_ready(dir, &mut children));
+    let mut started = Vec::new();
+    let result = start_all(dir, state, &exe, &mut started)
+        .and_then(|()| wait_ready(&mut started, "agent ready", READY_TIMEOUT));
     // Children are waited for by whoever outlives us (after `up`, init); if we failed,
     // `down` kills them. Reap those already gone, so no zombie stays behind.
-    for (_, child) in &mut children {
-        let _ = child.try_wait();
+    for s in &mut started {
+        let _ = s.child.try_wait();
     }
     result
+}
+
+/// Sends `cmd`'s stdout and stderr to a new, empty `log`.
+pub fn log_to(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
+    std::fs::write(log, "").with_context(|| format!("cannot write {}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    cmd.stdout(out).stderr(err);
+    Ok(())
 }
 
 fn start_all(
     dir: &Path,
     state: &mut State,
     exe: &Path,
-    children: &mut Vec<(String, Child)>,
+    started: &mut Vec<Started>,
 ) -> anyhow::Result<()> {
     for node in &mut state.nodes {
         let config = config_path(dir, &node.name);
         let log = log_path(dir, &node.name);
-        // A new testbed, a new log (appended to by both stdout and stderr).
-        std::fs::write(&log, "").with_context(|| format!("cannot write {}", log.display()))?;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("cannot open {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .stdin(Stdio::null());
+        // A new testbed, a new log (appended to by both stdout and stderr).
+        log_to(&mut cmd, &log)?;
         exec::enter(&mut cmd, &node.netns, &agent_cgroup(node), true)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start the agent of node {}", node.name))?;
         let pid = child.id();
-        children.push((node.name.clone(), child));
+        started.push(Started {
+            what: format!("the agent of node {}", node.name),
+            log: log.clone(),
+            child,
+        });
         let pid_file = State::node_dir(dir, &node.name).join(AGENT_PID_FILE);
         std::fs::write(&pid_file, format!("{pid}\n"))
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
@@ -249,37 +257,46 @@ pub fn tail(path: &Path, n: usize) -> String {
     }
 }
 
-fn wait_ready(dir: &Path, children: &mut [(String, Child)]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut waiting: Vec<usize> = (0..children.len()).collect();
+/// A daemon the testbed started and waits for: what it is (for messages), its log.
+pub struct Started {
+    pub what: String,
+    pub log: PathBuf,
+    pub child: Child,
+}
+
+/// Waits until every one of `started` has logged the event `message` (e.g. "agent
+/// ready"); fails naming the first that exited first or is not ready after `timeout`,
+/// with the end of its log.
+pub fn wait_ready(started: &mut [Started], message: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut waiting: Vec<usize> = (0..started.len()).collect();
     while !waiting.is_empty() {
         let mut still = Vec::new();
         for k in waiting {
-            let (node, child) = &mut children[k];
-            let log = log_path(dir, node);
-            if log_says(&log, "agent ready") {
+            let Started { what, log, child } = &mut started[k];
+            if log_says(log, message) {
                 continue;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 bail!(
-                    "the agent of node {node} exited ({status}) before it was ready; last lines of {}:\n{}",
+                    "{what} exited ({status}) before it was ready; last lines of {}:\n{}",
                     log.display(),
-                    tail(&log, 20)
+                    tail(log, 20)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the agent of node {node} is not ready after {}s; last lines of {}:\n{}",
-                    READY_TIMEOUT.as_secs(),
+                    "{what} is not ready after {}s; last lines of {}:\n{}",
+                    timeout.as_secs(),
                     log.display(),
-                    tail(&log, 20)
+                    tail(log, 20)
                 );
             }
             still.push(k);
         }
         waiting = still;
         if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())

@@ -5,8 +5,8 @@
 //! logs to `DIR/<node>/sidecar-<namespace>-<name>.log`; they end with their pod's cgroup.
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
@@ -29,11 +29,11 @@ pub fn log_path(dir: &Path, pod: &PodState) -> PathBuf {
 /// ready. Their node agents must be running; a sidecar's settings are its node agent's.
 pub fn start(dir: &Path, state: &mut State) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the outrider executable")?;
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    let result = start_all(dir, state, &exe, &mut children)
-        .and_then(|()| wait_ready(dir, state, &mut children));
-    for (_, child) in &mut children {
-        let _ = child.try_wait();
+    let mut started = Vec::new();
+    let result = start_all(dir, state, &exe, &mut started)
+        .and_then(|()| agents::wait_ready(&mut started, "sidecar ready", READY_TIMEOUT));
+    for s in &mut started {
+        let _ = s.child.try_wait();
     }
     result
 }
@@ -42,9 +42,9 @@ fn start_all(
     dir: &Path,
     state: &mut State,
     exe: &Path,
-    children: &mut Vec<(usize, Child)>,
+    started: &mut Vec<agents::Started>,
 ) -> anyhow::Result<()> {
-    for (k, pod) in state.pods.iter_mut().enumerate() {
+    for pod in state.pods.iter_mut() {
         if !pod.sidecar {
             continue;
         }
@@ -72,66 +72,22 @@ fn start_all(
         }
 
         let log = log_path(dir, pod);
-        std::fs::write(&log, "").with_context(|| format!("cannot write {}", log.display()))?;
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("cannot open {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("sidecar")
             .arg("--config")
             .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .stdin(Stdio::null());
+        agents::log_to(&mut cmd, &log)?;
         exec::enter(&mut cmd, &pod.netns, &pod.cgroup, true)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start the sidecar of pod {}", pod.key()))?;
         pod.sidecar_pid = Some(child.id());
-        children.push((k, child));
-    }
-    Ok(())
-}
-
-fn wait_ready(dir: &Path, state: &State, children: &mut [(usize, Child)]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut waiting: Vec<usize> = (0..children.len()).collect();
-    while !waiting.is_empty() {
-        let mut still = Vec::new();
-        for i in waiting {
-            let (k, child) = &mut children[i];
-            let pod = &state.pods[*k];
-            let log = log_path(dir, pod);
-            if agents::log_says(&log, "sidecar ready") {
-                continue;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "the sidecar of pod {} exited ({status}) before it was ready; last lines of {}:\n{}",
-                    pod.key(),
-                    log.display(),
-                    agents::tail(&log, 20)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the sidecar of pod {} is not ready after {}s; last lines of {}:\n{}",
-                    pod.key(),
-                    READY_TIMEOUT.as_secs(),
-                    log.display(),
-                    agents::tail(&log, 20)
-                );
-            }
-            still.push(i);
-        }
-        waiting = still;
-        if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        started.push(agents::Started {
+            what: format!("the sidecar of pod {}", pod.key()),
+            log,
+            child,
+        });
     }
     Ok(())
 }

@@ -45,6 +45,13 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// True for an access-log line of a connection in `direction` to `dst`.
+pub fn access(v: &Value, direction: &str, dst: std::net::SocketAddr) -> bool {
+    v["target"] == "access"
+        && v["fields"]["direction"] == direction
+        && v["fields"]["dst"] == dst.to_string()
+}
+
 /// socat's address for a TCP connection to `dst`.
 pub fn socat_target(dst: std::net::SocketAddr) -> String {
     match dst {
@@ -76,6 +83,20 @@ impl Testbed {
         );
         self.wait_listening(pod, port);
         server
+    }
+
+    /// Sends `message` from `pod` to the echo server at `dst`; returns what came back (and
+    /// socat's success).
+    pub fn echo(&self, pod: &str, dst: std::net::SocketAddr, message: &str) -> (bool, String) {
+        let script = format!(
+            "printf '%s' '{message}' | socat -t5 -T5 STDIO {}",
+            socat_target(dst)
+        );
+        let out = self.sh(pod, &script);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// A socat TCP server in `pod` on `port`, IPv4 and IPv6, handing each connection to
