@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod dataplane;
 pub mod enrollment;
 pub mod identity;
+pub mod limits;
 pub mod loadgen;
 pub mod logging;
 pub mod netns;

@@ -68,6 +68,9 @@ enum CodegenCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Every proxied connection costs descriptors: use what the operator allows. Failing
+    // leaves the limit as it was, which only matters under heavy load.
+    let _ = outrider::limits::raise_open_files();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
         Command::Sidecar(args) => sidecar::run::run(&args),
