@@ -5,9 +5,10 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
 };
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::pod::PodProxy;
 
@@ -19,6 +20,30 @@ pub async fn to_app(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {
         IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
     };
     let socket = pod.netns.tcp_socket(dst, pod.shared.mark)?;
+    port_at_connect(&socket)?;
     socket.bind(source)?;
     super::connect_with_timeout(socket, dst, pod.shared.connect_timeout).await
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (as Envoy sets it on bound upstream sockets): the source
+/// port is chosen at `connect`, for this destination, rather than at `bind`, where the
+/// kernel must find a port no socket on the source address holds — TIME_WAIT ones
+/// included. With thousands of deliveries open and thousands more just closed, that
+/// search took seconds per connection and then fails with EADDRINUSE.
+fn port_at_connect(socket: &TcpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int we own, of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
