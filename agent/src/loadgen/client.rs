@@ -22,9 +22,11 @@ use anyhow::{Context, bail};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    sync::Semaphore,
     task::JoinSet,
     time::{Instant, sleep, timeout},
 };
+use tokio_util::sync::CancellationToken;
 
 use super::{
     histogram::Latency,
@@ -40,6 +42,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// At the end, how long to wait for the server to close a persistent connection.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const PAYLOAD_BYTE: u8 = 0xa5;
+/// Hold mode: connections being opened (or closed) at once, so that a burst of
+/// thousands does not overflow the listen backlogs on the way.
+const HOLD_IN_FLIGHT: usize = 256;
 
 /// What [`run`] does; [`ClientOptions::new`] gives the command line's defaults.
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct ClientOptions {
     pub size: u32,
     /// A connect, an exchange or a write that takes longer fails.
     pub timeout: Duration,
+    /// Hold mode: cancelling it ends the hold before `duration` is up.
+    pub release: CancellationToken,
 }
 
 impl ClientOptions {
@@ -69,6 +76,7 @@ impl ClientOptions {
             rate: None,
             size: 1024,
             timeout: Duration::from_secs(5),
+            release: CancellationToken::new(),
         }
     }
 
@@ -110,11 +118,14 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
     probe(addr, opts.timeout)
         .await
         .with_context(|| format!("cannot reach the loadgen server at {named}"))?;
+    if opts.mode == Mode::Hold {
+        return hold(opts, addr, &named).await;
+    }
 
     // Persistent connections are opened before the clock starts.
     let mut setup = Tally::default();
     let mut streams: Vec<Option<TcpStream>> = Vec::new();
-    if opts.mode != Mode::Connect {
+    if opts.mode == Mode::Rr || opts.mode == Mode::Bulk {
         let header = match opts.mode {
             Mode::Bulk => Header::Sink,
             _ => Header::RequestResponse {
@@ -172,6 +183,7 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
                 workers.spawn(connect_worker(ctx.clone()));
             }
         }
+        Mode::Hold => unreachable!("hold mode returned above"),
     }
     let mut total = setup;
     while let Some(joined) = workers.join_next().await {
@@ -576,4 +588,120 @@ async fn bulk_worker(ctx: Arc<Ctx>, mut first: Option<TcpStream>) -> Tally {
         }
     }
     tally
+}
+
+/// Hold mode: opens `connections` connections (at most [`HOLD_IN_FLIGHT`] at once), one
+/// exchange on each; says so on stderr ("holding N connections …") once all are open;
+/// holds them until `duration` is up or `release` is cancelled; then one more exchange
+/// on each, a half-close, and the server's close.
+async fn hold(opts: ClientOptions, addr: SocketAddr, named: &str) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let size = opts.size as usize;
+    let header = Header::RequestResponse {
+        size: opts.size,
+        exchanges: 0,
+    };
+    let in_flight = Arc::new(Semaphore::new(HOLD_IN_FLIGHT));
+    let mut total = Tally::default();
+
+    let mut opening = JoinSet::new();
+    for _ in 0..opts.connections {
+        let in_flight = in_flight.clone();
+        let wait = opts.timeout;
+        opening.spawn(async move {
+            let _permit = in_flight.acquire_owned().await;
+            let begin = Instant::now();
+            let result = timeout(wait, async {
+                let mut stream = open(addr, header, wait).await?;
+                exchange(&mut stream, size).await?;
+                io::Result::Ok(stream)
+            })
+            .await
+            .unwrap_or_else(|_| Err(timed_out(wait)));
+            (begin.elapsed(), result)
+        });
+    }
+    let mut held = Vec::with_capacity(opts.connections);
+    while let Some(joined) = opening.join_next().await {
+        let (took, result) = joined.context("a connection task failed")?;
+        match result {
+            Ok(stream) => {
+                total.latency.record(took);
+                total.bytes += 2 * size as u64;
+                held.push(stream);
+            }
+            Err(err) => total.error(format!("open: {err}")),
+        }
+    }
+    if held.is_empty() {
+        bail!(
+            "cannot hold any connection to {named}: {}",
+            total.first_error.unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "holding {} connections to {named} ({} failed to open) after {:.1} s",
+        held.len(),
+        total.errors,
+        started.elapsed().as_secs_f64()
+    );
+    tokio::select! {
+        () = sleep(opts.duration) => {}
+        () = opts.release.cancelled() => {}
+    }
+
+    let mut closing = JoinSet::new();
+    for mut stream in held {
+        let in_flight = in_flight.clone();
+        let wait = opts.timeout;
+        closing.spawn(async move {
+            let _permit = in_flight.acquire_owned().await;
+            timeout(wait, async {
+                exchange(&mut stream, size).await?;
+                stream.shutdown().await?;
+                expect_eof(&mut stream).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(timed_out(wait)))
+        });
+    }
+    while let Some(joined) = closing.join_next().await {
+        match joined.context("a connection task failed")? {
+            Ok(()) => {
+                total.requests += 1;
+                total.bytes += 2 * size as u64;
+            }
+            Err(err) => total.error(format!("after holding: {err}")),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        mode: Mode::Hold,
+        target: opts.target,
+        connections: opts.connections,
+        rate: None,
+        size: opts.size,
+        duration_s: seconds,
+        requests: total.requests,
+        errors: total.errors,
+        late: 0,
+        unsent: 0,
+        bytes: total.bytes,
+        throughput_bytes_per_s: total.bytes as f64 / seconds,
+        requests_per_s: total.requests as f64 / seconds,
+        latency_us: total.latency.summary(),
+        first_error: total.first_error,
+    })
+}
+
+/// One request and its full answer.
+async fn exchange(stream: &mut TcpStream, size: usize) -> io::Result<()> {
+    let request = vec![PAYLOAD_BYTE; size];
+    stream.write_all(&request).await?;
+    let mut answer = vec![0u8; size];
+    stream.read_exact(&mut answer).await?;
+    if answer != request {
+        return Err(io::Error::other("the answer is not an echo of the request"));
+    }
+    Ok(())
 }

@@ -1,8 +1,8 @@
 //! `outrider loadgen`: the benchmark's TCP workload. One `server` (every mode on one
 //! port, see [`protocol`]) and a `client` that drives request/response (closed or open
 //! loop, latency corrected for coordinated omission), bulk streaming, or
-//! connection-per-request load and reports rates and latency percentiles, for people or
-//! as JSON ([`Report`]).
+//! connection-per-request load, or holds many connections open at once (`hold`), and
+//! reports rates and latency percentiles, for people or as JSON ([`Report`]).
 //!
 //! Cheap by design, so the generator is not the bottleneck on a small machine: a
 //! current-thread runtime per process unless `--threads` says otherwise, no locks or
@@ -55,13 +55,13 @@ pub struct ClientArgs {
     /// The workload.
     #[arg(long, value_enum)]
     pub mode: Mode,
-    /// Measured time, in seconds.
+    /// Measured time, in seconds (hold: how long the connections are held).
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = seconds)]
     pub duration: Duration,
     /// Unmeasured time before it, in seconds.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
     pub warmup: Duration,
-    /// Connections (rr, bulk) or parallel workers (connect).
+    /// Connections (rr, bulk, hold) or parallel workers (connect).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub connections: usize,
     /// rr only: open loop at this many requests per second in total, evenly spaced and
@@ -96,6 +96,7 @@ pub fn run(cmd: LoadgenCommand) -> anyhow::Result<ExitCode> {
         LoadgenCommand::Server(args) => runtime(args.threads)?.block_on(run_server(args)),
         LoadgenCommand::Client(args) => {
             let json = args.json;
+            let hold = args.mode == Mode::Hold;
             let opts = ClientOptions {
                 target: args.target,
                 mode: args.mode,
@@ -105,8 +106,26 @@ pub fn run(cmd: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 rate: args.rate,
                 size: args.size,
                 timeout: args.timeout,
+                release: tokio_util::sync::CancellationToken::new(),
             };
-            let report = runtime(args.threads)?.block_on(client::run(opts))?;
+            let report = runtime(args.threads)?.block_on(async {
+                if hold {
+                    // SIGINT or SIGTERM ends the hold early; the connections still close
+                    // cleanly and the report comes out.
+                    let release = opts.release.clone();
+                    let mut terminate =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .context("cannot watch for SIGTERM")?;
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = terminate.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                        release.cancel();
+                    });
+                }
+                client::run(opts).await
+            })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -14,6 +14,10 @@ pub enum Mode {
     Bulk,
     /// A new connection per request/response: connections per second.
     Connect,
+    /// Open `--connections` connections, one exchange on each, hold them all open for
+    /// `--duration` (or until SIGINT/SIGTERM), then one more exchange on each and close:
+    /// how many connections a path carries at once.
+    Hold,
 }
 
 impl Mode {
@@ -22,6 +26,7 @@ impl Mode {
             Mode::Rr => "rr",
             Mode::Bulk => "bulk",
             Mode::Connect => "connect",
+            Mode::Hold => "hold",
         }
     }
 }
@@ -49,9 +54,11 @@ pub struct Report {
     /// Request/response message size in bytes (`bulk` writes 64 KiB chunks and ignores it).
     pub size: u32,
     /// The time the rates are computed over, in seconds: the measured window (`rr`,
-    /// `connect`); for `bulk`, from the window's start until the last count came back.
+    /// `connect`); for `bulk`, from the window's start until the last count came back;
+    /// for `hold`, the whole run (opening, holding, closing).
     pub duration_s: f64,
-    /// Completed requests (`rr`), connections (`connect`), acknowledged streams (`bulk`).
+    /// Completed requests (`rr`), connections (`connect`), acknowledged streams (`bulk`),
+    /// connections held and verified at both ends (`hold`).
     pub requests: u64,
     /// Failed requests, connections or streams (refused, reset, cut short, timed out).
     pub errors: u64,
@@ -67,7 +74,8 @@ pub struct Report {
     pub bytes: u64,
     pub throughput_bytes_per_s: f64,
     pub requests_per_s: f64,
-    /// `None` for `bulk`, or when nothing completed.
+    /// Per request (`rr`, `connect`); for `hold`, per connection opened (connect and
+    /// first exchange). `None` for `bulk`, or when nothing completed.
     pub latency_us: Option<LatencySummary>,
     /// The first error seen, if any.
     #[serde(default)]
@@ -100,6 +108,7 @@ impl fmt::Display for Report {
         let plural = if self.connections == 1 { "" } else { "s" };
         let load = match (self.mode, self.rate) {
             (Mode::Bulk, _) => "64 KiB writes".to_string(),
+            (Mode::Hold, _) => format!("held open, a {}-byte exchange at each end", self.size),
             (_, Some(rate)) => format!("open loop at {rate} req/s, {}-byte messages", self.size),
             (_, None) => format!("closed loop, {}-byte messages", self.size),
         };
@@ -115,6 +124,7 @@ impl fmt::Display for Report {
             Mode::Rr => "requests",
             Mode::Bulk => "streams",
             Mode::Connect => "connections",
+            Mode::Hold => "held",
         };
         write!(
             f,

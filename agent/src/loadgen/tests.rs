@@ -213,6 +213,48 @@ async fn connect_mode_counts_connections() {
     assert_eq!(counts.errors, 0, "{counts:?}");
 }
 
+#[tokio::test]
+async fn hold_mode_holds_every_connection_at_once_until_released() {
+    let server = start_server();
+    let opts = ClientOptions {
+        connections: 300,
+        size: 64,
+        ..options(server.addr, Mode::Hold, 60_000)
+    };
+    let release = opts.release.clone();
+    let run = tokio::spawn(client::run(opts));
+    // All of them open at once (and the probe, closed), then released long before the
+    // 60 s hold is up. (The server counts exchanges when a connection ends.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.stats.counts().connections < 1 + 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.stats.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.stats.counts().connections, 1 + 300);
+    assert_eq!(server.stats.counts().exchanges, 1);
+    assert!(!run.is_finished());
+    release.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the hold ends once released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.mode, Mode::Hold);
+    assert_eq!(report.requests, 300, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.bytes, 300 * 2 * 2 * 64);
+    assert_ordered_percentiles(&report);
+    assert!(report.duration_s < 10.0, "{report:?}");
+    let counts = server.stats.counts();
+    assert_eq!(counts.exchanges, 1 + 2 * 300, "{counts:?}");
+    assert_eq!(counts.errors, 0, "{counts:?}");
+}
+
 /// Sends `bytes`, then reads until the server closes; true if it closed without
 /// answering (EOF or reset).
 async fn closed_without_answer(addr: SocketAddr, bytes: &[u8]) -> bool {
