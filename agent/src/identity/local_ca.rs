@@ -68,6 +68,11 @@ impl LocalCa {
         &self.root
     }
 
+    /// When the CA certificate expires: no leaf is valid past it, none is signed after.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
     fn self_test(&self) -> Result<(), String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let id = SpiffeId::new(&self.trust_domain, "outrider-system", "self-test")

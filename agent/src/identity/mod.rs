@@ -22,7 +22,10 @@ pub mod x509;
 #[cfg(test)]
 mod testing;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use rustls::{ClientConfig, CommonState, ServerConfig};
 
@@ -55,12 +58,24 @@ impl Identity {
         let ca = LocalCa::from_dir(&config.ca_dir, &config.trust_domain)?;
         let trust = TrustBundle::new(&config.trust_domain, &[ca.root().clone()])?;
         let policy = RenewPolicy::with_ttl(Duration::from_secs(config.cert_ttl_seconds));
+        let ca_not_after = x509::rfc3339(ca.not_after());
         tracing::info!(
             ca = %config.ca_dir.display(),
+            %ca_not_after,
             trust_domain = %config.trust_domain,
             cert_ttl = ?policy.ttl,
             "identity: CA loaded"
         );
+        if ca.not_after() < SystemTime::now() + policy.ttl {
+            // Istio's and Linkerd's rule: no workload certificate outlives its CA.
+            tracing::warn!(
+                ca = %config.ca_dir.display(),
+                %ca_not_after,
+                "the CA certificate expires within the certificates' lifetime: they are cut \
+                 short at its expiry, after which none is issued and tunnels fail; \
+                 replace the CA (outrider ca init)"
+            );
+        }
         Ok(Self::new(CertManager::new(Arc::new(ca), trust, policy)))
     }
 

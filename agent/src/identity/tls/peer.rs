@@ -8,6 +8,7 @@ use rustls::{
 
 use crate::identity::{
     spiffe::{SpiffeId, SpiffeIdError},
+    trust::RootValidityError,
     x509,
 };
 
@@ -141,9 +142,13 @@ impl TlsFailure {
                     ))
                 }
                 CertificateError::Other(OtherError(other)) => {
-                    match other.downcast_ref::<PeerIdentityError>() {
-                        Some(id) => Self::Identity(id.clone()),
-                        None => Self::Other(format!("invalid peer certificate: {other}")),
+                    if let Some(id) = other.downcast_ref::<PeerIdentityError>() {
+                        Self::Identity(id.clone())
+                    } else if let Some(root) = other.downcast_ref::<RootValidityError>() {
+                        // Not the peer's fault: our own root is out of its dates.
+                        Self::Other(root.to_string())
+                    } else {
+                        Self::Other(format!("invalid peer certificate: {other}"))
                     }
                 }
                 other => Self::Other(format!("invalid peer certificate: {other}")),

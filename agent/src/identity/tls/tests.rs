@@ -258,7 +258,7 @@ async fn a_client_of_another_trust_domain_is_refused() {
 }
 
 #[tokio::test]
-async fn an_expired_certificate_is_refused() {
+async fn an_expired_certificate_is_neither_presented_nor_accepted() {
     let ca = Arc::new(testing::ca(TD));
     // One 2-second certificate, then the CA is down: it expires in place.
     let failing = testing::FailAfter::new(ca.clone(), 1);
@@ -278,8 +278,41 @@ async fn an_expired_certificate_is_refused() {
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(1100)).await;
     assert_eq!(dest.cert(&id("web")).unwrap().serial, cert.serial, "kept");
+    // Our own expired certificate is not presented: the handshake fails on our side.
     let outcome = handshake(
         server_config(&dest, &id("web")).unwrap(),
+        client_config(&source, &id("curl"), &id("web")).unwrap(),
+    )
+    .await;
+    assert!(outcome.server.is_err());
+    let err = failure(&outcome.client.err().unwrap());
+    assert!(matches!(err, TlsFailure::PeerRefused(_)), "{err:?}");
+
+    // A peer's expired certificate is refused.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let now = std::time::SystemTime::now();
+    let uri = SanType::URI(Ia5String::try_from(id("web").to_string()).unwrap());
+    let leaf = ca
+        .sign_leaf(
+            vec![uri],
+            &key,
+            now - Duration::from_secs(600),
+            now - Duration::from_secs(60),
+        )
+        .unwrap();
+    let trust = testing::trust_for(&ca, TD);
+    let mut expired = ServerConfig::builder_with_provider(trust.provider().clone())
+        .with_protocol_versions(&[&TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verify::ClientIdentityVerifier::new(trust))
+        .with_single_cert(
+            vec![leaf, ca.root().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    expired.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let outcome = handshake(
+        Arc::new(expired),
         client_config(&source, &id("curl"), &id("web")).unwrap(),
     )
     .await;

@@ -1,7 +1,8 @@
 //! Certificate checks for both ends of a tunnel: webpki verifies the chain to our roots
 //! (via rustls), then the SPIFFE ID is checked — on the client, that the server is
 //! exactly the identity expected; on the server, that the client is a well-formed
-//! workload of our trust domain. DNS/IP server names are ignored: SPIFFE certificates
+//! workload of our trust domain. Both refuse chains to a root of ours that has expired
+//! (see `trust`). DNS/IP server names are ignored: SPIFFE certificates
 //! carry none and tunnels go to pod IPs.
 use std::sync::Arc;
 
@@ -112,8 +113,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         self.trust
-            .client_chain()
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_chain(end_entity, intermediates, now)?;
         let presented = peer::spiffe_id_of(end_entity).map_err(PeerIdentityError::into_rustls)?;
         peer::check_trust_domain(presented, self.trust.trust_domain())
             .map_err(PeerIdentityError::into_rustls)?;
