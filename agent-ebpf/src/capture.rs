@@ -7,14 +7,23 @@
 //! (netns cookie, family, client port) — what the agent sees on accept — and drops it
 //! again when the socket closes. A destination a policy denies the pod outright
 //! (`POLICY_DENY`) fails the connect at once with ECONNREFUSED, in the kernel.
+//!
+//! When the agent is gone (its in-pod listener closed: crashed, or between a stop and a
+//! start) the connect is still steered to the closed port and refused — `fail-closed` —
+//! unless the settings say `fail-open`: then a connect whose pod has no outbound
+//! listener goes where the app asked, unmeshed.
 use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6, OrigDst, OrigDstKey};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        bpf_sock_addr,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock,
+        bpf_sock_addr, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_lookup_tcp,
+        bpf_sk_release,
+    },
     macros::{cgroup_sock_addr, sock_ops},
     maps::lpm_trie::Key,
     programs::{SockAddrContext, SockOpsContext},
@@ -22,7 +31,7 @@ use aya_ebpf::{
 
 use crate::maps::{
     ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, POLICY_DENY, RESERVED_PORTS,
-    SETTINGS, SOCK_ORIG, is_agent,
+    SETTINGS, SOCK_ORIG, fail_open, is_agent,
 };
 
 const ALLOW: i32 = 1;
@@ -47,6 +56,9 @@ pub fn or_connect4(ctx: SockAddrContext) -> i32 {
     addr[..4].copy_from_slice(&ip);
     if denied(pod_id, addr, port, FAMILY_V4) {
         return refuse();
+    }
+    if fail_open() && !agent_listening_v4(&ctx, outbound_port) {
+        return ALLOW;
     }
     if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
         return ALLOW;
@@ -83,6 +95,9 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
         if denied(pod_id, addr, port, FAMILY_V4) {
             return refuse();
         }
+        if fail_open() && !agent_listening_v4(&ctx, outbound_port) {
+            return ALLOW;
+        }
         if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
             return ALLOW;
         }
@@ -98,6 +113,9 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
         }
         if denied(pod_id, ip, port, FAMILY_V6) {
             return refuse();
+        }
+        if fail_open() && !agent_listening_v6(&ctx, outbound_port) {
+            return ALLOW;
         }
         if !remember(&ctx, ip, port, FAMILY_V6, pod_id) {
             return ALLOW;
@@ -161,6 +179,55 @@ fn capture_v6(ip: &[u8; 16], _port: u16) -> bool {
         return false;
     }
     EXCLUDED_V6.get(Key::new(128, *ip)).is_none()
+}
+
+/// True when the agent's outbound listener `127.0.0.1:port` is open in the caller's
+/// network namespace.
+#[inline(always)]
+fn agent_listening_v4(ctx: &SockAddrContext, port: u16) -> bool {
+    let loopback = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+        saddr: loopback,
+        daddr: loopback,
+        sport: 0,
+        dport: port.to_be(),
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    found(ctx, &mut tuple, size)
+}
+
+/// True when the agent's outbound listener `[::1]:port` is open in the caller's network
+/// namespace.
+#[inline(always)]
+fn agent_listening_v6(ctx: &SockAddrContext, port: u16) -> bool {
+    let loopback = [0, 0, 0, 1u32.to_be()];
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+        saddr: loopback,
+        daddr: loopback,
+        sport: 0,
+        dport: port.to_be(),
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32;
+    found(ctx, &mut tuple, size)
+}
+
+/// Looks a TCP socket up by `tuple` in the caller's network namespace.
+#[inline(always)]
+fn found(ctx: &SockAddrContext, tuple: &mut bpf_sock_tuple, size: u32) -> bool {
+    const CURRENT_NETNS: u64 = u64::MAX;
+    let sk: *mut bpf_sock =
+        unsafe { bpf_sk_lookup_tcp(ctx.as_ptr(), tuple, size, CURRENT_NETNS, 0) };
+    if sk.is_null() {
+        return false;
+    }
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
 }
 
 /// True when a policy denies the pod this destination (this port, or every port).

@@ -5,13 +5,16 @@
 //! reserved ports, and connections from a loopback address — the agent's own deliveries
 //! to the app (from 127.0.0.6 or ::1). (Locally made connections to the pod's IP report
 //! the pod's interface as their ingress, not loopback, so the source is what tells;
-//! a packet from the network with a loopback source never gets this far.)
+//! a packet from the network with a loopback source never gets this far.) With the agent
+//! gone, its listener's slot is empty: `fail-closed` refuses the connection (a reset),
+//! `fail-open` gives it to the app.
 use agent_ebpf::inbound_slot;
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 
-use crate::maps::{INBOUND_LISTENERS, INBOUND_V4, INBOUND_V6, RESERVED_PORTS};
+use crate::maps::{INBOUND_LISTENERS, INBOUND_V4, INBOUND_V6, RESERVED_PORTS, fail_open};
 
 const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
@@ -54,8 +57,12 @@ pub fn or_sk_lookup(ctx: SkLookupContext) -> u32 {
         }
         _ => return SK_PASS,
     };
-    // An empty slot fails open (the app gets the connection): the agent fills the slot
-    // before it adds the pod's IPs, and removes the IPs first.
-    let _ = INBOUND_LISTENERS.redirect_sk_lookup(&ctx, slot, 0);
-    SK_PASS
+    // The agent fills the slot before it adds the pod's IPs, and removes the IPs first;
+    // so an empty slot for a pod's IP means the agent is gone (its listener closed with
+    // it): the connection is refused (`fail-closed`) or left to the app (`fail-open`).
+    match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, slot, 0) {
+        Ok(()) => SK_PASS,
+        Err(_) if fail_open() => SK_PASS,
+        Err(_) => SK_DROP,
+    }
 }

@@ -26,6 +26,23 @@ pub const MAP_INBOUND_V4: &str = "INBOUND_V4";
 pub const MAP_INBOUND_V6: &str = "INBOUND_V6";
 /// SockMap: [`inbound_slot`] → the pod's `:15006` listener.
 pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+/// Every map, for pinning.
+pub const ALL_MAPS: [&str; 13] = [
+    MAP_ENROLLED,
+    MAP_ORIG_DST,
+    MAP_SOCK_ORIG,
+    MAP_SETTINGS,
+    MAP_RESERVED_PORTS,
+    MAP_EXCLUDED_PORTS,
+    MAP_EXCLUDED_V4,
+    MAP_EXCLUDED_V6,
+    MAP_INBOUND_V4,
+    MAP_INBOUND_V6,
+    MAP_INBOUND_LISTENERS,
+    MAP_POLICY_DENY,
+    MAP_POD_COUNTERS,
+];
+
 /// Pods per node the inbound slots can hold (pod ids are below this).
 pub const MAX_PODS: u32 = 16_384;
 
@@ -83,6 +100,16 @@ pub const PROG_BIND6: &str = "or_bind6";
 pub const PROG_SK_LOOKUP: &str = "or_sk_lookup";
 pub const PROG_SKB_INGRESS: &str = "or_skb_ingress";
 pub const PROG_SKB_EGRESS: &str = "or_skb_egress";
+/// The programs attached to the pods' cgroup (`sk_lookup` attaches per pod instead).
+pub const CGROUP_PROGRAMS: [&str; 7] = [
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_BIND4,
+    PROG_BIND6,
+    PROG_SOCKOPS,
+    PROG_SKB_INGRESS,
+    PROG_SKB_EGRESS,
+];
 /// Every program of ours starts with this.
 pub const PROG_PREFIX: &str = "or_";
 
@@ -124,6 +151,15 @@ pub struct OrigDstKey {
     pub _pad: u32,
 }
 
+/// [`Settings::flags`]: when the agent is gone (its in-pod listeners closed, as after a
+/// crash), let pods' traffic flow unmeshed instead of refusing it (`fail-open`).
+pub const SETTINGS_FAIL_OPEN: u16 = 1;
+
+/// Version of the maps' layout: the agent pins its maps under a directory named for it,
+/// so that an agent never reuses maps whose keys or values it reads differently. Raise
+/// it whenever a map's key, value or size changes.
+pub const MAPS_LAYOUT: u32 = 1;
+
 /// Agent-wide settings the programs read (value of `SETTINGS[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +168,8 @@ pub struct Settings {
     pub agent_mark: u32,
     /// Port of the in-pod outbound listener (127.0.0.1 / ::1).
     pub outbound_port: u16,
-    pub _pad: u16,
+    /// [`SETTINGS_FAIL_OPEN`], ...
+    pub flags: u16,
     /// cgroup v2 id of the agent's own cgroup; its sockets are never steered.
     pub agent_cgroup_id: u64,
 }

@@ -1,6 +1,8 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
-use agent_ebpf::{DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, Settings};
+use agent_ebpf::{
+    DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, SETTINGS_FAIL_OPEN, Settings,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
@@ -56,4 +58,13 @@ pub fn is_agent(mark: u32) -> bool {
     }
     let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
     settings.agent_cgroup_id != 0 && cgroup == settings.agent_cgroup_id
+}
+
+/// True when the agent runs `fail-open`: with the agent gone, pods' traffic flows
+/// unmeshed instead of being refused.
+#[inline(always)]
+pub fn fail_open() -> bool {
+    SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & SETTINGS_FAIL_OPEN != 0)
 }

@@ -1,6 +1,7 @@
 //! `outrider run`: wires the agent together — config, logging, kernel programs, the
 //! workload source, enrollment, the admin API, the service for the node's sidecars — and
-//! runs until SIGTERM or SIGINT.
+//! runs until SIGTERM or SIGINT. It first takes over from a running agent, if there is
+//! one (`restart`), and serves the same to the next; having handed over, it drains.
 use std::{
     path::Path,
     process::ExitCode,
@@ -19,12 +20,13 @@ use crate::{
     admin::{self, AdminService},
     config::Config,
     dataplane::Dataplane,
-    enrollment::Enrollment,
+    enrollment::{Enrollment, Stopped},
     identity::Identity,
     logging,
     logging::LogControl,
     netns, policy,
     proxy::{Shared, steering::Steering},
+    restart,
     sidecar::{self, service::SidecarService},
     telemetry::{
         endpoint::{self, Endpoint},
@@ -70,6 +72,12 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         Some(client) => policy::source::with_kubernetes(&config, client.clone(), policies).await?,
         None => policies,
     };
+    // Take the running agent's sockets before touching the kernel: from its `Ack` on it
+    // leaves the kernel alone.
+    let restart_socket = config.restart.socket_path(&config.instance);
+    let inherited = restart::take_over(&restart_socket)
+        .await?
+        .unwrap_or_default();
     let dataplane = Dataplane::load(&config)?;
     let metrics = Arc::new(Metrics::default());
     let node_addrs = node_addresses();
@@ -83,8 +91,9 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let flush = shared.clone();
-    endpoint::start(
+    let endpoint = endpoint::start(
         config.telemetry.metrics_addr,
+        inherited.metrics,
         Endpoint {
             metrics,
             before_scrape: Box::new(move || flush.connections.flush_metrics()),
@@ -93,7 +102,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     )
     .await?;
     let workloads = workload_source(&config, kube).await?;
-    let _sidecars = sidecar::service::start(
+    let sidecars = sidecar::service::start(
         SidecarService {
             node: config.node_name.clone(),
             identity,
@@ -110,11 +119,16 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         },
         config.sidecar.socket_path(&config.instance),
     )?;
-    let enrollment = Enrollment::new(config.node_name.clone(), dataplane, shared.clone());
-    let _admin = admin::start(
+    let enrollment = Enrollment::new(
+        config.node_name.clone(),
+        dataplane,
+        shared.clone(),
+        inherited.pods,
+    );
+    let admin = admin::start(
         AdminService {
             config: config.clone(),
-            shared,
+            shared: shared.clone(),
             status: enrollment.status(),
             log: Some(log),
             started,
@@ -124,22 +138,82 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         &config.instance,
     )
     .await?;
-    let enrollment = tokio::spawn(enrollment.run(workloads, policies, move || {
+    let (handover_requests, handovers) = tokio::sync::mpsc::channel(1);
+    let handed_over = restart::serve(
+        &restart_socket,
+        endpoint.listener.try_clone().ok(),
+        handover_requests,
+    )?;
+    let mut enrollment = tokio::spawn(enrollment.run(workloads, policies, handovers, move || {
         ready.store(true, Ordering::Relaxed);
         tracing::info!("agent ready")
     }));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: agent stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: agent stopping"),
-        result = enrollment => {
-            result.context("enrollment stopped")?;
-            anyhow::bail!("the workload source ended");
+    let mut handed_over = handed_over;
+    let handed = tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: agent stopping");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: agent stopping");
+            return Ok(ExitCode::SUCCESS);
+        }
+        result = &mut enrollment => match result.context("enrollment stopped")? {
+            Stopped::SourceEnded => anyhow::bail!("the workload source ended"),
+            // The hand-over server reports it next.
+            Stopped::HandedOver => handed_over.await,
+        },
+        handed = &mut handed_over => handed,
+    }
+    .context("the hand-over server stopped")?;
+    // The new agent has the listeners; free the unix sockets and the metrics port for it.
+    drop((admin, sidecars, endpoint));
+    handed.released();
+    shared.draining.cancel();
+    drain(&shared, &config, &mut term).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Having handed over: lets the established connections finish, closes what is left
+/// after `restart.drainSeconds`, and exits once SIGTERM has come too (under a supervisor
+/// such as Kubernetes an agent exiting by itself would be started again).
+async fn drain(shared: &Shared, config: &Config, term: &mut tokio::signal::unix::Signal) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.restart.drain_seconds);
+    let mut told = false;
+    let mut drained = false;
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                told = true;
+                tracing::info!(connections = shared.connections.len(), "SIGTERM: exiting once drained");
+            }
+            _ = tokio::signal::ctrl_c() => return,
+            _ = every.tick() => {}
+        }
+        if !drained && shared.connections.is_empty() {
+            drained = true;
+            tracing::info!("handed over and drained");
+        }
+        if !drained && tokio::time::Instant::now() >= deadline {
+            let left = shared.connections.snapshot();
+            tracing::warn!(
+                connections = left.len(),
+                "drain deadline: closing what is left"
+            );
+            for conn in left {
+                conn.close("the agent handed over and its drain time ran out".into());
+            }
+            drained = true;
+        }
+        if drained && told {
+            tracing::info!("agent stopping after the hand-over");
+            return;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The workload source the config names: the file, Kubernetes (once it has listed the

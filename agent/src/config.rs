@@ -29,6 +29,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub admin: AdminConfig,
     pub sidecar: SidecarConfig,
+    pub restart: RestartConfig,
     pub log: LogConfig,
 }
 
@@ -54,6 +55,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             admin: AdminConfig::default(),
             sidecar: SidecarConfig::default(),
+            restart: RestartConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -131,6 +133,31 @@ pub struct CaptureConfig {
     pub exclude_ports: Vec<u16>,
     /// See [`DEFAULT_RESERVED_PORTS`].
     pub reserved_ports: Vec<u16>,
+    /// What enrolled pods' traffic does while no agent serves them (after a crash, or
+    /// between a stop and the next start; the kernel programs stay attached): with
+    /// `fail-closed` their connections are refused, in and out, until an agent is back;
+    /// with `fail-open` they flow unmeshed — no mTLS, policy or telemetry — instead.
+    /// Default `fail-closed`.
+    pub fail_policy: FailPolicy,
+    /// The bpf filesystem directory where the agent pins its kernel programs, maps and
+    /// links, under `<pinRoot>/<instance>`, so that they outlive the agent and the next
+    /// one picks them up. Must be on a bpf filesystem. Default `/sys/fs/bpf/outrider`.
+    pub pin_root: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailPolicy {
+    #[default]
+    FailClosed,
+    FailOpen,
+}
+
+impl CaptureConfig {
+    /// This instance's pin directory.
+    pub fn pin_dir(&self, instance: &str) -> PathBuf {
+        self.pin_root.join(instance)
+    }
 }
 
 impl Default for CaptureConfig {
@@ -141,6 +168,8 @@ impl Default for CaptureConfig {
             exclude_cidrs: Vec::new(),
             exclude_ports: Vec::new(),
             reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
+            fail_policy: FailPolicy::FailClosed,
+            pin_root: PathBuf::from("/sys/fs/bpf/outrider"),
         }
     }
 }
@@ -287,6 +316,40 @@ impl SidecarConfig {
             Some(path) => path.clone(),
             None if instance == "default" => PathBuf::from("/run/outrider/sidecar/sidecar.sock"),
             None => PathBuf::from(format!("/run/outrider/{instance}/sidecar.sock")),
+        }
+    }
+}
+
+/// Restarts and upgrades without losing a connection: a starting agent takes the
+/// running one's in-pod listening sockets over this unix socket (SCM_RIGHTS), so that
+/// nothing queued is dropped; the old agent lets its established connections finish.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RestartConfig {
+    /// The hand-over socket (mode 0600). Default `/run/outrider/handover.sock`, or
+    /// `/run/outrider/<instance>/handover.sock` for an instance other than `default`.
+    pub socket: Option<PathBuf>,
+    /// How long an agent that handed over waits for its established connections to
+    /// finish before it closes the rest. Default 30 s (Kubernetes' default grace).
+    pub drain_seconds: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            drain_seconds: 30,
+        }
+    }
+}
+
+impl RestartConfig {
+    /// The socket path in force for an agent `instance`.
+    pub fn socket_path(&self, instance: &str) -> PathBuf {
+        match &self.socket {
+            Some(path) => path.clone(),
+            None if instance == "default" => PathBuf::from("/run/outrider/handover.sock"),
+            None => PathBuf::from(format!("/run/outrider/{instance}/handover.sock")),
         }
     }
 }
@@ -446,6 +509,21 @@ mod tests {
             DEFAULT_RESERVED_PORTS.to_vec()
         );
         assert_eq!(config.workloads.poll_interval_ms, 250);
+        assert_eq!(config.capture.fail_policy, FailPolicy::FailClosed);
+        assert_eq!(
+            config.capture.pin_dir(&config.instance),
+            Path::new("/sys/fs/bpf/outrider/default")
+        );
+    }
+
+    #[test]
+    fn fail_policy_takes_its_documented_names() {
+        let (_d, path) = write("cgroup: {attach: /x}\ncapture: {failPolicy: fail-open}\n");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.capture.fail_policy, FailPolicy::FailOpen);
+        let (_d, path) = write("cgroup: {attach: /x}\ncapture: {failPolicy: open}\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("failPolicy"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! copying) → `telemetry` (access logs). `identity` gives enrolled service accounts their
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `sidecar` is the same proxy run as a classic per-pod sidecar, and the node agent's
-//! service for it. `netns` is where sockets are made; `testbed` builds the playground the
+//! service for it. `restart` hands a running agent's sockets to its successor.
+//! `netns` is where sockets are made; `testbed` builds the playground the
 //! tests, the demo and people use.
 pub mod admin;
 pub mod agent;
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod restart;
 pub mod sidecar;
 pub mod telemetry;
 pub mod testbed;

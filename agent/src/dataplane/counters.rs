@@ -11,10 +11,12 @@ use agent_ebpf::{MAP_POD_COUNTERS, MAX_PODS, PROG_SKB_EGRESS, PROG_SKB_INGRESS, 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuValues},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, links::FdLink},
 };
 
-use super::{DataplaneError, map_err, prog_err, program, take_map};
+use super::{
+    DataplaneError, attach_pinned, map_err, pin_program, pins::Pins, prog_err, program, take_map,
+};
 
 pub struct CounterTable {
     map: PerCpuArray<MapData, PodCounters>,
@@ -23,27 +25,41 @@ pub struct CounterTable {
 }
 
 impl CounterTable {
-    /// Loads both programs, attaches them to `cgroup` (the attach cgroup at `path`) and
-    /// takes their map.
+    /// Loads both programs, attaches them to `cgroup` (the attach cgroup at `path`, with
+    /// its id) by pinned links and takes their map. Also returns how many pinned links
+    /// were reused.
     pub fn load(
         ebpf: &mut Ebpf,
-        cgroup: &File,
+        pins: &Pins,
+        (cgroup, cgroup_id): (&File, u64),
         path: &Path,
         agent_cgroup: Option<&Path>,
-    ) -> Result<Self, DataplaneError> {
+    ) -> Result<(Self, usize), DataplaneError> {
         // The map first: the programs count as soon as they are attached.
         let map = PerCpuArray::try_from(take_map(ebpf, MAP_POD_COUNTERS)?)
             .map_err(map_err(MAP_POD_COUNTERS))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
+        let mut reused = 0;
         for (name, attach_type) in [
             (PROG_SKB_INGRESS, CgroupSkbAttachType::Ingress),
             (PROG_SKB_EGRESS, CgroupSkbAttachType::Egress),
         ] {
             let program: &mut CgroupSkb = program(ebpf, name)?;
             program.load().map_err(prog_err(name))?;
-            program
-                .attach(cgroup, attach_type, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+            let fd = pin_program(pins, name, program.fd().map_err(prog_err(name))?)?;
+            reused += usize::from(attach_pinned(
+                name,
+                &pins.link(name),
+                &fd,
+                cgroup_id,
+                || {
+                    let id = program
+                        .attach(cgroup, attach_type, CgroupAttachMode::Single)
+                        .map_err(|e| e.to_string())?;
+                    let link = program.take_link(id).map_err(|e| e.to_string())?;
+                    FdLink::try_from(link).map_err(|e| e.to_string())
+                },
+            )?);
         }
         match agent_cgroup {
             Some(own) if own.starts_with(path) => {}
@@ -54,7 +70,7 @@ impl CounterTable {
                  miss what the agent itself carries for pods (steered connections, tunnels)"
             ),
         }
-        Ok(Self { map, cpus })
+        Ok((Self { map, cpus }, reused))
     }
 
     /// The pod's counters, summed over CPUs.

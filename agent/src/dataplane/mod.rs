@@ -1,11 +1,13 @@
 //! The kernel side of capture: loads Outrider's programs (built into the binary), attaches
 //! them by bpf_link to the cgroup that holds the pods, and owns their maps — the enrolled
 //! set (by network-namespace cookie), the original destinations of steered connections,
-//! the agent-wide settings, and per-pod traffic counters. Dropping the [`Dataplane`]
-//! detaches everything.
+//! the agent-wide settings, and per-pod traffic counters. Everything is pinned (see
+//! [`pins`]): dropping the [`Dataplane`] leaves the kernel steering, and the next agent
+//! takes the state over; [`remove`] takes it all away.
 pub mod cgroup;
 mod counters;
 mod inbound;
+pub mod pins;
 
 use std::{
     fs::File,
@@ -17,19 +19,19 @@ use std::{
 use agent_ebpf::{
     DenyKey, FAMILY_V4, FAMILY_V6, MAP_ENROLLED, MAP_EXCLUDED_PORTS, MAP_EXCLUDED_V4,
     MAP_EXCLUDED_V6, MAP_ORIG_DST, MAP_POLICY_DENY, MAP_RESERVED_PORTS, MAP_SETTINGS, OrigDst,
-    OrigDstKey, PodCounters, PodEntry, Settings,
+    OrigDstKey, PodCounters, PodEntry, SETTINGS_FAIL_OPEN, Settings,
 };
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramFd, SockOps, links::FdLink},
 };
 use ipnet::IpNet;
 
-use crate::config::Config;
+use crate::config::{Config, FailPolicy};
 
 pub use cgroup::{CgroupError, own_cgroup_id, resolve_attach};
 use counters::CounterTable;
@@ -69,6 +71,32 @@ pub enum DataplaneError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
+    #[error("kernel program {name}: attaching: {reason}")]
+    Attach { name: &'static str, reason: String },
+}
+
+/// Attaches `program` by a link pinned at `path`, reusing (updating in place) the link
+/// already pinned there when it is attached to `target_id`.
+fn attach_pinned(
+    name: &'static str,
+    path: &std::path::Path,
+    program: &ProgramFd,
+    target_id: u64,
+    attach: impl FnOnce() -> Result<FdLink, String>,
+) -> Result<bool, DataplaneError> {
+    use std::os::fd::AsFd;
+    pins::update_or_attach(path, program.as_fd(), target_id, attach)
+        .map_err(|reason| DataplaneError::Attach { name, reason })
+}
+
+/// Detaches and forgets everything the agent instance pinned: its programs stop, and
+/// enrolled pods' traffic flows unmeshed. For uninstalling (`outrider cleanup`).
+pub fn remove(config: &Config) -> std::io::Result<PathBuf> {
+    let dir = config.capture.pin_dir(&config.instance);
+    pins::remove_all(&dir)?;
+    Ok(dir)
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -142,7 +170,11 @@ pub struct Dataplane {
     /// What `policy_deny` holds now.
     denied: std::collections::HashSet<DenyKey>,
     counters: CounterTable,
-    /// Holds the programs and their links; dropped last.
+    pins: pins::Pins,
+    /// Pods enrolled by an earlier agent (network namespace cookie → pod id), until the
+    /// first enrollment after start claims or drops them.
+    adoptable: std::collections::HashMap<u64, u32>,
+    /// Holds the programs; dropped last.
     ebpf: Ebpf,
 }
 
@@ -154,17 +186,27 @@ const CONNECT_PROGRAMS: [&str; 4] = [
 ];
 
 impl Dataplane {
-    /// Loads the programs, fills the settings maps, and attaches to the pods' cgroup.
+    /// Loads the programs, fills the settings maps, and attaches to the pods' cgroup —
+    /// reusing what an earlier agent pinned: its maps, state and all, and its links, which
+    /// are switched to the new programs in place.
     pub fn load(config: &Config) -> Result<Self, DataplaneError> {
+        use std::os::unix::fs::MetadataExt;
         let attach = resolve_attach(&config.cgroup)?;
         let agent_cgroup_id = own_cgroup_id(&config.cgroup)?;
         raise_memlock_limit();
+        let pins = pins::Pins::open(&config.capture.pin_dir(&config.instance))?;
 
-        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/outrider-ebpf"
-        )))
-        .map_err(DataplaneError::Load)?;
+        let maps_dir = pins.maps_dir();
+        let mut loader = EbpfLoader::new();
+        for name in agent_ebpf::ALL_MAPS {
+            loader.map_pin_path(name, maps_dir.join(name));
+        }
+        let mut ebpf = loader
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/outrider-ebpf"
+            )))
+            .map_err(DataplaneError::Load)?;
 
         // Settings first: the programs must never run without them.
         {
@@ -176,7 +218,10 @@ impl Dataplane {
             let value = Settings {
                 agent_mark: config.capture.agent_mark,
                 outbound_port: config.capture.outbound_port,
-                _pad: 0,
+                flags: match config.capture.fail_policy {
+                    FailPolicy::FailClosed => 0,
+                    FailPolicy::FailOpen => SETTINGS_FAIL_OPEN,
+                },
                 agent_cgroup_id,
             };
             settings.set(0, value, 0).map_err(map_err(MAP_SETTINGS))?;
@@ -193,42 +238,127 @@ impl Dataplane {
             path: attach.clone(),
             source,
         })?;
+        let cgroup_id = cgroup
+            .metadata()
+            .map_err(|source| DataplaneError::OpenCgroup {
+                path: attach.clone(),
+                source,
+            })?
+            .ino();
+        let mut reused = 0;
         for name in CONNECT_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(prog_err(name))?;
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+            let fd = pin_program(&pins, name, program.fd().map_err(prog_err(name))?)?;
+            reused += usize::from(attach_pinned(
+                name,
+                &pins.link(name),
+                &fd,
+                cgroup_id,
+                || {
+                    let id = program
+                        .attach(&cgroup, CgroupAttachMode::Single)
+                        .map_err(|e| e.to_string())?;
+                    let link = program.take_link(id).map_err(|e| e.to_string())?;
+                    FdLink::try_from(link).map_err(|e| e.to_string())
+                },
+            )?);
         }
         let name = agent_ebpf::PROG_SOCKOPS;
         let sockops: &mut SockOps = program(&mut ebpf, name)?;
         sockops.load().map_err(prog_err(name))?;
-        sockops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(prog_err(name))?;
+        let fd = pin_program(&pins, name, sockops.fd().map_err(prog_err(name))?)?;
+        reused += usize::from(attach_pinned(
+            name,
+            &pins.link(name),
+            &fd,
+            cgroup_id,
+            || {
+                let id = sockops
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| e.to_string())?;
+                let link = sockops.take_link(id).map_err(|e| e.to_string())?;
+                FdLink::try_from(link).map_err(|e| e.to_string())
+            },
+        )?);
 
         let agent_cgroup = cgroup::own_cgroup(&config.cgroup)
             .ok()
             .and_then(|p| p.canonicalize().ok());
-        let counters = CounterTable::load(&mut ebpf, &cgroup, &attach, agent_cgroup.as_deref())?;
+        let (counters, counters_reused) = CounterTable::load(
+            &mut ebpf,
+            &pins,
+            (&cgroup, cgroup_id),
+            &attach,
+            agent_cgroup.as_deref(),
+        )?;
+        reused += counters_reused;
 
-        let enrolled =
+        let enrolled: HashMap<MapData, u64, PodEntry> =
             HashMap::try_from(take_map(&mut ebpf, MAP_ENROLLED)?).map_err(map_err(MAP_ENROLLED))?;
+        let adoptable: std::collections::HashMap<u64, u32> = enrolled
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .map(|(cookie, entry)| (cookie, entry.pod_id))
+            .collect();
         let orig_dst =
             HashMap::try_from(take_map(&mut ebpf, MAP_ORIG_DST)?).map_err(map_err(MAP_ORIG_DST))?;
-        let inbound = InboundSteering::load(&mut ebpf)?;
-        let policy_deny = HashMap::try_from(take_map(&mut ebpf, MAP_POLICY_DENY)?)
-            .map_err(map_err(MAP_POLICY_DENY))?;
-        tracing::info!(cgroup = %attach.display(), agent_cgroup_id, "kernel programs attached");
+        let inbound = InboundSteering::load(&mut ebpf, &pins)?;
+        let policy_deny: HashMap<MapData, DenyKey, u8> =
+            HashMap::try_from(take_map(&mut ebpf, MAP_POLICY_DENY)?)
+                .map_err(map_err(MAP_POLICY_DENY))?;
+        let denied = policy_deny.keys().filter_map(|k| k.ok()).collect();
+        let mut programs: Vec<&str> = agent_ebpf::CGROUP_PROGRAMS.to_vec();
+        programs.push(agent_ebpf::PROG_SK_LOOKUP);
+        pins.prune(&programs);
+        tracing::info!(
+            cgroup = %attach.display(),
+            agent_cgroup_id,
+            pins = %pins.dir().display(),
+            links_reused = reused,
+            pods_to_adopt = adoptable.len(),
+            fail_policy = ?config.capture.fail_policy,
+            "kernel programs attached"
+        );
         Ok(Self {
             enrolled,
             orig_dst: OrigDstTable(Arc::new(orig_dst)),
             inbound,
             policy_deny,
-            denied: Default::default(),
+            denied,
             counters,
+            pins,
+            adoptable,
             ebpf,
         })
+    }
+
+    /// The pod id an earlier agent gave the pod in network namespace `netns_cookie`, for
+    /// the pod to keep it (and its kernel state).
+    pub fn adoptable(&self) -> &std::collections::HashMap<u64, u32> {
+        &self.adoptable
+    }
+
+    /// Ends the take-over from an earlier agent: what it had enrolled and nobody claimed
+    /// (`claimed`: network namespace cookies) is withdrawn from the kernel.
+    pub fn finish_adoption(&mut self, claimed: &std::collections::HashSet<u64>) {
+        let stale: Vec<(u64, u32)> = self
+            .adoptable
+            .drain()
+            .filter(|(cookie, _)| !claimed.contains(cookie))
+            .collect();
+        for (cookie, pod_id) in &stale {
+            tracing::info!(
+                netns_cookie = cookie,
+                pod_id,
+                "withdrawing a pod the previous agent had enrolled"
+            );
+            if let Err(error) = self.unenroll(*cookie) {
+                tracing::warn!(netns_cookie = cookie, %error, "cannot withdraw a stale pod");
+            }
+        }
+        let stale_ids: std::collections::HashSet<u32> = stale.iter().map(|(_, id)| *id).collect();
+        self.inbound.withdraw_stale(&self.pins, &stale_ids, claimed);
     }
 
     /// Starts steering the network namespace `netns_cookie`.
@@ -240,6 +370,7 @@ impl Dataplane {
 
     /// Stops steering `netns_cookie`; connections already steered carry on.
     pub fn unenroll(&mut self, netns_cookie: u64) -> Result<(), DataplaneError> {
+        self.adoptable.remove(&netns_cookie);
         match self.enrolled.remove(&netns_cookie) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(MAP_ENROLLED)(e)),
@@ -275,12 +406,12 @@ impl Dataplane {
         &mut self,
         pod: PodInbound<'_, N, L>,
     ) -> Result<(), DataplaneError> {
-        self.inbound.attach(&mut self.ebpf, pod)
+        self.inbound.attach(&mut self.ebpf, &self.pins, pod)
     }
 
     /// Stops steering plaintext for the pod.
-    pub fn detach_inbound(&mut self, pod_id: u32, ips: &[IpAddr]) {
-        self.inbound.detach(&mut self.ebpf, pod_id, ips);
+    pub fn detach_inbound(&mut self, pod_id: u32, netns_cookie: u64, ips: &[IpAddr]) {
+        self.inbound.detach(&self.pins, pod_id, netns_cookie, ips);
     }
 
     /// The pod's traffic counters since [`Dataplane::reset_pod_counters`], summed over
@@ -303,38 +434,80 @@ fn fill_port_set(ebpf: &mut Ebpf, name: &'static str, ports: &[u16]) -> Result<(
     let mut map: HashMap<_, u16, u8> =
         HashMap::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
             .map_err(map_err(name))?;
+    let stale: Vec<u16> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !ports.contains(k))
+        .collect();
+    for port in stale {
+        map.remove(&port).map_err(map_err(name))?;
+    }
     for port in ports {
         map.insert(port, 1, 0).map_err(map_err(name))?;
     }
     Ok(())
 }
 
+/// Pins the loaded program `name` and returns its descriptor.
+fn pin_program(
+    pins: &pins::Pins,
+    name: &'static str,
+    fd: &ProgramFd,
+) -> Result<ProgramFd, DataplaneError> {
+    use std::os::fd::AsFd;
+    pins.pin_program(name, fd.as_fd())
+        .map_err(|e| DataplaneError::Attach {
+            name,
+            reason: format!("pinning the program: {e}"),
+        })?;
+    fd.try_clone().map_err(|e| DataplaneError::Attach {
+        name,
+        reason: e.to_string(),
+    })
+}
+
 fn fill_cidrs(ebpf: &mut Ebpf, cidrs: &[IpNet]) -> Result<(), DataplaneError> {
-    {
-        let mut v4: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(
-            ebpf.map_mut(MAP_EXCLUDED_V4)
-                .ok_or(DataplaneError::MissingMap(MAP_EXCLUDED_V4))?,
-        )
-        .map_err(map_err(MAP_EXCLUDED_V4))?;
-        for net in cidrs.iter().filter_map(|n| match n {
-            IpNet::V4(n) => Some(n.trunc()),
+    let v4: Vec<(u32, [u8; 4])> = cidrs
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some((u32::from(n.prefix_len()), n.trunc().addr().octets())),
             IpNet::V6(_) => None,
-        }) {
-            let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
-            v4.insert(&key, 1, 0).map_err(map_err(MAP_EXCLUDED_V4))?;
-        }
+        })
+        .collect();
+    let v6: Vec<(u32, [u8; 16])> = cidrs
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V6(n) => Some((u32::from(n.prefix_len()), n.trunc().addr().octets())),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    fill_trie(ebpf, MAP_EXCLUDED_V4, &v4)?;
+    fill_trie(ebpf, MAP_EXCLUDED_V6, &v6)
+}
+
+/// Makes the trie `name` hold exactly `wanted` (prefix length, address).
+fn fill_trie<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    wanted: &[(u32, [u8; N])],
+) -> Result<(), DataplaneError>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut trie: LpmTrie<_, [u8; N], u8> =
+        LpmTrie::try_from(ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?)
+            .map_err(map_err(name))?;
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for key in stale {
+        trie.remove(&key).map_err(map_err(name))?;
     }
-    let mut v6: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(
-        ebpf.map_mut(MAP_EXCLUDED_V6)
-            .ok_or(DataplaneError::MissingMap(MAP_EXCLUDED_V6))?,
-    )
-    .map_err(map_err(MAP_EXCLUDED_V6))?;
-    for net in cidrs.iter().filter_map(|n| match n {
-        IpNet::V6(n) => Some(n.trunc()),
-        IpNet::V4(_) => None,
-    }) {
-        let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
-        v6.insert(&key, 1, 0).map_err(map_err(MAP_EXCLUDED_V6))?;
+    for (prefix, addr) in wanted {
+        trie.insert(&Key::new(*prefix, *addr), 1, 0)
+            .map_err(map_err(name))?;
     }
     Ok(())
 }

@@ -27,6 +27,20 @@ impl PodIds {
         })
     }
 
+    /// Takes `id` itself (a pod keeping the id an earlier agent gave it); false when it
+    /// is taken or out of range.
+    pub fn reserve(&mut self, id: u32) -> bool {
+        if id >= self.limit {
+            return false;
+        }
+        if id < self.next {
+            return self.free.remove(&id);
+        }
+        self.free.extend(self.next..id);
+        self.next = id + 1;
+        true
+    }
+
     pub fn give_back(&mut self, id: u32) {
         if id < self.next {
             self.free.insert(id);
@@ -51,5 +65,22 @@ mod tests {
         assert_eq!(ids.take(), Some(0));
         assert_eq!(ids.take(), Some(2));
         assert_eq!(ids.take(), None);
+    }
+
+    #[test]
+    fn reserved_ids_are_skipped_and_the_gap_below_is_free() {
+        let mut ids = PodIds::new(10);
+        assert!(ids.reserve(3));
+        assert!(!ids.reserve(3));
+        assert!(!ids.reserve(10));
+        assert_eq!(
+            (ids.take(), ids.take(), ids.take()),
+            (Some(0), Some(1), Some(2))
+        );
+        assert_eq!(ids.take(), Some(4));
+        assert!(ids.reserve(5) && !ids.reserve(1));
+        ids.give_back(3);
+        assert_eq!(ids.take(), Some(3));
+        assert_eq!(ids.take(), Some(6));
     }
 }

@@ -7,6 +7,12 @@
 //! established connections run on. A pod that cannot be enrolled (its namespace vanished,
 //! say) is reported once and retried; the others are untouched. What it did is
 //! published as a [`NodeStatus`] (for the admin API) after every change and every second.
+//!
+//! After a restart it takes over: a pod an earlier agent enrolled keeps its pod id (and so
+//! its kernel state), and accepts on the listeners the earlier agent handed over, if it
+//! did; what nobody claims in the first enrollment is withdrawn. Asked to hand over
+//! itself (`restart`), it gives duplicates of its listeners, and once the new agent has
+//! them stops accepting and leaves the kernel alone.
 mod ids;
 mod status;
 
@@ -20,7 +26,7 @@ use std::{
 };
 
 use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     dataplane::{Dataplane, PodInbound},
@@ -28,6 +34,7 @@ use crate::{
     netns::Netns,
     policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
     proxy::{self, PodListeners, PodProxy, Shared, authorize, pod::Fd},
+    restart::{HandoverRequest, PodSockets},
     telemetry::{access::Direction, metrics::PodLabels},
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
@@ -40,7 +47,15 @@ struct EnrolledPod {
     exported: [u64; 4],
     pod_id: u32,
     since: SystemTime,
-    _listeners: PodListeners,
+    listeners: PodListeners,
+}
+
+/// Why [`Enrollment::run`] returned.
+pub enum Stopped {
+    /// The workload source went away.
+    SourceEnded,
+    /// A new agent took the listeners over.
+    HandedOver,
 }
 
 pub struct Enrollment {
@@ -54,19 +69,32 @@ pub struct Enrollment {
     /// The latest workload set (destinations for the kernel's policy denials).
     current: Arc<WorkloadSet>,
     status: watch::Sender<Arc<NodeStatus>>,
+    /// Listeners handed over by the previous agent, by network namespace cookie; until
+    /// the first enrollment.
+    inherited: HashMap<u64, PodSockets>,
 }
 
 impl Enrollment {
-    pub fn new(node: String, dataplane: Dataplane, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        node: String,
+        dataplane: Dataplane,
+        shared: Arc<Shared>,
+        inherited: HashMap<u64, PodSockets>,
+    ) -> Self {
+        let mut ids = ids::PodIds::new(agent_ebpf::MAX_PODS);
+        for id in dataplane.adoptable().values() {
+            ids.reserve(*id);
+        }
         Self {
             node,
             dataplane,
             shared,
             pods: BTreeMap::new(),
             failed: HashMap::new(),
-            ids: ids::PodIds::new(agent_ebpf::MAX_PODS),
+            ids,
             current: Arc::default(),
             status: watch::channel(Arc::default()).0,
+            inherited,
         }
     }
 
@@ -75,18 +103,21 @@ impl Enrollment {
         self.status.subscribe()
     }
 
-    /// Follows the workload source and the policies until the workload source goes away.
+    /// Follows the workload source and the policies until the workload source goes away
+    /// or a new agent takes over.
     pub async fn run(
         mut self,
         mut workloads: watch::Receiver<Arc<WorkloadSet>>,
         mut policies: watch::Receiver<Arc<PolicySet>>,
+        mut handovers: mpsc::Receiver<HandoverRequest>,
         ready: impl FnOnce(),
-    ) {
+    ) -> Stopped {
         self.shared
             .policy
             .store(policies.borrow_and_update().clone());
         let current = workloads.borrow_and_update().clone();
         self.reconcile(&current);
+        self.finish_take_over();
         ready();
         let mut policies_open = true;
         let mut counters = tokio::time::interval(Duration::from_secs(1));
@@ -95,9 +126,14 @@ impl Enrollment {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                Some(request) = handovers.recv() => {
+                    if self.hand_over(request).await {
+                        return Stopped::HandedOver;
+                    }
+                }
                 changed = workloads.changed() => {
                     if changed.is_err() {
-                        return;
+                        return Stopped::SourceEnded;
                     }
                     let current = workloads.borrow_and_update().clone();
                     self.reconcile(&current);
@@ -121,6 +157,63 @@ impl Enrollment {
                     let current = workloads.borrow().clone();
                     self.reconcile(&current);
                 }
+            }
+        }
+    }
+
+    /// What an earlier agent left and this one did not claim goes.
+    fn finish_take_over(&mut self) {
+        let claimed: HashSet<u64> = self.pods.values().map(|p| p.proxy.netns.cookie()).collect();
+        let unclaimed: Vec<u32> = self
+            .dataplane
+            .adoptable()
+            .iter()
+            .filter(|(cookie, _)| !claimed.contains(cookie))
+            .map(|(_, id)| *id)
+            .collect();
+        for id in unclaimed {
+            self.ids.give_back(id);
+        }
+        self.dataplane.finish_adoption(&claimed);
+        for (_, pod) in self.inherited.drain() {
+            tracing::info!(pod = %pod.key, "closing listeners handed over for a pod that is gone");
+        }
+    }
+
+    /// Gives a new agent duplicates of every pod's listeners; true when it took them
+    /// (then this agent's pods stop accepting; the kernel is the new agent's).
+    async fn hand_over(&mut self, request: HandoverRequest) -> bool {
+        let mut pods = Vec::new();
+        for pod in self.pods.values() {
+            match pod.listeners.duplicate() {
+                Ok(listeners) => pods.push(PodSockets {
+                    key: pod.proxy.key.clone(),
+                    netns_cookie: pod.proxy.netns.cookie(),
+                    listeners,
+                }),
+                Err(error) => {
+                    tracing::warn!(pod = %pod.proxy.key, %error, "hand-over: cannot duplicate the pod's listeners; the new agent opens its own");
+                }
+            }
+        }
+        if request.reply.send(pods).is_err() {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), request.commit).await {
+            Ok(Ok(true)) => {
+                let pods = std::mem::take(&mut self.pods);
+                tracing::info!(
+                    pods = pods.len(),
+                    "handed over: no longer accepting or changing the kernel"
+                );
+                // Dropping them stops their accept loops; the sockets live on in the new
+                // agent. Established connections run on.
+                drop(pods);
+                true
+            }
+            _ => {
+                tracing::warn!("hand-over called off; carrying on");
+                false
             }
         }
     }
@@ -260,35 +353,14 @@ impl Enrollment {
             netns.clone(),
             self.shared.clone(),
         ));
-        // From here on, a failure drops `listeners` (closing them) and undoes each step.
-        let listeners = proxy::pod::start(pod.clone()).map_err(|e| e.to_string())?;
-        let pod_id = self.ids.take().ok_or("no free pod slot on this node")?;
-        let inbound = PodInbound {
-            pod_id,
-            netns: &*netns,
-            ips: &workload.ips,
-            listener_v4: &Fd(listeners.inbound_fds.0),
-            listener_v6: &Fd(listeners.inbound_fds.1),
-        };
-        if let Err(e) = self.dataplane.attach_inbound(inbound) {
-            self.ids.give_back(pod_id);
-            return Err(e.to_string());
-        }
+        // The certificate first: listeners (maybe inherited, so accepting at once) wait
+        // for it. From here on, a failure undoes each step.
         self.shared.identity.manager().ensure(&id);
-        if let Err(error) = self.dataplane.reset_pod_counters(pod_id) {
-            tracing::warn!(
-                pod = %key,
-                pod_id,
-                %error,
-                "cannot zero the pod's traffic counters; they start from the previous pod's"
-            );
-        }
-        if let Err(e) = self.dataplane.enroll(netns.cookie(), pod_id) {
-            self.dataplane.detach_inbound(pod_id, &workload.ips);
+        let result = self.enroll_pod(&pod, &netns, workload);
+        if result.is_err() {
             self.shared.identity.manager().release(&id);
-            self.ids.give_back(pod_id);
-            return Err(e.to_string());
         }
+        let (pod_id, listeners, adopted, took_over) = result?;
         tracing::info!(
             pod = %key,
             uid = %workload.uid,
@@ -296,6 +368,8 @@ impl Enrollment {
             netns = %workload.netns.display(),
             netns_cookie = netns.cookie(),
             pod_id,
+            adopted,
+            listeners_taken_over = took_over,
             "pod enrolled"
         );
         self.pods.insert(
@@ -305,10 +379,65 @@ impl Enrollment {
                 proxy: pod,
                 pod_id,
                 since: SystemTime::now(),
-                _listeners: listeners,
+                listeners,
             },
         );
         Ok(())
+    }
+
+    /// The steps of [`Self::enroll`] after the certificate: listeners, kernel steering.
+    /// Returns the pod id, the listeners, and whether the pod id and listeners came from
+    /// the previous agent.
+    fn enroll_pod(
+        &mut self,
+        pod: &Arc<PodProxy>,
+        netns: &Arc<Netns>,
+        workload: &Workload,
+    ) -> Result<(u32, PodListeners, bool, bool), String> {
+        let key = workload.key();
+        // A failure drops `listeners` (closing them) and undoes each step.
+        let inherited = self
+            .inherited
+            .remove(&netns.cookie())
+            .map(|pod| pod.listeners);
+        let took_over = inherited.is_some();
+        let listeners = proxy::pod::start(pod.clone(), inherited).map_err(|e| e.to_string())?;
+        let adopted = self.dataplane.adoptable().get(&netns.cookie()).copied();
+        let pod_id = match adopted {
+            Some(id) => id,
+            None => self.ids.take().ok_or("no free pod slot on this node")?,
+        };
+        let inbound = PodInbound {
+            pod_id,
+            netns: &**netns,
+            netns_cookie: netns.cookie(),
+            ips: &workload.ips,
+            listener_v4: &Fd(listeners.inbound_fds.0),
+            listener_v6: &Fd(listeners.inbound_fds.1),
+        };
+        if let Err(e) = self.dataplane.attach_inbound(inbound) {
+            if adopted.is_none() {
+                self.ids.give_back(pod_id);
+            }
+            return Err(e.to_string());
+        }
+        if adopted.is_some() {
+            // The counters go on from where the previous agent left them.
+        } else if let Err(error) = self.dataplane.reset_pod_counters(pod_id) {
+            tracing::warn!(
+                pod = %key,
+                pod_id,
+                %error,
+                "cannot zero the pod's traffic counters; they start from the previous pod's"
+            );
+        }
+        if let Err(e) = self.dataplane.enroll(netns.cookie(), pod_id) {
+            self.dataplane
+                .detach_inbound(pod_id, netns.cookie(), &workload.ips);
+            self.ids.give_back(pod_id);
+            return Err(e.to_string());
+        }
+        Ok((pod_id, listeners, adopted.is_some(), took_over))
     }
 
     /// Brings the `outrider_pod_*` metrics up to date with the kernel's counters.
@@ -363,8 +492,11 @@ impl Enrollment {
         if let Err(error) = self.dataplane.unenroll(pod.proxy.netns.cookie()) {
             tracing::error!(pod = %key, %error, "removing the pod from the kernel map failed");
         }
-        self.dataplane
-            .detach_inbound(pod.pod_id, &pod.proxy.workload.ips);
+        self.dataplane.detach_inbound(
+            pod.pod_id,
+            pod.proxy.netns.cookie(),
+            &pod.proxy.workload.ips,
+        );
         self.shared.identity.manager().release(&pod.proxy.id);
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);

@@ -52,6 +52,10 @@ pub struct Shared {
     pub connections: Registry,
     /// The authorization policies in force.
     pub policy: ArcSwap<PolicySet>,
+    /// Cancelled once this agent has handed over to a new one: its tunnels' server ends
+    /// send GOAWAY, so that peers open new streams to the new agent while the streams
+    /// under way finish here.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -75,6 +79,7 @@ impl Shared {
             node_addrs,
             connections: Registry::new(metrics),
             policy: ArcSwap::from_pointee(PolicySet::empty()),
+            draining: Default::default(),
         }
     }
 }
@@ -151,12 +156,37 @@ impl PodProxy {
     }
 }
 
+/// A pod's listeners, in the order the hand-over to a new agent sends them.
+pub const LISTENER_ORDER: [&str; 6] = [
+    "outbound-v4",
+    "outbound-v6",
+    "inbound-v4",
+    "inbound-v6",
+    "tunnel-v4",
+    "tunnel-v6",
+];
+
 /// A pod's running listeners.
 pub struct PodListeners {
     tasks: Vec<JoinHandle<()>>,
+    /// Every listener's descriptor, in [`LISTENER_ORDER`]; valid while `self` lives.
+    fds: [RawFd; 6],
     /// The inbound plaintext listeners' descriptors (IPv4, IPv6), for the kernel's
     /// SockMap; valid while `self` lives.
     pub inbound_fds: (RawFd, RawFd),
+}
+
+impl PodListeners {
+    /// Duplicates of every listener, in [`LISTENER_ORDER`], for a new agent.
+    pub fn duplicate(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        self.fds
+            .iter()
+            .map(|fd| {
+                // SAFETY: the listeners are open while `self` lives (its tasks own them).
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned()
+            })
+            .collect()
+    }
 }
 
 impl Drop for PodListeners {
@@ -176,39 +206,92 @@ impl AsRawFd for Fd {
     }
 }
 
-/// Opens all of the pod's listeners inside its namespace and starts accepting.
-pub fn start(pod: Arc<PodProxy>) -> io::Result<PodListeners> {
+/// Opens all of the pod's listeners inside its namespace and starts accepting; or, with
+/// `inherited` (a previous agent's, in [`LISTENER_ORDER`]), accepts on those — when they
+/// are listening where this agent would listen, else they are closed and new ones made.
+pub fn start(
+    pod: Arc<PodProxy>,
+    inherited: Option<Vec<std::os::fd::OwnedFd>>,
+) -> io::Result<PodListeners> {
     let s = &pod.shared;
-    let listen = |addr: SocketAddr| -> io::Result<TcpListener> {
-        let std = pod.netns.listen(addr, s.backlog, s.mark).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listen on {addr} in {}: {e}", pod.netns.path().display()),
-            )
-        })?;
-        TcpListener::from_std(std)
-    };
     let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-    let outbound = [listen(v4(s.outbound_port))?, listen(v6(s.outbound_port))?];
     let [inbound_v4, inbound_v6] = s.steering.inbound_listen(INBOUND_PORT);
-    let inbound = [listen(inbound_v4)?, listen(inbound_v6)?];
-    let tunnel = [
-        listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)))?,
-        listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, TUNNEL_PORT)))?,
+    let wanted = [
+        v4(s.outbound_port),
+        v6(s.outbound_port),
+        inbound_v4,
+        inbound_v6,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, TUNNEL_PORT)),
     ];
-    let inbound_fds = (inbound[0].as_raw_fd(), inbound[1].as_raw_fd());
+    let listeners = match inherited.map(|fds| adopt(&wanted, fds)) {
+        Some(Ok(listeners)) => listeners,
+        Some(Err(reason)) => {
+            tracing::warn!(pod = %pod.key, %reason, "not using the previous agent's listeners");
+            bind_all(&pod, &wanted)?
+        }
+        None => bind_all(&pod, &wanted)?,
+    };
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let fds: [RawFd; 6] = fds
+        .try_into()
+        .map_err(|_| io::Error::other("a pod has six listeners"))?;
+    let inbound_fds = (fds[2], fds[3]);
     let mut tasks = Vec::new();
-    for listener in outbound {
-        tasks.push(tokio::spawn(super::outbound::serve(listener, pod.clone())));
+    for (i, listener) in listeners.into_iter().enumerate() {
+        tasks.push(match i {
+            0 | 1 => tokio::spawn(super::outbound::serve(listener, pod.clone())),
+            2 | 3 => tokio::spawn(super::inbound::serve(listener, pod.clone())),
+            _ => tokio::spawn(super::tunnel::serve(listener, pod.clone())),
+        });
     }
-    for listener in inbound {
-        tasks.push(tokio::spawn(super::inbound::serve(listener, pod.clone())));
+    Ok(PodListeners {
+        tasks,
+        fds,
+        inbound_fds,
+    })
+}
+
+fn bind_all(pod: &PodProxy, wanted: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let s = &pod.shared;
+    wanted
+        .iter()
+        .map(|addr| {
+            let std = pod.netns.listen(*addr, s.backlog, s.mark).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listen on {addr} in {}: {e}", pod.netns.path().display()),
+                )
+            })?;
+            TcpListener::from_std(std)
+        })
+        .collect()
+}
+
+/// The inherited sockets as listeners, if each is a TCP listener on its wanted address.
+fn adopt(
+    wanted: &[SocketAddr],
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<Vec<TcpListener>, String> {
+    if fds.len() != wanted.len() {
+        return Err(format!("{} sockets, not {}", fds.len(), wanted.len()));
     }
-    for listener in tunnel {
-        tasks.push(tokio::spawn(super::tunnel::serve(listener, pod.clone())));
-    }
-    Ok(PodListeners { tasks, inbound_fds })
+    fds.into_iter()
+        .zip(wanted)
+        .map(|(fd, want)| {
+            let std = std::net::TcpListener::from(fd);
+            let local = std.local_addr().map_err(|e| e.to_string())?;
+            let listening =
+                nix::sys::socket::getsockopt(&std, nix::sys::socket::sockopt::AcceptConn)
+                    .unwrap_or(false);
+            if local != *want || !listening {
+                return Err(format!("a socket on {local} where {want} is wanted"));
+            }
+            std.set_nonblocking(true).map_err(|e| e.to_string())?;
+            TcpListener::from_std(std).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 /// Accepts forever, handing each connection to `handle`; backs off on errors such as

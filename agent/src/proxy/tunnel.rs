@@ -129,6 +129,16 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let refused = |error: String| {
         tracing::warn!(pod = %pod.key, %peer, %error, "tunnel refused");
     };
+    // A pod just enrolled (or just taken over from a previous agent, its listener
+    // already accepting) may not have its certificate yet.
+    let manager = pod.shared.identity.manager();
+    if manager.cert(&pod.id).is_none() {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, manager.ready(&pod.id)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return refused(format!("no certificate: {err}")),
+            Err(_) => return refused(format!("no certificate for {} yet", pod.id)),
+        }
+    }
     let config = match pod.shared.identity.server_config(&pod.id) {
         Ok(config) => config,
         Err(err) => return refused(format!("no server configuration: {err}")),
@@ -155,7 +165,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         peer_id,
     });
     let settings = pod.pool.config().settings.clone();
-    if let Err(err) = hbone::serve(tls, &settings, handler, std::future::pending()).await {
+    if let Err(err) = hbone::serve(tls, &settings, handler, pod.shared.draining.cancelled()).await {
         refused(err.to_string());
     }
 }

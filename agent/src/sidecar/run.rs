@@ -122,11 +122,13 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
 
     let netns = Arc::new(Netns::current()?);
     let pod = Arc::new(PodProxy::new(workload, id, netns, shared.clone()));
-    let _listeners = proxy::pod::start(pod.clone()).context("opening the sidecar's listeners")?;
+    let _listeners =
+        proxy::pod::start(pod.clone(), None).context("opening the sidecar's listeners")?;
     let ready = Arc::new(AtomicBool::new(false));
     let flush = shared.clone();
-    endpoint::start(
+    let _endpoint = endpoint::start(
         config.telemetry.metrics_addr,
+        None,
         Endpoint {
             metrics,
             before_scrape: Box::new(move || flush.connections.flush_metrics()),

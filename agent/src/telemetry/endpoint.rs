@@ -29,15 +29,53 @@ pub struct Endpoint {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Binds `addr` now (so a busy port stops the agent at start) and serves in the
-/// background.
-pub async fn start(addr: SocketAddr, endpoint: Endpoint) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("metrics endpoint {addr}: {e}")))?;
+/// The endpoint, serving in the background until stopped (or dropped).
+pub struct Running {
+    pub addr: SocketAddr,
+    /// A duplicate of the listening socket, to hand over to a new agent.
+    pub listener: std::os::fd::OwnedFd,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `addr` now (so a busy port stops the agent at start), or serves on `inherited`
+/// (the previous agent's listener, handed over), and serves in the background.
+pub async fn start(
+    addr: SocketAddr,
+    inherited: Option<std::os::fd::OwnedFd>,
+    endpoint: Endpoint,
+) -> std::io::Result<Running> {
+    let inherited = inherited.and_then(|fd| {
+        let std = std::net::TcpListener::from(fd);
+        match std.local_addr() {
+            Ok(local) if local == addr || addr.port() == 0 => {
+                std.set_nonblocking(true).ok()?;
+                TcpListener::from_std(std).ok()
+            }
+            other => {
+                tracing::warn!(?other, %addr, "not using the previous agent's metrics listener");
+                None
+            }
+        }
+    });
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("metrics endpoint {addr}: {e}")))?,
+    };
     let bound = listener.local_addr()?;
+    let dup = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned()?
+    };
     let endpoint = Arc::new(endpoint);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -60,7 +98,11 @@ pub async fn start(addr: SocketAddr, endpoint: Endpoint) -> std::io::Result<Sock
         }
     });
     tracing::info!(addr = %bound, "metrics endpoint listening");
-    Ok(bound)
+    Ok(Running {
+        addr: bound,
+        listener: dup,
+        task,
+    })
 }
 
 fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::{
     config::{
-        AdminConfig, CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat, PolicyConfig,
-        SidecarConfig, WorkloadSourceConfig,
+        AdminConfig, CaptureConfig, CgroupConfig, Config, IdentityConfig, LogConfig, LogFormat,
+        PolicyConfig, RestartConfig, SidecarConfig, WorkloadSourceConfig,
     },
     identity,
     workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet},
@@ -158,6 +158,14 @@ pub fn write_files(
                 socket: Some(sidecar_socket_path(dir, &node.name)),
                 ..base.sidecar.clone()
             },
+            capture: CaptureConfig {
+                pin_root: super::bpffs::path(dir, &state.prefix),
+                ..base.capture.clone()
+            },
+            restart: RestartConfig {
+                socket: Some(State::node_dir(dir, &node.name).join("handover.sock")),
+                ..base.restart.clone()
+            },
             ..base.clone()
         };
         let text = serde_yaml_ng::to_string(&config).context("cannot serialize an agent config")?;
@@ -202,36 +210,98 @@ fn start_all(
     started: &mut Vec<Started>,
 ) -> anyhow::Result<()> {
     for node in &mut state.nodes {
-        let config = config_path(dir, &node.name);
-        let log = log_path(dir, &node.name);
-        let mut cmd = Command::new(exe);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null());
-        // A new testbed, a new log (appended to by both stdout and stderr).
-        log_to(&mut cmd, &log)?;
-        exec::enter(&mut cmd, &node.netns, &agent_cgroup(node), true)?;
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the agent of node {}", node.name))?;
-        let pid = child.id();
-        started.push(Started {
-            what: format!("the agent of node {}", node.name),
-            log: log.clone(),
-            child,
-        });
-        let pid_file = State::node_dir(dir, &node.name).join(AGENT_PID_FILE);
-        std::fs::write(&pid_file, format!("{pid}\n"))
-            .with_context(|| format!("cannot write {}", pid_file.display()))?;
-        node.agent = Some(AgentState {
-            pid,
-            config,
-            log,
-            workloads: workloads_path(dir, &node.name),
-        });
+        // A new testbed, a new log.
+        started.push(spawn(dir, node, exe, false)?);
     }
     Ok(())
+}
+
+/// Starts an agent for `node`, logging to its log (appending, with `append`), and
+/// records it as the node's agent.
+fn spawn(dir: &Path, node: &mut NodeState, exe: &Path, append: bool) -> anyhow::Result<Started> {
+    let config = config_path(dir, &node.name);
+    let log = log_path(dir, &node.name);
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null());
+    if append {
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        cmd.stdout(out).stderr(err);
+    } else {
+        log_to(&mut cmd, &log)?;
+    }
+    exec::enter(&mut cmd, &node.netns, &agent_cgroup(node), true)?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the agent of node {}", node.name))?;
+    let pid = child.id();
+    let pid_file = State::node_dir(dir, &node.name).join(AGENT_PID_FILE);
+    std::fs::write(&pid_file, format!("{pid}\n"))
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    node.agent = Some(AgentState {
+        pid,
+        config,
+        log: log.clone(),
+        workloads: workloads_path(dir, &node.name),
+    });
+    Ok(Started {
+        what: format!("the agent of node {}", node.name),
+        log,
+        child,
+    })
+}
+
+/// Starts another agent on `node` — beside the running one, which hands over to it, or
+/// after it died — appending to the node's log, records it, saves the state and waits
+/// until it is ready. The caller owns the returned process (and the old one). `exe` is
+/// the `outrider` executable.
+pub fn start_another(
+    dir: &Path,
+    state: &mut State,
+    node: &str,
+    exe: &Path,
+) -> anyhow::Result<Started> {
+    let log = log_path(dir, node);
+    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let n = state
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == node)
+        .with_context(|| format!("no node {node}"))?;
+    let mut started = spawn(dir, n, exe, true)?;
+    state.save(dir)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let new = String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default());
+        if new.lines().any(|l| is_event_line(l, "agent ready")) {
+            return Ok(started);
+        }
+        if let Ok(Some(status)) = started.child.try_wait() {
+            bail!(
+                "the new agent of node {node} exited ({status}) before it was ready; last lines of {}:\n{}",
+                log.display(),
+                tail(&log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the new agent of node {node} is not ready after {}s; last lines of {}:\n{}",
+                READY_TIMEOUT.as_secs(),
+                log.display(),
+                tail(&log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// True when a line of a JSON log is the event `message` (e.g. "agent ready").

@@ -1,5 +1,6 @@
 //! `testbed leftovers --prefix P`: what testbeds whose prefix starts with `P` left on the
-//! machine — network namespaces, cgroups — and any kernel program of ours still loaded.
+//! machine — network namespaces, cgroups, bpf filesystems — and any kernel program of
+//! ours still loaded.
 //! `cargo xtask test` runs it after the tests with the run's tag; it exits 1 if anything
 //! is left.
 use std::process::{Command, ExitCode};
@@ -34,6 +35,19 @@ pub fn run(prefix: &str) -> anyhow::Result<ExitCode> {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
             left.push(format!("cgroup {}", entry.path().display()));
         }
+    }
+
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        left.extend(
+            super::bpffs::mount_points(&text)
+                .into_iter()
+                .filter(|p| {
+                    std::path::Path::new(p).file_name().is_some_and(|n| {
+                        n.to_string_lossy().starts_with(&format!("bpffs-{prefix}"))
+                    })
+                })
+                .map(|p| format!("bpf filesystem {p}")),
+        );
     }
 
     // Programs are freed when their agent exits and their cgroup goes; one still loaded

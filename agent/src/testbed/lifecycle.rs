@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 use super::{
-    agents, cgroup, exec, net, plan, sidecars,
+    agents, bpffs, cgroup, exec, net, plan, sidecars,
     spec::Spec,
     state::{AGENT_PID_FILE, PREFIX_FILE, STATE_FILE, State},
 };
@@ -86,6 +86,7 @@ fn build(
     }
     state.ca_dir = dir.join("ca");
     state.policy_dir = dir.join("policies");
+    bpffs::mount(&bpffs::path(dir, &state.prefix))?;
     agents::write_files(dir, state, mount, agent)?;
     if with_agents {
         agents::start(dir, state)?;
@@ -227,6 +228,10 @@ fn teardown(
         errors.push(format!("{err:#}"));
     }
     if let Err(err) = net::remove(prefix) {
+        errors.push(format!("{err:#}"));
+    }
+    // With the agents and cgroups gone, the pins are all that holds programs and maps.
+    if let Err(err) = bpffs::unmount(&bpffs::path(dir, prefix)) {
         errors.push(format!("{err:#}"));
     }
     if !errors.is_empty() {

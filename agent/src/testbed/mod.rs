@@ -2,6 +2,7 @@
 //! namespaces, veths, bridges and cgroups, with one agent per node (see DESIGN.md,
 //! "Testbed"). This file holds the commands and sends each to the module that does it.
 pub mod agents;
+mod bpffs;
 mod cgroup;
 mod exec;
 mod leftovers;

@@ -178,6 +178,22 @@ impl Testbed {
         self.state = State::load(self.dir()).expect("testbed state unreadable after start");
     }
 
+    /// Starts another agent on `node` — it takes over from the running one, or starts
+    /// after it died — and waits until it is ready. It is this test's child; the old
+    /// agent, if alive, is left to the caller.
+    pub fn start_another_agent(&mut self, node: &str) -> Child {
+        let mut state = State::load(self.dir()).expect("testbed state unreadable");
+        let started = outrider::testbed::agents::start_another(
+            self.dir(),
+            &mut state,
+            node,
+            Path::new(OUTRIDER),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        self.state = state;
+        started.child
+    }
+
     /// The admin API socket of `node`'s agent.
     pub fn admin_socket(&self, node: &str) -> PathBuf {
         outrider::testbed::agents::admin_socket_path(self.dir(), &self.node(node).name)

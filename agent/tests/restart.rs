@@ -1,0 +1,405 @@
+//! End-to-end: restarts. A new agent takes the running one's listening sockets over
+//! (SCM_RIGHTS) and its pinned kernel state, so an upgrade under continuous traffic
+//! fails no request and cuts no connection; after a crash (`kill -9`) the kernel keeps
+//! steering and the fail policy decides: `fail-closed` refuses at once until an agent is
+//! back, `fail-open` lets traffic flow unmeshed. The gap is measured.
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::{signal::Signal, wait::waitpid},
+    unistd::Pid,
+};
+use serde_json::Value;
+use support::{Testbed, access};
+
+const SPEC: &str = "
+nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: client, serviceAccount: client}
+      - {namespace: shop, name: web, serviceAccount: web}
+      - {namespace: shop, name: outsider, enrolled: false}
+  - name: node-b
+    pods:
+      - {namespace: data, name: db, serviceAccount: db}
+";
+
+/// A Python program for the client pod: for `seconds`, a new connection to each target
+/// every `every_ms` (a line out, the same back) and one long connection to the first
+/// target echoing a block of lines every 50 ms. (Lines, so that protocol detection sees
+/// at once that this is not HTTP.) Prints one JSON object: the attempts (time since
+/// start, target, error or null, how long it took) and the long connection's blocks.
+fn traffic(targets: &[SocketAddr], seconds: u32, every_ms: u32, long: bool) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("('{}', {})", t.ip(), t.port()))
+        .collect();
+    format!(
+        "import json, socket, threading, time\n\
+         targets = [{targets}]\n\
+         start = time.time()\n\
+         end = start + {seconds}\n\
+         attempts = []\n\
+         long_blocks = [0, None]\n\
+         def exact(s, n):\n\
+         \x20   got = b''\n\
+         \x20   while len(got) < n:\n\
+         \x20       d = s.recv(n - len(got))\n\
+         \x20       if not d: raise OSError('closed after %d bytes' % len(got))\n\
+         \x20       got += d\n\
+         \x20   return got\n\
+         def hold():\n\
+         \x20   try:\n\
+         \x20       s = socket.create_connection(targets[0], timeout=5)\n\
+         \x20       while time.time() < end:\n\
+         \x20           block = (b'%07d\\n' % long_blocks[0]) * 64\n\
+         \x20           s.sendall(block)\n\
+         \x20           if exact(s, len(block)) != block: raise OSError('corrupted')\n\
+         \x20           long_blocks[0] += 1\n\
+         \x20           time.sleep(0.05)\n\
+         \x20       s.close()\n\
+         \x20   except Exception as e:\n\
+         \x20       long_blocks[1] = '%.3f: %r' % (time.time() - start, e)\n\
+         t = threading.Thread(target=hold)\n\
+         if {long}: t.start()\n\
+         n = 0\n\
+         while time.time() < end:\n\
+         \x20   for target in targets:\n\
+         \x20       t0 = time.time()\n\
+         \x20       err = None\n\
+         \x20       try:\n\
+         \x20           s = socket.create_connection(target, timeout=5)\n\
+         \x20           msg = b'%07d\\n' % n\n\
+         \x20           s.sendall(msg)\n\
+         \x20           if exact(s, 8) != msg: err = 'corrupted'\n\
+         \x20           s.close()\n\
+         \x20       except Exception as e:\n\
+         \x20           err = repr(e)\n\
+         \x20       attempts.append([t0 - start, '%s:%d' % target, err, time.time() - t0])\n\
+         \x20       n += 1\n\
+         \x20   time.sleep({every} / 1000)\n\
+         if {long}: t.join()\n\
+         print(json.dumps({{'attempts': attempts, 'long_blocks': long_blocks[0], 'long_error': long_blocks[1]}}))\n",
+        targets = targets.join(", "),
+        long = if long { "True" } else { "False" },
+        every = every_ms,
+    )
+}
+
+struct Attempt {
+    at: f64,
+    target: String,
+    error: Option<String>,
+    took: f64,
+}
+
+fn attempts(v: &Value) -> Vec<Attempt> {
+    v["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| Attempt {
+            at: a[0].as_f64().unwrap(),
+            target: a[1].as_str().unwrap().to_string(),
+            error: a[2].as_str().map(String::from),
+            took: a[3].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+/// Waits for the traffic program and parses what it printed.
+fn finish(traffic: support::Background) -> Value {
+    let mut traffic = traffic;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while traffic.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the traffic program hangs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = traffic.output();
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no report from the traffic program:\n{out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn agent_pid(tb: &Testbed, node: &str) -> u32 {
+    tb.node(node).agent.as_ref().expect("an agent").pid
+}
+
+fn signal(pid: u32, signal: Signal) {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Waits until `pid` (a child or adopted orphan of this test) has exited.
+fn reap(pid: u32, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        match waitpid(
+            Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+            _ => return started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "process {pid} still runs after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Upgrades `node`'s agent the way a DaemonSet with `maxSurge` does: the new one starts
+/// beside the old, takes over, and the old is told to stop (SIGTERM).
+fn upgrade(tb: &mut Testbed, node: &str) -> (u32, Child) {
+    let old = agent_pid(tb, node);
+    let new = tb.start_another_agent(node);
+    signal(old, Signal::SIGTERM);
+    (old, new)
+}
+
+#[test]
+fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection() {
+    let mut tb = Testbed::up(SPEC, true);
+    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
+    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let load = tb.spawn(
+        "shop/client",
+        &["python3", "-c", &traffic(&[db, web], 16, 10, true)],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // node-a: the client's outbound listeners and web's inbound ones change hands;
+    // then node-b: db's tunnel listener.
+    let mark_a = tb.log_mark("node-a");
+    let (old_a, mut new_a) = upgrade(&mut tb, "node-a");
+    std::thread::sleep(Duration::from_secs(3));
+    let mark_b = tb.log_mark("node-b");
+    let (old_b, mut new_b) = upgrade(&mut tb, "node-b");
+
+    let report = finish(load);
+    let all = attempts(&report);
+    let failed: Vec<String> = all
+        .iter()
+        .filter(|a| a.error.is_some())
+        .map(|a| format!("{:.3}s {}: {:?}", a.at, a.target, a.error))
+        .collect();
+    let slowest = all.iter().map(|a| a.took).fold(0.0, f64::max);
+    eprintln!(
+        "{} connections, {} failed, slowest {:.1} ms; {} blocks on the long connection",
+        all.len(),
+        failed.len(),
+        slowest * 1000.0,
+        report["long_blocks"]
+    );
+    assert!(all.len() > 300, "only {} connections were tried", all.len());
+    assert!(failed.is_empty(), "failed: {failed:#?}");
+    assert!(
+        report["long_error"].is_null(),
+        "the long connection broke: {}",
+        report["long_error"]
+    );
+    assert!(report["long_blocks"].as_u64().unwrap() > 150, "{report}");
+
+    for (node, mark, pods) in [("node-a", mark_a, 2), ("node-b", mark_b, 1)] {
+        let took = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
+            v["fields"]["message"] == "took the running agent's sockets over"
+        });
+        assert_eq!(took["fields"]["pods"], pods, "{took}");
+        let handed = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
+            v["fields"]["message"] == "handed the listening sockets over"
+        });
+        assert_eq!(handed["fields"]["pods"], pods, "{handed}");
+        let log = tb.agent_log(node);
+        let enrolled: Vec<&Value> = log[mark..]
+            .iter()
+            .filter(|v| v["fields"]["message"] == "pod enrolled")
+            .collect();
+        assert_eq!(enrolled.len(), pods, "{enrolled:?}");
+        for e in enrolled {
+            assert_eq!(e["fields"]["adopted"], true, "{e}");
+            assert_eq!(e["fields"]["listeners_taken_over"], true, "{e}");
+        }
+    }
+    // The old agents had SIGTERM; they exit once their connections are done.
+    for old in [old_a, old_b] {
+        let took = reap(old, Duration::from_secs(40));
+        eprintln!("old agent {old} exited {took:?} after the traffic ended");
+    }
+    // The new agents serve, meshed: a new connection across nodes goes through a tunnel
+    // from node-a's new agent to node-b's.
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "after the upgrade");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
+    assert_eq!(
+        inbound["fields"]["src_identity"], "spiffe://cluster.local/ns/shop/sa/client",
+        "{inbound}"
+    );
+    for child in [&mut new_a, &mut new_b] {
+        assert!(child.try_wait().unwrap().is_none(), "a new agent exited");
+    }
+}
+
+/// Connection attempts after `since` (seconds into the traffic) that failed, and the span
+/// from the first failure to the first success after it.
+fn outage(all: &[Attempt], since: f64) -> (usize, f64) {
+    let after: Vec<&Attempt> = all.iter().filter(|a| a.at >= since).collect();
+    let failed = after.iter().filter(|a| a.error.is_some()).count();
+    let Some(first) = after.iter().find(|a| a.error.is_some()) else {
+        return (0, 0.0);
+    };
+    let back = after
+        .iter()
+        .filter(|a| a.at > first.at && a.error.is_none())
+        .map(|a| a.at)
+        .next()
+        .unwrap_or(f64::INFINITY);
+    (failed, back - first.at)
+}
+
+#[test]
+fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
+    let mut tb = Testbed::up(SPEC, true);
+    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
+    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let load = tb.spawn(
+        "shop/client",
+        &["python3", "-c", &traffic(&[db, web], 12, 20, false)],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let crashed = Instant::now();
+    let old = agent_pid(&tb, "node-a");
+    signal(old, Signal::SIGKILL);
+    reap(old, Duration::from_secs(5));
+    // While no agent runs: the kernel still steers node-a's enrolled pods, to listeners
+    // that are gone. Refused at once — in and out — not hanging, not unmeshed.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = tb.sh(
+        "shop/outsider",
+        &format!("echo x | socat -T3 - TCP4:{web}; echo rc=$?"),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Connection refused") || text.contains("reset"),
+        "plaintext into web: {text}"
+    );
+    // An unenrolled pod's own traffic is untouched.
+    let (ok, out) = tb.echo("shop/outsider", db, "outsider");
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let new = tb.start_another_agent("node-a");
+    let back = crashed.elapsed();
+    let report = finish(load);
+    let all = attempts(&report);
+    let (failed, gap) = outage(&all, 0.0);
+    let refused_fast = all.iter().filter(|a| a.error.is_some()).all(|a| {
+        a.took < 1.0
+            && a.error.as_deref().is_some_and(|e| {
+                e.contains("Refused") || e.contains("reset") || e.contains("closed")
+            })
+    });
+    eprintln!(
+        "fail-closed: {failed} of {} attempts refused; outage {gap:.2} s (agent killed, restarted and ready after {back:?})",
+        all.len()
+    );
+    assert!(failed > 0, "nothing was refused while no agent ran");
+    assert!(
+        refused_fast,
+        "a failure was slow or not a refusal: {:?}",
+        all.iter()
+            .filter(|a| a.error.is_some())
+            .map(|a| (a.at, &a.error, a.took))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        gap <= back.as_secs_f64() + 1.0,
+        "outage {gap:.2}s, agent back after {back:?}"
+    );
+    // Traffic is meshed again, with the pods adopted (same pod ids, kernel state kept).
+    let log = tb.agent_log("node-a");
+    let adopted = log
+        .iter()
+        .filter(|v| v["fields"]["message"] == "pod enrolled" && v["fields"]["adopted"] == true)
+        .count();
+    assert_eq!(adopted, 2);
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "meshed again");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
+    drop(new);
+}
+
+#[test]
+fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
+    let spec = format!("{SPEC}agent:\n  capture: {{failPolicy: fail-open}}\n");
+    let mut tb = Testbed::up(&spec, true);
+    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
+    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let load = tb.spawn(
+        "shop/client",
+        &["python3", "-c", &traffic(&[db, web], 10, 20, false)],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let old = agent_pid(&tb, "node-a");
+    signal(old, Signal::SIGKILL);
+    reap(old, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    // Unmeshed: node-b's agent sees the client's plaintext arrive, no tunnel.
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "unmeshed");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
+    // Plaintext into web goes straight to the app.
+    let (ok, out) = tb.echo("shop/outsider", web, "to web");
+    assert!(ok, "{out}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let new = tb.start_another_agent("node-a");
+    let report = finish(load);
+    let all = attempts(&report);
+    let (failed, gap) = outage(&all, 0.0);
+    eprintln!(
+        "fail-open: {failed} of {} attempts failed; longest outage {gap:.3} s",
+        all.len()
+    );
+    // Only what was under way at the instant of the crash may fail.
+    assert!(failed <= 2, "{failed} attempts failed");
+    assert!(gap < 1.0, "outage of {gap:.2}s");
+    // Meshed again.
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "meshed again");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
+    drop(new);
+}
