@@ -6,6 +6,9 @@
 //! credentials, besides the file mode); on TCP, whoever holds a client certificate
 //! from `admin.tcp.clientCaFile`. Server reflection and `grpc.health.v1` are served
 //! beside the API, so grpcurl and generated clients work without the .proto files.
+//! `admission` bounds the socket's connections (a limit, a preface timeout, silent ones
+//! shed first), and HTTP/2 keepalive ends clients that stopped answering.
+mod admission;
 mod convert;
 mod policies;
 mod service;
@@ -13,11 +16,12 @@ mod service;
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context;
 use outrider_proto::admin::v1::{self as pb, admin_server::AdminServer};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
@@ -28,7 +32,13 @@ use tonic::{
     },
 };
 
+pub use admission::{MAX_CONNECTIONS, PREFACE_TIMEOUT};
 pub use service::AdminService;
+
+/// Each connection is PINGed after this long without traffic…
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// …and closed if the PING is not answered within this.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 use crate::config::AdminConfig;
 
@@ -103,7 +113,9 @@ pub async fn start(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let router = |tls: Option<ServerTlsConfig>| -> anyhow::Result<_> {
-        let mut builder = Server::builder();
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).context("admin.tcp: TLS set-up")?;
         }
@@ -119,7 +131,9 @@ pub async fn start(
     let unix = router(None)?;
     let done = stop.clone();
     tokio::spawn(async move {
-        let incoming = UnixListenerStream::new(listener);
+        let admission = admission::Admission::new(MAX_CONNECTIONS, PREFACE_TIMEOUT);
+        let incoming =
+            ReceiverStream::new(admission::accept_loop(listener, admission, done.clone()));
         if let Err(error) = unix
             .serve_with_incoming_shutdown(incoming, done.cancelled_owned())
             .await
