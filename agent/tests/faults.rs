@@ -1,17 +1,23 @@
 //! End-to-end: faults. A destination pod that vanishes mid-stream is noticed within the
 //! tunnel's keepalive and the client gets an error, not a hang; slow clients holding the
 //! inbound listener open cost only their own sockets, leave the others' traffic alone
-//! and give every descriptor back.
+//! and give every descriptor back; a CA that expires ends meshed connections cleanly and
+//! says so, plaintext carrying on; a flooded admin socket costs bounded descriptors and
+//! still answers.
 mod support;
 
 use std::{
     io::{BufRead, Write},
     net::SocketAddr,
-    time::{Duration, Instant},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
 };
 
+use outrider::identity::{ca, x509};
 use serde_json::Value;
-use support::Testbed;
+use support::{OUTRIDER, Testbed};
 
 const SPEC: &str = "
 nodes:
@@ -235,4 +241,352 @@ fn an_upstream_reset_reaches_the_client_as_a_reset() {
         "others",
     );
     assert!(ok && back == "others", "{back:?}");
+}
+
+/// Writes a root CA valid until `not_after` (from an hour before it was made, or an
+/// hour before `not_after` if that is earlier) into `dir` as `ca.crt` and `ca.key`, as
+/// `outrider ca init` does, replacing any there; returns its notAfter as the
+/// certificate says it (RFC 3339).
+fn write_ca(dir: &Path, not_after: SystemTime) -> String {
+    let not_before = not_after.min(SystemTime::now()) - Duration::from_secs(3600);
+    let (root, pem) = ca::generate("Expiring Root CA", not_before, not_after).unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+    // Replacing the testbed's own CA, if it made one already.
+    let _ = std::fs::remove_file(dir.join("ca.key"));
+    std::fs::write(dir.join("ca.crt"), pem).unwrap();
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("ca.key"))
+        .unwrap();
+    key.write_all(root.key.serialize_pem().as_bytes()).unwrap();
+    x509::rfc3339(x509::facts(&root.cert).unwrap().not_after)
+}
+
+/// Connects from `pod` to `dst`, sends a line and waits up to 10 s for an answer: what
+/// came of it (`data:…`, `eof`, `reset`, `refused`, `timeout`) and how long it took.
+fn attempt(tb: &Testbed, pod: &str, dst: SocketAddr) -> (String, Duration) {
+    let script = format!(
+        "import socket, time\n\
+         t = time.monotonic()\n\
+         try:\n\
+         \x20   s = socket.create_connection(('{ip}', {port}), timeout=10)\n\
+         \x20   s.sendall(b'after-expiry\\n')\n\
+         \x20   d = s.recv(64)\n\
+         \x20   r = 'data:' + d.decode() if d else 'eof'\n\
+         except ConnectionResetError:\n\
+         \x20   r = 'reset'\n\
+         except ConnectionRefusedError:\n\
+         \x20   r = 'refused'\n\
+         except socket.timeout:\n\
+         \x20   r = 'timeout'\n\
+         print(r, time.monotonic() - t)\n",
+        ip = dst.ip(),
+        port = dst.port()
+    );
+    let out = tb.exec(pod, &["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (what, secs) = text
+        .trim()
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("{out:?}"));
+    (
+        what.to_string(),
+        Duration::from_secs_f64(secs.parse().unwrap()),
+    )
+}
+
+#[test]
+fn an_agent_given_an_expired_ca_refuses_to_start_naming_the_ca_and_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let not_after = write_ca(&ca_dir, SystemTime::now() - Duration::from_secs(60));
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cgroup: {{attach: /nonexistent}}\nworkloads: {{file: /nonexistent}}\nidentity: {{caDir: {}}}\n",
+            ca_dir.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = Command::new(OUTRIDER)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it must not start: {out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cert = ca_dir.join("ca.crt").display().to_string();
+    assert!(
+        stderr.contains(&cert) && stderr.contains(&format!("expired at {not_after}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_ca_that_expires_ends_meshed_connections_cleanly_says_why_and_plaintext_carries_on() {
+    let mut tb = Testbed::up(SPEC, false);
+    // A CA with 40 s left: the agents start with it, issue certificates, then it expires.
+    let ca_dir = tb.state.ca_dir.clone();
+    let ca_cert = ca_dir.join("ca.crt").display().to_string();
+    let expires = SystemTime::now() + Duration::from_secs(40);
+    let not_after = write_ca(&ca_dir, expires);
+    tb.start_agents();
+    let db = tb.pod("data/db").clone();
+    let cart = tb.pod("data/cart").clone();
+    let outsider = tb.pod("shop/outsider").clone();
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let _cart = tb.tcp_server("data/cart", 7000, "EXEC:cat");
+    let _outsider = tb.tcp_server("shop/outsider", 7000, "EXEC:cat");
+
+    // The agent says when its CA expires, and that certificates are cut short to it.
+    let loaded = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
+        v["fields"]["message"] == "identity: CA loaded"
+    });
+    assert_eq!(loaded["fields"]["ca_not_after"], not_after.as_str());
+    let warned = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
+        v["level"] == "WARN"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the CA certificate expires within"))
+    });
+    assert_eq!(warned["fields"]["ca_not_after"], not_after.as_str());
+
+    // Before: the mesh works, and no certificate outlives the CA (admin API).
+    let to_cart = SocketAddr::new(cart.ipv4.into(), 7000);
+    let (ok, back) = tb.echo("shop/web", to_cart, "before");
+    assert!(ok && back == "before", "{back:?}");
+    let certs: Value =
+        serde_json::from_str(&tb.ctl_ok("node-b", &["certs", "-o", "json"])).unwrap();
+    assert_eq!(certs["roots"][0]["notAfter"], not_after.as_str(), "{certs}");
+    let leaves = certs["certificates"].as_array().unwrap();
+    assert!(!leaves.is_empty(), "{certs}");
+    for leaf in leaves {
+        let leaf_not_after = leaf["notAfter"].as_str().unwrap();
+        // RFC 3339 in UTC with the same layout: text order is time order.
+        assert!(
+            leaf_not_after <= not_after.as_str(),
+            "{leaf} outlives {not_after}"
+        );
+    }
+
+    // Wait the CA out.
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(5),
+        "the testbed took too long to come up ({left:?} left)"
+    );
+    std::thread::sleep(left + Duration::from_millis(1500));
+    let mark_a = tb.log_mark("node-a");
+    let mark_b = tb.log_mark("node-b");
+
+    // A new meshed connection fails at once, cleanly: no data, no hang.
+    let to_db = SocketAddr::new(db.ipv4.into(), 7000);
+    let (what, took) = attempt(&tb, "shop/client", to_db);
+    eprintln!("meshed connection after the CA expired: {what} in {took:?}");
+    assert!(what == "eof" || what == "reset", "{what}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let access = tb.wait_log_after("node-a", mark_a, Duration::from_secs(5), |v: &Value| {
+        v["target"] == "access" && v["fields"]["dst"] == to_db.to_string()
+    });
+    assert!(access["fields"]["error"].is_string(), "{access}");
+    // The destination does not present its expired certificate (so the source, whose
+    // own is expired too, never gets as far as presenting its).
+    let refused = tb.wait_log_after("node-b", mark_b, Duration::from_secs(5), |v: &Value| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired and was not renewed"))
+    });
+    assert_eq!(
+        refused["fields"]["identity"], "spiffe://cluster.local/ns/data/sa/db",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["fields"]["expired_at"],
+        not_after.as_str(),
+        "{refused}"
+    );
+    // Why, naming the CA and its expiry: renewal is refused by the expired CA.
+    for node in ["node-a", "node-b"] {
+        let why = tb.wait_log(node, Duration::from_secs(5), |v: &Value| {
+            v["level"] == "ERROR"
+                && v["fields"]["error"].as_str().is_some_and(|e| {
+                    e.contains(&ca_cert) && e.contains(&format!("expired at {not_after}"))
+                })
+        });
+        eprintln!("{node}: {}", why["fields"]);
+    }
+
+    // Traffic that does not depend on the CA carries on: plaintext into a permissive
+    // pod from outside the mesh, and from an enrolled pod to a pod outside it.
+    let (ok, back) = tb.echo("shop/outsider", to_db, "plaintext in");
+    assert!(ok && back == "plaintext in", "{back:?}");
+    let (ok, back) = tb.echo(
+        "shop/client",
+        SocketAddr::new(outsider.ipv4.into(), 7000),
+        "plaintext out",
+    );
+    assert!(ok && back == "plaintext out", "{back:?}");
+    for node in ["node-a", "node-b"] {
+        let pid = tb.node(node).agent.as_ref().unwrap().pid;
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "{node}'s agent died"
+        );
+    }
+}
+
+/// Soft-limits: what the flood below opens.
+const FLOOD_IDLE: usize = 400;
+const FLOOD_GARBAGE: usize = 100;
+const FLOOD_CALLS: usize = 200;
+
+#[test]
+fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_every_descriptor() {
+    let tb = Testbed::up(SPEC, true);
+    let web = tb.pod("shop/web").clone();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let dst = SocketAddr::new(web.ipv4.into(), 7000);
+    let (ok, _) = tb.echo("shop/client", dst, "warm");
+    assert!(ok);
+    tb.ctl_ok("node-a", &["version"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = agent_fds(&tb, "node-a");
+    let socket = tb.admin_socket("node-a");
+
+    // Idle connections (never a byte), then connections sending garbage, all held.
+    let flood = format!(
+        "import socket, os, time\n\
+         held = []\n\
+         for i in range({FLOOD_IDLE}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.connect('{path}'); held.append(s)\n\
+         for i in range({FLOOD_GARBAGE}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.connect('{path}')\n\
+         \x20   try: s.sendall(os.urandom(4096))\n\
+         \x20   except OSError: pass\n\
+         \x20   held.append(s)\n\
+         print('held', len(held), flush=True)\n\
+         time.sleep(60)\n",
+        path = socket.display()
+    );
+    let mut flooder = std::process::Command::new("python3")
+        .args(["-c", &flood])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(flooder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("held {}", FLOOD_IDLE + FLOOD_GARBAGE));
+    // The agent's descriptors, sampled every 20 ms while the flood lasts.
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let peak = std::sync::atomic::AtomicUsize::new(agent_fds(&tb, "node-a"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(
+                    agent_fds(&tb, "node-a"),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+
+        // Many rapid gRPC calls at once (4 callers), while the idle ones are held.
+        let started = Instant::now();
+        let answered = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..FLOOD_CALLS / 4)
+                            .filter(|_| tb.ctl("node-a", &["version"]).status.success())
+                            .count()
+                    })
+                })
+                .collect();
+            callers
+                .into_iter()
+                .map(|c| c.join().unwrap())
+                .sum::<usize>()
+        });
+        let calls_took = started.elapsed();
+
+        // Meanwhile: the mesh is untouched, and an operator's call answers promptly.
+        let started = Instant::now();
+        for i in 0..5 {
+            let (ok, back) = tb.echo("shop/client", dst, &format!("meanwhile-{i}"));
+            assert!(ok && back == format!("meanwhile-{i}"), "{back:?}");
+        }
+        let echo_took = started.elapsed();
+        let started = Instant::now();
+        let workloads = tb.ctl_ok("node-a", &["workloads"]);
+        let ctl_took = started.elapsed();
+        assert!(workloads.contains("shop"), "{workloads}");
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+        let max = outrider::admin::MAX_CONNECTIONS;
+        eprintln!(
+            "flood: {FLOOD_IDLE} idle + {FLOOD_GARBAGE} garbage connections held, {answered}/{FLOOD_CALLS} \
+         calls answered in {calls_took:?}; 5 meshed echoes in {echo_took:?}; outriderctl \
+         workloads in {ctl_took:?}; agent descriptors {before} before, peak {peak} (limit {max})"
+        );
+        assert_eq!(answered, FLOOD_CALLS, "every call of the flood is answered");
+        assert!(echo_took < Duration::from_secs(3), "{echo_took:?}");
+        assert!(ctl_took < Duration::from_secs(2), "{ctl_took:?}");
+        // Descriptors stay bounded: the limit's connections, plus those evicted but not
+        // closed yet (that happens on the server's next poll of each) and the calls and
+        // echoes in flight. Without a limit, the 400 idle ones alone would be held.
+        assert!(
+            peak <= before + max + 48,
+            "{peak} descriptors open at the peak, {before} before, limit {max}"
+        );
+    });
+    // Connections that never sent the HTTP/2 preface are closed after its timeout.
+    let deadline = Instant::now() + outrider::admin::PREFACE_TIMEOUT + Duration::from_secs(5);
+    loop {
+        let now = agent_fds(&tb, "node-a");
+        if now <= before + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections still held: {before} before, {now} now"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = tb.node("node-a").agent.as_ref().unwrap().pid;
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent died"
+    );
+
+    // Once the flood goes, every descriptor is back, and everything still answers.
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = agent_fds(&tb, "node-a");
+        if now <= before + 2 {
+            eprintln!("descriptors after the flood: {now} ({before} before)");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors not given back: {before} before, {now} now"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tb.ctl_ok("node-a", &["version"]);
+    let (ok, _) = tb.echo("shop/client", dst, "after");
+    assert!(ok);
 }
