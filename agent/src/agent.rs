@@ -47,6 +47,25 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(config, log))
 }
 
+/// `outrider cleanup`: removes the agent instance's pinned programs, maps and links.
+pub fn cleanup(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let socket = config.restart.socket_path(&config.instance);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!(
+            "an agent is running (it answers on {}); stop it first",
+            socket.display()
+        );
+    }
+    let dir = crate::dataplane::remove(&config)
+        .with_context(|| format!("capture.pinRoot: removing the pins of {}", config.instance))?;
+    println!(
+        "removed {}: the agent's programs are detached; enrolled pods' traffic flows unmeshed",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
     tracing::info!(

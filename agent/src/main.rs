@@ -32,6 +32,14 @@ enum Command {
         #[arg(long, env = "OUTRIDER_CONFIG")]
         config: PathBuf,
     },
+    /// Take an agent's kernel programs away for good: unpin its programs, maps and links
+    /// (capture.pinRoot/instance), so that its enrolled pods' traffic flows unmeshed.
+    /// For uninstalling; an agent that merely stops leaves them for the next one.
+    Cleanup {
+        /// The agent's config file (YAML).
+        #[arg(long, env = "OUTRIDER_CONFIG")]
+        config: PathBuf,
+    },
     /// Run as one pod's sidecar (sidecar mode), inside the pod.
     Sidecar(sidecar::SidecarArgs),
     /// In a pod (an init container): set the iptables rules that steer the pod's TCP to
@@ -73,6 +81,7 @@ fn main() -> std::process::ExitCode {
     let _ = outrider::limits::raise_open_files();
     let result = match cli.command {
         Command::Run { config } => agent::run(&config),
+        Command::Cleanup { config } => agent::cleanup(&config),
         Command::Sidecar(args) => sidecar::run::run(&args),
         Command::SidecarInit(args) => sidecar::init::run(&args),
         Command::WaitEnrolled {

@@ -212,6 +212,12 @@ fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection()
     assert!(report["long_blocks"].as_u64().unwrap() > 150, "{report}");
 
     for (node, mark, pods) in [("node-a", mark_a, 2), ("node-b", mark_b, 1)] {
+        // The pinned cgroup links were switched to the new programs in place.
+        let attached = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
+            v["fields"]["message"] == "kernel programs attached"
+        });
+        assert_eq!(attached["fields"]["links_reused"], 7, "{attached}");
+        assert_eq!(attached["fields"]["pods_to_adopt"], pods, "{attached}");
         let took = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
             v["fields"]["message"] == "took the running agent's sockets over"
         });
@@ -306,8 +312,10 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
     assert!(ok, "{out}");
     std::thread::sleep(Duration::from_secs(2));
 
+    let starting = Instant::now();
     let new = tb.start_another_agent("node-a");
     let back = crashed.elapsed();
+    let start_to_ready = starting.elapsed();
     let report = finish(load);
     let all = attempts(&report);
     let (failed, gap) = outage(&all, 0.0);
@@ -318,7 +326,7 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
             })
     });
     eprintln!(
-        "fail-closed: {failed} of {} attempts refused; outage {gap:.2} s (agent killed, restarted and ready after {back:?})",
+        "fail-closed: {failed} of {} attempts refused; outage {gap:.2} s (agent killed, restarted and ready after {back:?}, of which the new agent's start to ready {start_to_ready:?})",
         all.len()
     );
     assert!(failed > 0, "nothing was refused while no agent ran");
@@ -402,4 +410,59 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
     });
     assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
     drop(new);
+}
+
+#[test]
+fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
+    let tb = Testbed::up(SPEC, true);
+    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let config = tb.node("node-a").agent.as_ref().unwrap().config.clone();
+    let cleanup = || {
+        std::process::Command::new(support::OUTRIDER)
+            .arg("cleanup")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = cleanup();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("an agent is running"), "{err}");
+    let (ok, out) = tb.echo("shop/client", db, "still meshed");
+    assert!(ok, "{out}");
+
+    // The agent stops (SIGTERM, no successor): capture stays, pinned, fail-closed.
+    let prefix = &tb.state.prefix;
+    let pins = tb
+        .dir()
+        .join(format!("bpffs-{prefix}"))
+        .join(format!("{prefix}-node-a"));
+    let pid = agent_pid(&tb, "node-a");
+    signal(pid, Signal::SIGTERM);
+    reap(pid, Duration::from_secs(10));
+    let (ok, _) = tb.echo("shop/client", db, "no agent");
+    assert!(!ok, "traffic flowed with no agent under fail-closed");
+    for link in agent_ebpf::CGROUP_PROGRAMS {
+        assert!(
+            pins.join("links").join(link).exists(),
+            "{link} is not pinned"
+        );
+    }
+    // Uninstalled: the programs go, traffic flows unmeshed.
+    let out = cleanup();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "unmeshed");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
+    assert!(!pins.exists(), "{} is still there", pins.display());
 }
