@@ -209,6 +209,57 @@ fn retry_delay(backoff: Duration, remaining: Option<Duration>) -> Duration {
 mod tests {
     use super::*;
 
+    /// What a log line or a debug dump of a certificate could print: never its key.
+    #[tokio::test]
+    async fn formatting_a_certificate_never_shows_its_private_key() {
+        let ca = crate::identity::testing::ca("cluster.local");
+        let trust = crate::identity::testing::trust_for(&ca, "cluster.local");
+        let id = SpiffeId::new("cluster.local", "shop", "web").unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let request = SignRequest {
+            id: id.clone(),
+            public_key: key.subject_public_key_info().into(),
+            ttl: Duration::from_secs(60),
+        };
+        let chain = ca.issue(&request, SystemTime::now()).unwrap();
+        let pkcs8 = key.serialize_der();
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.clone()));
+        let cert = WorkloadCert {
+            id,
+            key: Arc::new(CertifiedKey::from_der(chain, private, trust.provider()).unwrap()),
+            serial: "01".to_string(),
+            not_before: SystemTime::now(),
+            not_after: SystemTime::now(),
+            issued_at: SystemTime::now(),
+        };
+        // The P-256 scalar: the OCTET STRING after ECPrivateKey's version 1.
+        let at = pkcs8
+            .windows(5)
+            .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+            .unwrap();
+        let scalar = &pkcs8[at + 5..at + 37];
+        let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+        // As a byte list prints it (a derived Debug of a Vec<u8>), also in hex.
+        let list = |text: String| text.trim_matches(['[', ']']).to_string();
+        let decimal = list(format!("{:?}", &scalar[..8]));
+        let hex_list = list(format!("{:02x?}", &scalar[..8]));
+        assert!(format!("{pkcs8:?}").contains(&decimal), "the needle works");
+        assert!(format!("{pkcs8:02x?}").contains(&hex_list));
+        for text in [
+            format!("{cert:?}"),
+            format!("{cert:#?}"),
+            format!("{:?}", cert.key),
+        ] {
+            // The certificate itself is there (as DER bytes): the key is not.
+            assert!(text.contains("CertifiedKey"), "{text}");
+            assert!(!text.contains(&hex), "hex key in {text}");
+            assert!(!text.contains(&hex.to_uppercase()), "hex key in {text}");
+            assert!(!text.contains(&decimal), "key bytes in {text}");
+            assert!(!text.contains(&hex_list), "key bytes in {text}");
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+        }
+    }
+
     #[test]
     fn retry_never_sleeps_past_expiry() {
         let s = Duration::from_secs;
