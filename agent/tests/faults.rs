@@ -545,14 +545,16 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
         assert!(ctl_took < Duration::from_secs(2), "{ctl_took:?}");
         // Descriptors stay bounded: the limit's connections, plus those evicted but not
         // closed yet (that happens on the server's next poll of each) and the calls and
-        // echoes in flight. Without a limit, the 400 idle ones alone would be held.
+        // echoes in flight. Without a limit, the 400 idle ones alone are held (measured:
+        // over 400 more descriptors at the peak). 64 is the documented limit (SECURITY.md).
         assert!(
-            peak <= before + max + 48,
+            peak <= before + 64 + 48,
             "{peak} descriptors open at the peak, {before} before, limit {max}"
         );
     });
-    // Connections that never sent the HTTP/2 preface are closed after its timeout.
-    let deadline = Instant::now() + outrider::admin::PREFACE_TIMEOUT + Duration::from_secs(5);
+    // Connections that never sent the HTTP/2 preface are closed after its timeout (5 s,
+    // SECURITY.md), long before the flood ends (60 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = agent_fds(&tb, "node-a");
         if now <= before + 2 {
