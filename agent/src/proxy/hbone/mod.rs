@@ -35,7 +35,7 @@ pub use {
     error::HboneError,
     headers::{Baggage, ConnectRequest, TraceParent, format_authority},
     pool::{Pool, PoolConfig, PoolStats},
-    server::{Handler, Inbound, serve},
+    server::{BadConnect, Handler, Inbound, parse_connect, serve},
     settings::Settings,
     stream::H2Stream,
 };

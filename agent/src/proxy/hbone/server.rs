@@ -29,6 +29,50 @@ impl Inbound {
     }
 }
 
+/// Why a request on a tunnel is refused with 400 before any handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadConnect {
+    #[error("not a CONNECT: {method} {uri}")]
+    NotConnect { method: String, uri: String },
+    #[error("the authority {0:?} is not an ip:port")]
+    Authority(String),
+    /// `[fe80::1%2]:80`: Rust's parser takes a zone, but an authority cannot carry one
+    /// (RFC 3986; our clients never send it), and it would choose the interface the
+    /// destination pod's connection leaves by.
+    #[error("the authority {0:?} names an IPv6 zone")]
+    Zone(String),
+}
+
+/// What a tunnel makes of one request: a `CONNECT` whose `:authority` is an `ip:port`
+/// becomes the [`Inbound`] its handler sees (and the request's body, the tunnel's
+/// bytes); anything else is refused.
+pub fn parse_connect<B>(request: Request<B>, stream_id: u32) -> Result<(Inbound, B), BadConnect> {
+    if request.method() != Method::CONNECT {
+        return Err(BadConnect::NotConnect {
+            method: request.method().to_string(),
+            uri: request.uri().to_string(),
+        });
+    }
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let Some(addr) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        return Err(BadConnect::Authority(
+            authority.unwrap_or_default().to_string(),
+        ));
+    };
+    if let SocketAddr::V6(v6) = addr
+        && v6.scope_id() != 0
+    {
+        return Err(BadConnect::Zone(authority.unwrap_or_default().to_string()));
+    }
+    let (parts, body) = request.into_parts();
+    let inbound = Inbound {
+        authority: addr,
+        headers: parts.headers,
+        stream_id,
+    };
+    Ok((inbound, body))
+}
+
 /// What a server does with each CONNECT. One handler serves a whole connection, each
 /// stream on its own task.
 pub trait Handler: Send + Sync + 'static {
@@ -133,31 +177,13 @@ async fn handle<H: Handler>(
     max_chunk: usize,
 ) {
     let stream_id = respond.stream_id().as_u32();
-    if request.method() != Method::CONNECT {
-        tracing::info!(
-            stream = stream_id,
-            method = %request.method(),
-            uri = %request.uri(),
-            "HBONE request refused (400): not a CONNECT"
-        );
-        refuse(&mut respond, StatusCode::BAD_REQUEST);
-        return;
-    }
-    let authority = request.uri().authority().map(|a| a.as_str());
-    let Some(addr) = authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        tracing::info!(
-            stream = stream_id,
-            authority = authority.unwrap_or_default(),
-            "HBONE CONNECT refused (400): the authority is not an ip:port"
-        );
-        refuse(&mut respond, StatusCode::BAD_REQUEST);
-        return;
-    };
-    let (parts, body) = request.into_parts();
-    let inbound = Inbound {
-        authority: addr,
-        headers: parts.headers,
-        stream_id,
+    let (inbound, body) = match parse_connect(request, stream_id) {
+        Ok(parsed) => parsed,
+        Err(refused) => {
+            tracing::info!(stream = stream_id, "HBONE request refused (400): {refused}");
+            refuse(&mut respond, StatusCode::BAD_REQUEST);
+            return;
+        }
     };
     match handler.open(&inbound).await {
         Err(status) => refuse(&mut respond, status),
@@ -196,5 +222,51 @@ fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "HBONE: building the refusal failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request};
+
+    use super::{BadConnect, parse_connect};
+
+    fn parse(method: Method, uri: &str) -> Result<std::net::SocketAddr, BadConnect> {
+        let request = Request::builder().method(method).uri(uri).body(()).unwrap();
+        parse_connect(request, 1).map(|(inbound, ())| inbound.authority)
+    }
+
+    #[test]
+    fn a_connect_to_an_ip_and_port_is_taken() {
+        assert_eq!(
+            parse(Method::CONNECT, "10.0.0.1:80"),
+            Ok("10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse(Method::CONNECT, "[fd00::1]:80"),
+            Ok("[fd00::1]:80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn other_requests_and_authorities_are_refused() {
+        assert!(matches!(
+            parse(Method::GET, "http://10.0.0.1:80/"),
+            Err(BadConnect::NotConnect { .. })
+        ));
+        for authority in ["example.com:80", "10.0.0.1", "10.0.0.1:99999"] {
+            assert!(
+                matches!(
+                    parse(Method::CONNECT, authority),
+                    Err(BadConnect::Authority(_))
+                ),
+                "{authority}"
+            );
+        }
+        // Found by fuzzing (hbone_connect): a zone reached the app's connect.
+        assert_eq!(
+            parse(Method::CONNECT, "[fe80::1%2]:80"),
+            Err(BadConnect::Zone("[fe80::1%2]:80".into()))
+        );
     }
 }
