@@ -571,6 +571,27 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
         Path::new(&format!("/proc/{pid}")).exists(),
         "the agent died"
     );
+    // The operator is told, in a few lines rather than one per connection.
+    let shed: Vec<Value> = tb
+        .agent_log("node-a")
+        .into_iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin socket: connection limit reached"))
+        })
+        .collect();
+    let last = shed.last().expect("the flood is logged");
+    assert_eq!(last["level"], "WARN");
+    assert_eq!(last["fields"]["limit"], 64);
+    let evicted = last["fields"]["evicted"].as_u64().unwrap();
+    assert!(evicted >= 256, "{last}");
+    assert!(shed.len() <= 12, "{} lines", shed.len());
+    eprintln!(
+        "{} log lines about the flood, the last: {}",
+        shed.len(),
+        last["fields"]
+    );
 
     // Once the flood goes, every descriptor is back, and everything still answers.
     let _ = flooder.kill();

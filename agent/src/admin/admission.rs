@@ -230,7 +230,7 @@ pub fn accept_loop(
 ) -> mpsc::Receiver<io::Result<Guarded<UnixStream>>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut refused_logged = 0;
+        let (mut evicted_logged, mut refused_logged) = (0, 0);
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => return,
@@ -251,7 +251,20 @@ pub fn accept_loop(
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
-                    if admission.shed().0 > evicted_before {
+                    let (evicted, refused) = admission.shed();
+                    if evicted > evicted_before {
+                        // One line per power of two, not one per connection.
+                        if evicted >= evicted_logged * 2 {
+                            evicted_logged = evicted;
+                            tracing::warn!(
+                                open = admission.open(),
+                                evicted,
+                                refused,
+                                limit = admission.max,
+                                "admin socket: connection limit reached; the oldest connection \
+                                 that had not sent the HTTP/2 preface was closed for a new one"
+                            );
+                        }
                         // Let the evicted connection's task run and close its descriptor
                         // before accepting more: a burst then overshoots the limit little.
                         tokio::task::yield_now().await;
