@@ -466,3 +466,63 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
     assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
     assert!(!pins.exists(), "{} is still there", pins.display());
 }
+
+#[test]
+fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
+    let mut tb = Testbed::up(SPEC, true);
+    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let old = agent_pid(&tb, "node-a");
+    signal(old, Signal::SIGKILL);
+    reap(old, Duration::from_secs(5));
+    let (ok, _) = tb.echo("shop/client", db, "fail-closed");
+    assert!(!ok, "traffic flowed with no agent under fail-closed");
+
+    // The next agent comes with port 7000 excluded from capture and fail-open.
+    let path = tb.node("node-a").agent.as_ref().unwrap().config.clone();
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["capture"]["excludePorts"] = serde_yaml_ng::to_value([7000]).unwrap();
+    config["capture"]["failPolicy"] = "fail-open".into();
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    let mut new = tb.start_another_agent("node-a");
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "excluded");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
+
+    // An upgrade to a config that captures 7000 again: the stale entry is withdrawn,
+    // the traffic meshed.
+    config["capture"]["excludePorts"] = serde_yaml_ng::to_value(Vec::<u16>::new()).unwrap();
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    let (old, _newer) = upgrade(&mut tb, "node-a");
+    assert_eq!(old, new.id());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while new.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the old agent does not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "meshed");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
+
+    // And the fail policy in force is the new one: a crash now lets traffic through,
+    // unmeshed.
+    let newer = agent_pid(&tb, "node-a");
+    signal(newer, Signal::SIGKILL);
+    reap(newer, Duration::from_secs(5));
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, "fail-open");
+    assert!(ok, "{out}");
+    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    });
+    assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
+}
