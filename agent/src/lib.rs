@@ -15,6 +15,8 @@ pub mod config;
 pub mod ctl;
 pub mod dataplane;
 pub mod enrollment;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod limits;
 pub mod loadgen;
