@@ -4,6 +4,7 @@
 mod bench;
 mod codegen;
 mod demo;
+mod fuzz;
 mod manifests;
 mod setup;
 mod test;
@@ -48,6 +49,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, then fuzz the agent's parsers with cargo-fuzz (nightly; installed if
+    /// missing): each target for `--seconds`, one after another. Targets:
+    /// protocol_detection, hbone_connect, workload_file, policy.
+    Fuzz {
+        /// One target (default: all of them).
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Set up, then check the Kubernetes manifests under deploy/ (kustomization file
     /// list, API schemas, checkov), as `test` does.
     Manifests {
@@ -65,6 +76,9 @@ fn main() -> ExitCode {
         Cmd::Codegen => codegen::run(),
         Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
+        Cmd::Fuzz { target, seconds } => {
+            setup::run().and_then(|()| fuzz::run(target.as_deref(), seconds))
+        }
         Cmd::Manifests { deploy } => setup::run()
             .and_then(|()| manifests::run(&deploy.unwrap_or_else(|| root().join("deploy")))),
     };
