@@ -400,6 +400,12 @@ fn a_ca_that_expires_ends_meshed_connections_cleanly_says_why_and_plaintext_carr
         v["target"] == "access" && v["fields"]["dst"] == to_db.to_string()
     });
     assert!(access["fields"]["error"].is_string(), "{access}");
+    // Nor does the tunnel made before the expiry (web → cart, pooled, idle for less than
+    // the pool's minute) carry new streams: it ended with its certificates.
+    let (what, took) = attempt(&tb, "shop/web", to_cart);
+    eprintln!("on the tunnel made before the CA expired: {what} in {took:?}");
+    assert!(what == "eof" || what == "reset", "{what}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     // The destination does not present its expired certificate (so the source, whose
     // own is expired too, never gets as far as presenting its).
     let refused = tb.wait_log_after("node-b", mark_b, Duration::from_secs(5), |v: &Value| {

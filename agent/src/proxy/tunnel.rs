@@ -5,11 +5,13 @@
 //! pod's `:15008` listener terminates mutual TLS as the pod's identity, learns the peer's
 //! verified identity, and delivers each CONNECT to the app over the pod's loopback.
 //! Handshake failures are refused with one clear log line; other connections carry on.
+//! A tunnel connection takes no new stream once a certificate of its handshake expires
+//! (GOAWAY; the streams under way run on), so the client dials again with current ones.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::StatusCode;
@@ -26,7 +28,7 @@ use super::{
     pod::{self, PodProxy, TUNNEL_PORT},
 };
 use crate::{
-    identity::{SpiffeId, TlsFailure},
+    identity::{SpiffeId, TlsFailure, x509},
     telemetry::access::Transport,
 };
 
@@ -165,8 +167,37 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         peer_id,
     });
     let settings = pod.pool.config().settings.clone();
-    if let Err(err) = hbone::serve(tls, &settings, handler, pod.shared.draining.cancelled()).await {
+    // The handshake proved both certificates valid now, not later: when the first of
+    // them expires, the connection takes no new stream (its peer then dials again, with
+    // a renewed certificate, or fails if there is none, e.g. its CA expired).
+    let peer_not_after = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| x509::facts(leaf).ok())
+        .map(|facts| facts.not_after);
+    let expires = [peer_not_after, manager.not_after(&pod.id)]
+        .into_iter()
+        .flatten()
+        .min();
+    let shutdown = async {
+        let left = expires.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+        tokio::select! {
+            () = pod.shared.draining.cancelled() => {}
+            () = sleep_or_never(left) => tracing::debug!(pod = %pod.key, %peer,
+                "tunnel connection takes no new stream: a certificate of its handshake expired"),
+        }
+    };
+    if let Err(err) = hbone::serve(tls, &settings, handler, shutdown).await {
         refused(err.to_string());
+    }
+}
+
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
     }
 }
 
