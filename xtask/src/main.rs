@@ -1,12 +1,13 @@
 //! `cargo xtask …`: everything beyond plain cargo — set-up of a fresh machine, the demo,
 //! the full test run (unit + privileged end-to-end tests on the testbed), and the
-//! benchmark of both models.
+//! benchmark of both models and a soak of the agents under mixed traffic.
 mod bench;
 mod codegen;
 mod demo;
 mod fuzz;
 mod manifests;
 mod setup;
+mod soak;
 mod test;
 
 use std::{
@@ -40,6 +41,15 @@ enum Cmd {
         /// Where to write the results (default target/bench).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+    },
+    /// Set up, build, and run mixed traffic through two nodes' agents for a while
+    /// (request/response, bulk, connection churn, many connections at once; plaintext
+    /// and mutual TLS), sampling their memory, descriptors and errors; fails if memory
+    /// grows without bound, descriptors leak or anything fails. For people, not CI.
+    Soak {
+        /// How long, in minutes (at most 120).
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        minutes: u64,
     },
     /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
     Codegen,
@@ -76,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Codegen => codegen::run(),
         Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
+        Cmd::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
         Cmd::Fuzz { target, seconds } => {
             setup::run().and_then(|()| fuzz::run(target.as_deref(), seconds))
         }

@@ -5,10 +5,10 @@
 //! `DIR/bench.json`, `DIR/bench.md` (`report`) and `DIR/bench.svg` (`svg`); every figure
 //! is also given as a ratio to `direct` of the same run, never against a fixed number.
 mod memory;
-mod procfs;
+pub mod procfs;
 mod report;
 mod svg;
-mod testbed;
+pub mod testbed;
 mod traffic;
 
 use std::{path::PathBuf, process::Command, time::Instant};

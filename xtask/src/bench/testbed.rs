@@ -61,7 +61,7 @@ impl Bed {
         }
         bed.reload()?;
         eprintln!(
-            "xtask: bench: testbed up in {:.1} s",
+            "xtask: testbed up in {:.1} s",
             started.elapsed().as_secs_f64()
         );
         Ok(bed)
@@ -97,6 +97,24 @@ impl Bed {
             .as_str()
             .map(str::to_string)
             .with_context(|| format!("{key} has no ipv4"))
+    }
+
+    /// Every pod, as `namespace/name`.
+    pub fn pod_keys(&self) -> Vec<String> {
+        self.json["pods"]
+            .as_array()
+            .map(|pods| {
+                pods.iter()
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            p["namespace"].as_str().unwrap_or(""),
+                            p["name"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The pid of a pod's sidecar, if it runs one.
