@@ -260,7 +260,7 @@ impl Default for TelemetryConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// The admin API's unix socket, made with mode 0600. Default
@@ -273,6 +273,25 @@ pub struct AdminConfig {
     /// The admin API on TCP too, with mutual TLS (client certificate required).
     /// Default: off.
     pub tcp: Option<AdminTcpConfig>,
+    /// Connections served at once on the unix socket; when all are taken, a new one
+    /// replaces the oldest that has not spoken HTTP/2 yet (see `admin::admission`).
+    /// Default 64.
+    pub max_connections: usize,
+    /// How long a new connection on the unix socket has to send the HTTP/2 preface
+    /// before it is closed. Default 5000 ms.
+    pub preface_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            allow_uids: Vec::new(),
+            tcp: None,
+            max_connections: 64,
+            preface_timeout_ms: 5000,
+        }
+    }
 }
 
 impl AdminConfig {
@@ -480,6 +499,15 @@ impl Config {
                 "identity.trustDomain",
                 "must be non-empty lowercase letters, digits, '-', '.', '_'",
             ));
+        }
+        if self.admin.max_connections == 0 {
+            return Err(invalid("admin.maxConnections", "must be at least 1"));
+        }
+        if self.admin.preface_timeout_ms == 0 {
+            return Err(invalid("admin.prefaceTimeoutMs", "must not be 0"));
+        }
+        if self.restart.drain_seconds == 0 {
+            return Err(invalid("restart.drainSeconds", "must be at least 1"));
         }
         if self.sidecar.threads == 0 {
             return Err(invalid("sidecar.threads", "must be at least 1"));

@@ -540,7 +540,7 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
         assert!(workloads.contains("shop"), "{workloads}");
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
-        let max = outrider::admin::MAX_CONNECTIONS;
+        let max = outrider::config::AdminConfig::default().max_connections;
         eprintln!(
             "flood: {FLOOD_IDLE} idle + {FLOOD_GARBAGE} garbage connections held, {answered}/{FLOOD_CALLS} \
          calls answered in {calls_took:?}; 5 meshed echoes in {echo_took:?}; outriderctl \

@@ -1,7 +1,7 @@
 //! Who gets a connection on the admin socket, so that a flood of connections (a runaway
 //! script, a tool left hanging) costs the agent a bounded number of descriptors and never
-//! locks operators out: at most [`MAX_CONNECTIONS`] at once; a connection must send the
-//! HTTP/2 preface within [`PREFACE_TIMEOUT`] or is closed; and when the limit is reached
+//! locks operators out: at most `admin.maxConnections` at once; a connection must send
+//! the HTTP/2 preface within `admin.prefaceTimeoutMs` or is closed; and when the limit is reached
 //! a new connection takes the place of the oldest one that has not sent its preface yet
 //! (as sshd's `MaxStartups` sheds unauthenticated connections first). Only when every
 //! slot holds a client speaking HTTP/2 is a new connection closed at once. Clients that
@@ -24,10 +24,6 @@ use tokio::{
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
-/// Connections served at once on the admin socket.
-pub const MAX_CONNECTIONS: usize = 64;
-/// How long a new connection has to send the HTTP/2 client preface.
-pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What every HTTP/2 client sends first (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -32,7 +32,6 @@ use tonic::{
     },
 };
 
-pub use admission::{MAX_CONNECTIONS, PREFACE_TIMEOUT};
 pub use service::AdminService;
 
 /// Each connection is PINGed after this long without traffic…
@@ -130,8 +129,11 @@ pub async fn start(
 
     let unix = router(None)?;
     let done = stop.clone();
+    let admission = admission::Admission::new(
+        config.max_connections,
+        Duration::from_millis(config.preface_timeout_ms),
+    );
     tokio::spawn(async move {
-        let admission = admission::Admission::new(MAX_CONNECTIONS, PREFACE_TIMEOUT);
         let incoming =
             ReceiverStream::new(admission::accept_loop(listener, admission, done.clone()));
         if let Err(error) = unix
