@@ -144,6 +144,15 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
         "OUTSIDER-CANARY-5e4d3c2b1a",
     );
     assert_eq!(refused, "", "strict must refuse plaintext");
+    // Whether those bytes left the outsider before the refusal came is a race; plaintext
+    // sent to the tunnel port always does (its TLS end waits for the client's first
+    // bytes): the control that the capture shows plaintext when there is some.
+    let _ = send_line(
+        &tb,
+        "shop/outsider",
+        SocketAddr::new(vault.ipv4.into(), 15008),
+        "WIRE-CANARY-0a1b2c3d4e",
+    );
     std::thread::sleep(Duration::from_millis(300));
     // SIGINT: tcpdump writes what it holds and exits.
     let _ = Command::new("kill")
@@ -172,7 +181,7 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
         wire.len()
     );
     assert!(
-        contains(&wire, b"OUTSIDER-CANARY-5e4d3c2b1a"),
+        contains(&wire, b"WIRE-CANARY-0a1b2c3d4e"),
         "the capture must show plaintext when there is some"
     );
     assert!(outsider_app_port > 0);
