@@ -68,8 +68,8 @@ pub fn cleanup(config_path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
-    // Raised to the hard limit at process start (`main`); this reads it back.
-    let open_files = crate::limits::raise_open_files().map(|(_, now)| now).ok();
+    // Raised to the hard limit at process start (`main`).
+    let open_files = crate::limits::open_files().ok();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %config.node_name,

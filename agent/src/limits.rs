@@ -6,6 +6,19 @@
 //! every `outrider` process lifts its soft `RLIMIT_NOFILE` to the hard limit, which the
 //! operator sets (systemd's `LimitNOFILE`, the container runtime's default).
 
+/// The soft limit on open files in force.
+pub fn open_files() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Raises the soft limit on open files to the hard limit. Returns the soft limit before
 /// and after (equal if it already was at the hard limit).
 pub fn raise_open_files() -> std::io::Result<(u64, u64)> {

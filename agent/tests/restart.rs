@@ -130,6 +130,29 @@ fn finish(traffic: support::Background) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// Echo servers on port 7000 in shop/web (node-a) and data/db (node-b): their addresses,
+/// and the servers (stopped when dropped).
+fn echo_servers(tb: &Testbed) -> (SocketAddr, SocketAddr, [support::Background; 2]) {
+    let web = (tb.pod("shop/web").ipv4, 7000).into();
+    let db = (tb.pod("data/db").ipv4, 7000).into();
+    let servers = [
+        tb.tcp_server("shop/web", 7000, "EXEC:cat"),
+        tb.tcp_server("data/db", 7000, "EXEC:cat"),
+    ];
+    (web, db, servers)
+}
+
+/// Echoes `message` from shop/client to `db` and returns node-b's access-log line for it
+/// (its `transport` says whether it came meshed).
+fn echo_to_db(tb: &Testbed, db: SocketAddr, message: &str) -> Value {
+    let mark = tb.log_mark("node-b");
+    let (ok, out) = tb.echo("shop/client", db, message);
+    assert!(ok, "{out}");
+    tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
+        access(v, "inbound", db)
+    })
+}
+
 fn agent_pid(tb: &Testbed, node: &str) -> u32 {
     tb.node(node).agent.as_ref().expect("an agent").pid
 }
@@ -169,10 +192,7 @@ fn upgrade(tb: &mut Testbed, node: &str) -> (u32, Child) {
 #[test]
 fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection() {
     let mut tb = Testbed::up(SPEC, true);
-    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
-    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
-    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
         &["python3", "-c", &traffic(&[db, web], 16, 10, true)],
@@ -244,12 +264,7 @@ fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection()
     }
     // The new agents serve, meshed: a new connection across nodes goes through a tunnel
     // from node-a's new agent to node-b's.
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "after the upgrade");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "after the upgrade");
     assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
     assert_eq!(
         inbound["fields"]["src_identity"], "spiffe://cluster.local/ns/shop/sa/client",
@@ -260,15 +275,14 @@ fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection()
     }
 }
 
-/// Connection attempts after `since` (seconds into the traffic) that failed, and the span
-/// from the first failure to the first success after it.
-fn outage(all: &[Attempt], since: f64) -> (usize, f64) {
-    let after: Vec<&Attempt> = all.iter().filter(|a| a.at >= since).collect();
-    let failed = after.iter().filter(|a| a.error.is_some()).count();
-    let Some(first) = after.iter().find(|a| a.error.is_some()) else {
+/// The connection attempts that failed, and the span from the first failure to the first
+/// success after it.
+fn outage(all: &[Attempt]) -> (usize, f64) {
+    let failed = all.iter().filter(|a| a.error.is_some()).count();
+    let Some(first) = all.iter().find(|a| a.error.is_some()) else {
         return (0, 0.0);
     };
-    let back = after
+    let back = all
         .iter()
         .filter(|a| a.at > first.at && a.error.is_none())
         .map(|a| a.at)
@@ -280,10 +294,7 @@ fn outage(all: &[Attempt], since: f64) -> (usize, f64) {
 #[test]
 fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
     let mut tb = Testbed::up(SPEC, true);
-    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
-    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
-    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
         &["python3", "-c", &traffic(&[db, web], 12, 20, false)],
@@ -318,7 +329,7 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
     let start_to_ready = starting.elapsed();
     let report = finish(load);
     let all = attempts(&report);
-    let (failed, gap) = outage(&all, 0.0);
+    let (failed, gap) = outage(&all);
     let refused_fast = all.iter().filter(|a| a.error.is_some()).all(|a| {
         a.took < 1.0
             && a.error.as_deref().is_some_and(|e| {
@@ -349,12 +360,7 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
         .filter(|v| v["fields"]["message"] == "pod enrolled" && v["fields"]["adopted"] == true)
         .count();
     assert_eq!(adopted, 2);
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "meshed again");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "meshed again");
     assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
     drop(new);
 }
@@ -363,10 +369,7 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
 fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
     let spec = format!("{SPEC}agent:\n  capture: {{failPolicy: fail-open}}\n");
     let mut tb = Testbed::up(&spec, true);
-    let web: SocketAddr = (tb.pod("shop/web").ipv4, 7000).into();
-    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
-    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
         &["python3", "-c", &traffic(&[db, web], 10, 20, false)],
@@ -378,12 +381,7 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
     reap(old, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     // Unmeshed: node-b's agent sees the client's plaintext arrive, no tunnel.
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "unmeshed");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "unmeshed");
     assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
     // Plaintext into web goes straight to the app.
     let (ok, out) = tb.echo("shop/outsider", web, "to web");
@@ -393,7 +391,7 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
     let new = tb.start_another_agent("node-a");
     let report = finish(load);
     let all = attempts(&report);
-    let (failed, gap) = outage(&all, 0.0);
+    let (failed, gap) = outage(&all);
     eprintln!(
         "fail-open: {failed} of {} attempts failed; longest outage {gap:.3} s",
         all.len()
@@ -402,12 +400,7 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
     assert!(failed <= 2, "{failed} attempts failed");
     assert!(gap < 1.0, "outage of {gap:.2}s");
     // Meshed again.
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "meshed again");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "meshed again");
     assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
     drop(new);
 }
@@ -415,8 +408,7 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
 #[test]
 fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
     let tb = Testbed::up(SPEC, true);
-    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let (_, db, _servers) = echo_servers(&tb);
     let config = tb.node("node-a").agent.as_ref().unwrap().config.clone();
     let cleanup = || {
         std::process::Command::new(support::OUTRIDER)
@@ -457,12 +449,7 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "unmeshed");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "unmeshed");
     assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
     assert!(!pins.exists(), "{} is still there", pins.display());
 }
@@ -470,8 +457,7 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
 #[test]
 fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
     let mut tb = Testbed::up(SPEC, true);
-    let db: SocketAddr = (tb.pod("data/db").ipv4, 7000).into();
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let (_, db, _servers) = echo_servers(&tb);
     let old = agent_pid(&tb, "node-a");
     signal(old, Signal::SIGKILL);
     reap(old, Duration::from_secs(5));
@@ -486,12 +472,7 @@ fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
     config["capture"]["failPolicy"] = "fail-open".into();
     std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
     let mut new = tb.start_another_agent("node-a");
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "excluded");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "excluded");
     assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
 
     // An upgrade to a config that captures 7000 again: the stale entry is withdrawn,
@@ -505,12 +486,7 @@ fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
         assert!(Instant::now() < deadline, "the old agent does not exit");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "meshed");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "meshed");
     assert_eq!(inbound["fields"]["transport"], "hbone", "{inbound}");
 
     // And the fail policy in force is the new one: a crash now lets traffic through,
@@ -518,11 +494,6 @@ fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
     let newer = agent_pid(&tb, "node-a");
     signal(newer, Signal::SIGKILL);
     reap(newer, Duration::from_secs(5));
-    let mark = tb.log_mark("node-b");
-    let (ok, out) = tb.echo("shop/client", db, "fail-open");
-    assert!(ok, "{out}");
-    let inbound = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v: &Value| {
-        access(v, "inbound", db)
-    });
+    let inbound = echo_to_db(&tb, db, "fail-open");
     assert_eq!(inbound["fields"]["transport"], "plaintext", "{inbound}");
 }

@@ -192,6 +192,11 @@ pub fn start(dir: &Path, state: &mut State) -> anyhow::Result<()> {
 /// Sends `cmd`'s stdout and stderr to a new, empty `log`.
 pub fn log_to(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     std::fs::write(log, "").with_context(|| format!("cannot write {}", log.display()))?;
+    append_to(cmd, log)
+}
+
+/// Appends `cmd`'s stdout and stderr to `log`, which exists.
+fn append_to(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     let out = std::fs::OpenOptions::new()
         .append(true)
         .open(log)
@@ -227,14 +232,7 @@ fn spawn(dir: &Path, node: &mut NodeState, exe: &Path, append: bool) -> anyhow::
         .arg(&config)
         .stdin(Stdio::null());
     if append {
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        cmd.stdout(out).stderr(err);
+        append_to(&mut cmd, &log)?;
     } else {
         log_to(&mut cmd, &log)?;
     }
