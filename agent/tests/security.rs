@@ -235,27 +235,6 @@ fn ec_scalar(pkcs8: &[u8]) -> Vec<u8> {
     pkcs8[at + 5..at + 5 + 32].to_vec()
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn private_keys_never_appear_in_logs_dumps_or_metrics() {
     // Debug logging everywhere, and certificates renewed every 3 s so that minting and
@@ -367,7 +346,13 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
-    let der = rustls_pki_der(&body.concat());
+    let der = {
+        use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .expect("the CA key is PEM")
+            .secret_der()
+            .to_vec()
+    };
     let scalar = ec_scalar(&der);
     let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
     let colons: Vec<String> = scalar.iter().map(|b| format!("{b:02x}")).collect();
@@ -386,7 +371,10 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
         ),
         (
             "the CA key's scalar, base64".into(),
-            base64(&scalar).trim_end_matches('=').as_bytes().to_vec(),
+            outrider::identity::ca::base64(&scalar)
+                .trim_end_matches('=')
+                .as_bytes()
+                .to_vec(),
         ),
     ];
     for (i, line) in body.iter().enumerate() {
@@ -404,32 +392,6 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
         dumps.len(),
         needles.len()
     );
-}
-
-/// Decodes standard base64 (the PEM body).
-fn rustls_pki_der(b64: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let clean: Vec<u8> = b64.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c) << (18 - 6 * i);
-        }
-        for i in 0..chunk.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 /// What binding `port` on `addr` in `pod` gives: `ok`, or the error's name.

@@ -380,7 +380,7 @@ pub fn write_k8s_secret(ca_dir: &Path, path: &Path, force: bool) -> Result<(), I
 }
 
 /// Standard base64 (RFC 4648, with padding).
-fn base64(bytes: &[u8]) -> String {
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
