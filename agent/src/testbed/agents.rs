@@ -78,8 +78,10 @@ fn workload_set(state: &State) -> WorkloadSet {
                 } else {
                     Mode::None
                 },
+                ports: Vec::new(),
             })
             .collect(),
+        services: Vec::new(),
     }
 }
 

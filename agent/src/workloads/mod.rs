@@ -6,10 +6,13 @@
 pub mod directory;
 pub mod file;
 pub mod kubernetes;
+pub mod service;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use service::{Endpoint, PodPort, Service, ServiceKey, ServicePort, TargetPort};
 
 /// How a workload's traffic is meshed.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -71,6 +74,9 @@ pub struct Workload {
     pub cgroup: Option<PathBuf>,
     #[serde(default)]
     pub mode: Mode,
+    /// The pod's named container ports, so that a Service's named `targetPort` resolves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PodPort>,
 }
 
 fn default_service_account() -> String {
@@ -125,11 +131,14 @@ pub struct WorkloadSet {
     pub namespaces: BTreeMap<String, NamespaceSettings>,
     #[serde(default)]
     pub workloads: Vec<Workload>,
+    /// Kubernetes Services: cluster IPs, ports and endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
 }
 
 impl WorkloadSet {
-    /// Both sets in one: `self`'s namespace settings and workloads win over `other`'s of
-    /// the same name.
+    /// Both sets in one: `self`'s namespace settings, workloads and services win over
+    /// `other`'s of the same name.
     pub fn merged(&self, other: &WorkloadSet) -> WorkloadSet {
         let mut namespaces = other.namespaces.clone();
         namespaces.extend(self.namespaces.clone());
@@ -143,9 +152,20 @@ impl WorkloadSet {
                 .filter(|w| !mine.contains(&w.key()))
                 .cloned(),
         );
+        let mut services = self.services.clone();
+        let my_services: std::collections::HashSet<ServiceKey> =
+            self.services.iter().map(Service::key).collect();
+        services.extend(
+            other
+                .services
+                .iter()
+                .filter(|s| !my_services.contains(&s.key()))
+                .cloned(),
+        );
         WorkloadSet {
             namespaces,
             workloads,
+            services,
         }
     }
 

@@ -176,6 +176,7 @@ pub fn workload_set(
                 netns: sandbox.map(|s| s.netns.clone()).unwrap_or_default(),
                 cgroup: sandbox.map(|s| s.cgroup.clone()),
                 mode,
+                ports: Vec::new(),
             }
         })
         .collect();
@@ -188,6 +189,7 @@ pub fn workload_set(
     WorkloadSet {
         namespaces,
         workloads,
+        services: Vec::new(),
     }
 }
 
