@@ -106,7 +106,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     let shared = Arc::new(Shared::new(
         &config,
         Steering::Kernel(dataplane.orig_dst()),
-        Directory::default(),
+        Directory::new(&config.workloads.cluster_domain),
         identity.clone(),
         node_addrs.clone(),
         metrics.clone(),

@@ -73,6 +73,9 @@ pub struct WorkloadSourceConfig {
     /// The Kubernetes API as the workload source (see `workloads::kubernetes`): set
     /// (even to `{}`) to use it; alongside `file`, both sets are merged. Default: off.
     pub kubernetes: Option<KubernetesSourceConfig>,
+    /// The cluster's DNS domain: Services are named `name.namespace.svc.<clusterDomain>`
+    /// in metrics (`destination_service`) and access logs. Default `cluster.local`.
+    pub cluster_domain: String,
 }
 
 impl Default for WorkloadSourceConfig {
@@ -81,6 +84,7 @@ impl Default for WorkloadSourceConfig {
             file: None,
             poll_interval_ms: 250,
             kubernetes: None,
+            cluster_domain: crate::workloads::directory::DEFAULT_CLUSTER_DOMAIN.to_string(),
         }
     }
 }

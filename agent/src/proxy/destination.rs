@@ -29,7 +29,7 @@ use crate::{
     policy,
     telemetry::{
         access::{self, ConnectionRecord, Direction, Transport},
-        metrics::{Reporter, TcpLabels},
+        metrics::{Reporter, ServiceName, TcpLabels},
     },
 };
 
@@ -44,6 +44,9 @@ pub struct Arrival {
     pub dst: SocketAddr,
     /// The peer's verified identity (tunnels only).
     pub peer: Option<SpiffeId>,
+    /// The Service the source dialed, as its agent says (tunnels only) and only when
+    /// this pod is one of its endpoints.
+    pub service: Option<ServiceName>,
 }
 
 impl Arrival {
@@ -106,7 +109,8 @@ fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Reg
         pod.party_at(arrival.src.ip(), arrival.peer.as_ref()),
         pod.party(),
         arrival.transport == Transport::Hbone,
-    );
+    )
+    .with_service(arrival.service.as_ref());
     pod.shared.connections.register(NewConnection {
         pod: pod.key.clone(),
         direction: Direction::Inbound,

@@ -27,6 +27,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         src: peer,
         dst,
         peer: None,
+        service: None,
     };
     let refuse = |client, reason: String| {
         super::reset(client);

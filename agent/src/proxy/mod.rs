@@ -5,6 +5,7 @@
 //! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app and `copy`
 //! moving bytes.
 pub mod authorize;
+pub mod balance;
 pub mod connections;
 pub mod copy;
 pub mod deliver;
@@ -15,6 +16,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod pod;
 pub mod relay;
+pub mod route;
 pub mod steering;
 pub mod tunnel;
 

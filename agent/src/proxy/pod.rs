@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
+    balance::Balancer,
     connections::Registry,
     hbone::{Pool, PoolConfig},
     steering::Steering,
@@ -50,6 +51,10 @@ pub struct Shared {
     pub node_addrs: Vec<IpAddr>,
     /// Every live proxied connection of the node.
     pub connections: Registry,
+    /// Active connections per Service endpoint, and client affinities.
+    pub balancer: Arc<Balancer>,
+    /// This agent's node (a pod's own node when its record does not say).
+    pub node: String,
     /// The authorization policies in force.
     pub policy: ArcSwap<PolicySet>,
     /// Cancelled once this agent has handed over to a new one: its tunnels' server ends
@@ -78,6 +83,8 @@ impl Shared {
             buffer_bytes: config.proxy.buffer_bytes,
             node_addrs,
             connections: Registry::new(metrics),
+            balancer: Default::default(),
+            node: config.node_name.clone(),
             policy: ArcSwap::from_pointee(PolicySet::empty()),
             draining: Default::default(),
         }

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     identity::{SpiffeId, TlsFailure, x509},
-    telemetry::access::Transport,
+    telemetry::{access::Transport, metrics::ServiceName},
 };
 
 /// How long a peer has to finish its TLS handshake (a slow client cannot hold the
@@ -45,14 +45,21 @@ impl Abort for H2Stream {
     }
 }
 
-/// Opens a tunnel stream from `pod` to `dst`, whose pod must prove it is `peer_id`.
-pub async fn open(pod: &PodProxy, dst: SocketAddr, peer_id: &SpiffeId) -> io::Result<H2Stream> {
+/// Opens a tunnel stream from `pod` to `dst`, whose pod must prove it is `peer_id`;
+/// `service` names the Service dialed, if any, for the destination's metrics.
+pub async fn open(
+    pod: &PodProxy,
+    dst: SocketAddr,
+    peer_id: &SpiffeId,
+    service: Option<&str>,
+) -> io::Result<H2Stream> {
     let key = (peer_id.clone(), dst.ip());
     let mut request = ConnectRequest::new(dst)
         .with_traceparent(TraceParent::random())
         .with_baggage(Baggage {
             namespace: Some(pod.workload.namespace.clone()),
             workload: Some(("pod".to_string(), pod.workload.name.clone())),
+            destination_service: service.map(str::to_string),
             ..Baggage::default()
         });
     if let Some(ip) = pod
@@ -212,16 +219,25 @@ impl Deliver {
     fn arrival(&self, inbound: &Inbound) -> Arrival {
         // The source pod's IP as its agent reports it in `forwarded` (the tunnel's own
         // source is that pod's IP too, as the tunnel is made from inside the pod).
-        let src = inbound
-            .request()
+        let request = inbound.request();
+        let src = request
             .source
             .map(|ip| SocketAddr::new(ip, self.peer.port()))
             .unwrap_or(self.peer);
+        // The Service the source says it dialed, believed only when this pod is one of
+        // its endpoints (a peer cannot label its traffic with another Service).
+        let service = request
+            .baggage
+            .destination_service
+            .and_then(|fqdn| self.pod.shared.directory.service_named(&fqdn))
+            .filter(|s| s.has_endpoint(inbound.authority.ip()))
+            .map(|s| ServiceName::of(&s));
         Arrival {
             transport: Transport::Hbone,
             src,
             dst: inbound.authority,
             peer: Some(self.peer_id.clone()),
+            service,
         }
     }
 }

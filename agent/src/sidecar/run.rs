@@ -106,7 +106,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let shared = Arc::new(Shared::new(
         &config,
         Steering::Redirect,
-        Directory::default(),
+        Directory::new(&config.workloads.cluster_domain),
         identity,
         mesh.node_addrs.clone(),
         metrics.clone(),

@@ -79,6 +79,7 @@ pub fn log(record: &ConnectionRecord<'_>) {
     let src_namespace = w(|l| &l.source_workload_namespace);
     let dst_workload = w(|l| &l.destination_workload);
     let dst_namespace = w(|l| &l.destination_workload_namespace);
+    let dst_service = w(|l| &l.destination_service);
     match &record.error {
         None => tracing::info!(
             target: "access",
@@ -91,6 +92,7 @@ pub fn log(record: &ConnectionRecord<'_>) {
             src_namespace,
             dst_workload,
             dst_namespace,
+            dst_service,
             src_identity,
             dst_identity,
             bytes_sent = record.bytes_sent,
@@ -109,6 +111,7 @@ pub fn log(record: &ConnectionRecord<'_>) {
             src_namespace,
             dst_workload,
             dst_namespace,
+            dst_service,
             src_identity,
             dst_identity,
             bytes_sent = record.bytes_sent,
@@ -171,6 +174,7 @@ pub fn log_request(conn: &Connection, local_identity: &str, report: &crate::prox
         src_namespace = %l.source_workload_namespace,
         dst_workload = %l.destination_workload,
         dst_namespace = %l.destination_workload_namespace,
+        dst_service = %l.destination_service,
         src_identity,
         dst_identity,
         method = %report.request.method,

@@ -38,7 +38,11 @@ pub struct TcpLabels {
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    /// The Service dialed, `name.namespace.svc.<cluster domain>` ("unknown" when the
+    /// connection went to a pod's own address).
     pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub request_protocol: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
@@ -54,11 +58,34 @@ pub struct HttpLabels {
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    /// The Service dialed, `name.namespace.svc.<cluster domain>` ("unknown" when the
+    /// connection went to a pod's own address).
     pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
     pub request_protocol: &'static str,
     pub response_code: String,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
+}
+
+/// A Service as metrics and access logs name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// `name.namespace.svc.<cluster domain>`.
+    pub fqdn: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ServiceName {
+    pub fn of(service: &crate::workloads::directory::ResolvedService) -> Self {
+        Self {
+            fqdn: service.fqdn.clone(),
+            name: service.key.name.clone(),
+            namespace: service.key.namespace.clone(),
+        }
+    }
 }
 
 /// One end of a connection, as metrics name it ("unknown" where not known).
@@ -90,10 +117,23 @@ impl TcpLabels {
             destination_workload_namespace: destination.namespace,
             destination_principal: destination.principal,
             destination_service: "unknown".into(),
+            destination_service_name: "unknown".into(),
+            destination_service_namespace: "unknown".into(),
             request_protocol: "tcp",
             response_flags: "-",
             connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
         }
+    }
+
+    /// Labels the connection with the Service it was sent to (Istio's
+    /// `destination_service*`).
+    pub fn with_service(mut self, service: Option<&ServiceName>) -> Self {
+        if let Some(s) = service {
+            self.destination_service = s.fqdn.clone();
+            self.destination_service_name = s.name.clone();
+            self.destination_service_namespace = s.namespace.clone();
+        }
+        self
     }
 
     /// The HTTP labels of a request carried by this connection.
@@ -107,6 +147,8 @@ impl TcpLabels {
             destination_workload_namespace: self.destination_workload_namespace.clone(),
             destination_principal: self.destination_principal.clone(),
             destination_service: self.destination_service.clone(),
+            destination_service_name: self.destination_service_name.clone(),
+            destination_service_namespace: self.destination_service_namespace.clone(),
             request_protocol: protocol,
             response_code: code.to_string(),
             response_flags: flags,
@@ -396,6 +438,8 @@ mod tests {
             destination_workload_namespace: "data".into(),
             destination_principal: "spiffe://cluster.local/ns/data/sa/db".into(),
             destination_service: "unknown".into(),
+            destination_service_name: "unknown".into(),
+            destination_service_namespace: "unknown".into(),
             request_protocol: "tcp",
             response_flags: "-",
             connection_security_policy: "mutual_tls",

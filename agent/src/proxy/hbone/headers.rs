@@ -144,7 +144,14 @@ pub struct Baggage {
     pub service_version: Option<String>,
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// The Service the source dialed (`name.namespace.svc.<cluster domain>`), so the
+    /// destination's metrics name it too; the destination believes it only when the
+    /// Service has the destination pod among its endpoints.
+    pub destination_service: Option<String>,
 }
+
+/// Our `baggage` member naming the Service dialed (Istio has none; others ignore it).
+pub const DESTINATION_SERVICE_KEY: &str = "outrider.destination.service";
 
 impl Baggage {
     /// `k=v,k=v`, or `None` when there is nothing to send.
@@ -164,6 +171,7 @@ impl Baggage {
             ("service.version", self.service_version.as_deref()),
             ("cloud.region", self.region.as_deref()),
             ("cloud.availability_zone", self.zone.as_deref()),
+            (DESTINATION_SERVICE_KEY, self.destination_service.as_deref()),
         ];
         let value = pairs
             .iter()
@@ -190,6 +198,7 @@ impl Baggage {
                 "service.version" => baggage.service_version = Some(val),
                 "cloud.region" => baggage.region = Some(val),
                 "cloud.availability_zone" => baggage.zone = Some(val),
+                DESTINATION_SERVICE_KEY => baggage.destination_service = Some(val),
                 _ => {
                     if let Some(kind) = key
                         .strip_prefix("k8s.")
@@ -213,6 +222,7 @@ impl Baggage {
             service_version: later.service_version.or(self.service_version),
             region: later.region.or(self.region),
             zone: later.zone.or(self.zone),
+            destination_service: later.destination_service.or(self.destination_service),
         }
     }
 }

@@ -55,12 +55,14 @@ fn baggage_round_trips_and_ignores_what_it_does_not_know() {
         service_version: Some("v2".into()),
         region: Some("eu".into()),
         zone: Some("eu-1a".into()),
+        destination_service: Some("db.data.svc.cluster.local".into()),
     };
     let value = baggage.header_value().unwrap();
     assert_eq!(
         value,
         "k8s.cluster.name=c1,k8s.namespace.name=ns,k8s.statefulset.name=db,service.name=db,\
-         service.version=v2,cloud.region=eu,cloud.availability_zone=eu-1a"
+         service.version=v2,cloud.region=eu,cloud.availability_zone=eu-1a,\
+         outrider.destination.service=db.data.svc.cluster.local"
     );
     assert_eq!(Baggage::parse(&value), baggage);
     assert_eq!(Baggage::default().header_value(), None);
