@@ -260,7 +260,9 @@ async fn workload_source(
         &cgroup_root,
         &k8s.proc_root,
     );
-    tracing::info!("waiting for the Kubernetes API's namespaces and pods");
+    tracing::info!(
+        "waiting for the Kubernetes API's namespaces, pods, Services and EndpointSlices"
+    );
     kubernetes::wait_synced(&mut synced).await?;
     let Some(file) = file else {
         return Ok(from_k8s);

@@ -2,8 +2,8 @@
 //! real Kubernetes JSON (list, watch from a resourceVersion, bookmarks, 410 Gone) inside
 //! each testbed node. Labelling a namespace enrolls its pods on this node (found from
 //! their UID: cgroup and sandbox process), unlabelling unenrolls them, the pod
-//! annotation overrides the namespace, pods on other nodes are destinations only, and a
-//! dropped or expired watch recovers.
+//! annotation overrides the namespace, pods on other nodes are destinations only, a
+//! dropped or expired watch recovers, and Services follow their EndpointSlices.
 mod support;
 
 use std::{
@@ -37,7 +37,11 @@ agent:
 /// A testbed whose agents follow `api` (serving in every node), with the namespaces
 /// `shop` and `tools` (unlabelled) and every pod known to it.
 fn testbed(api: &FakeApiServer, annotations: &[(&str, &[(&str, &str)])]) -> Testbed {
-    let mut tb = Testbed::up(SPEC, false);
+    testbed_of(SPEC, api, annotations)
+}
+
+fn testbed_of(spec: &str, api: &FakeApiServer, annotations: &[(&str, &[(&str, &str)])]) -> Testbed {
+    let mut tb = Testbed::up(spec, false);
     let addr: SocketAddr = API.parse().unwrap();
     for node in &tb.state.nodes {
         api.listen_in(&node.netns, addr);
@@ -336,4 +340,114 @@ fn a_dropped_watch_resumes_and_an_expired_one_lists_again() {
         apiserver::namespace("shop", &[("outrider.io/mode", "node")]),
     );
     wait_state(&tb, "node-a", "shop/client", "enrolled");
+}
+
+/// Waits for node-a's agent to publish `svc` with `endpoints` endpoints of which `ready`
+/// are ready, logged after `mark`; returns how long it took since `since`.
+fn wait_service(
+    tb: &Testbed,
+    mark: usize,
+    since: Instant,
+    svc: &str,
+    endpoints: u64,
+    ready: u64,
+) -> Duration {
+    let line = tb.wait_log_after("node-a", mark, Duration::from_secs(10), |l| {
+        l["fields"]["message"] == "Service from Kubernetes"
+            && l["fields"]["service"] == svc
+            && l["fields"]["endpoints"] == endpoints
+            && l["fields"]["ready"] == ready
+    });
+    let took = since.elapsed();
+    assert!(
+        line["fields"]["cluster_ips"]
+            .as_str()
+            .is_some_and(|ips| ips.contains("10.96.0.10") && ips.contains("fd00:96::10")),
+        "{line}"
+    );
+    took
+}
+
+#[test]
+fn endpoint_slice_changes_are_followed_within_a_second() {
+    let api = FakeApiServer::new();
+    // The source logs each Service it publishes at debug.
+    let spec = format!("{SPEC}  log: {{level: \"info,outrider::workloads::kubernetes=debug\"}}\n");
+    let tb = testbed_of(&spec, &api, &[]);
+    let web = tb.pod("shop/web").clone();
+    let client = tb.pod("shop/client").clone();
+    let ports = || serde_json::json!([{"name": "http", "port": 7000, "protocol": "TCP"}]);
+    let v4 = |endpoints: Vec<Value>| {
+        apiserver::endpoint_slice("shop", "web-v4", "web", "IPv4", ports(), endpoints)
+    };
+    // The slices come before their Service (kept until it arrives), one per family.
+    let mark = tb.log_mark("node-a");
+    api.apply(
+        Kind::EndpointSlice,
+        v4(vec![apiserver::slice_endpoint(&web, web.ipv4.into(), true)]),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        apiserver::endpoint_slice(
+            "shop",
+            "web-v6",
+            "web",
+            "IPv6",
+            ports(),
+            vec![apiserver::slice_endpoint(&web, web.ipv6.into(), true)],
+        ),
+    );
+    api.apply(
+        Kind::Service,
+        apiserver::service(
+            "shop",
+            "web",
+            &["10.96.0.10", "fd00:96::10"],
+            serde_json::json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+        ),
+    );
+    wait_service(&tb, mark, Instant::now(), "shop/web", 2, 2);
+
+    // web's IPv4 endpoint stops being ready.
+    let mark = tb.log_mark("node-a");
+    let changed = Instant::now();
+    api.apply(
+        Kind::EndpointSlice,
+        v4(vec![apiserver::slice_endpoint(
+            &web,
+            web.ipv4.into(),
+            false,
+        )]),
+    );
+    let took = wait_service(&tb, mark, changed, "shop/web", 2, 1);
+    assert!(
+        took < Duration::from_secs(1),
+        "an endpoint going not-ready took {took:?} to reach the agent"
+    );
+
+    // A new endpoint (client, on node-a) joins.
+    let mark = tb.log_mark("node-a");
+    let changed = Instant::now();
+    api.apply(
+        Kind::EndpointSlice,
+        v4(vec![
+            apiserver::slice_endpoint(&web, web.ipv4.into(), false),
+            apiserver::slice_endpoint(&client, client.ipv4.into(), true),
+        ]),
+    );
+    let took = wait_service(&tb, mark, changed, "shop/web", 3, 2);
+    assert!(
+        took < Duration::from_secs(1),
+        "a new endpoint took {took:?} to reach the agent"
+    );
+
+    // A slice deleted takes its endpoints with it; the Service deleted is gone.
+    let mark = tb.log_mark("node-a");
+    api.delete(Kind::EndpointSlice, "shop/web-v6");
+    wait_service(&tb, mark, Instant::now(), "shop/web", 2, 1);
+    api.delete(Kind::Service, "shop/web");
+    tb.wait_log_after("node-a", mark, Duration::from_secs(5), |l| {
+        l["fields"]["message"] == "Service gone from Kubernetes"
+            && l["fields"]["service"] == "shop/web"
+    });
 }

@@ -1,6 +1,6 @@
 //! Who runs in the mesh and which pods are enrolled: the workload model, the sources that
 //! produce it (`file`: a local YAML file, watched; `kubernetes`: the API server's
-//! namespaces and pods, watched), and the cluster-wide view the proxy
+//! namespaces, pods, Services and EndpointSlices, watched), and the cluster-wide view the proxy
 //! looks destinations up in (`directory`). Enrollment consumes the latest [`WorkloadSet`]
 //! and never looks at where it came from.
 pub mod directory;

@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for end-to-end tests — the one fake the project accepts,
 //! since no API server can be installed here. It speaks real Kubernetes JSON over HTTP/1.1
-//! for namespaces, pods and `AuthorizationPolicy` resources: list (with the collection's resourceVersion), watch from a
-//! resourceVersion (chunked `{"type","object"}` lines, ADDED/MODIFIED/DELETED), BOOKMARK
-//! events every 200 ms when asked for, and `410 Gone` (an ERROR event with reason
+//! for namespaces, pods, Services, `discovery.k8s.io/v1` EndpointSlices and
+//! `AuthorizationPolicy` resources: list (with the collection's resourceVersion), watch
+//! from a resourceVersion (chunked `{"type","object"}` lines, ADDED/MODIFIED/DELETED),
+//! BOOKMARK events every 200 ms when asked for, and `410 Gone` (an ERROR event with reason
 //! `Expired`) for a resourceVersion older than the last compaction. Tests change objects,
 //! drop every open watch, or compact the history, and see what the agents do.
 #![allow(dead_code)]
@@ -26,6 +27,9 @@ use tokio::sync::{mpsc, watch};
 pub enum Kind {
     Namespace,
     Pod,
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
     /// `security.outrider.io/v1alpha1` AuthorizationPolicy.
     Policy,
 }
@@ -35,6 +39,8 @@ impl Kind {
         match path {
             "/api/v1/namespaces" => Some(Kind::Namespace),
             "/api/v1/pods" => Some(Kind::Pod),
+            "/api/v1/services" => Some(Kind::Service),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
             "/apis/security.outrider.io/v1alpha1/authorizationpolicies" => Some(Kind::Policy),
             _ => None,
         }
@@ -44,13 +50,16 @@ impl Kind {
         match self {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::Policy => "AuthorizationPolicy",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Policy => "security.outrider.io/v1alpha1",
         }
     }
@@ -339,6 +348,57 @@ pub fn pod(p: &outrider::testbed::state::PodState, annotations: &[(&str, &str)])
                  "containers": [{"name": "app", "image": "registry.example/app:1"}]},
         "status": {"phase": "Running", "podIP": p.ipv4.to_string(),
                    "podIPs": [{"ip": p.ipv4.to_string()}, {"ip": p.ipv6.to_string()}]}
+    })
+}
+
+/// A ClusterIP Service of `namespace` selecting `app: <name>`, with `cluster_ips` (IPv4
+/// first) and `ports` (Service port objects: `{"name", "port", "targetPort"}`).
+pub fn service(namespace: &str, name: &str, cluster_ips: &[&str], ports: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("svc-{name}")},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ips.first(),
+                 "clusterIPs": cluster_ips, "selector": {"app": name},
+                 "ports": ports, "sessionAffinity": "None",
+                 "internalTrafficPolicy": "Cluster"},
+        "status": {"loadBalancer": {}}
+    })
+}
+
+/// An EndpointSlice of the Service `namespace/service` (its `kubernetes.io/service-name`
+/// label), `address_type` `IPv4` or `IPv6`, with `ports` (`{"name", "port",
+/// "protocol"}`) and `endpoints` (see [`slice_endpoint`]).
+pub fn endpoint_slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    address_type: &str,
+    ports: Value,
+    endpoints: Vec<Value>,
+) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": address_type,
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+/// One endpoint of an EndpointSlice: the testbed pod `p` at `ip`, `ready` (and serving
+/// as ready, not terminating).
+pub fn slice_endpoint(
+    p: &outrider::testbed::state::PodState,
+    ip: std::net::IpAddr,
+    ready: bool,
+) -> Value {
+    json!({
+        "addresses": [ip.to_string()],
+        "conditions": {"ready": ready, "serving": ready, "terminating": false},
+        "nodeName": p.node,
+        "targetRef": {"kind": "Pod", "namespace": p.namespace, "name": p.name, "uid": p.uid}
     })
 }
 

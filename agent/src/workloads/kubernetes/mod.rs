@@ -1,14 +1,20 @@
-//! The Kubernetes workload source: watches namespaces and pods through the API server
-//! (kube-rs watchers: they resume from the last resourceVersion after a disconnect and
-//! list again after `410 Gone`), keeps a small record per pod (`records`), and publishes
-//! the cluster as a [`WorkloadSet`]. A namespace labelled `outrider.io/mode=node` enrolls
+//! The Kubernetes workload source: watches namespaces, pods, Services and
+//! `discovery.k8s.io/v1` EndpointSlices through the API server (kube-rs watchers: they
+//! resume from the last resourceVersion after a disconnect and list again after
+//! `410 Gone`; `cache` keeps each kind's records in step, a relist swapped in whole),
+//! keeps a small record per object (`records` for namespaces and pods, `services` for
+//! Services and their slices), and publishes the cluster as a [`WorkloadSet`], changes
+//! arriving together as one set. A namespace labelled `outrider.io/mode=node` enrolls
 //! its pods; a pod's `outrider.io/mode` annotation (`none|node|sidecar`) overrides it.
 //! Every pod is a destination; this node's pods in node mode also need their sandbox —
 //! network namespace and cgroup, found from the pod UID (`sandbox`) and retried every
 //! 50 ms while the sandbox starts, so enrollment follows within a second of the pod
-//! getting its IP.
+//! getting its IP. Every Service is published with the endpoints of its EndpointSlices
+//! (conditions and ports per endpoint).
+pub mod cache;
 pub mod records;
 pub mod sandbox;
+pub mod services;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,7 +25,10 @@ use std::{
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
@@ -27,8 +36,10 @@ use kube::{
 use tokio::sync::watch;
 
 use self::{
+    cache::Cache,
     records::{Meshing, NamespaceRecord, PodRecord},
     sandbox::{Finder, Sandbox},
+    services::SliceRecord,
 };
 use super::WorkloadSet;
 use crate::config::KubernetesSourceConfig;
@@ -62,26 +73,32 @@ pub async fn client(config: &KubernetesSourceConfig) -> anyhow::Result<Client> {
 /// What the source follows.
 struct State {
     node: String,
-    namespaces: HashMap<String, NamespaceRecord>,
-    pods: HashMap<(String, String), PodRecord>,
+    namespaces: Cache<String, NamespaceRecord>,
+    pods: Cache<(String, String), PodRecord>,
+    services: Cache<(String, String), super::Service>,
+    slices: Cache<(String, String), SliceRecord>,
     sandboxes: HashMap<String, Sandbox>,
     /// Sandboxes that could not be found for a reason that will not pass, reported once.
     reported: HashSet<String>,
     finder: Finder,
-    namespaces_synced: bool,
-    pods_synced: bool,
-    /// Buffers of a relist in progress.
-    namespaces_relist: Option<HashMap<String, NamespaceRecord>>,
-    pods_relist: Option<HashMap<(String, String), PodRecord>>,
 }
 
 impl State {
+    /// Every kind listed once.
+    fn synced(&self) -> bool {
+        self.namespaces.synced()
+            && self.pods.synced()
+            && self.services.synced()
+            && self.slices.synced()
+    }
+
     /// This node's pods in node mode without a sandbox yet.
     fn missing_sandboxes(&self) -> Vec<(String, String)> {
         self.pods
+            .items()
             .values()
             .filter(|p| p.node.as_deref() == Some(self.node.as_str()))
-            .filter(|p| p.meshing(&self.namespaces) == Meshing::Node)
+            .filter(|p| p.meshing(self.namespaces.items()) == Meshing::Node)
             .filter(|p| !self.sandboxes.contains_key(&p.uid))
             .map(|p| (p.uid.clone(), format!("{}/{}", p.namespace, p.name)))
             .collect()
@@ -110,85 +127,57 @@ impl State {
 
     /// Forgets sandboxes of pods that are gone (or replaced: a new UID).
     fn prune_sandboxes(&mut self) {
-        let live: HashSet<&str> = self.pods.values().map(|p| p.uid.as_str()).collect();
+        let live: HashSet<&str> = self.pods.items().values().map(|p| p.uid.as_str()).collect();
         self.sandboxes.retain(|uid, _| live.contains(uid.as_str()));
         self.reported.retain(|uid| live.contains(uid.as_str()));
     }
 
     fn on_namespace(&mut self, event: watcher::Event<Namespace>) -> bool {
-        match event {
-            watcher::Event::Init => self.namespaces_relist = Some(HashMap::new()),
-            watcher::Event::InitApply(ns) => {
-                let (name, record) = NamespaceRecord::from_object(&ns);
-                self.namespaces_relist
-                    .get_or_insert_with(HashMap::new)
-                    .insert(name, record);
-            }
-            watcher::Event::InitDone => {
-                self.namespaces = self.namespaces_relist.take().unwrap_or_default();
-                self.namespaces_synced = true;
-                return true;
-            }
-            watcher::Event::Apply(ns) => {
-                let (name, record) = NamespaceRecord::from_object(&ns);
-                return self.namespaces.insert(name, record.clone()) != Some(record);
-            }
-            watcher::Event::Delete(ns) => {
-                let name = ns.metadata.name.unwrap_or_default();
-                return self.namespaces.remove(&name).is_some();
-            }
-        }
-        false
+        self.namespaces.apply(
+            event,
+            |ns| ns.metadata.name.clone().unwrap_or_default(),
+            |ns| Some(NamespaceRecord::from_object(ns).1),
+        )
     }
 
     fn on_pod(&mut self, event: watcher::Event<Pod>) -> bool {
-        let key = |pod: &Pod| {
-            (
-                pod.metadata.namespace.clone().unwrap_or_default(),
-                pod.metadata.name.clone().unwrap_or_default(),
-            )
-        };
-        match event {
-            watcher::Event::Init => self.pods_relist = Some(HashMap::new()),
-            watcher::Event::InitApply(pod) => {
-                if let Some(record) = PodRecord::from_object(&pod) {
-                    self.pods_relist
-                        .get_or_insert_with(HashMap::new)
-                        .insert(key(&pod), record);
-                }
-            }
-            watcher::Event::InitDone => {
-                self.pods = self.pods_relist.take().unwrap_or_default();
-                self.pods_synced = true;
-                self.prune_sandboxes();
-                return true;
-            }
-            watcher::Event::Apply(pod) => {
-                let changed = match PodRecord::from_object(&pod) {
-                    Some(record) => self.pods.insert(key(&pod), record.clone()) != Some(record),
-                    None => self.pods.remove(&key(&pod)).is_some(),
-                };
-                if changed {
-                    self.prune_sandboxes();
-                }
-                return changed;
-            }
-            watcher::Event::Delete(pod) => {
-                let removed = self.pods.remove(&key(&pod)).is_some();
-                self.prune_sandboxes();
-                return removed;
-            }
+        let changed = self.pods.apply(
+            event,
+            |p| cache::key_of(&p.metadata),
+            PodRecord::from_object,
+        );
+        if changed {
+            self.prune_sandboxes();
         }
-        false
+        changed
+    }
+
+    fn on_service(&mut self, event: watcher::Event<Service>) -> bool {
+        self.services.apply(
+            event,
+            |s| cache::key_of(&s.metadata),
+            services::service_record,
+        )
+    }
+
+    fn on_slice(&mut self, event: watcher::Event<EndpointSlice>) -> bool {
+        self.slices.apply(
+            event,
+            |s| cache::key_of(&s.metadata),
+            services::slice_record,
+        )
     }
 
     fn set(&self) -> WorkloadSet {
-        records::workload_set(&self.namespaces, &self.pods, &self.sandboxes)
+        WorkloadSet {
+            services: services::services(self.services.items(), self.slices.items()),
+            ..records::workload_set(self.namespaces.items(), self.pods.items(), &self.sandboxes)
+        }
     }
 }
 
-/// Follows the cluster through `client`. The first set is published once namespaces
-/// and pods are both listed (until then the receiver holds an empty set and
+/// Follows the cluster through `client`. The first set is published once namespaces,
+/// pods, Services and EndpointSlices are all listed (until then the receiver holds an empty set and
 /// `synced` is false); await [`wait_synced`] before enrolling.
 pub fn watch(
     client: Client,
@@ -200,31 +189,42 @@ pub fn watch(
     let (synced_tx, synced_rx) = watch::channel(false);
     let mut state = State {
         node,
-        namespaces: HashMap::new(),
-        pods: HashMap::new(),
+        namespaces: Cache::default(),
+        pods: Cache::default(),
+        services: Cache::default(),
+        slices: Cache::default(),
         sandboxes: HashMap::new(),
         reported: HashSet::new(),
         finder: Finder::new(cgroup_root.to_path_buf(), proc_root.to_path_buf()),
-        namespaces_synced: false,
-        pods_synced: false,
-        namespaces_relist: None,
-        pods_relist: None,
     };
     let namespaces = watcher(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff();
-    let pods = watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
+    let pods =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     tokio::spawn(async move {
         let mut namespaces = std::pin::pin!(namespaces);
         let mut pods = std::pin::pin!(pods);
+        let mut services = std::pin::pin!(services);
+        let mut slices = std::pin::pin!(slices);
         let mut dirty = false;
         let mut retry = tokio::time::interval(SANDBOX_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut errors = 0u64;
         loop {
-            let synced = state.namespaces_synced && state.pods_synced;
+            let synced = state.synced();
             tokio::select! {
                 event = namespaces.next() => match event {
                     Some(Ok(event)) => dirty |= state.on_namespace(event),
@@ -236,6 +236,16 @@ pub fn watch(
                     Some(Err(error)) => report(&mut errors, "pods", &error),
                     None => return,
                 },
+                event = services.next() => match event {
+                    Some(Ok(event)) => dirty |= state.on_service(event),
+                    Some(Err(error)) => report(&mut errors, "services", &error),
+                    None => return,
+                },
+                event = slices.next() => match event {
+                    Some(Ok(event)) => dirty |= state.on_slice(event),
+                    Some(Err(error)) => report(&mut errors, "endpointslices", &error),
+                    None => return,
+                },
                 _ = retry.tick(), if synced => dirty |= state.find_sandboxes(),
                 _ = tokio::time::sleep(DEBOUNCE), if dirty && synced => {
                     dirty = false;
@@ -243,12 +253,15 @@ pub fn watch(
                     let set = state.set();
                     if **tx.borrow() != set {
                         tracing::debug!(workloads = set.workloads.len(), "workloads from Kubernetes");
+                        services::log_changes(&tx.borrow().services, &set.services);
                         tx.send_replace(Arc::new(set));
                     }
                     if !*synced_tx.borrow() {
                         tracing::info!(
                             namespaces = state.namespaces.len(),
                             pods = state.pods.len(),
+                            services = state.services.len(),
+                            endpointslices = state.slices.len(),
                             "Kubernetes workloads synced"
                         );
                         synced_tx.send_replace(true);

@@ -1,6 +1,7 @@
 //! What the Kubernetes source keeps of each object: only the fields the mesh needs, so a
 //! large cluster costs little memory (a pod record is its names, UID, node, service
-//! account, labels and IPs), and how the records become a [`WorkloadSet`].
+//! account, labels, IPs and named TCP ports), and how the records become a
+//! [`WorkloadSet`]. Services and EndpointSlices have their own records (`services`).
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -9,7 +10,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 use super::sandbox::Sandbox;
-use crate::workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet};
+use crate::workloads::{Mode, MtlsMode, NamespaceSettings, PodPort, Workload, WorkloadSet};
 
 /// The namespace label that enrolls its pods, and the pod annotation that overrides it.
 pub const MODE_KEY: &str = "outrider.io/mode";
@@ -80,6 +81,8 @@ pub struct PodRecord {
     pub ips: Vec<IpAddr>,
     /// The pod's `outrider.io/mode` annotation.
     pub meshing: Option<Meshing>,
+    /// Its containers' named TCP ports (for Services' named `targetPort`s).
+    pub ports: Vec<PodPort>,
 }
 
 impl PodRecord {
@@ -137,6 +140,7 @@ impl PodRecord {
             labels: meta.labels.clone().unwrap_or_default(),
             ips,
             meshing,
+            ports: named_ports(spec),
         })
     }
 
@@ -146,6 +150,23 @@ impl PodRecord {
             .or_else(|| namespaces.get(&self.namespace).and_then(|n| n.meshing))
             .unwrap_or(Meshing::None)
     }
+}
+
+/// The named TCP ports of a pod's containers.
+fn named_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PodPort> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| matches!(p.protocol.as_deref(), None | Some("TCP")))
+        .filter_map(|p| {
+            let name = p.name.clone().filter(|n| !n.is_empty())?;
+            let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
+            Some(PodPort {
+                name: Some(name),
+                container_port: port,
+            })
+        })
+        .collect()
 }
 
 /// The workload set of the cluster as this node's agent needs it. Pods of this node in
@@ -176,7 +197,7 @@ pub fn workload_set(
                 netns: sandbox.map(|s| s.netns.clone()).unwrap_or_default(),
                 cgroup: sandbox.map(|s| s.cgroup.clone()),
                 mode,
-                ports: Vec::new(),
+                ports: p.ports.clone(),
             }
         })
         .collect();
@@ -206,7 +227,11 @@ mod tests {
             "metadata": {"name": "web", "namespace": "shop", "uid": "u-1",
                          "labels": {"app": "web"}, "annotations": annotations},
             "spec": {"nodeName": "node-a", "serviceAccountName": "web",
-                     "containers": [{"name": "app"}]},
+                     "containers": [{"name": "app", "ports": [
+                         {"name": "http", "containerPort": 8080},
+                         {"containerPort": 9000},
+                         {"name": "dns", "containerPort": 53, "protocol": "UDP"}]},
+                         {"name": "metrics", "ports": [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]}]},
             "status": {"phase": "Running", "podIP": "10.0.0.5",
                        "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]}
         }))
@@ -239,6 +264,13 @@ mod tests {
         assert_eq!(s.workloads[0].ips.len(), 2);
         assert_eq!(s.workloads[0].service_account, "web");
         assert_eq!(s.workloads[0].node.as_deref(), Some("node-a"));
+        // Named TCP container ports of every container; unnamed and UDP ones are not kept.
+        let ports: Vec<(Option<&str>, u16)> = s.workloads[0]
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect();
+        assert_eq!(ports, [(Some("http"), 8080), (Some("metrics"), 9090)]);
         // No sandbox yet: enrollment waits for it.
         assert!(s.workloads[0].netns.as_os_str().is_empty());
         let s = set(
