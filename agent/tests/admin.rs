@@ -2,7 +2,8 @@
 //! socket with a generated client (workloads with their identity, certificate and
 //! counters; live connections and their event stream; config; policies applied, in force
 //! and deleted; certificates; log level), the right status code and message for bad
-//! requests, server reflection and the health service, and callers that are refused.
+//! requests, server reflection and the health service, and callers that are refused;
+//! Services from the workload file, with their endpoints, through the API and outriderctl.
 mod support;
 
 use std::{
@@ -639,16 +640,43 @@ async fn reflection_and_health_are_served() {
     let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
         panic!("{second:?}");
     };
-    let file = prost_types_name(&files.file_descriptor_proto[0]);
-    assert_eq!(file, "outrider/admin/v1/admin.proto");
+    let file =
+        <FileDescriptor as prost::Message>::decode(&files.file_descriptor_proto[0][..]).unwrap();
+    assert_eq!(file.name, "outrider/admin/v1/admin.proto");
+    let admin = file.service.iter().find(|s| s.name == "Admin").unwrap();
+    let methods: Vec<&str> = admin.method.iter().map(|m| m.name.as_str()).collect();
+    for want in [
+        "ListWorkloads",
+        "ListServices",
+        "GetService",
+        "WatchConnections",
+    ] {
+        assert!(methods.contains(&want), "{want} not in {methods:?}");
+    }
 }
 
-/// The `name` field (1) of an encoded FileDescriptorProto.
-fn prost_types_name(encoded: &[u8]) -> String {
-    // Field 1, wire type 2: tag 0x0a, then a varint length (< 128 here), then the bytes.
-    assert_eq!(encoded[0], 0x0a);
-    let len = encoded[1] as usize;
-    String::from_utf8(encoded[2..2 + len].to_vec()).unwrap()
+/// The fields of `google.protobuf.FileDescriptorProto` this file reads: its name and its
+/// services' methods.
+#[derive(Clone, PartialEq, prost::Message)]
+struct FileDescriptor {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, repeated, tag = "6")]
+    service: Vec<ServiceDescriptor>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ServiceDescriptor {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, repeated, tag = "2")]
+    method: Vec<MethodDescriptor>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MethodDescriptor {
+    #[prost(string, tag = "1")]
+    name: String,
 }
 
 // ---- outriderctl, the API's command line ----
@@ -894,6 +922,221 @@ spec:
         err.contains("not found") && err.contains("shop/nobody"),
         "{err}"
     );
+}
+
+/// Services written into node-a's workload file (the testbed writes none): data/db by
+/// selector, with a named target port only db's pod entry declares; shop/legacy by listed
+/// endpoints — the outsider (ready, outside the mesh), the client (terminating, in the
+/// mesh) and an address no pod owns (not serving).
+fn write_services(tb: &Testbed) {
+    let path = outrider::testbed::agents::workloads_path(tb.dir(), "node-a");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut file: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let db = file["workloads"]
+        .as_sequence_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|w| w["namespace"] == "data" && w["name"] == "db")
+        .unwrap();
+    db["ports"] = serde_yaml_ng::from_str("[{name: redis, containerPort: 7379}]").unwrap();
+    let services = format!(
+        "- namespace: data
+  name: db
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+  ports: [{{name: redis, port: 6379, targetPort: redis}}]
+  selector: {{app: db}}
+- namespace: shop
+  name: legacy
+  clusterIPs: [10.96.0.11]
+  ports: [{{port: 5432}}]
+  sessionAffinity: ClientIP
+  endpoints:
+    - {{ip: {outsider}, node: node-a}}
+    - {{ip: {client}, ready: false, serving: true, terminating: true}}
+    - {{ip: 198.51.100.9, ready: false}}
+",
+        outsider = tb.pod("shop/outsider").ipv4,
+        client = tb.pod("shop/client").ipv4,
+    );
+    file["services"] = serde_yaml_ng::from_str(&services).unwrap();
+    outrider::testbed::state::write_atomically(
+        &path,
+        serde_yaml_ng::to_string(&file).unwrap().as_bytes(),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_listed_with_their_endpoints_by_the_api_and_outriderctl() {
+    let tb = Testbed::up(SPEC, true);
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
+    assert_eq!(
+        ctl(&["services"]),
+        "NAMESPACE  NAME  CLUSTER-IPS  PORTS  ENDPOINTS  MESH\n"
+    );
+    write_services(&tb);
+    // The agent polls its workload file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let table = ctl(&["services"]);
+        if table.lines().count() == 3 {
+            break table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the services never showed:\n{table}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        columns(&table),
+        [
+            "NAMESPACE",
+            "NAME",
+            "CLUSTER-IPS",
+            "PORTS",
+            "ENDPOINTS",
+            "MESH"
+        ]
+    );
+    // db's two addresses, both in the mesh; legacy: one ready of three, the client in it.
+    assert_eq!(
+        row(&table, "data", "db")[2..],
+        ["10.96.0.10,fd00:96::10", "6379→redis/TCP", "2/2", "2"]
+    );
+    assert_eq!(
+        row(&table, "shop", "legacy")[2..],
+        ["10.96.0.11", "5432→5432/TCP", "1/3", "1"]
+    );
+
+    let (db, client_pod, outsider) = (
+        tb.pod("data/db"),
+        tb.pod("shop/client"),
+        tb.pod("shop/outsider"),
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl(&["services", "-o", "json"])).unwrap();
+    let listed = json["services"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let db_json = &listed[0];
+    assert_eq!(db_json["fqdn"], "db.data.svc.cluster.local");
+    assert_eq!(
+        db_json["ports"],
+        serde_json::json!([{"name": "redis", "port": 6379, "targetPort": "redis"}])
+    );
+    assert_eq!(db_json["internalTrafficPolicy"], "Cluster");
+    let ips: Vec<String> = vec![db.ipv4.to_string(), db.ipv6.to_string()];
+    let db_endpoints = db_json["endpoints"].as_array().unwrap();
+    assert_eq!(db_endpoints.len(), 2);
+    for (e, ip) in db_endpoints.iter().zip(&ips) {
+        assert_eq!(
+            *e,
+            serde_json::json!({
+                "ip": ip, "node": "node-b", "pod": "data/db", "state": "ready", "inMesh": true,
+                "identity": "spiffe://cluster.local/ns/data/sa/db", "ports": {"redis": 7379}
+            })
+        );
+    }
+    let legacy = &listed[1];
+    assert_eq!(legacy["sessionAffinity"], "ClientIP");
+    assert_eq!(
+        [
+            &legacy["endpointsReady"],
+            &legacy["endpointsTotal"],
+            &legacy["endpointsInMesh"]
+        ],
+        [1, 3, 1]
+    );
+    let endpoints: Vec<(String, &str, &str, bool)> = legacy["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["ip"].as_str().unwrap().to_string(),
+                e["pod"].as_str().unwrap_or("-"),
+                e["state"].as_str().unwrap(),
+                e["inMesh"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (outsider.ipv4.to_string(), "shop/outsider", "ready", false),
+        (
+            client_pod.ipv4.to_string(),
+            "shop/client",
+            "terminating",
+            true,
+        ),
+        ("198.51.100.9".to_string(), "-", "not-serving", false),
+    ];
+    expected.sort_by_key(|e| e.0.parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(endpoints, expected, "sorted by IP");
+
+    let shop: serde_json::Value =
+        serde_json::from_str(&ctl(&["services", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(shop["services"].as_array().unwrap().len(), 1);
+    assert_eq!(shop["services"][0]["name"], "legacy");
+    let detail = ctl(&["services", "get", "shop/legacy"]);
+    assert!(
+        detail.contains("Endpoints:                1 ready of 3, 1 in the mesh\n"),
+        "{detail}"
+    );
+    let client_line = detail
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", client_pod.ipv4)))
+        .unwrap_or_else(|| panic!("no endpoint row for the client:\n{detail}"));
+    let cells: Vec<&str> = client_line.split_whitespace().collect();
+    assert_eq!(
+        cells[1..],
+        [
+            "node-a",
+            "shop/client",
+            "terminating",
+            "yes",
+            "spiffe://cluster.local/ns/shop/sa/client",
+            "5432→5432"
+        ]
+    );
+    let out = tb.ctl("node-a", &["services", "get", "shop/nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") && err.contains("shop/nope"),
+        "{err}"
+    );
+
+    // The API itself: the same through a generated client, and its checks.
+    let mut a = client(&tb, "node-a").await;
+    let got = a
+        .get_service(pb::GetServiceRequest {
+            namespace: "data".into(),
+            name: "db".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.cluster_ips, ["10.96.0.10", "fd00:96::10"]);
+    assert_eq!(got.endpoints_in_mesh, 2);
+    let bad = a
+        .list_services(pb::ListServicesRequest {
+            namespace: "Not_A_Namespace".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("namespace: "),
+        "{}",
+        bad.message()
+    );
+    // node-b's workload file has none: each agent shows what its own source says.
+    let mut b = client(&tb, "node-b").await;
+    let none = b
+        .list_services(pb::ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.services.is_empty(), "{none:?}");
 }
 
 /// Runs outriderctl as the user `nobody`.

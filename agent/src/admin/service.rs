@@ -1,7 +1,8 @@
 //! The `outrider.admin.v1.Admin` service: each RPC reads the agent's state (enrollment's
-//! status, the connection registry, the certificate manager, the policies in force) or
-//! asks the part that owns it to change (policies, log level). Requests are checked
-//! first; a bad one gets INVALID_ARGUMENT saying which field and why.
+//! status, the workload directory's Services, the connection registry, the certificate
+//! manager, the policies in force) or asks the part that owns it to change (policies,
+//! log level). Requests are checked first; a bad one gets INVALID_ARGUMENT saying which
+//! field and why.
 use std::{
     collections::{HashMap, HashSet},
     pin::Pin,
@@ -195,6 +196,44 @@ impl Admin for AdminService {
             pod,
             totals.get(&key).copied().unwrap_or_default(),
             expiry,
+        )))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        check_name("namespace", &namespace, true, false)?;
+        let trust_domain = self.shared.identity.trust_domain();
+        let services = self
+            .shared
+            .directory
+            .services()
+            .iter()
+            .filter(|s| namespace.is_empty() || s.key.namespace == namespace)
+            .map(|s| convert::service(s, trust_domain))
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = request.into_inner();
+        check_name("namespace", &r.namespace, false, false)?;
+        check_name("name", &r.name, false, true)?;
+        let service = self
+            .shared
+            .directory
+            .services()
+            .into_iter()
+            .find(|s| s.key.namespace == r.namespace && s.key.name == r.name)
+            .ok_or_else(|| Status::not_found(format!("no Service {}/{}", r.namespace, r.name)))?;
+        Ok(Response::new(convert::service(
+            &service,
+            self.shared.identity.trust_domain(),
         )))
     }
 

@@ -1,8 +1,8 @@
 //! `outriderctl`: the command line of the agent's admin API (`outrider.admin.v1`).
 //!
 //! `mod.rs` holds the command line and sends each command to the module of its area:
-//! `version`, `workloads`, `connections` (list and watch), `config`, `policies`, `certs`,
-//! `log_level` and `top` (a live per-pod view). `connect` finds and dials the agent,
+//! `version`, `workloads`, `services`, `connections` (list and watch), `config`,
+//! `policies`, `certs`, `log_level` and `top` (a live per-pod view). `connect` finds and dials the agent,
 //! `rpc` makes the calls (deadlines, errors in words), `output` prints tables, JSON and
 //! YAML, `human` formats bytes and times. `inject` alone does not talk to the agent: it
 //! adds the sidecar to Kubernetes manifests.
@@ -16,6 +16,7 @@ mod log_level;
 mod output;
 mod policies;
 mod rpc;
+mod services;
 mod top;
 mod version;
 mod workloads;
@@ -74,6 +75,9 @@ enum Command {
     Version,
     /// Pods the agent knows on its node: mode, enrollment, identity, certificate, traffic.
     Workloads(workloads::WorkloadsArgs),
+    /// Kubernetes Services as the agent routes to them: cluster IPs, ports, endpoints.
+    #[command(visible_alias = "svc")]
+    Services(services::ServicesArgs),
     /// Live proxied connections; `watch` streams them as they open and close.
     #[command(visible_alias = "conns")]
     Connections(connections::ConnectionsArgs),
@@ -134,6 +138,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> Result<()> {
     match command {
         Command::Version => version::run(ctx).await,
         Command::Workloads(args) => workloads::run(ctx, args).await,
+        Command::Services(args) => services::run(ctx, args).await,
         Command::Connections(args) => connections::run(ctx, args).await,
         Command::Config => config::run(ctx).await,
         Command::Policies(args) => policies::run(ctx, args).await,
@@ -206,7 +211,7 @@ impl Ctx {
     }
 }
 
-/// `namespace/name` of a pod or a policy.
+/// `namespace/name` of a pod, a Service or a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamespacedName {
     pub namespace: String,

@@ -137,6 +137,32 @@ impl Admin for FakeAgent {
         )))
     }
 
+    async fn list_services(
+        &self,
+        request: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        let services = services::tests::services()
+            .into_iter()
+            .filter(|s| namespace.is_empty() || s.namespace == namespace)
+            .collect();
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<GetServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let request = request.into_inner();
+        services::tests::services()
+            .into_iter()
+            .find(|s| s.namespace == request.namespace && s.name == request.name)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!("no Service {}/{}", request.namespace, request.name))
+            })
+    }
+
     async fn list_connections(
         &self,
         _: Request<ListConnectionsRequest>,
@@ -391,6 +417,8 @@ fn bad_arguments_are_usage_errors() {
         vec!["outriderctl", "workloads", "get", "client"],
         vec!["outriderctl", "workloads", "get", "a/b/c"],
         vec!["outriderctl", "workloads", "-n", "x", "get", "a/b"],
+        vec!["outriderctl", "services", "get", "web"],
+        vec!["outriderctl", "services", "-n", "x", "get", "a/b"],
         vec!["outriderctl", "top", "--interval", "0"],
         vec!["outriderctl", "top", "--interval", "soon"],
         vec!["outriderctl", "connections", "watch", "--count", "0"],
@@ -482,6 +510,35 @@ async fn workloads_list_get_and_not_found() {
     assert!(text.contains("Requests failed:     4\n"), "{text}");
     let err = run_err(&socket, &["workloads", "get", "default/nope"]).await;
     assert_eq!(err, "GetWorkload: not found: no pod default/nope on node-a");
+}
+
+#[tokio::test]
+async fn services_list_filter_get_and_not_found() {
+    let (_dir, socket) = fake_agent().await;
+    let text = run_ok(&socket, &["services"]).await;
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("/"))
+        .collect();
+    assert_eq!(names, ["NAMESPACE/NAME", "data/db", "shop/web"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(&socket, &["svc", "-n", "shop", "-o", "json"]).await).unwrap();
+    let listed = json["services"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "web");
+    assert_eq!(listed[0]["endpoints"][2]["state"], "terminating");
+    let text = run_ok(&socket, &["services", "get", "shop/web"]).await;
+    assert!(
+        text.contains("Endpoints:                2 ready of 3, 2 in the mesh\n"),
+        "{text}"
+    );
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(
+        &run_ok(&socket, &["services", "get", "data/db", "-o", "yaml"]).await,
+    )
+    .unwrap();
+    assert_eq!(yaml["fqdn"], "db.data.svc.cluster.local");
+    let err = run_err(&socket, &["services", "get", "shop/nope"]).await;
+    assert_eq!(err, "GetService: not found: no Service shop/nope");
 }
 
 #[tokio::test]
