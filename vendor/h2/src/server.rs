@@ -263,6 +263,10 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    // Outrider patch (see vendor/README.md): accept requests whose `:authority` is not
+    // a URI authority as if they had none.
+    ignore_invalid_authority: bool,
 }
 
 /// Send a response back to the client
@@ -663,6 +667,7 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            ignore_invalid_authority: false,
         }
     }
 
@@ -1035,6 +1040,21 @@ impl Builder {
     /// ```
     pub fn reset_stream_duration(&mut self, dur: Duration) -> &mut Self {
         self.reset_stream_duration = dur;
+        self
+    }
+
+    /// Accepts a request whose `:authority` is not a URI authority (`host[:port]`) as if
+    /// it carried no `:authority`, instead of resetting its stream with `PROTOCOL_ERROR`.
+    /// A `CONNECT`, or a request without `:path`, still needs a valid one. Off by
+    /// default.
+    ///
+    /// Meant for servers on a unix socket, where the authority means nothing and gRPC
+    /// clients send the socket's path (`/run/app.sock`, or `run%2Fapp.sock` from
+    /// gRPC's C core).
+    ///
+    /// Outrider patch (see vendor/README.md): not in upstream h2.
+    pub fn ignore_invalid_authority(&mut self, enabled: bool) -> &mut Self {
+        self.ignore_invalid_authority = enabled;
         self
     }
 
@@ -1535,6 +1555,7 @@ where
                                 .local_max_error_reset_streams,
                             settings: self.builder.settings.clone(),
                             data_frame_budget: self.builder.data_frame_budget,
+                            ignore_invalid_authority: self.builder.ignore_invalid_authority,
                         },
                     );
 
@@ -1637,6 +1658,31 @@ impl Peer {
             pseudo,
             headers,
         ))
+    }
+}
+
+impl Peer {
+    /// Outrider patch (see vendor/README.md): forgets a request's `:authority` if it is
+    /// not a URI authority, so that `convert_poll_message` accepts the request. Not for
+    /// a `CONNECT` (whose authority is its target), nor for a request without `:path`
+    /// (which `convert_poll_message` refuses only when it has an authority).
+    pub(crate) fn ignore_invalid_authority(pseudo: &mut Pseudo, stream_id: StreamId) {
+        if pseudo.method.as_ref() == Some(&Method::CONNECT) || pseudo.path.is_none() {
+            return;
+        }
+        let Some(authority) = &pseudo.authority else {
+            return;
+        };
+        let bytes = authority.clone().into_inner();
+        if let Err(why) = http::uri::Authority::from_maybe_shared(bytes) {
+            tracing::debug!(
+                "ignoring malformed authority ({:?}): {}; stream={:?}",
+                authority,
+                why,
+                stream_id
+            );
+            pseudo.authority = None;
+        }
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Config {
     pub local_error_reset_streams_max: Option<usize>,
     pub settings: frame::Settings,
     pub data_frame_budget: DataFrameBudget,
+    // Outrider patch (see vendor/README.md): server::Builder::ignore_invalid_authority.
+    pub ignore_invalid_authority: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +154,7 @@ where
                     .map(|max| max as usize),
                 local_max_error_reset_streams: config.local_error_reset_streams_max,
                 data_frame_budget: config.data_frame_budget,
+                ignore_invalid_authority: config.ignore_invalid_authority,
             }
         }
         let streams = Streams::new(streams_config(&config));

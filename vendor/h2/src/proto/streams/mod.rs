@@ -81,6 +81,9 @@ pub struct Config {
 
     /// Connection-level budget policy for DATA framing overhead.
     pub(crate) data_frame_budget: DataFrameBudget,
+
+    /// Outrider patch (see vendor/README.md): server::Builder::ignore_invalid_authority.
+    pub ignore_invalid_authority: bool,
 }
 
 trait DebugStructExt<'a, 'b> {

@@ -56,6 +56,9 @@ pub(super) struct Recv {
 
     /// If extended connect protocol is enabled.
     is_extended_connect_protocol_enabled: bool,
+
+    /// Outrider patch (see vendor/README.md): server::Builder::ignore_invalid_authority.
+    ignore_invalid_authority: bool,
 }
 
 #[derive(Debug)]
@@ -110,6 +113,7 @@ impl Recv {
             buffer: Buffer::new(),
             is_push_enabled: config.local_push_enabled,
             is_extended_connect_protocol_enabled: config.extended_connect_protocol_enabled,
+            ignore_invalid_authority: config.ignore_invalid_authority,
         }
     }
 
@@ -239,7 +243,12 @@ impl Recv {
         }
 
         let stream_id = frame.stream_id();
-        let (pseudo, fields) = frame.into_parts();
+        let (mut pseudo, fields) = frame.into_parts();
+
+        // Outrider patch (see vendor/README.md): server::Builder::ignore_invalid_authority.
+        if self.ignore_invalid_authority && counts.peer().is_server() {
+            crate::server::Peer::ignore_invalid_authority(&mut pseudo, stream_id);
+        }
 
         if pseudo.protocol.is_some()
             && counts.peer().is_server()
@@ -1291,6 +1300,7 @@ mod tests {
             remote_max_initiated: None,
             local_max_error_reset_streams: None,
             data_frame_budget: DataFrameBudget::Configured(DEFAULT_DATA_FRAME_BUDGET),
+            ignore_invalid_authority: false,
         };
         let mut recv = Recv::new(peer::Dyn::Server, &config);
         let mut store = Store::new();

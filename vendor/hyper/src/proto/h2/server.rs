@@ -56,6 +56,8 @@ pub(crate) struct Config {
     pub(crate) header_table_size: Option<u32>,
     pub(crate) max_header_list_size: u32,
     pub(crate) date_header: bool,
+    // Outrider patch (see vendor/README.md): h2's Builder::ignore_invalid_authority.
+    pub(crate) ignore_invalid_authority: bool,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             max_send_buffer_size: DEFAULT_MAX_SEND_BUF_SIZE,
             max_header_list_size: DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE,
             date_header: true,
+            ignore_invalid_authority: false,
         }
     }
 }
@@ -139,7 +142,9 @@ where
             .max_frame_size(config.max_frame_size)
             .max_header_list_size(config.max_header_list_size)
             .max_local_error_reset_streams(config.max_local_error_reset_streams)
-            .max_send_buffer_size(config.max_send_buffer_size);
+            .max_send_buffer_size(config.max_send_buffer_size)
+            // Outrider patch (see vendor/README.md).
+            .ignore_invalid_authority(config.ignore_invalid_authority);
         if let Some(max) = config.max_concurrent_streams {
             builder.max_concurrent_streams(max);
         }

@@ -260,6 +260,18 @@ impl<E> Builder<E> {
         self
     }
 
+    /// Accepts a request whose `:authority` is not a URI authority as if it carried none,
+    /// instead of resetting its stream (a `CONNECT` or a request without `:path` still
+    /// needs a valid one). Off by default. For servers on a unix socket, where gRPC
+    /// clients send the socket's path.
+    ///
+    /// Outrider patch (see vendor/README.md): not in upstream hyper; it needs the
+    /// patched h2's `server::Builder::ignore_invalid_authority`.
+    pub fn ignore_invalid_authority(&mut self, enabled: bool) -> &mut Self {
+        self.h2_builder.ignore_invalid_authority = enabled;
+        self
+    }
+
     /// Sets the header table size.
     ///
     /// This setting informs the peer of the maximum size of the header compression
