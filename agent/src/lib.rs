@@ -24,6 +24,10 @@ pub mod logging;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+/// Tests only: a raw HTTP/2 client, shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../tests/support/raw_h2.rs"]
+mod raw_h2;
 pub mod restart;
 pub mod sidecar;
 pub mod telemetry;

@@ -23,12 +23,22 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",       // bulk TCP workloads of known sizes
     "iptables",     // sidecar mode's capture rules (outrider sidecar-init)
     "prometheus",   // promtool, which checks the agent's metrics exposition
-    "python3-venv", // the venv of the manifest checkers (see PYTHON_TOOLS)
+    "python3-venv", // the venv of the manifest checkers and gRPC clients (see PYTHON_TOOLS)
 ];
 
-/// Python tools that check the Kubernetes manifests (see manifests.rs), pinned, in a
-/// venv under target/ (PyPI packages, not Debian's: neither is packaged there).
-const PYTHON_TOOLS: &[&str] = &["kubernetes-validate==1.37.0", "checkov==3.3.30"];
+/// Python packages, pinned, in a venv under target/ (PyPI packages, not Debian's: these
+/// versions are not packaged there): the tools that check the Kubernetes manifests (see
+/// manifests.rs), and gRPC's C core as Python users get it — grpcio, with protoc for stubs
+/// (grpcio-tools), health and reflection — for the admin API's interop test
+/// (agent/tests/admin_grpcio.rs).
+const PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "checkov==3.3.30",
+    "grpcio==1.85.3",
+    "grpcio-tools==1.85.1",
+    "grpcio-health-checking==1.85.1",
+    "grpcio-reflection==1.85.1",
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;

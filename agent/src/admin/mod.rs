@@ -7,11 +7,14 @@
 //! from `admin.tcp.clientCaFile`. Server reflection and `grpc.health.v1` are served
 //! beside the API, so grpcurl and generated clients work without the .proto files.
 //! `admission` bounds the socket's connections (a limit, a preface timeout, silent ones
-//! shed first), and HTTP/2 keepalive ends clients that stopped answering.
+//! shed first), and HTTP/2 keepalive ends clients that stopped answering. `socket` serves
+//! the unix socket, where any gRPC client works with its defaults (gRPC's C core sends
+//! the socket's path as `:authority`); TCP is served by tonic's `Server`.
 mod admission;
 mod convert;
 mod policies;
 mod service;
+mod socket;
 
 use std::{
     path::{Path, PathBuf},
@@ -21,11 +24,10 @@ use std::{
 
 use anyhow::Context;
 use outrider_proto::admin::v1::{self as pb, admin_server::AdminServer};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
-    service::InterceptorLayer,
+    service::{InterceptorLayer, Routes},
     transport::{
         Certificate, Identity, Server, ServerTlsConfig,
         server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo},
@@ -111,38 +113,24 @@ pub async fn start(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let router = |tls: Option<ServerTlsConfig>| -> anyhow::Result<_> {
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).context("admin.tcp: TLS set-up")?;
-        }
-        let check = callers.clone();
-        Ok(builder
-            .layer(InterceptorLayer::new(move |r| check.check(r)))
-            .add_service(AdminServer::from_arc(service.clone()))
-            .add_service(health_service.clone())
-            .add_service(reflection().build_v1().context("server reflection")?)
-            .add_service(reflection().build_v1alpha().context("server reflection")?))
-    };
+    let routes = Routes::new(AdminServer::from_arc(service))
+        .add_service(health_service)
+        .add_service(reflection().build_v1().context("server reflection")?)
+        .add_service(reflection().build_v1alpha().context("server reflection")?)
+        .prepare();
+    let callers_only = InterceptorLayer::new(move |r| callers.check(r));
 
-    let unix = router(None)?;
-    let done = stop.clone();
     let admission = admission::Admission::new(
         config.max_connections,
         Duration::from_millis(config.preface_timeout_ms),
     );
-    tokio::spawn(async move {
-        let incoming =
-            ReceiverStream::new(admission::accept_loop(listener, admission, done.clone()));
-        if let Err(error) = unix
-            .serve_with_incoming_shutdown(incoming, done.cancelled_owned())
-            .await
-        {
-            tracing::error!(%error, "the admin API's socket server stopped");
-        }
-    });
+    let incoming = admission::accept_loop(listener, admission, stop.clone());
+    tokio::spawn(socket::serve(
+        incoming,
+        tower::Layer::layer(&callers_only, routes.clone()),
+        socket::http2_builder(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
+        stop.clone(),
+    ));
     tracing::info!(socket = %socket.display(), "admin API listening");
 
     if let Some(tcp) = &config.tcp {
@@ -157,7 +145,13 @@ pub async fn start(
             ))
             .client_ca_root(Certificate::from_pem(read(&tcp.client_ca_file)?))
             .client_auth_optional(false);
-        let server = router(Some(tls))?;
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tls_config(tls)
+            .context("admin.tcp: TLS set-up")?
+            .layer(callers_only)
+            .add_routes(routes);
         let listener = tokio::net::TcpListener::bind(tcp.addr)
             .await
             .with_context(|| format!("admin.tcp.addr: cannot listen on {}", tcp.addr))?;

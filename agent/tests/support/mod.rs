@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod raw_h2;
 
 use std::{
     fs::File,

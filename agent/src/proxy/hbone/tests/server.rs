@@ -240,3 +240,82 @@ async fn shutdown_sends_goaway_and_lets_streams_finish() {
     drop(stream);
     server.next_result().await.unwrap();
 }
+
+/// The tunnel's h2 server keeps refusing what the admin socket tolerates (the socket
+/// alone opts in to `ignore_invalid_authority`, vendor/README.md): a unix socket's path
+/// as `:authority` is malformed here, with any method, and so are requests malformed
+/// otherwise. Each costs only its own stream, or for an error h2 takes as the
+/// connection's (an upper-case header name), only its own connection.
+#[tokio::test]
+async fn a_path_as_authority_and_malformed_requests_are_refused_and_disturb_nothing_else() {
+    use crate::raw_h2::{Answer, PROTOCOL_ERROR, RawH2};
+
+    let upstream = echo_upstream().await;
+    let server = TestServer::start(settings(), ToTcp::default()).await;
+    let connect = || async {
+        RawH2::handshake(dial(server.addr).await.unwrap())
+            .await
+            .unwrap()
+    };
+    let get = |authority| {
+        vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", authority),
+        ]
+    };
+    let no_path = get("localhost")[..2]
+        .iter()
+        .chain(&[(":authority", "localhost")])
+        .copied()
+        .collect();
+    let refused = [
+        // gRPC's C core, grpc-java: the socket's path, percent-encoded or raw.
+        get("run%2Foutrider%2Fadmin.sock"),
+        get("/run/outrider/admin.sock"),
+        vec![
+            (":method", "CONNECT"),
+            (":authority", "/run/outrider/admin.sock"),
+        ],
+        no_path,
+        [get("localhost"), vec![("connection", "close")]].concat(),
+    ];
+    let mut raw = connect().await;
+    for (i, headers) in refused.iter().enumerate() {
+        let stream = 2 * i as u32 + 1;
+        raw.send(stream, headers).await.unwrap();
+        assert_eq!(
+            raw.answer(stream).await.unwrap(),
+            Answer::Reset(PROTOCOL_ERROR),
+            "{headers:?}"
+        );
+    }
+    // The connection carries on: a well-formed request is answered (400, not a CONNECT).
+    raw.send(11, &get("localhost")).await.unwrap();
+    assert_eq!(raw.answer(11).await.unwrap(), Answer::Response);
+    // An upper-case header name ends its connection…
+    let mut doomed = connect().await;
+    doomed
+        .send(1, &[get("localhost"), vec![("Bad-Name", "1")]].concat())
+        .await
+        .unwrap();
+    assert_eq!(
+        doomed.answer(1).await.unwrap(),
+        Answer::GoAway(PROTOCOL_ERROR)
+    );
+    // …and no other: the first still answers, and a tunnel through a new one echoes.
+    raw.send(13, &get("localhost")).await.unwrap();
+    assert_eq!(raw.answer(13).await.unwrap(), Answer::Response);
+    let client = server.client().await;
+    let mut stream = client
+        .connect(&ConnectRequest::new(upstream))
+        .await
+        .unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    // Only that CONNECT reached the handler.
+    assert_eq!(server.handler.seen.lock().unwrap().len(), 1);
+}
