@@ -1,9 +1,10 @@
 //! End-to-end: the testbed itself — pods reach each other across nodes, `exec` runs in the
-//! pod's namespace and cgroup, bad specs are refused with their location, and `down`
-//! removes everything, also what a crashed `up` left.
+//! pod's namespace and cgroup, bad specs are refused with their location, `down`
+//! removes everything, also what a crashed `up` left, and pods outside the mesh reach
+//! Services through the nodes' kube-proxy-like rules, which follow readiness.
 mod support;
 
-use std::process::Command;
+use std::{collections::BTreeMap, net::SocketAddr, process::Command};
 
 use support::{OUTRIDER, Testbed};
 
@@ -107,4 +108,140 @@ fn down_removes_what_a_crashed_up_left() {
     assert!(tb.state.cgroup_root.exists());
     let out = tb.exec("shop/web", &["true"]);
     assert!(out.status.success());
+}
+
+/// Two endpoints of shop/web on two nodes, each serving the named port `http` on its own
+/// container port; a client outside the mesh; a Service whose selector matches nothing.
+const SERVICES_SPEC: &str = "nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: web-a, enrolled: false, labels: {app: web},
+         ports: [{name: http, containerPort: 8080}]}
+      - {namespace: shop, name: client, enrolled: false}
+  - name: node-b
+    pods:
+      - {namespace: shop, name: web-b, enrolled: false, labels: {app: web},
+         ports: [{name: http, containerPort: 8081}]}
+services:
+  - {namespace: shop, name: web, selector: {app: web},
+     ports: [{name: http, port: 80, targetPort: http}]}
+  - {namespace: shop, name: nobody, selector: {app: nobody}, ports: [{port: 80}]}
+";
+
+/// Opens `n` connections from `pod` to `dst` (one at a time) and counts which endpoint
+/// (the name each server answers with, sending nothing) served each; failures count
+/// under "".
+fn tally(tb: &Testbed, pod: &str, dst: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let script = format!(
+        "for i in $(seq {n}); do socat -T5 -u {},connect-timeout=5 STDOUT || echo; done",
+        support::socat_target(dst)
+    );
+    let out = tb.sh(pod, &script);
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        *counts.entry(line.trim().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        n,
+        "{pod} → {dst}: {counts:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    counts
+}
+
+#[test]
+fn pods_outside_the_mesh_reach_a_service_through_kube_proxy_rules_that_follow_readiness() {
+    let tb = Testbed::up(SERVICES_SPEC, true);
+    let web = tb.service("shop/web").clone();
+    assert_eq!(web.cluster_ips.len(), 2, "{web:?}");
+    assert!(web.cluster_ips[0].is_ipv4() && web.cluster_ips[1].is_ipv6());
+    let vip4 = SocketAddr::new(tb.cluster_ip("shop/web", false), 80);
+    let vip6 = SocketAddr::new(tb.cluster_ip("shop/web", true), 80);
+    assert!(vip4.ip().to_string().starts_with("198.18.96."), "{vip4}");
+    assert!(
+        vip6.ip().to_string().starts_with("fd6f:7264:ffff::"),
+        "{vip6}"
+    );
+    let _a = tb.tcp_server("shop/web-a", 8080, "SYSTEM:echo web-a");
+    let _b = tb.tcp_server("shop/web-b", 8081, "SYSTEM:echo web-b");
+
+    // Both endpoints (one on each node, each on its own port for `http`) take new
+    // connections, by either family.
+    for vip in [vip4, vip6] {
+        let counts = tally(&tb, "shop/client", vip, 30);
+        assert_eq!(
+            counts.get("web-a").copied().unwrap_or(0) + counts.get("web-b").copied().unwrap_or(0),
+            30,
+            "{vip}: {counts:?}"
+        );
+        assert!(
+            counts.get("web-a").is_some_and(|n| *n >= 3),
+            "{vip}: {counts:?}"
+        );
+        assert!(
+            counts.get("web-b").is_some_and(|n| *n >= 3),
+            "{vip}: {counts:?}"
+        );
+    }
+
+    // The agents are told, as the EndpointSlice controller would tell them.
+    let endpoint = |node: &str, ip: std::net::IpAddr| {
+        let set = tb.workload_file(node);
+        let svc = set
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .unwrap()
+            .clone();
+        svc.endpoints
+            .unwrap()
+            .into_iter()
+            .find(|e| e.ip == ip)
+            .unwrap_or_else(|| panic!("no endpoint {ip} in {node}'s workload file"))
+    };
+    let web_b = tb.pod("shop/web-b").clone();
+    let before = endpoint("node-a", web_b.ipv4.into());
+    assert!(before.ready && before.ports["http"] == 8081, "{before:?}");
+    assert_eq!(before.node.as_deref(), Some("node-b"));
+
+    tb.set_ready("shop/web-b", false);
+    for node in ["node-a", "node-b"] {
+        let after = endpoint(node, web_b.ipv6.into());
+        assert!(
+            !after.ready && !after.serving() && !after.terminating,
+            "{after:?}"
+        );
+    }
+    for vip in [vip4, vip6] {
+        let counts = tally(&tb, "shop/client", vip, 20);
+        assert_eq!(
+            counts.get("web-a"),
+            Some(&20),
+            "{vip}: web-b is not ready: {counts:?}"
+        );
+    }
+    // A pod reaching itself through its Service (kube-proxy masquerades that one case).
+    let counts = tally(&tb, "shop/web-a", vip4, 3);
+    assert_eq!(counts.get("web-a"), Some(&3), "{counts:?}");
+
+    // Ready again: it is picked again.
+    tb.set_ready("shop/web-b", true);
+    let counts = tally(&tb, "shop/client", vip4, 30);
+    assert!(counts.get("web-b").is_some_and(|n| *n >= 3), "{counts:?}");
+
+    // No endpoints: refused at once (kube-proxy's REJECT), not left to time out.
+    let nobody = SocketAddr::new(tb.cluster_ip("shop/nobody", false), 80);
+    let out = tb.sh(
+        "shop/client",
+        &format!(
+            "printf x | socat -t5 -T5 STDIO {}",
+            support::socat_target(nobody)
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: two nodes × two pods on a testbed with one agent per node. shop/web
-//! serves HTTP; pods on the same and on the other node curl it over IPv4 and IPv6; then
-//! each agent's access log shows what it captured. Exits non-zero if any step fails or
-//! capture is not what it should be (enrolled pods captured, data/db not).
+//! serves HTTP; pods on the same and on the other node curl it over IPv4 and IPv6, and
+//! data/db (outside the mesh) calls the shop/web Service by its cluster IPs through
+//! node-b's kube-proxy-like rules; then each agent's access log shows what it captured.
+//! Exits non-zero if any step fails or capture is not what it should be (enrolled pods
+//! captured, data/db not).
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -100,6 +102,10 @@ pub fn run() -> anyhow::Result<()> {
     wait_listening(&outrider, &state, "shop/web", 8080)?;
     let web4 = ip("shop/web", "ipv4")?;
     let web6 = ip("shop/web", "ipv6")?;
+    let (vip4, vip6) = cluster_ips(&testbed, "shop", "web")?;
+    println!(
+        "\n== The shop/web Service: cluster IPs {vip4} and {vip6}, port 80 → shop/web's `http` (8080)"
+    );
     let requests = [
         (
             "shop/client",
@@ -127,6 +133,16 @@ pub fn run() -> anyhow::Result<()> {
             format!("http://{web4}:8080/"),
         ),
     ];
+    // Outside the mesh, a Service is reached as in any cluster: node-b's kube-proxy-like
+    // rules DNAT the cluster IP to a ready endpoint, shop/web.
+    let service_requests = [
+        ("data/db", "node-b, not enrolled", format!("http://{vip4}/")),
+        (
+            "data/db",
+            "node-b, not enrolled",
+            format!("http://[{vip6}]/"),
+        ),
+    ];
     println!("\n== curl from the other pods (node-b's link to the fabric is being captured)");
     let pcap = work.join("node-b-link.pcap");
     let mut capture = Command::new("nsenter")
@@ -143,6 +159,11 @@ pub fn run() -> anyhow::Result<()> {
         .context("starting tcpdump")?;
     std::thread::sleep(Duration::from_millis(700));
     for (pod, where_, url) in &requests {
+        let body = curl(&outrider, &state, pod, url)?;
+        println!("  {pod:<12} ({where_:<20}) GET {url:<32} → {}", body.trim());
+    }
+    println!("  ... and the shop/web Service by its cluster IPs:");
+    for (pod, where_, url) in &service_requests {
         let body = curl(&outrider, &state, pod, url)?;
         println!("  {pod:<12} ({where_:<20}) GET {url:<32} → {}", body.trim());
     }
@@ -230,9 +251,10 @@ pub fn run() -> anyhow::Result<()> {
     {
         bail!("expected shop/client and shop/cart to reach shop/web through the tunnel twice each");
     }
-    if count("shop/web", "inbound", "hbone") != 4 || count("shop/web", "inbound", "plaintext") != 1
+    // data/db's: one to the pod IP, two through the Service.
+    if count("shop/web", "inbound", "hbone") != 4 || count("shop/web", "inbound", "plaintext") != 3
     {
-        bail!("expected shop/web's agent to receive 4 tunnelled connections and 1 plaintext one");
+        bail!("expected shop/web's agent to receive 4 tunnelled connections and 3 plaintext ones");
     }
 
     let bytes = std::fs::read(&pcap).context("reading the capture")?;
@@ -243,14 +265,14 @@ pub fn run() -> anyhow::Result<()> {
         .filter(|w| *w == [0x17, 0x03, 0x03])
         .count();
     println!(
-        "\n== node-b's link: {} bytes captured; the page's text appears {} time(s) — in data/db's plaintext request's answer only; {} TLS record header(s) seen",
+        "\n== node-b's link: {} bytes captured; the page's text appears {} time(s) — in the answers to data/db's plaintext requests only; {} TLS record header(s) seen",
         bytes.len(),
         plaintext_hits,
         tls_records
     );
-    if plaintext_hits != 1 || tls_records == 0 {
+    if plaintext_hits != 3 || tls_records == 0 {
         bail!(
-            "expected the page in plaintext exactly once on node-b's link (data/db is not in the mesh) and TLS for shop/cart"
+            "expected the page in plaintext exactly 3 times on node-b's link (data/db is not in the mesh: by pod IP, and twice through the Service) and TLS for shop/cart"
         );
     }
     println!("\n== What node-a's agent says through its admin API (outriderctl workloads; certs)");
@@ -268,9 +290,29 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n== shop/client and shop/cart (IPv4 and IPv6, same and other node) went through mutual-TLS tunnels\n   with their SPIFFE identities; data/db is not enrolled: its plaintext was served (permissive)."
+        "\n== shop/client and shop/cart (IPv4 and IPv6, same and other node) went through mutual-TLS tunnels\n   with their SPIFFE identities; data/db is not enrolled: its plaintext was served (permissive),\n   by pod IP and through the shop/web Service's cluster IPs ({vip4}, {vip6})."
     );
     Ok(())
+}
+
+/// The IPv4 and IPv6 cluster IPs of the Service `namespace/name` in testbed.json.
+fn cluster_ips(testbed: &Value, namespace: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let ips: Vec<&str> = testbed["services"]
+        .as_array()
+        .and_then(|services| {
+            services
+                .iter()
+                .find(|s| s["namespace"] == namespace && s["name"] == name)
+        })
+        .and_then(|s| s["clusterIPs"].as_array())
+        .map(|ips| ips.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    match ips.as_slice() {
+        [v4, v6] => Ok((v4.to_string(), v6.to_string())),
+        _ => bail!(
+            "Service {namespace}/{name} has no IPv4 and IPv6 cluster IP in testbed.json: {ips:?}"
+        ),
+    }
 }
 
 fn curl(outrider: &Path, state: &Path, pod: &str, url: &str) -> anyhow::Result<String> {

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use super::{
-    cgroup, exec,
+    cgroup, endpoints, exec,
     state::{self, AGENT_PID_FILE, AgentState, NodeState, State},
 };
 use crate::{
@@ -44,9 +44,10 @@ pub fn agent_cgroup(node: &NodeState) -> PathBuf {
     node.cgroup.join("agent")
 }
 
-/// The cluster's workloads as every agent sees them: all pods, each with its node, and
-/// the namespaces' mTLS modes.
-fn workload_set(state: &State) -> WorkloadSet {
+/// The cluster's workloads as every agent sees them: all pods, each with its node and
+/// ports, the namespaces' mTLS modes, and the Services with their endpoints listed (see
+/// [`endpoints`]).
+pub fn workload_set(state: &State) -> WorkloadSet {
     WorkloadSet {
         namespaces: state
             .strict_namespaces
@@ -78,10 +79,14 @@ fn workload_set(state: &State) -> WorkloadSet {
                 } else {
                     Mode::None
                 },
-                ports: Vec::new(),
+                ports: p.ports.clone(),
             })
             .collect(),
-        services: Vec::new(),
+        services: state
+            .services
+            .iter()
+            .map(|s| endpoints::with_endpoints(s, &state.pods))
+            .collect(),
     }
 }
 
@@ -448,6 +453,48 @@ mod tests {
             "agent ready"
         ));
         assert!(!is_event_line("agent ready", "agent ready"));
+    }
+
+    #[test]
+    fn the_workload_file_lists_services_with_endpoints_and_reads_back() {
+        use crate::workloads::{PodPort, Service, ServicePort, TargetPort};
+        let mut web = super::endpoints::test_pod("shop", "web", "node-a", 1, 1);
+        web.ports = vec![PodPort {
+            name: Some("http".into()),
+            container_port: 8080,
+        }];
+        let state = State {
+            prefix: "orabc123".into(),
+            cgroup_root: "/cg".into(),
+            nodes: Vec::new(),
+            pods: vec![web],
+            strict_namespaces: vec!["shop".into()],
+            ca_dir: "/ca".into(),
+            policy_dir: "/p".into(),
+            services: vec![Service {
+                namespace: "shop".into(),
+                name: "web".into(),
+                cluster_ips: vec!["198.18.96.1".parse().unwrap()],
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(TargetPort::Name("http".into())),
+                }],
+                selector: Some([("app".to_string(), "web".to_string())].into()),
+                endpoints: None,
+                internal_traffic_policy: Default::default(),
+                session_affinity: Default::default(),
+            }],
+        };
+        let set = workload_set(&state);
+        let text = serde_yaml_ng::to_string(&set).unwrap();
+        let back = WorkloadSet::parse(Path::new("workloads.yaml"), &text).unwrap();
+        assert_eq!(back, set);
+        assert_eq!(back.workloads[0].ports[0].container_port, 8080);
+        let eps = back.services[0].endpoints.as_ref().unwrap();
+        assert_eq!(eps.len(), 1, "the Service is IPv4 only: {eps:?}");
+        assert_eq!(eps[0].ports["http"], 8080);
+        assert_eq!(eps[0].pod.as_deref(), Some("shop/web"));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn enter(
     Ok(())
 }
 
-fn find_pod<'a>(state: &'a State, key: &str) -> anyhow::Result<&'a PodState> {
+pub(super) fn find_pod<'a>(state: &'a State, key: &str) -> anyhow::Result<&'a PodState> {
     state.pod(key).with_context(|| {
         format!(
             "no pod {key:?} in testbed {} (pods: {})",

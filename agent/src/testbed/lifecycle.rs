@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use crate::config::Config;
 
 use super::{
-    agents, bpffs, cgroup, exec, net, plan, sidecars,
+    agents, bpffs, cgroup, exec, kube_proxy, net, plan, sidecars,
     spec::Spec,
     state::{AGENT_PID_FILE, PREFIX_FILE, STATE_FILE, State},
 };
@@ -17,6 +17,9 @@ use super::{
 pub fn up(spec_path: &Path, dir: &Path, with_agents: bool) -> anyhow::Result<ExitCode> {
     net::check_tools()?;
     let spec = Spec::load(spec_path)?;
+    if !spec.services.is_empty() {
+        kube_proxy::check_tools()?;
+    }
     let mount = cgroup::find_mount()?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir
@@ -81,6 +84,7 @@ fn build(
     }
     net::build(state)?;
     net::check(state)?;
+    kube_proxy::install(state)?;
     for pod in &state.pods {
         exec::start_sandbox(pod)?;
     }
@@ -147,6 +151,25 @@ fn summary(dir: &Path, state: &State) -> String {
                 },
             );
         }
+    }
+    for svc in &state.services {
+        let ips: Vec<String> = svc.cluster_ips.iter().map(ToString::to_string).collect();
+        let ports: Vec<String> = svc
+            .ports
+            .iter()
+            .map(|p| format!("{}→{}", p.port, p.target()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  service {}  {}  ports {}",
+            svc.key(),
+            if ips.is_empty() {
+                "headless".to_string()
+            } else {
+                ips.join(" ")
+            },
+            ports.join(", ")
+        );
     }
     out
 }

@@ -4,11 +4,14 @@
 pub mod agents;
 mod bpffs;
 mod cgroup;
+mod endpoints;
 mod exec;
+mod kube_proxy;
 mod leftovers;
 mod lifecycle;
 mod net;
 mod plan;
+mod readiness;
 pub mod sidecars;
 mod spec;
 pub mod state;
@@ -66,6 +69,22 @@ pub enum TestbedCommand {
         /// The pod, as namespace/name.
         pod: String,
     },
+    /// Set a pod's readiness, as its readiness probe would (and with --terminating, mark
+    /// it as being deleted): its endpoints' conditions in every node's workload file and
+    /// the nodes' Service rules follow.
+    Ready {
+        #[arg(long)]
+        state: PathBuf,
+        /// The pod, as namespace/name.
+        pod: String,
+        /// true or false.
+        #[arg(action = clap::ArgAction::Set)]
+        ready: bool,
+        /// The pod is being deleted: its endpoints are terminating (still serving while
+        /// ready, but not picked while other endpoints are ready).
+        #[arg(long)]
+        terminating: bool,
+    },
     /// List what testbeds whose prefix starts with PREFIX left behind (namespaces,
     /// cgroups), and kernel programs of ours still loaded; exit 1 if there is any.
     Leftovers {
@@ -90,6 +109,12 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
         } => exec::exec(&state, &pod, &command),
         TestbedCommand::Enroll { state, pod } => exec::set_enrolled(&state, &pod, true),
         TestbedCommand::Unenroll { state, pod } => exec::set_enrolled(&state, &pod, false),
+        TestbedCommand::Ready {
+            state,
+            pod,
+            ready,
+            terminating,
+        } => readiness::set(&state, &pod, ready, terminating),
         TestbedCommand::Leftovers { prefix } => leftovers::run(&prefix),
     }
 }

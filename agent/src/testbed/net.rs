@@ -78,25 +78,33 @@ fn ip<S: AsRef<OsStr>>(args: &[S]) -> anyhow::Result<String> {
 }
 
 /// Runs `lines` as `ip -n NETNS -batch -`: one process for a namespace's set-up.
-fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-n", netns, "-batch", "-"])
+pub(super) fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
+    let script = lines.join("\n") + "\n";
+    with_input("ip", &["-n", netns, "-batch", "-"], &script)
+        .with_context(|| format!("setting up network namespace {netns} failed"))
+}
+
+/// Runs `program ARGS…` with `input` on its stdin; fails with its stderr and the input.
+pub(super) fn with_input(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("cannot run `ip -batch`")?;
-    let script = lines.join("\n") + "\n";
+        .with_context(|| format!("cannot run `{command}`"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A write error means ip stopped early; its exit status and stderr say why.
-        let _ = stdin.write_all(script.as_bytes());
+        // A write error means the program stopped early; its exit status and stderr say why.
+        let _ = stdin.write_all(input.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .context("cannot wait for `ip -batch`")?;
+        .with_context(|| format!("cannot wait for `{command}`"))?;
     if !out.status.success() {
         bail!(
-            "setting up network namespace {netns} failed: {}\n(commands given to `ip -n {netns} -batch -`:\n{script})",
+            "`{command}` failed ({}): {}\n(its input:\n{input})",
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -105,7 +113,7 @@ fn ip_batch(netns: &str, lines: &[String]) -> anyhow::Result<()> {
 
 /// Sets sysctls (`net/…` paths below /proc/sys) inside the namespace at `netns`, from a
 /// thread that joins it (a thread's network namespace decides what /proc/sys/net shows).
-fn sysctls(netns: &Path, values: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(super) fn sysctls(netns: &Path, values: &[(&str, &str)]) -> anyhow::Result<()> {
     let file = std::fs::File::open(netns)
         .with_context(|| format!("cannot open network namespace {}", netns.display()))?;
     let values: Vec<(String, String)> = values

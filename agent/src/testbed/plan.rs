@@ -4,10 +4,13 @@
 //! Node `i` (1-based, spec order) is 198.18.0.`i` / fd6f:7264::`i` on the fabric and owns
 //! 198.19.`i`.0/24 / fd6f:7264:`i`::/64; its pod `j` is 198.19.`i`.`j+10` /
 //! fd6f:7264:`i`::`j+10`. The IPv6 groups are the decimal numbers written as they are
-//! (pod 198.19.12.21 is fd6f:7264:12::21), so both families read alike.
+//! (pod 198.19.12.21 is fd6f:7264:12::21), so both families read alike. Service `k`
+//! (1-based, spec order) without cluster IPs of its own gets 198.18.96.`k` /
+//! fd6f:7264:ffff::`k` (skipping addresses the spec gives other Services): a range no node
+//! or pod address falls in, reached from pods over their default route to their node.
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -15,10 +18,17 @@ use anyhow::{Context, bail};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
-    spec::Spec,
+    spec::{MAX_SERVICES, Spec},
     state::{NodeState, PodState, State},
 };
-use crate::workloads::Mode;
+use crate::workloads::{Mode, Service};
+
+/// Where Services without cluster IPs in the spec get theirs.
+pub const SERVICE_CIDR_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 96, 0), 24);
+pub const SERVICE_CIDR_V6: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0xfd6f, 0x7264, 0xffff, 0, 0, 0, 0, 0), 64);
+/// The node (fabric) and pod addresses, which no Service may take.
+pub const NODE_AND_POD_RANGES: &str = "198.18.0.0/24, 198.19.0.0/16, fd6f:7264::/32";
 
 /// Names longer than this are truncated and given a hash suffix.
 pub const MAX_NETNS_NAME: usize = 48;
@@ -93,6 +103,62 @@ pub fn pod_ipv6(i: usize, j: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd6f, 0x7264, group(i), 0, 0, 0, 0, group(j + 10))
 }
 
+/// True for an address of the testbed's fabric, nodes, pod gateways or pods (see
+/// [`NODE_AND_POD_RANGES`]), which the Service range is carved out of.
+pub fn is_node_or_pod_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 24).contains(&ip)
+                || Ipv4Net::new_assert(Ipv4Addr::new(198, 19, 0, 0), 16).contains(&ip)
+        }
+        IpAddr::V6(ip) => {
+            Ipv6Net::new_assert(Ipv6Addr::new(0xfd6f, 0x7264, 0, 0, 0, 0, 0, 0), 32).contains(&ip)
+                && !SERVICE_CIDR_V6.contains(&ip)
+        }
+    }
+}
+
+pub fn service_ipv4(k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(SERVICE_CIDR_V4.network()) + k as u32)
+}
+
+pub fn service_ipv6(k: usize) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(SERVICE_CIDR_V6.network()) + u128::from(group(k)))
+}
+
+/// The spec's Services with their cluster IPs: as given, or one IPv4 and one IPv6 of the
+/// testbed's range, in spec order, skipping addresses the spec gives explicitly. IPv4
+/// first.
+pub fn services(spec: &Spec) -> anyhow::Result<Vec<Service>> {
+    let taken: HashSet<IpAddr> = spec
+        .services
+        .iter()
+        .flat_map(|s| s.cluster_ips.iter().flatten().copied())
+        .collect();
+    let mut free = (1..=MAX_SERVICES).filter(|k| {
+        !taken.contains(&IpAddr::V4(service_ipv4(*k)))
+            && !taken.contains(&IpAddr::V6(service_ipv6(*k)))
+    });
+    let mut services = Vec::new();
+    for svc in &spec.services {
+        let mut ips = match &svc.cluster_ips {
+            Some(ips) => ips.clone(),
+            None => {
+                let k = free.next().with_context(|| {
+                    format!(
+                        "no free cluster IPs left in {SERVICE_CIDR_V4} for Service {}/{}",
+                        svc.namespace, svc.name
+                    )
+                })?;
+                vec![service_ipv4(k).into(), service_ipv6(k).into()]
+            }
+        };
+        ips.sort_by_key(IpAddr::is_ipv6);
+        services.push(svc.service(ips));
+    }
+    Ok(services)
+}
+
 /// The first address of a pod CIDR: the node's address on its pod bridge, the pods' gateway.
 pub fn gateway_v4(cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(cidr.network()) + 1)
@@ -103,7 +169,7 @@ pub fn gateway_v6(cidr: Ipv6Net) -> Ipv6Addr {
 }
 
 /// FNV-1a: a stable short hash for names (not for security).
-fn hash8(s: &str) -> String {
+pub fn hash8(s: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in s.bytes() {
         h ^= u32::from(b);
@@ -149,6 +215,7 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
         strict_namespaces: spec.strict_namespaces(),
         ca_dir: PathBuf::new(),
         policy_dir: PathBuf::new(),
+        services: services(spec)?,
     };
     for (index, (node, netns)) in spec.nodes.iter().zip(&node_names).enumerate() {
         let i = index + 1;
@@ -196,6 +263,9 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
                     .labels
                     .clone()
                     .unwrap_or_else(|| [("app".to_string(), pod.name.to_string())].into()),
+                ports: pod.ports.clone(),
+                ready: true,
+                terminating: false,
             });
         }
     }
@@ -355,5 +425,58 @@ mod tests {
         assert!(p.starts_with("orci7") && p.len() == 11, "{p}");
         assert!(new_prefix(Some("Bad-Tag")).is_err());
         assert!(new_prefix(Some("waytoolongtag")).is_err());
+    }
+
+    #[test]
+    fn services_get_one_address_of_each_family_skipping_given_ones() {
+        let text = format!(
+            "{TWO_NODES}services:
+  - {{namespace: shop, name: a, ports: [{{port: 80}}]}}
+  - {{namespace: shop, name: b, clusterIPs: ['fd6f:7264:ffff::2', 198.18.96.1], ports: [{{port: 80}}]}}
+  - {{namespace: shop, name: c, ports: [{{port: 80}}]}}
+  - {{namespace: shop, name: d, clusterIPs: [], ports: [{{port: 80}}]}}
+  - {{namespace: shop, name: e, clusterIPs: ['fd00::9'], ports: [{{port: 80}}]}}
+"
+        );
+        let state = plan(&spec(&text), "orabc123", Path::new("/cg")).unwrap();
+        let ips: Vec<Vec<String>> = state
+            .services
+            .iter()
+            .map(|s| s.cluster_ips.iter().map(ToString::to_string).collect())
+            .collect();
+        assert_eq!(
+            ips[0],
+            ["198.18.96.3", "fd6f:7264:ffff::3"],
+            "1 and 2 are taken"
+        );
+        assert_eq!(
+            ips[1],
+            ["198.18.96.1", "fd6f:7264:ffff::2"],
+            "as given, IPv4 first"
+        );
+        assert_eq!(ips[2], ["198.18.96.4", "fd6f:7264:ffff::4"]);
+        assert!(ips[3].is_empty(), "headless");
+        assert_eq!(ips[4], ["fd00::9"]);
+        assert_eq!(state.service("shop/c").unwrap().name, "c");
+        for ip in state.services.iter().flat_map(|s| &s.cluster_ips) {
+            assert!(!is_node_or_pod_address(*ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_service_range_is_clear_of_nodes_and_pods() {
+        for (i, j) in [(1, 1), (96, 86), (254, 244)] {
+            assert!(is_node_or_pod_address(pod_ipv4(i, j).into()));
+            assert!(is_node_or_pod_address(pod_ipv6(i, j).into()));
+            assert!(is_node_or_pod_address(node_ipv4(i).into()));
+            assert!(is_node_or_pod_address(node_ipv6(i).into()));
+            assert!(is_node_or_pod_address(gateway_v6(pod_cidr_v6(i)).into()));
+        }
+        for k in [1, 96, MAX_SERVICES] {
+            assert!(!is_node_or_pod_address(service_ipv4(k).into()));
+            assert!(!is_node_or_pod_address(service_ipv6(k).into()));
+        }
+        assert_eq!(service_ipv6(254).to_string(), "fd6f:7264:ffff::254");
+        assert_eq!(service_ipv4(254).to_string(), "198.18.96.254");
     }
 }

@@ -1,14 +1,21 @@
-//! The testbed spec (`outrider testbed up --spec FILE`): which nodes, and which pods on
-//! each. Parse errors name the file, line and field; checks across entries (unique names,
-//! limits) name the file and field.
+//! The testbed spec (`outrider testbed up --spec FILE`): which nodes, which pods on
+//! each, and which Kubernetes Services in front of them. Parse errors name the file, line
+//! and field; checks across entries (unique names, limits, addresses) name the file and
+//! field.
 //!
 //! ```yaml
 //! nodes:
 //!   - name: node-a
 //!     pods:
-//!       - {namespace: shop, name: web, serviceAccount: web, enrolled: true}
+//!       - {namespace: shop, name: web, serviceAccount: web, enrolled: true,
+//!          ports: [{name: http, containerPort: 8080}]}  # named ports, for targetPorts
 //!       - {namespace: shop, name: client}     # serviceAccount: default, enrolled: true
 //!       - {namespace: shop, name: cart, mode: sidecar}  # node | sidecar | none
+//! services:                                   # optional: as in the workload file, but
+//!   - namespace: shop                         # without clusterIPs the testbed allocates
+//!     name: web                               # one IPv4 and one IPv6 (`clusterIPs: []`
+//!     ports: [{name: http, port: 80, targetPort: http}]   # is a headless Service)
+//!     selector: {app: web}                    # or explicit `endpoints:`
 //! namespaces:                                 # optional: mesh settings per namespace
 //!   shop: {mtls: strict}                      # strict | permissive (default)
 //! agent:                                      # optional: agent settings for every node
@@ -17,6 +24,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
+    net::IpAddr,
     ops::Deref,
     path::Path,
 };
@@ -26,7 +34,11 @@ use serde::Deserialize;
 
 use crate::{
     config::Config,
-    workloads::{Mode, MtlsMode, NamespaceSettings},
+    workloads::{
+        Endpoint, Mode, MtlsMode, NamespaceSettings, PodPort, Service, ServicePort, WorkloadSet,
+        file,
+        service::{SessionAffinity, TrafficPolicy},
+    },
     yaml,
 };
 
@@ -34,6 +46,8 @@ use crate::{
 pub const MAX_NODES: usize = 254;
 /// Pod `j` of a node is 198.19.i.`j + 10`, so there are at most 244 pods a node.
 pub const MAX_PODS_PER_NODE: usize = 244;
+/// Services get addresses `k` = 1… of [`super::plan::SERVICE_CIDR_V4`] (a /24).
+pub const MAX_SERVICES: usize = 254;
 /// Node names that would collide with the testbed's own names (`<prefix>-fabric`,
 /// `DIR/prefix`).
 const RESERVED_NODE_NAMES: [&str; 2] = ["fabric", "prefix"];
@@ -49,6 +63,48 @@ pub struct Spec {
     /// Per-namespace mesh settings, e.g. `shop: {mtls: strict}`.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceSettings>,
+    /// Kubernetes Services; the testbed lists their endpoints in the workload files and
+    /// sets kube-proxy-like rules for them in every node.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A Service of the spec: the workload file's [`Service`], except that `clusterIPs` left
+/// out means "allocate one IPv4 and one IPv6 address" (an empty list: headless).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Option<Vec<IpAddr>>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Listed endpoints, used as written (`testbed ready` does not change them).
+    #[serde(default)]
+    pub endpoints: Option<Vec<Endpoint>>,
+    #[serde(default)]
+    pub internal_traffic_policy: TrafficPolicy,
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+}
+
+impl ServiceSpec {
+    /// The Service with these cluster IPs.
+    pub fn service(&self, cluster_ips: Vec<IpAddr>) -> Service {
+        Service {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            cluster_ips,
+            ports: self.ports.clone(),
+            selector: self.selector.clone(),
+            endpoints: self.endpoints.clone(),
+            internal_traffic_policy: self.internal_traffic_policy,
+            session_affinity: self.session_affinity,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -76,6 +132,9 @@ pub struct PodSpec {
     /// The pod's labels; default `app: <name>`.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// The pod's named container ports, for Services' named `targetPort`s.
+    #[serde(default)]
+    pub ports: Vec<PodPort>,
 }
 
 fn default_service_account() -> String {
@@ -185,8 +244,8 @@ impl Spec {
         Ok(spec)
     }
 
-    fn validate(&self, file: &Path) -> anyhow::Result<()> {
-        let file = file.display();
+    fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        let file = path.display();
         if self.nodes.is_empty() {
             bail!("{file}: nodes: at least one node is needed");
         }
@@ -233,10 +292,71 @@ impl Spec {
                         pod.key()
                     );
                 }
+                validate_pod_ports(&pod.ports)
+                    .map_err(|e| anyhow::anyhow!("{file}: nodes[{i}].pods[{j}].ports{e}"))?;
             }
+        }
+        self.validate_services(path)
+    }
+
+    /// The workload file's checks (with the spec's file name: the fields are the same),
+    /// and cluster IPs clear of the testbed's own node and pod addresses.
+    fn validate_services(&self, path: &Path) -> anyhow::Result<()> {
+        let set = WorkloadSet {
+            services: self
+                .services
+                .iter()
+                .map(|s| s.service(s.cluster_ips.clone().unwrap_or_default()))
+                .collect(),
+            ..WorkloadSet::default()
+        };
+        file::validate(&set, path)?;
+        for (index, svc) in self.services.iter().enumerate() {
+            for (k, ip) in svc.cluster_ips.iter().flatten().enumerate() {
+                if super::plan::is_node_or_pod_address(*ip) {
+                    bail!(
+                        "{}: services[{index}].clusterIPs[{k}]: {ip} is among the testbed's node and pod addresses ({}); pick another, or leave clusterIPs out to have one allocated from {} and {}",
+                        path.display(),
+                        super::plan::NODE_AND_POD_RANGES,
+                        super::plan::SERVICE_CIDR_V4,
+                        super::plan::SERVICE_CIDR_V6,
+                    );
+                }
+            }
+        }
+        if self.services.len() > MAX_SERVICES {
+            bail!(
+                "{}: services: {} Services, at most {MAX_SERVICES} are supported",
+                path.display(),
+                self.services.len()
+            );
         }
         Ok(())
     }
+}
+
+/// A pod's ports: each `containerPort` from 1, names (optional) valid and unique. The
+/// error, when there is one, starts with the field path after `ports`.
+fn validate_pod_ports(ports: &[PodPort]) -> Result<(), String> {
+    let mut names = HashMap::new();
+    for (k, p) in ports.iter().enumerate() {
+        if p.container_port == 0 {
+            return Err(format!("[{k}].containerPort: must be 1 to 65535"));
+        }
+        if let Some(name) = &p.name {
+            if !file::is_port_name(name) {
+                return Err(format!(
+                    "[{k}].name: {name:?} is not a port name (at most 15 of a-z, 0-9 and '-', with a letter)"
+                ));
+            }
+            if let Some(first) = names.insert(name, k) {
+                return Err(format!(
+                    "[{k}].name: {name:?} is used twice (also ports[{first}])"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,5 +484,120 @@ mod tests {
             pods.join(", ")
         ));
         assert!(err.contains("nodes[0].pods: 245 pods"), "{err}");
+    }
+
+    const SERVICES: &str = "nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: web, ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]}
+services:
+  - namespace: shop
+    name: web
+    ports: [{name: http, port: 80, targetPort: http}]
+    selector: {app: web}
+  - {namespace: shop, name: fixed, clusterIPs: [10.96.0.10], ports: [{port: 5432}],
+     endpoints: [{ip: 198.19.1.11}], internalTrafficPolicy: Local}
+  - {namespace: shop, name: headless, clusterIPs: [], ports: [{port: 80}], selector: {app: web}}
+";
+
+    #[test]
+    fn services_and_pod_ports_parse() {
+        use crate::workloads::TargetPort;
+        let spec = parse(SERVICES).unwrap();
+        assert_eq!(spec.nodes[0].pods[0].ports[0].container_port, 8080);
+        assert_eq!(spec.nodes[0].pods[0].ports[1].name, None);
+        let web = &spec.services[0];
+        assert_eq!(web.cluster_ips, None, "to be allocated");
+        assert_eq!(web.ports[0].target(), TargetPort::Name("http".into()));
+        let fixed = &spec.services[1];
+        assert_eq!(
+            fixed.cluster_ips.as_ref().unwrap()[0].to_string(),
+            "10.96.0.10"
+        );
+        assert_eq!(fixed.internal_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(fixed.endpoints.as_ref().unwrap().len(), 1);
+        assert_eq!(spec.services[2].cluster_ips, Some(Vec::new()), "headless");
+    }
+
+    #[test]
+    fn bad_services_name_the_file_and_field() {
+        let cases = [
+            (
+                SERVICES.replace("port: 5432", "port: 70000"),
+                "services[1].ports[0].port",
+            ),
+            (
+                SERVICES.replace("10.96.0.10", "10.96.0.300"),
+                "services[1].clusterIPs[0]",
+            ),
+            (
+                SERVICES.replace(
+                    "selector: {app: web}\n",
+                    "selector: {matchLabels: {app: web}}\n",
+                ),
+                "services[0].selector",
+            ),
+            (
+                SERVICES.replace("name: fixed", "name: web"),
+                "services[1].name: shop/web is listed twice",
+            ),
+            (
+                SERVICES.replace("10.96.0.10", "198.19.1.11"),
+                "services[1].clusterIPs[0]: 198.19.1.11 is among the testbed's node and pod addresses",
+            ),
+            (
+                SERVICES.replace("10.96.0.10", "fd6f:7264:1::11"),
+                "services[1].clusterIPs[0]: fd6f:7264:1::11 is among",
+            ),
+            (
+                SERVICES.replace("10.96.0.10", "198.18.0.1"),
+                "services[1].clusterIPs[0]",
+            ),
+            (
+                SERVICES.replace("clusterIPs: []", "clusterIPs: [10.96.0.10]"),
+                "services[2].clusterIPs[0]: 10.96.0.10 belongs to services[1] too",
+            ),
+            (
+                SERVICES.replace(
+                    "internalTrafficPolicy: Local",
+                    "internalTrafficPolicy: Near",
+                ),
+                "services[1].internalTrafficPolicy",
+            ),
+            (
+                SERVICES.replace(
+                    "selector: {app: web}}",
+                    "selector: {app: web}, colour: red}",
+                ),
+                "colour",
+            ),
+            (
+                SERVICES.replace("{containerPort: 9090}", "{containerPort: 0}"),
+                "nodes[0].pods[0].ports[1].containerPort: must be 1 to 65535",
+            ),
+            (
+                SERVICES.replace("{containerPort: 9090}", "{name: http, containerPort: 9090}"),
+                "nodes[0].pods[0].ports[1].name: \"http\" is used twice",
+            ),
+            (
+                SERVICES.replace(
+                    "{name: http, containerPort: 8080}",
+                    "{name: HTTP, containerPort: 8080}",
+                ),
+                "nodes[0].pods[0].ports[0].name: \"HTTP\" is not a port name",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = error(&text);
+            assert!(err.starts_with("/tmp/spec.yaml"), "{err}");
+            assert!(err.contains(want), "want {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn addresses_in_the_service_range_may_be_given() {
+        let spec = parse(&SERVICES.replace("10.96.0.10", "198.18.96.1")).unwrap();
+        assert_eq!(spec.services.len(), 3);
+        parse(&SERVICES.replace("10.96.0.10", "'fd6f:7264:ffff::1'")).unwrap();
     }
 }

@@ -9,6 +9,8 @@ use anyhow::Context;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::workloads::{PodPort, Service};
+
 /// `DIR/testbed.json`: written at the end of a successful `up`.
 pub const STATE_FILE: &str = "testbed.json";
 /// `DIR/prefix`: written before anything is created, so `down` can always clean up.
@@ -35,6 +37,10 @@ pub struct State {
     /// files here.
     #[serde(default)]
     pub policy_dir: PathBuf,
+    /// Kubernetes Services, with their cluster IPs (IPv4 first); their endpoints are
+    /// computed from the pods whenever the workload files are written.
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -87,6 +93,20 @@ pub struct PodState {
     pub uid: String,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Named container ports (for Services' named `targetPort`s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PodPort>,
+    /// The pod's readiness (its readiness probe): its endpoints are `ready` (unless
+    /// terminating) and `serving`. Changed with `testbed ready`.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// Being deleted: its endpoints are `terminating`, not `ready`.
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl PodState {
@@ -120,6 +140,11 @@ impl State {
 
     pub fn pod(&self, key: &str) -> Option<&PodState> {
         self.pods.iter().find(|p| p.key() == key)
+    }
+
+    /// The Service `namespace/name`.
+    pub fn service(&self, key: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.key().to_string() == key)
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeState> {

@@ -23,6 +23,8 @@ use std::{
 
 #[allow(unused_imports)] // Each test uses some.
 pub use outrider::testbed::state::{AgentState, NodeState, PodState, State};
+#[allow(unused_imports)]
+pub use outrider::workloads::Service;
 use serde_json::Value;
 
 /// The binaries under test.
@@ -361,6 +363,74 @@ impl Testbed {
     /// Sets the pod's mode to `none`.
     pub fn unenroll(&self, pod: &str) {
         self.set_enrolled(pod, false);
+    }
+
+    fn ready_verb(&self, pod: &str, ready: bool, terminating: bool) {
+        self.pod(pod);
+        let mut cmd = Command::new(OUTRIDER);
+        cmd.args(["testbed", "ready", "--state"])
+            .arg(self.dir())
+            .arg(pod)
+            .arg(ready.to_string());
+        if terminating {
+            cmd.arg("--terminating");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed ready`");
+        assert!(
+            out.status.success(),
+            "`outrider testbed ready {pod} {ready}` failed: {}",
+            describe(&out)
+        );
+    }
+
+    /// Sets the pod's readiness (`testbed ready`), as its readiness probe would: its
+    /// endpoints' conditions in every node's workload file (agents see it within their
+    /// poll interval) and the nodes' kube-proxy-like rules (at once) follow.
+    pub fn set_ready(&self, pod: &str, ready: bool) {
+        self.ready_verb(pod, ready, false);
+    }
+
+    /// Marks the pod as being deleted (`testbed ready --terminating`): its endpoints are
+    /// terminating, and serving while `ready`.
+    pub fn terminate(&self, pod: &str, ready: bool) {
+        self.ready_verb(pod, ready, true);
+    }
+
+    /// The Service `namespace/name`; panics listing the Services if there is none.
+    pub fn service(&self, key: &str) -> &Service {
+        match self.state.service(key) {
+            Some(svc) => svc,
+            None => {
+                let keys: Vec<String> = self
+                    .state
+                    .services
+                    .iter()
+                    .map(|s| s.key().to_string())
+                    .collect();
+                panic!("no Service {key:?} in the testbed (services: {keys:?})")
+            }
+        }
+    }
+
+    /// The Service's IPv4 (or with `v6`, IPv6) cluster IP.
+    pub fn cluster_ip(&self, key: &str, v6: bool) -> std::net::IpAddr {
+        let svc = self.service(key);
+        match svc.cluster_ips.iter().find(|ip| ip.is_ipv6() == v6) {
+            Some(ip) => *ip,
+            None => panic!(
+                "Service {key} has no IPv{} cluster IP",
+                if v6 { 6 } else { 4 }
+            ),
+        }
+    }
+
+    /// The workload file the testbed wrote for `node`'s agent, parsed.
+    pub fn workload_file(&self, node: &str) -> outrider::workloads::WorkloadSet {
+        let path = outrider::testbed::agents::workloads_path(self.dir(), &self.node(node).name);
+        outrider::workloads::WorkloadSet::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `DIR/<node>/agent.log`.
