@@ -59,6 +59,25 @@ pub fn targets(modes: &[Value], memory: &Value) -> Vec<Value> {
         &|x| x >= 0.6,
         t.map_or("-".into(), |x| format!("{x:.2}× direct")),
     );
+    // What resolving a Service costs: the same path dialed by cluster IP, same run.
+    let svc = mode(modes, "node-mtls-svc");
+    let of_pod = |p: &str| -> Option<f64> { Some(num(svc?, p)? / num(mtls?, p)?) };
+    let p50 = of_pod("/latency_closed_us/p50");
+    push(
+        "node-mtls through a cluster IP: p50 latency against dialing the pod",
+        "≤ 1.05×",
+        p50,
+        &|x| x <= 1.05,
+        p50.map_or("-".into(), |x| format!("{x:.3}×")),
+    );
+    let conns = of_pod("/connections_per_s");
+    push(
+        "node-mtls through a cluster IP: new connections/s against dialing the pod",
+        "≥ 0.95×",
+        conns,
+        &|x| x >= 0.95,
+        conns.map_or("-".into(), |x| format!("{x:.3}×")),
+    );
     let per_pod = memory["node_agent_bytes_per_pod"].as_f64();
     push(
         "agent memory per additional enrolled pod (largest step)",

@@ -99,6 +99,24 @@ impl Bed {
             .with_context(|| format!("{key} has no ipv4"))
     }
 
+    /// The IPv4 cluster IP of the Service `namespace/name` (testbed.json lists IPv4 first).
+    pub fn service_ipv4(&self, key: &str) -> anyhow::Result<String> {
+        self.json["services"]
+            .as_array()
+            .and_then(|services| {
+                services.iter().find(|s| {
+                    format!(
+                        "{}/{}",
+                        s["namespace"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or("")
+                    ) == key
+                })
+            })
+            .and_then(|s| s["clusterIPs"].as_array()?.first()?.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no service {key} with a cluster IP in testbed.json"))
+    }
+
     /// Every pod, as `namespace/name`.
     pub fn pod_keys(&self) -> Vec<String> {
         self.json["pods"]

@@ -8,6 +8,7 @@
 //! | `direct` | not meshed | not meshed | the network only |
 //! | `node` | node mode | not meshed | node-a's agent, plaintext |
 //! | `node-mtls` | node mode | node mode | both agents, mutual-TLS tunnel |
+//! | `node-mtls-svc` | node mode | node mode | as `node-mtls`, dialed by the server's Service cluster IP |
 //! | `sidecar` | sidecar | not meshed | the client's sidecar, plaintext |
 //! | `sidecar-mtls` | sidecar | sidecar | both sidecars, mutual-TLS tunnel |
 //!
@@ -27,6 +28,7 @@ nodes:
       - {namespace: bench, name: c-direct, enrolled: false}
       - {namespace: bench, name: c-node, serviceAccount: client}
       - {namespace: bench, name: c-node-mtls, serviceAccount: client}
+      - {namespace: bench, name: c-node-svc, serviceAccount: client}
       - {namespace: bench, name: c-sidecar, serviceAccount: client, mode: sidecar}
       - {namespace: bench, name: c-sidecar-mtls, serviceAccount: client, mode: sidecar}
   - name: node-b
@@ -34,6 +36,8 @@ nodes:
       - {namespace: bench, name: s-direct, enrolled: false}
       - {namespace: bench, name: s-node, serviceAccount: server}
       - {namespace: bench, name: s-sidecar, serviceAccount: server, mode: sidecar}
+services:
+  - {namespace: bench, name: server, selector: {app: s-node}, ports: [{port: 9000}]}
 ";
 
 const PORT: u16 = 9000;
@@ -43,33 +47,46 @@ struct Mode {
     name: &'static str,
     client: &'static str,
     server: &'static str,
+    /// Dialed through this Service's cluster IP rather than the server pod's IP.
+    service: Option<&'static str>,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode {
         name: "direct",
         client: "bench/c-direct",
         server: "bench/s-direct",
+        service: None,
     },
     Mode {
         name: "node",
         client: "bench/c-node",
         server: "bench/s-direct",
+        service: None,
     },
     Mode {
         name: "node-mtls",
         client: "bench/c-node-mtls",
         server: "bench/s-node",
+        service: None,
+    },
+    Mode {
+        name: "node-mtls-svc",
+        client: "bench/c-node-svc",
+        server: "bench/s-node",
+        service: Some("bench/server"),
     },
     Mode {
         name: "sidecar",
         client: "bench/c-sidecar",
         server: "bench/s-direct",
+        service: None,
     },
     Mode {
         name: "sidecar-mtls",
         client: "bench/c-sidecar-mtls",
         server: "bench/s-sidecar",
+        service: None,
     },
 ];
 
@@ -96,7 +113,11 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
 
 /// Runs the load generator's client in `mode`'s client pod; its JSON report.
 fn client(bed: &Bed, mode: &Mode, settings: &Settings, extra: &[&str]) -> anyhow::Result<Value> {
-    let target = format!("{}:{PORT}", bed.ipv4(mode.server)?);
+    let ip = match mode.service {
+        Some(service) => bed.service_ipv4(service)?,
+        None => bed.ipv4(mode.server)?,
+    };
+    let target = format!("{ip}:{PORT}");
     let duration = settings.duration_s.to_string();
     let warmup = settings.warmup_s.to_string();
     let mut args = vec![
