@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: two nodes × two pods on a testbed with one agent per node. shop/web
-//! serves HTTP; pods on the same and on the other node curl it over IPv4 and IPv6, and
-//! data/db (outside the mesh) calls the shop/web Service by its cluster IPs through
-//! node-b's kube-proxy-like rules; then each agent's access log shows what it captured.
+//! serves HTTP; pods on the same and on the other node curl it over IPv4 and IPv6, shop/cart
+//! also through the shop/web Service's cluster IPs (its agent resolves them, over mTLS),
+//! and data/db (outside the mesh) calls the Service through node-b's kube-proxy-like
+//! rules; then each agent's access log shows what it captured.
 //! Exits non-zero if any step fails or capture is not what it should be (enrolled pods
 //! captured, data/db not).
 use std::{
@@ -133,9 +134,16 @@ pub fn run() -> anyhow::Result<()> {
             format!("http://{web4}:8080/"),
         ),
     ];
-    // Outside the mesh, a Service is reached as in any cluster: node-b's kube-proxy-like
-    // rules DNAT the cluster IP to a ready endpoint, shop/web.
+    // In the mesh, the client's agent resolves the cluster IP to shop/web and goes there
+    // through the tunnel. Outside the mesh, a Service is reached as in any cluster:
+    // node-b's kube-proxy-like rules DNAT the cluster IP to a ready endpoint, shop/web.
     let service_requests = [
+        ("shop/cart", "node-b, other node", format!("http://{vip4}/")),
+        (
+            "shop/cart",
+            "node-b, other node",
+            format!("http://[{vip6}]/"),
+        ),
         ("data/db", "node-b, not enrolled", format!("http://{vip4}/")),
         (
             "data/db",
@@ -247,14 +255,27 @@ pub fn run() -> anyhow::Result<()> {
             .count()
     };
     if count("shop/client", "outbound", "hbone") != 2
-        || count("shop/cart", "outbound", "hbone") != 2
+        || count("shop/cart", "outbound", "hbone") != 4
     {
-        bail!("expected shop/client and shop/cart to reach shop/web through the tunnel twice each");
+        bail!(
+            "expected shop/client to reach shop/web through the tunnel twice, and shop/cart four times (twice through the Service)"
+        );
+    }
+    let through_service = lines
+        .iter()
+        .filter(|(_, l)| {
+            l["fields"]["pod"] == "shop/cart"
+                && l["fields"]["dst_service"] == "web.shop.svc.cluster.local"
+                && l["fields"]["transport"] == "hbone"
+        })
+        .count();
+    if through_service != 2 {
+        bail!("expected shop/cart's two Service connections to be logged with dst_service");
     }
     // data/db's: one to the pod IP, two through the Service.
-    if count("shop/web", "inbound", "hbone") != 4 || count("shop/web", "inbound", "plaintext") != 3
+    if count("shop/web", "inbound", "hbone") != 6 || count("shop/web", "inbound", "plaintext") != 3
     {
-        bail!("expected shop/web's agent to receive 4 tunnelled connections and 3 plaintext ones");
+        bail!("expected shop/web's agent to receive 6 tunnelled connections and 3 plaintext ones");
     }
 
     let bytes = std::fs::read(&pcap).context("reading the capture")?;
@@ -275,10 +296,12 @@ pub fn run() -> anyhow::Result<()> {
             "expected the page in plaintext exactly 3 times on node-b's link (data/db is not in the mesh: by pod IP, and twice through the Service) and TLS for shop/cart"
         );
     }
-    println!("\n== What node-a's agent says through its admin API (outriderctl workloads; certs)");
+    println!(
+        "\n== What node-a's agent says through its admin API (outriderctl workloads; services; certs)"
+    );
     let ctl = outrider.with_file_name("outriderctl");
     let socket = state.join("node-a/admin.sock");
-    for args in [&["workloads"][..], &["certs"][..]] {
+    for args in [&["workloads"][..], &["services"][..], &["certs"][..]] {
         let status = Command::new(&ctl)
             .arg("--socket")
             .arg(&socket)
@@ -290,7 +313,7 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n== shop/client and shop/cart (IPv4 and IPv6, same and other node) went through mutual-TLS tunnels\n   with their SPIFFE identities; data/db is not enrolled: its plaintext was served (permissive),\n   by pod IP and through the shop/web Service's cluster IPs ({vip4}, {vip6})."
+        "\n== shop/client and shop/cart (IPv4 and IPv6, same and other node; shop/cart also through the\n   shop/web Service's cluster IPs {vip4} and {vip6}, which its agent resolved to shop/web) went\n   through mutual-TLS tunnels with their SPIFFE identities; data/db is not enrolled: its plaintext\n   was served (permissive), by pod IP and through the Service by node-b's kube-proxy rules."
     );
     Ok(())
 }
