@@ -71,7 +71,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     // Raised to the hard limit at process start (`main`).
     let open_files = crate::limits::open_files().ok();
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::VERSION,
         node = %config.node_name,
         instance = %config.instance,
         open_files,

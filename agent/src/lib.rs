@@ -18,6 +18,7 @@ pub mod enrollment;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod image;
 pub mod limits;
 pub mod loadgen;
 pub mod logging;
@@ -33,3 +34,12 @@ pub mod wait_enrolled;
 pub mod watch;
 pub mod workloads;
 pub mod yaml;
+
+/// This build's version: Cargo's, unless the build set `OUTRIDER_VERSION` (as
+/// `cargo xtask image --version` does, to make an image that really differs from the
+/// release, e.g. to exercise an upgrade). Every place that reports or compares versions
+/// (`--version`, the admin API, the hand-over, sidecars) uses it.
+pub const VERSION: &str = match option_env!("OUTRIDER_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
