@@ -11,6 +11,7 @@
 //! tests, the demo and people use.
 pub mod admin;
 pub mod agent;
+pub mod capabilities;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
