@@ -24,6 +24,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",     // sidecar mode's capture rules (outrider sidecar-init)
     "prometheus",   // promtool, which checks the agent's metrics exposition
     "python3-venv", // the venv of the manifest checkers (see PYTHON_TOOLS)
+    "buildah",      // cargo xtask image: builds the image FROM scratch, no daemon
+    "podman",       // runs the image in the end-to-end tests (agent/tests/image.rs)
+    "runc",         // podman's runtime here (crun refuses the hybrid cgroup layout)
+    "binutils",     // strip: the image's binaries without debug information
 ];
 
 /// Python tools that check the Kubernetes manifests (see manifests.rs), pinned, in a
