@@ -11,6 +11,8 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod podman;
+pub mod traffic;
 
 use std::{
     fs::File,
