@@ -38,6 +38,7 @@ use crate::{
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
     let log = logging::init(&config.log)?;
+    crate::capabilities::require("the node agent", crate::capabilities::AGENT)?;
     netns::init().context("recording the agent's own network namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,7 +72,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     // Raised to the hard limit at process start (`main`).
     let open_files = crate::limits::open_files().ok();
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::VERSION,
         node = %config.node_name,
         instance = %config.instance,
         open_files,

@@ -11,6 +11,7 @@
 //! tests, the demo and people use.
 pub mod admin;
 pub mod agent;
+pub mod capabilities;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
@@ -18,6 +19,7 @@ pub mod enrollment;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod image;
 pub mod limits;
 pub mod loadgen;
 pub mod logging;
@@ -37,3 +39,12 @@ pub mod wait_enrolled;
 pub mod watch;
 pub mod workloads;
 pub mod yaml;
+
+/// This build's version: Cargo's, unless the build set `OUTRIDER_VERSION` (as
+/// `cargo xtask image --version` does, to make an image that really differs from the
+/// release, e.g. to exercise an upgrade). Every place that reports or compares versions
+/// (`--version`, the admin API, the hand-over, sidecars) uses it.
+pub const VERSION: &str = match option_env!("OUTRIDER_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "outrider",
-    version,
+    version = outrider::VERSION,
     about = "Sidecar-less service-mesh node agent"
 )]
 struct Cli {

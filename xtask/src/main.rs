@@ -5,6 +5,7 @@ mod bench;
 mod codegen;
 mod demo;
 mod fuzz;
+mod image;
 mod manifests;
 mod setup;
 mod soak;
@@ -51,6 +52,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10, value_name = "N")]
         minutes: u64,
     },
+    /// Set up, build the release, and build Outrider's container image from it (buildah,
+    /// `FROM scratch`, no registry): loaded into the local image store as
+    /// `outrider:<version>` and the manifests' reference, and written to
+    /// target/image/outrider-<version>.tar (OCI archive).
+    Image {
+        /// Build the binaries with this version string instead of the release's (an
+        /// image that really differs, e.g. to try an upgrade); also the image's tag.
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+    },
     /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
     Codegen,
     /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
@@ -84,6 +95,9 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Demo => setup::run().and_then(|()| demo::run()),
         Cmd::Codegen => codegen::run(),
+        Cmd::Image { version } => {
+            setup::run().and_then(|()| image::run(version.as_deref()).map(|_| ()))
+        }
         Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Cmd::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),

@@ -24,6 +24,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",     // sidecar mode's capture rules (outrider sidecar-init)
     "prometheus",   // promtool, which checks the agent's metrics exposition
     "python3-venv", // the venv of the manifest checkers and gRPC clients (see PYTHON_TOOLS)
+    "buildah",      // cargo xtask image: builds the image FROM scratch, no daemon
+    "podman",       // runs the image in the end-to-end tests (agent/tests/image.rs)
+    "runc",         // podman's runtime here (crun refuses the hybrid cgroup layout)
+    "binutils",     // strip: the image's binaries without debug information
 ];
 
 /// Python packages, pinned, in a venv under target/ (PyPI packages, not Debian's: these

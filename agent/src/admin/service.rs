@@ -139,7 +139,7 @@ impl Admin for AdminService {
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Response::new(pb::GetVersionResponse {
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             node_name: self.config.node_name.clone(),
             instance: self.config.instance.clone(),
             started: convert::time(self.started),

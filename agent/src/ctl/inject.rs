@@ -24,11 +24,10 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::output::{Format, OutputArg};
 
-/// The image of both containers unless `--image` says otherwise: the release of this
-/// `outriderctl`, from the registry the DaemonSet's image comes from.
-pub const DEFAULT_IMAGE: &str =
-    concat!("ghcr.io/outrider-mesh/outrider:", env!("CARGO_PKG_VERSION"));
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The image of both containers unless `--image` says otherwise: the release's image, the
+/// one the DaemonSet uses (see `crate::image`).
+pub const DEFAULT_IMAGE: &str = crate::image::REFERENCE;
+const VERSION: &str = crate::VERSION;
 
 const INIT: &str = "outrider-init";
 const PROXY: &str = "outrider-proxy";

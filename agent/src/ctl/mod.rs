@@ -39,7 +39,7 @@ use output::{Format, OutputArg};
 #[derive(Debug, Parser)]
 #[command(
     name = "outriderctl",
-    version,
+    version = crate::VERSION,
     about = "Look into and steer the Outrider node agent through its admin API",
     after_help = "The agent is reached on its unix socket (root only, by default), or over TCP \
                   with mutual TLS with --addr, --ca, --cert and --key."

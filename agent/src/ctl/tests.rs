@@ -459,10 +459,7 @@ async fn missing_socket_through_the_command_line() {
     // `version` still says its own.
     let (result, text) = run_args(&path, &["version"]).await;
     assert!(result.is_err());
-    assert_eq!(
-        text,
-        format!("Client version:  {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(text, format!("Client version:  {}\n", crate::VERSION));
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ impl From<GetVersionResponse> for AgentVersionView {
     }
 }
 
-const CLIENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+const CLIENT_VERSION: &str = crate::VERSION;
 
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let agent = async {

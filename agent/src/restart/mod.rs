@@ -82,7 +82,7 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     let take = Message::Take {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::VERSION.to_string(),
         pid: std::process::id(),
     };
     wire::send(&stream, &take, &[]).with_context(|| failed("asking"))?;

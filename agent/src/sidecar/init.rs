@@ -97,6 +97,9 @@ impl Family {
 
 pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
     check(args)?;
+    if !args.dry_run {
+        crate::capabilities::require("outrider sidecar-init", crate::capabilities::SIDECAR_INIT)?;
+    }
     for family in [Family::V4, Family::V6] {
         let existing = if args.dry_run {
             String::new()

@@ -77,8 +77,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let socket = config.sidecar.socket_path(&config.instance);
     let agent = NodeAgent::connect(&socket, NODE_PATIENCE).await?;
     let me = agent.attest().await?;
-    if me.agent_version != env!("CARGO_PKG_VERSION") {
-        tracing::warn!(agent = %me.agent_version, sidecar = env!("CARGO_PKG_VERSION"), "the node agent's version differs from the sidecar's");
+    if me.agent_version != crate::VERSION {
+        tracing::warn!(agent = %me.agent_version, sidecar = crate::VERSION, "the node agent's version differs from the sidecar's");
     }
     let id = SpiffeId::parse(&me.spiffe_id)
         .with_context(|| format!("the node agent's identity for us, {:?}", me.spiffe_id))?;

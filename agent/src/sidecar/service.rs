@@ -162,7 +162,7 @@ impl pb::sidecar_server::Sidecar for SidecarService {
             name: workload.name,
             uid: workload.uid,
             spiffe_id: id.to_string(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_version: crate::VERSION.to_string(),
         }))
     }
 

@@ -11,7 +11,9 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod podman;
 pub mod raw_h2;
+pub mod traffic;
 
 use std::{
     fs::File,
