@@ -24,6 +24,8 @@ nodes:
     pods:
       - {namespace: shop, name: client, serviceAccount: client}
       - {namespace: shop, name: outsider, enrolled: false}
+services:
+  - {namespace: shop, name: client, selector: {app: client}, ports: [{port: 80}]}
 ";
 
 /// The workspace's root.
@@ -107,7 +109,7 @@ async fn grpcio_with_its_defaults_reaches_every_rpc_health_and_reflection() {
     // Every RPC of the service, called and answered as tonic's client is answered.
     let calls = &got["calls"];
     let methods = got["methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 12, "{methods:?}");
+    assert_eq!(methods.len(), 14, "{methods:?}");
     for method in methods {
         assert!(
             calls.get(method.as_str().unwrap()).is_some(),
@@ -123,6 +125,8 @@ async fn grpcio_with_its_defaults_reaches_every_rpc_health_and_reflection() {
         ok(calls, "GetWorkload"),
         "spiffe://cluster.local/ns/shop/sa/client"
     );
+    assert_eq!(ok(calls, "ListServices"), &serde_json::json!(["client"]));
+    assert_eq!(ok(calls, "GetService"), "client.shop.svc.cluster.local");
     ok(calls, "ListConnections");
     assert_eq!(ok(calls, "WatchConnections"), "headers received");
     assert_eq!(ok(calls, "GetConfig"), "node-a");

@@ -279,3 +279,28 @@ fn a_service_without_endpoints_or_port_refuses_at_once_and_a_pod_reaches_itself(
         "web-1 never reached itself: {names:?}"
     );
 }
+
+#[test]
+fn an_endpoint_that_fails_before_any_byte_moved_is_followed_by_the_next() {
+    let tb = Testbed::up(SPEC, true);
+    let mut servers = web_servers(&tb);
+    // web-2 is ready but its app is gone: the dial to it fails (its agent answers the
+    // tunnel's CONNECT with 503), and the client's agent tries another endpoint.
+    drop(servers.remove(1));
+    let vip = tb.cluster_ip("shop/web", false);
+    let names = names_from(&tb, "shop/client", SocketAddr::new(vip, 80), 30);
+    assert_eq!(names.len(), 30, "every connection answered: {names:?}");
+    let counts = count(&names);
+    assert!(!counts.contains_key("web-2"), "{counts:?}");
+    assert!(
+        counts.values().all(|n| *n > 0) && counts.len() == 2,
+        "{counts:?}"
+    );
+    // Some of them were tried on web-2 first, and logged so.
+    let retried = tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("trying the next"))
+    });
+    assert_eq!(retried["fields"]["service"], WEB, "{retried}");
+}

@@ -74,6 +74,7 @@ def admin_calls(admin, pb):
         return admin.SetLogLevel(req, timeout=TIMEOUT).level == level
 
     workload = pb.GetWorkloadRequest(namespace="shop", name="client")
+    service = pb.GetServiceRequest(namespace="shop", name="client")
     no_policy = pb.DeletePolicyRequest(namespace="shop", name="no-such-policy")
     dry_run = pb.ApplyPoliciesRequest(yaml=POLICY, dry_run=True)
     return {
@@ -83,6 +84,11 @@ def admin_calls(admin, pb):
             for w in admin.ListWorkloads(pb.ListWorkloadsRequest(), timeout=TIMEOUT).workloads
         ],
         "GetWorkload": lambda: admin.GetWorkload(workload, timeout=TIMEOUT).identity,
+        "ListServices": lambda: [
+            s.name
+            for s in admin.ListServices(pb.ListServicesRequest(), timeout=TIMEOUT).services
+        ],
+        "GetService": lambda: admin.GetService(service, timeout=TIMEOUT).fqdn,
         "ListConnections": lambda: len(
             admin.ListConnections(pb.ListConnectionsRequest(), timeout=TIMEOUT).connections
         ),
