@@ -11,7 +11,6 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -91,23 +90,6 @@ fn outbound_to(tb: &Testbed, node: &str, service: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The node agent's metrics, scraped from inside the node.
-fn scrape(tb: &Testbed, node: &str) -> String {
-    let netns = tb.node(node).netns.clone();
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args([
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:15020/metrics",
-        ])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn a_service_spreads_connections_over_endpoints_on_both_nodes_over_mtls() {
     let tb = Testbed::up(SPEC, true);
@@ -155,7 +137,7 @@ fn a_service_spreads_connections_over_endpoints_on_both_nodes_over_mtls() {
     });
     assert_eq!(inbound["fields"]["transport"], "hbone");
     for (node, reporter) in [("node-a", "source"), ("node-b", "destination")] {
-        let text = scrape(&tb, node);
+        let text = tb.scrape(node);
         let found = text.lines().any(|l| {
             l.starts_with("istio_tcp_connections_opened_total{")
                 && l.contains(&format!("reporter=\"{reporter}\""))

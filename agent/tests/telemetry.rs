@@ -26,28 +26,6 @@ nodes:
 
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
 
-/// The node agent's exposition, scraped from inside the node.
-fn scrape(tb: &Testbed, node: &str) -> String {
-    let netns = tb.node(node).netns.clone();
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args([
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:15020/metrics",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The value of the sample `name{…}` whose labels include all of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {
@@ -68,7 +46,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 fn wait_sample(tb: &Testbed, node: &str, name: &str, labels: &[(&str, &str)], want: f64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let text = scrape(tb, node);
+        let text = tb.scrape(node);
         if sample(&text, name, labels) == Some(want) {
             return text;
         }
@@ -157,7 +135,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     let pod = [("namespace", "shop"), ("pod", "client")];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let kernel = loop {
-        let text = scrape(&tb, "node-a");
+        let text = tb.scrape("node-a");
         match sample(&text, "outrider_pod_sent_bytes_total", &pod) {
             Some(v) if v >= N as f64 => break v,
             other if std::time::Instant::now() > deadline => {
@@ -178,7 +156,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     let _iperf = tb.spawn("data/db", &["iperf3", "-s", "-p", "5201"]);
     tb.wait_listening("data/db", 5201);
     let before = sample(
-        &scrape(&tb, "node-b"),
+        &tb.scrape("node-b"),
         "istio_tcp_sent_bytes_total",
         &destination,
     )
@@ -207,7 +185,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     assert_eq!(sent, 20.0 * 1024.0 * 1024.0, "{report}");
     std::thread::sleep(Duration::from_millis(500));
     let counted = sample(
-        &scrape(&tb, "node-b"),
+        &tb.scrape("node-b"),
         "istio_tcp_sent_bytes_total",
         &destination,
     )
@@ -348,7 +326,7 @@ fn the_exposition_passes_promtool() {
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(300));
     for node in ["node-a", "node-b"] {
-        let text = scrape(&tb, node);
+        let text = tb.scrape(node);
         assert!(
             text.contains("istio_tcp_connections_opened_total{"),
             "{text}"

@@ -22,7 +22,7 @@ use crate::{
     identity::SpiffeId,
     telemetry::{
         access::{self, Direction, Transport},
-        metrics::{Party, Reporter, ServiceName, TcpLabels},
+        metrics::{Reporter, ServiceName, TcpLabels},
     },
     workloads::service::SessionAffinity,
 };
@@ -100,7 +100,12 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             Transport::Plaintext,
             None,
         ),
-        Err((addr, _)) => (*addr, failed_party(&pod, *addr), Transport::Plaintext, None),
+        Err((addr, _)) => (
+            *addr,
+            pod.party_at(addr.ip(), None),
+            Transport::Plaintext,
+            None,
+        ),
     };
     let labels = TcpLabels::new(
         Reporter::Source,
@@ -200,11 +205,6 @@ async fn dial(pod: &PodProxy, target: &Target, service: Option<&str>) -> io::Res
         }
         None => Ok(Upstream::Plain(connect(pod, target.addr).await?)),
     }
-}
-
-/// The destination of a connection that was never made, as far as it is known.
-fn failed_party(pod: &PodProxy, addr: SocketAddr) -> Party {
-    pod.party_at(addr.ip(), None)
 }
 
 async fn connect(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {

@@ -435,6 +435,23 @@ impl Testbed {
         outrider::workloads::WorkloadSet::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The node agent's metrics exposition, scraped from inside the node.
+    pub fn scrape(&self, node: &str) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.node(node).netns.display()))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15020/metrics",
+            ])
+            .output()
+            .expect("cannot run curl in the node");
+        assert!(out.status.success(), "scraping {node}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `DIR/<node>/agent.log`.
     pub fn agent_log_path(&self, node: &str) -> PathBuf {
         self.node(node);
