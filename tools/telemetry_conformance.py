@@ -23,6 +23,7 @@ Prints a markdown report (names, label keys, byte values per reporter) and write
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +99,7 @@ def main():
                     help="the peer harness (peer_bench.py, outrider_path.py)")
     ap.add_argument("--ztunnel", help="ztunnel built with --features testing (without it: Outrider only)")
     ap.add_argument("--out", help="write the JSON here")
+    ap.add_argument("--keep-scratch", action="store_true", help="keep the logs and configs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("must run as root (network namespaces)")
@@ -144,6 +146,10 @@ def main():
                 pb.warn(f"down: {e}")
         topo.stop_all_procs()
         topo.destroy()
+        if args.keep_scratch:
+            pb.log(f"kept scratch {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
     report = compare(results)
     print(report)
     if args.out:
