@@ -1,7 +1,8 @@
 //! End-to-end: what the agents report — Istio's standard metrics from both reporters
-//! with the bytes the workloads really moved, HTTP requests by status code, a
-//! server-first protocol working through capture, and an exposition that promtool
-//! accepts.
+//! with the bytes the workloads really moved (in Istio's direction: received is client →
+//! server, sent is server → client; HTTP heads included; both series from the
+//! connection's opening), HTTP requests by status code, a server-first protocol working
+//! through capture, and an exposition that promtool accepts.
 mod support;
 
 use std::{
@@ -105,7 +106,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     let text = wait_sample(
         &tb,
         "node-a",
-        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
         &source,
         N as f64,
     );
@@ -121,7 +122,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     let text = wait_sample(
         &tb,
         "node-b",
-        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
         &destination,
         N as f64,
     );
@@ -157,7 +158,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     tb.wait_listening("data/db", 5201);
     let before = sample(
         &tb.scrape("node-b"),
-        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
         &destination,
     )
     .unwrap();
@@ -186,7 +187,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     std::thread::sleep(Duration::from_millis(500));
     let counted = sample(
         &tb.scrape("node-b"),
-        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
         &destination,
     )
     .unwrap()
@@ -196,6 +197,261 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
         counted >= received && counted <= sent + 4096.0,
         "iperf3 sent {sent} and the server read {received}; the destination counted {counted}"
     );
+}
+
+/// An HTTP/1.1 server on raw sockets (`port` `download-size`): `GET` gets that many
+/// bytes, anything else its body read and `ok`; one request per connection. For each it
+/// prints the bytes it read and wrote on its socket, heads included.
+const WIRE_SERVER: &str = r#"
+import socket, sys
+port, down = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    read = len(data)
+    while len(body) < length:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+        read += len(chunk)
+    payload = b"x" * down if head.startswith(b"GET") else b"ok"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload
+    c.sendall(response)
+    c.shutdown(socket.SHUT_WR)
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        read += len(chunk)
+    c.close()
+    print(read, len(response), flush=True)
+"#;
+
+/// `curl` in `pod`: (request bytes on its socket, response bytes on its socket), heads
+/// included, as curl reports them.
+fn curl_wire(tb: &Testbed, pod: &str, args: &[&str]) -> (f64, f64) {
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_request} %{size_upload} %{size_header} %{size_download}",
+    ];
+    argv.extend_from_slice(args);
+    let out = tb.exec(pod, &argv);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sizes: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 4, "{sizes:?}");
+    (sizes[0] + sizes[1], sizes[2] + sizes[3])
+}
+
+#[test]
+fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_opening() {
+    let tb = Testbed::up(SPEC, true);
+    let (db, web) = (tb.pod("data/db").clone(), tb.pod("shop/web").clone());
+    const RECEIVED: &str = "istio_tcp_received_bytes_total";
+    const SENT: &str = "istio_tcp_sent_bytes_total";
+    let labels = |reporter, workload| {
+        [
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("destination_workload", workload),
+            ("request_protocol", "tcp"),
+            ("connection_security_policy", "mutual_tls"),
+        ]
+    };
+
+    // Presence: a connection that has not moved a byte yet has both series, at zero, on
+    // both reporters.
+    let _silent_server = tb.spawn(
+        "shop/web",
+        &[
+            "socat",
+            "-u",
+            "TCP6-LISTEN:7002,reuseaddr,ipv6only=0",
+            "OPEN:/dev/null",
+        ],
+    );
+    tb.wait_listening("shop/web", 7002);
+    let script = format!(
+        "import socket, time\ns = socket.create_connection(('{}', 7002))\ntime.sleep(30)",
+        web.ipv4
+    );
+    let silent_client = tb.spawn("shop/client", &["python3", "-c", &script]);
+    for (node, reporter) in [("node-a", "source"), ("node-b", "destination")] {
+        let l = labels(reporter, "web");
+        let text = wait_sample(&tb, node, "istio_tcp_connections_opened_total", &l, 1.0);
+        assert_eq!(sample(&text, RECEIVED, &l), Some(0.0), "{node}:\n{text}");
+        assert_eq!(sample(&text, SENT, &l), Some(0.0), "{node}:\n{text}");
+    }
+    drop(silent_client);
+
+    // Plain TCP: a known-size upload and a known-size download (sizes differ, so a swap
+    // shows).
+    const TCP_UP: u64 = 1_000_000;
+    const TCP_DOWN: u64 = 700_000;
+    let payload = tb.dir().join("download.bin");
+    std::fs::write(&payload, vec![b'd'; TCP_DOWN as usize]).unwrap();
+    let _sink = tb.spawn(
+        "data/db",
+        &[
+            "socat",
+            "-u",
+            "TCP6-LISTEN:7000,reuseaddr,ipv6only=0",
+            "OPEN:/dev/null",
+        ],
+    );
+    let source_file = format!("OPEN:{}", payload.display());
+    let _source = tb.spawn(
+        "data/db",
+        &[
+            "socat",
+            "-u",
+            &source_file,
+            "TCP6-LISTEN:7001,reuseaddr,ipv6only=0",
+        ],
+    );
+    tb.wait_listening("data/db", 7000);
+    tb.wait_listening("data/db", 7001);
+    let out = tb.sh(
+        "shop/client",
+        &format!(
+            "head -c {TCP_UP} /dev/zero | socat -u STDIN TCP4:{ip}:7000 && \
+             socat -u TCP4:{ip}:7001 STDOUT | wc -c",
+            ip = db.ipv4
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        TCP_DOWN.to_string()
+    );
+    for (node, reporter) in [("node-a", "source"), ("node-b", "destination")] {
+        let l = labels(reporter, "db");
+        let text = wait_sample(&tb, node, "istio_tcp_connections_closed_total", &l, 2.0);
+        assert_eq!(
+            sample(&text, RECEIVED, &l),
+            Some(TCP_UP as f64),
+            "{node}: received is client → server\n{text}"
+        );
+        assert_eq!(
+            sample(&text, SENT, &l),
+            Some(TCP_DOWN as f64),
+            "{node}: sent is server → client\n{text}"
+        );
+    }
+
+    // HTTP: a known-size upload (POST) and download (GET). The source counts what the
+    // client's socket carried (as curl reports it), the destination what the server's
+    // did (as the server reports it): heads included either way.
+    const HTTP_UP: u64 = 1_000_000;
+    const HTTP_DOWN: u64 = 700_000;
+    let mut server = tb.spawn(
+        "shop/web",
+        &["python3", "-c", WIRE_SERVER, "8080", &HTTP_DOWN.to_string()],
+    );
+    tb.wait_listening("shop/web", 8080);
+    let upload = tb.dir().join("upload.bin");
+    std::fs::write(&upload, vec![b'u'; HTTP_UP as usize]).unwrap();
+    let data = format!("@{}", upload.display());
+    let base = format!("http://{}:8080", web.ipv4);
+    let up = curl_wire(
+        &tb,
+        "shop/client",
+        &[
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &data,
+            &format!("{base}/upload"),
+        ],
+    );
+    let down = curl_wire(&tb, "shop/client", &[&format!("{base}/download")]);
+    let client_wire = (up.0 + down.0, up.1 + down.1);
+    assert!(
+        client_wire.0 > HTTP_UP as f64 && client_wire.1 > HTTP_DOWN as f64,
+        "{client_wire:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let server_wire = loop {
+        server.assert_running();
+        let lines: Vec<(f64, f64)> = server
+            .output()
+            .lines()
+            .filter_map(|l| {
+                let (r, w) = l.split_once(' ')?;
+                Some((r.parse().ok()?, w.parse().ok()?))
+            })
+            .collect();
+        if lines.len() == 2 {
+            break lines
+                .iter()
+                .fold((0.0, 0.0), |(r, w), (lr, lw)| (r + lr, w + lw));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server: {}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (node, reporter, wire) in [
+        ("node-a", "source", client_wire),
+        ("node-b", "destination", server_wire),
+    ] {
+        let l = labels(reporter, "web");
+        // The silent connection and the two requests' connections.
+        let text = wait_sample(&tb, node, "istio_tcp_connections_closed_total", &l, 3.0);
+        assert_eq!(
+            (sample(&text, RECEIVED, &l), sample(&text, SENT, &l)),
+            (Some(wire.0), Some(wire.1)),
+            "{node}: (received, sent) must be the app socket's (client → server, server → \
+             client) bytes, heads included\n{text}"
+        );
+        // The request metrics keep Istio's body sizes.
+        let ok = [("reporter", reporter), ("destination_workload", "web")];
+        assert_eq!(
+            sample(&text, "istio_request_bytes_sum", &ok),
+            Some(HTTP_UP as f64),
+            "{node}"
+        );
+        assert_eq!(
+            sample(&text, "istio_response_bytes_sum", &ok),
+            Some(HTTP_DOWN as f64 + 2.0),
+            "{node}"
+        );
+    }
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Connection {
     /// (outbound to the mesh).
     pub peer_identity: Option<String>,
     pub opened: SystemTime,
+    /// Bytes client → server (`forward`: from the opener to its destination) and server
+    /// → client (`backward`), as the app's socket carried them (HTTP heads included).
     pub counters: Counters,
     /// Its labels in metrics, and what of its bytes metrics have counted.
     pub metrics: ConnectionMetrics,

@@ -2,8 +2,9 @@
 //! happens to the connections they accept — `outbound` (the app's own connections: on
 //! through a mutual-TLS tunnel to pods in the mesh, else plain), `inbound` (plaintext from
 //! outside the mesh, under the pod's mTLS mode), `tunnel` (HBONE: both ends of the
-//! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app and `copy`
-//! moving bytes.
+//! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app, `copy`
+//! moving bytes and `app_socket` counting an HTTP connection's on the app's socket.
+pub mod app_socket;
 pub mod authorize;
 pub mod balance;
 pub mod connections;

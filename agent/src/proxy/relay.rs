@@ -1,21 +1,25 @@
 //! Moving a registered connection's bytes, whichever side it is on: the protocol is
 //! detected first (without waiting on server-first protocols); HTTP is proxied request by
 //! request through a [`RequestHook`] (policy at the destination, counting and logging
-//! everywhere), anything else is copied. Both end up in the connection's counters, and
-//! the agent can close it at any time (its cancel token).
-use std::{
-    io,
-    sync::{Arc, atomic::Ordering::Relaxed},
-};
+//! everywhere), anything else is copied. Both count the bytes the app's socket carried
+//! into the connection's counters (client → server `forward`, server → client
+//! `backward`): opaque ones as `copy` writes them, HTTP ones on the app's socket itself
+//! ([`AppSocket`]: the request and response heads included). The agent can close a
+//! connection at any time (its cancel token).
+use std::{io, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
+    app_socket::AppSocket,
     connections::Connection,
     copy::{self, Abort},
     http::{self, DetectSettings, Hook, Report, RequestInfo, Verdict},
 };
-use crate::telemetry::{access, metrics::Metrics};
+use crate::telemetry::{
+    access::{self, Direction},
+    metrics::Metrics,
+};
 
 /// What decides HTTP requests (e.g. policy); `None` forwards everything.
 pub type Decide = Box<dyn Fn(&RequestInfo) -> Option<String> + Send + Sync>;
@@ -42,15 +46,8 @@ impl Hook for RequestHook {
     }
 
     fn on_complete(&self, report: Report) {
-        self.conn
-            .counters
-            .forward
-            .fetch_add(report.request_bytes, Relaxed);
-        self.conn
-            .counters
-            .backward
-            .fetch_add(report.response_bytes, Relaxed);
-        // Istio's `request_protocol` is "http" for HTTP/1.x and HTTP/2 alike.
+        // The connection's byte counters are not touched here: its app socket counts the
+        // bytes on the wire, heads included (see `relay`). Istio's `request_protocol` is "http" for HTTP/1.x and HTTP/2 alike.
         let labels =
             self.conn
                 .metrics
@@ -67,7 +64,8 @@ impl Hook for RequestHook {
     }
 }
 
-/// Relays between `client` (the side that opened the connection) and `upstream`.
+/// Relays between `client` (the side that opened the connection) and `upstream`. The
+/// app's socket is `client` on an outbound connection and `upstream` on an inbound one.
 /// `opaque_check` decides a connection that turns out not to be HTTP (`Err`: the reason
 /// to refuse it; both ends are then reset).
 pub async fn relay<C, U>(
@@ -101,15 +99,142 @@ where
             )
             .await
         }
-        Some(version) => http::serve(
-            detected.client,
-            detected.app,
-            version,
-            Arc::new(hook),
-            &http::Settings::default(),
-            conn.cancel_token().clone().cancelled_owned(),
+        Some(version) => {
+            let hook = Arc::new(hook);
+            let settings = http::Settings::default();
+            let shutdown = conn.cancel_token().clone().cancelled_owned();
+            // Count on the app's socket (what detection read from it is replayed through
+            // the counter, so it is counted once).
+            let served = match conn.direction {
+                Direction::Outbound => {
+                    let client = AppSocket::new(detected.client, conn.clone(), true);
+                    http::serve(client, detected.app, version, hook, &settings, shutdown).await
+                }
+                Direction::Inbound => {
+                    let app = AppSocket::new(detected.app, conn.clone(), false);
+                    http::serve(detected.client, app, version, hook, &settings, shutdown).await
+                }
+            };
+            served.map_err(|e| io::Error::other(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        proxy::connections::{NewConnection, Registry},
+        telemetry::{
+            access::Transport,
+            metrics::{Party, Reporter, TcpLabels},
+        },
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), server.unwrap().0)
+    }
+
+    const REQUEST: &[u8] = b"POST /upload HTTP/1.1\r\nHost: db\r\nContent-Length: 5\r\n\r\nhello";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+
+    /// What each app wrote and read on its socket.
+    #[derive(Debug, PartialEq)]
+    struct Wire {
+        client_wrote: u64,
+        client_read: u64,
+        server_read: u64,
+        server_wrote: u64,
+    }
+
+    /// One HTTP/1 exchange, client app ⇄ relay ⇄ server app, on a connection of
+    /// `direction`: what the apps' sockets carried, and the connection's counters.
+    async fn exchange(direction: Direction) -> (Wire, u64, u64) {
+        let registry = Registry::new(Arc::default());
+        let reporter = match direction {
+            Direction::Outbound => Reporter::Source,
+            Direction::Inbound => Reporter::Destination,
+        };
+        let registration = registry.register(NewConnection {
+            pod: "shop/client".into(),
+            direction,
+            transport: Transport::Plaintext,
+            src: "198.19.1.12:40000".parse().unwrap(),
+            dst: "198.19.2.11:80".parse().unwrap(),
+            peer_identity: None,
+            labels: TcpLabels::new(reporter, Party::unknown(), Party::unknown(), false),
+        });
+        let conn = registration.connection.clone();
+        let (mut client_app, client) = pair().await;
+        let (upstream, mut server_app) = pair().await;
+        let hook = RequestHook {
+            conn: conn.clone(),
+            metrics: registry.metrics().clone(),
+            local_identity: "spiffe://cluster.local/ns/shop/sa/client".into(),
+            decide: None,
+        };
+        let relayed = tokio::spawn(relay(client, upstream, 64 * 1024, hook, || Ok(())));
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"hello") {
+                let n = server_app.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request cut short: {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            server_app.write_all(RESPONSE).await.unwrap();
+            let rest = server_app.read_to_end(&mut got).await.unwrap_or(0);
+            assert_eq!(rest, 0, "nothing after the request");
+            (got.len() as u64, RESPONSE.len() as u64)
+        });
+        client_app.write_all(REQUEST).await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let mut response = Vec::new();
+        client_app.read_to_end(&mut response).await.unwrap();
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"), "{response:?}");
+        assert!(response.ends_with(b"\r\n\r\nabc"), "{response:?}");
+        relayed.await.unwrap().unwrap();
+        let (server_read, server_wrote) = server.await.unwrap();
+        let wire = Wire {
+            client_wrote: REQUEST.len() as u64,
+            client_read: response.len() as u64,
+            server_read,
+            server_wrote,
+        };
+        let counters = &conn.counters;
+        (
+            wire,
+            counters.forward.load(Relaxed),
+            counters.backward.load(Relaxed),
         )
-        .await
-        .map_err(|e| io::Error::other(e.to_string())),
+    }
+
+    #[tokio::test]
+    async fn http_is_counted_on_the_client_apps_socket_outbound() {
+        let (wire, forward, backward) = exchange(Direction::Outbound).await;
+        // Heads included: far more than the 5 + 3 body bytes.
+        assert_eq!(
+            (forward, backward),
+            (wire.client_wrote, wire.client_read),
+            "{wire:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_is_counted_on_the_server_apps_socket_inbound() {
+        let (wire, forward, backward) = exchange(Direction::Inbound).await;
+        assert_eq!(
+            (forward, backward),
+            (wire.server_read, wire.server_wrote),
+            "{wire:?}"
+        );
     }
 }

@@ -1,6 +1,12 @@
 //! Access logs: one line per connection, through tracing under the target `access`
 //! (filter it with e.g. `RUST_LOG=info,access=off`; `log.format: json` makes each line a
 //! JSON object with the fields below).
+//!
+//! Byte fields are named from the client's side, whichever agent logs the line:
+//! `bytes_sent` is client → server (the opener to its destination), `bytes_received` is
+//! server → client, both as the app's socket carried them (HTTP heads included). The
+//! admin API's `Connection` says the same; Istio's metrics name them the other way round
+//! (`istio_tcp_received_bytes_total` is client → server).
 use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
 use super::metrics::TcpLabels;
@@ -58,9 +64,11 @@ pub struct ConnectionRecord<'a> {
     pub dst_identity: Option<&'a str>,
     /// Workload names and namespaces of both ends, where known (as in metrics).
     pub workloads: Option<&'a TcpLabels>,
-    /// Bytes from the connection's opener to its destination.
+    /// Bytes client → server: what the connection's opener sent its destination (the
+    /// request direction; Istio's `istio_tcp_received_bytes_total`).
     pub bytes_sent: u64,
-    /// Bytes back to the opener.
+    /// Bytes server → client: what the opener received back (the response direction;
+    /// Istio's `istio_tcp_sent_bytes_total`).
     pub bytes_received: u64,
     pub duration: Duration,
     pub error: Option<String>,

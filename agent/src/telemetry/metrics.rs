@@ -3,7 +3,14 @@
 //! request count, duration and sizes — each reported by the source's agent
 //! (`reporter="source"`) and by the destination's (`reporter="destination"`). Labels name
 //! workloads, identities and outcomes, never a connection, so cardinality stays bounded by
-//! the mesh's size. Byte counters include connections still open (flushed at each scrape).
+//! the mesh's size.
+//!
+//! The TCP byte counters mean what Istio's (and ztunnel's) mean, for both reporters:
+//! `istio_tcp_received_bytes_total` counts the bytes received during the request (client
+//! → server), `istio_tcp_sent_bytes_total` the bytes sent during the response (server →
+//! client). They count every connection's bytes on the app's socket (HTTP heads
+//! included, TLS and tunnel framing not), include connections still open (flushed at
+//! each scrape), and both exist from the connection's opening, at zero.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::{
@@ -222,12 +229,12 @@ impl Default for Metrics {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent by the connection's opener to its destination",
+            "Bytes sent during the response (server to client), as the app's socket carried them",
             tcp_sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received by the connection's opener from its destination",
+            "Bytes received during the request (client to server), as the app's socket carried them",
             tcp_received_bytes.clone(),
         );
         registry.register("istio_requests", "HTTP requests", requests.clone());
@@ -296,47 +303,60 @@ impl Default for Metrics {
 #[derive(Debug)]
 pub struct ConnectionMetrics {
     pub labels: TcpLabels,
-    counted_sent: AtomicU64,
-    counted_received: AtomicU64,
+    /// Client → server bytes already in `istio_tcp_received_bytes_total`.
+    counted_to_server: AtomicU64,
+    /// Server → client bytes already in `istio_tcp_sent_bytes_total`.
+    counted_to_client: AtomicU64,
 }
 
 impl ConnectionMetrics {
     pub fn new(labels: TcpLabels) -> Self {
         Self {
             labels,
-            counted_sent: AtomicU64::new(0),
-            counted_received: AtomicU64::new(0),
+            counted_to_server: AtomicU64::new(0),
+            counted_to_client: AtomicU64::new(0),
         }
     }
 }
 
+/// How much of `total` (a running total, read at some moment) is not yet in the
+/// counter, marking it counted. Flushes race (a scrape, the connection closing): each
+/// adds only what lies beyond the largest total any flush has seen, so a total read
+/// earlier adds nothing and no byte is counted twice.
+fn uncounted(counted: &AtomicU64, total: u64) -> u64 {
+    total.saturating_sub(counted.fetch_max(total, Ordering::Relaxed))
+}
+
 impl Metrics {
-    /// Counts a connection opened.
+    /// Counts a connection opened, and makes both its byte series (at zero, as ztunnel
+    /// does), so that dashboards see them before the first byte.
     pub fn opened(&self, conn: &ConnectionMetrics) {
         self.tcp_opened.get_or_create(&conn.labels).inc();
+        let _ = self.tcp_received_bytes.get_or_create(&conn.labels);
+        let _ = self.tcp_sent_bytes.get_or_create(&conn.labels);
     }
 
-    /// Adds what the connection moved since the last flush (`sent`, `received` are its
-    /// running totals).
-    pub fn flush(&self, conn: &ConnectionMetrics, sent: u64, received: u64) {
-        let new_sent = sent.saturating_sub(conn.counted_sent.swap(sent, Ordering::Relaxed));
-        let new_received =
-            received.saturating_sub(conn.counted_received.swap(received, Ordering::Relaxed));
-        if new_sent > 0 {
-            self.tcp_sent_bytes
-                .get_or_create(&conn.labels)
-                .inc_by(new_sent);
-        }
-        if new_received > 0 {
+    /// Adds what the connection moved since the last flush. `to_server` (client →
+    /// server, Istio's "received") and `to_client` (server → client, Istio's "sent") are
+    /// its running totals.
+    pub fn flush(&self, conn: &ConnectionMetrics, to_server: u64, to_client: u64) {
+        let new_to_server = uncounted(&conn.counted_to_server, to_server);
+        let new_to_client = uncounted(&conn.counted_to_client, to_client);
+        if new_to_server > 0 {
             self.tcp_received_bytes
                 .get_or_create(&conn.labels)
-                .inc_by(new_received);
+                .inc_by(new_to_server);
+        }
+        if new_to_client > 0 {
+            self.tcp_sent_bytes
+                .get_or_create(&conn.labels)
+                .inc_by(new_to_client);
         }
     }
 
-    /// Counts a connection closed, with its last bytes.
-    pub fn closed(&self, conn: &ConnectionMetrics, sent: u64, received: u64) {
-        self.flush(conn, sent, received);
+    /// Counts a connection closed, with its last bytes (as [`flush`](Self::flush)).
+    pub fn closed(&self, conn: &ConnectionMetrics, to_server: u64, to_client: u64) {
+        self.flush(conn, to_server, to_client);
         self.tcp_closed.get_or_create(&conn.labels).inc();
     }
 
@@ -464,11 +484,12 @@ mod tests {
         };
         assert!(line("istio_tcp_connections_opened_total").ends_with(" 1"));
         assert!(line("istio_tcp_connections_closed_total").ends_with(" 1"));
+        // Istio's direction: received is client → server, sent is server → client.
         assert!(
-            line("istio_tcp_sent_bytes_total").ends_with(" 200"),
+            line("istio_tcp_received_bytes_total").ends_with(" 200"),
             "{text}"
         );
-        assert!(line("istio_tcp_received_bytes_total").ends_with(" 30"));
+        assert!(line("istio_tcp_sent_bytes_total").ends_with(" 30"));
         let requests = line("istio_requests_total");
         assert!(requests.contains("response_code=\"200\""), "{requests}");
         assert!(
@@ -485,5 +506,52 @@ mod tests {
         );
         assert!(!text.contains("# EOF"));
         assert!(text.contains("istio_response_bytes_sum"));
+    }
+
+    #[test]
+    fn both_byte_series_exist_from_the_opening_at_zero() {
+        let metrics = Metrics::default();
+        let conn = ConnectionMetrics::new(labels());
+        metrics.opened(&conn);
+        let text = metrics.encode();
+        for name in [
+            "istio_tcp_received_bytes_total{",
+            "istio_tcp_sent_bytes_total{",
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing in:\n{text}"));
+            assert!(line.ends_with(" 0"), "{line}");
+        }
+    }
+
+    #[test]
+    fn racing_flushes_never_count_a_byte_twice() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let conn = std::sync::Arc::new(ConnectionMetrics::new(labels()));
+        metrics.opened(&conn);
+        // Running totals that grow, read and flushed by several threads at once, each
+        // flushing the totals it read (some stale by the time they flush).
+        let total = std::sync::Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (metrics, conn, total) = (metrics.clone(), conn.clone(), total.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        let now = total.fetch_add(3, Ordering::Relaxed) + 3;
+                        metrics.flush(&conn, now, now * 2);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let end = total.load(Ordering::Relaxed);
+        metrics.closed(&conn, end, end * 2);
+        let received = metrics.tcp_received_bytes.get_or_create(&conn.labels).get();
+        let sent = metrics.tcp_sent_bytes.get_or_create(&conn.labels).get();
+        assert_eq!((received, sent), (end, end * 2));
     }
 }
