@@ -149,6 +149,13 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
             .contains("strict"),
         "{refused}"
     );
+    // Counted once, for the pod it protected.
+    let metrics = tb.scrape("node-b");
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"outrider_refusals_total{namespace="secure",pod="vault",direction="inbound",reason="strict_plaintext"} 1"#),
+        "{metrics}"
+    );
 
     let to_db = SocketAddr::new(db.ipv6.into(), 7000);
     let (ok, back) = tb.echo("shop/outsider", to_db, "hello");
@@ -267,6 +274,7 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
         ("garbage", Attempt::Shell(&garbage), "TLS handshake"),
         ("plain HTTP/1", Attempt::Shell(&http1), "TLS handshake"),
     ];
+    let cases_tried = cases.len();
     for (what, attempt, expected) in cases {
         let mark = tb.log_mark("node-b");
         match attempt {
@@ -280,6 +288,17 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
         assert!(error.contains(expected), "{what}: {line}");
         roundtrip(what);
     }
+    // Each refused handshake is counted once, for the pod it protected.
+    let metrics = tb.scrape("node-b");
+    let handshakes = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"outrider_refusals_total{namespace="data",pod="db",direction="inbound",reason="handshake"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(handshakes, cases_tried.to_string(), "{metrics}");
 
     // The source side refuses a destination whose certificate is not the identity the
     // workload source names: tell node-a that db runs as another service account.

@@ -30,6 +30,7 @@ use crate::{
     telemetry::{
         access::{self, ConnectionRecord, Direction, Transport},
         metrics::{Reporter, ServiceName, TcpLabels},
+        refusals::Reason,
     },
 };
 
@@ -123,7 +124,17 @@ fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Reg
 }
 
 /// Logs an arrival that was refused before anything was copied.
-pub fn log_refused(pod: &PodProxy, arrival: &Arrival, duration: Duration, reason: String) {
+pub fn log_refused(
+    pod: &PodProxy,
+    arrival: &Arrival,
+    duration: Duration,
+    why: Reason,
+    reason: String,
+) {
+    pod.shared
+        .connections
+        .metrics()
+        .refused(&pod.key, "inbound", why);
     access::log(&ConnectionRecord {
         pod: &pod.key,
         direction: Direction::Inbound,

@@ -11,7 +11,10 @@ use super::{
     destination::{self, Arrival},
     pod::{self, PodProxy},
 };
-use crate::{telemetry::access::Transport, workloads::MtlsMode};
+use crate::{
+    telemetry::{access::Transport, refusals::Reason},
+    workloads::MtlsMode,
+};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
     pod::accept_loop(listener, pod, handle).await;
@@ -29,17 +32,22 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         peer: None,
         service: None,
     };
-    let refuse = |client, reason: String| {
+    let refuse = |client, why: Reason, reason: String| {
         super::reset(client);
-        destination::log_refused(&pod, &arrival, started.elapsed(), reason);
+        destination::log_refused(&pod, &arrival, started.elapsed(), why, reason);
     };
     if !pod.owns(dst.ip()) {
         // Reached the listener directly (not through sk_lookup): nothing to deliver.
-        return refuse(client, format!("{dst} is not an address of the pod"));
+        return refuse(
+            client,
+            Reason::NotThePods,
+            format!("{dst} is not an address of the pod"),
+        );
     }
     if pod.mtls() == MtlsMode::Strict && !pod.shared.node_addrs.contains(&peer.ip()) {
         return refuse(
             client,
+            Reason::StrictPlaintext,
             "plaintext refused: the namespace requires mutual TLS (strict)".into(),
         );
     }
@@ -49,11 +57,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             ip: peer.ip(),
         };
         if let Err(reason) = authorize::check(&pod, peer, dst.port(), None) {
-            return refuse(client, reason);
+            return refuse(client, Reason::Policy, reason);
         }
     }
     match deliver::to_app(&pod, dst).await {
         Ok(app) => destination::serve(&pod, arrival, client, app, started).await,
-        Err(err) => refuse(client, err.to_string()),
+        Err(err) => refuse(client, Reason::AppUnreachable, err.to_string()),
     }
 }

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     identity::{SpiffeId, TlsFailure, x509},
-    telemetry::{access::Transport, metrics::ServiceName},
+    telemetry::{access::Transport, metrics::ServiceName, refusals::Reason},
 };
 
 /// How long a peer has to finish its TLS handshake (a slow client cannot hold the
@@ -137,6 +137,10 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
 async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let refused = |error: String| {
         tracing::warn!(pod = %pod.key, %peer, %error, "tunnel refused");
+        pod.shared
+            .connections
+            .metrics()
+            .refused(&pod.key, "inbound", Reason::Handshake);
     };
     // A pod just enrolled (or just taken over from a previous agent, its listener
     // already accepting) may not have its certificate yet.
@@ -197,7 +201,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         }
     };
     if let Err(err) = hbone::serve(tls, &settings, handler, shutdown).await {
-        refused(err.to_string());
+        tracing::warn!(pod = %pod.key, %peer, error = %err, "tunnel ended with an error");
     }
 }
 
@@ -249,14 +253,15 @@ impl Handler for Deliver {
         let started = Instant::now();
         let arrival = self.arrival(inbound);
         let dst = inbound.authority;
-        let refuse = |status: StatusCode, reason: String| {
-            destination::log_refused(&self.pod, &arrival, started.elapsed(), reason);
+        let refuse = |status: StatusCode, why: Reason, reason: String| {
+            destination::log_refused(&self.pod, &arrival, started.elapsed(), why, reason);
             status
         };
         tracing::debug!(pod = %self.pod.key, peer = %self.peer_id, %dst, stream = inbound.stream_id, "CONNECT");
         if !self.pod.owns(dst.ip()) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
+                Reason::NotThePods,
                 format!("CONNECT to {dst}, which is not an address of this pod"),
             ));
         }
@@ -266,12 +271,16 @@ impl Handler for Deliver {
                 ip: arrival.src.ip(),
             };
             if let Err(reason) = authorize::check(&self.pod, peer, dst.port(), None) {
-                return Err(refuse(StatusCode::FORBIDDEN, reason));
+                return Err(refuse(StatusCode::FORBIDDEN, Reason::Policy, reason));
             }
         }
         match deliver::to_app(&self.pod, dst).await {
             Ok(app) => Ok((app, started)),
-            Err(err) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, err.to_string())),
+            Err(err) => Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::AppUnreachable,
+                err.to_string(),
+            )),
         }
     }
 

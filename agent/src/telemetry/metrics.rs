@@ -19,6 +19,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::refusals::{Reason, RefusalLabels};
+
 /// Who reports a connection or request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reporter {
@@ -204,6 +206,8 @@ pub struct Metrics {
     pub pod_received_bytes: Family<PodLabels, Counter>,
     pub pod_sent_packets: Family<PodLabels, Counter>,
     pub pod_received_packets: Family<PodLabels, Counter>,
+    /// Connections and requests refused, per pod and reason (`telemetry::refusals`).
+    pub refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -281,8 +285,15 @@ impl Default for Metrics {
         ] {
             registry.register(name, help, family.clone());
         }
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "outrider_refusals",
+            "Connections and requests the agent refused, per pod and reason",
+            refusals.clone(),
+        );
         Self {
             registry,
+            refusals,
             pod_sent_bytes,
             pod_received_bytes,
             pod_sent_packets,
@@ -378,6 +389,19 @@ impl Metrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(response_bytes as f64);
+    }
+
+    /// Counts a refusal protecting `pod` (`namespace/name`).
+    pub fn refused(&self, pod: &str, direction: &'static str, reason: Reason) {
+        let (namespace, pod) = pod.split_once('/').unwrap_or(("", pod));
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                direction,
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// Adds a pod's kernel counters' growth since the last call (`last`, updated).

@@ -4,3 +4,4 @@
 pub mod access;
 pub mod endpoint;
 pub mod metrics;
+pub mod refusals;
