@@ -115,7 +115,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     let ready = Arc::new(AtomicBool::new(false));
     let flush = shared.clone();
     let endpoint = endpoint::start(
-        config.telemetry.metrics_addr,
+        &config.telemetry,
         inherited.metrics,
         Endpoint {
             metrics,
@@ -140,7 +140,8 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
                 .unwrap_or_else(|| "/proc".into()),
             cert_ttl: Duration::from_secs(config.identity.cert_ttl_seconds),
         },
-        config.sidecar.socket_path(&config.instance),
+        &config.sidecar,
+        &config.instance,
     )?;
     let enrollment = Enrollment::new(
         config.node_name.clone(),

@@ -254,12 +254,21 @@ pub struct TelemetryConfig {
     /// Where `/metrics` and `/healthz/ready` are served (on the node). Default
     /// `0.0.0.0:15020`.
     pub metrics_addr: std::net::SocketAddr,
+    /// Connections the endpoint serves at once; more are closed at accept (and logged).
+    /// Default 64.
+    pub max_connections: usize,
+    /// How long a connection to the endpoint has to send a complete request head (the
+    /// first, and each next on a kept-alive connection) before it is closed. Default
+    /// 10000 ms.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             metrics_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
+            max_connections: 64,
+            request_timeout_ms: 10_000,
         }
     }
 }
@@ -321,6 +330,14 @@ pub struct SidecarConfig {
     /// Worker threads of a sidecar's runtime. Default 2 (as Envoy's default concurrency
     /// in Istio's sidecars).
     pub threads: usize,
+    /// Connections the node agent serves at once on the socket, as the admin socket's
+    /// (`unix_socket::admission`: the oldest that has not spoken HTTP/2 makes room for
+    /// a new one). Each sidecar holds one; default 512 (kubelet's default is 110 pods a
+    /// node).
+    pub max_connections: usize,
+    /// How long a new connection on the socket has to send the HTTP/2 preface before it
+    /// is closed. Default 5000 ms.
+    pub preface_timeout_ms: u64,
 }
 
 impl Default for SidecarConfig {
@@ -328,6 +345,8 @@ impl Default for SidecarConfig {
         Self {
             socket: None,
             threads: 2,
+            max_connections: 512,
+            preface_timeout_ms: 5000,
         }
     }
 }
@@ -510,11 +529,23 @@ impl Config {
         if self.admin.preface_timeout_ms == 0 {
             return Err(invalid("admin.prefaceTimeoutMs", "must not be 0"));
         }
+        if self.telemetry.max_connections == 0 {
+            return Err(invalid("telemetry.maxConnections", "must be at least 1"));
+        }
+        if self.telemetry.request_timeout_ms == 0 {
+            return Err(invalid("telemetry.requestTimeoutMs", "must not be 0"));
+        }
         if self.restart.drain_seconds == 0 {
             return Err(invalid("restart.drainSeconds", "must be at least 1"));
         }
         if self.sidecar.threads == 0 {
             return Err(invalid("sidecar.threads", "must be at least 1"));
+        }
+        if self.sidecar.max_connections == 0 {
+            return Err(invalid("sidecar.maxConnections", "must be at least 1"));
+        }
+        if self.sidecar.preface_timeout_ms == 0 {
+            return Err(invalid("sidecar.prefaceTimeoutMs", "must not be 0"));
         }
         Ok(())
     }

@@ -582,9 +582,10 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
         .agent_log("node-a")
         .into_iter()
         .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("admin socket: connection limit reached"))
+            v["fields"]["socket"] == "admin socket"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("connection limit reached"))
         })
         .collect();
     let last = shed.last().expect("the flood is logged");

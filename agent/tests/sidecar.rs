@@ -315,6 +315,82 @@ fn only_a_sidecar_pod_of_the_node_is_given_its_identity() {
     assert!(ok && back == "still", "{back:?}");
 }
 
+/// Connections held silent on the sidecar socket, over its limit (512 by default).
+const SIDECAR_FLOOD: usize = 700;
+
+#[test]
+fn a_flooded_sidecar_socket_sheds_silent_connections_and_keeps_answering() {
+    let tb = Testbed::up(SPEC, true);
+    let socket = outrider::testbed::agents::sidecar_socket_path(tb.dir(), "node-a");
+    let config_a = tb.dir().join("node-a").join("agent.yaml");
+    let agent = tb.node("node-a").agent.as_ref().unwrap().pid;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{agent}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Any process of the node may connect (mode 0666): hold many silent connections.
+    let flood = format!(
+        "import socket, time\n\
+         held = []\n\
+         for i in range({SIDECAR_FLOOD}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX); s.connect('{path}'); held.append(s)\n\
+         print('held', len(held), flush=True)\n\
+         time.sleep(60)\n",
+        path = socket.display()
+    );
+    let mut flooder = Command::new("python3")
+        .args(["-c", &flood])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flooder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), format!("held {SIDECAR_FLOOD}"));
+    // The agent holds at most its limit of them (plus a few not closed yet).
+    let max = outrider::config::SidecarConfig::default().max_connections;
+    let held = fds() - before;
+    assert!(
+        held <= max + 48,
+        "{held} descriptors for {SIDECAR_FLOOD} connections"
+    );
+    // A caller still gets its answer (here: refused, it is in no pod), a silent
+    // connection making room for it; the running sidecars carry traffic.
+    let out = Command::new(OUTRIDER)
+        .args(["sidecar", "--config"])
+        .arg(&config_a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in a pod's cgroup"), "{err}");
+    let web = tb.pod("shop/web").clone();
+    let _server = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let (ok, back) = tb.echo("shop/client", SocketAddr::new(web.ipv4.into(), 7000), "on");
+    assert!(ok && back == "on", "{back:?}");
+    // Silent connections are closed after the preface timeout (5 s), flood or not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fds() > before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} descriptors still held",
+            fds() - before
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shed = tb
+        .agent_log("node-a")
+        .into_iter()
+        .any(|v| v["fields"]["socket"] == "sidecar socket" && v["fields"]["limit"] == max as u64);
+    assert!(shed, "the flood is logged");
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+}
+
 #[test]
 fn a_sidecar_as_injected_runs_unprivileged_and_is_told_apart_by_its_user() {
     // What `outriderctl inject` sets up: rules that skip user 1337, and the sidecar as

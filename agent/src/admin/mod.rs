@@ -6,11 +6,10 @@
 //! credentials, besides the file mode); on TCP, whoever holds a client certificate
 //! from `admin.tcp.clientCaFile`. Server reflection and `grpc.health.v1` are served
 //! beside the API, so grpcurl and generated clients work without the .proto files.
-//! `admission` bounds the socket's connections (a limit, a preface timeout, silent ones
+//! `unix_socket::admission` bounds the socket's connections (a limit, a preface timeout, silent ones
 //! shed first), and HTTP/2 keepalive ends clients that stopped answering. `socket` serves
 //! the unix socket, where any gRPC client works with its defaults (gRPC's C core sends
 //! the socket's path as `:authority`); TCP is served by tonic's `Server`.
-mod admission;
 mod convert;
 mod policies;
 mod service;
@@ -41,7 +40,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// …and closed if the PING is not answered within this.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-use crate::config::AdminConfig;
+use crate::{
+    config::AdminConfig,
+    unix_socket::admission::{Admission, accept_loop},
+};
 
 /// The running admin API; dropping it stops the servers and removes the socket.
 pub struct AdminHandle {
@@ -120,11 +122,12 @@ pub async fn start(
         .prepare();
     let callers_only = InterceptorLayer::new(move |r| callers.check(r));
 
-    let admission = admission::Admission::new(
+    let admission = Admission::new(
+        "admin socket",
         config.max_connections,
         Duration::from_millis(config.preface_timeout_ms),
     );
-    let incoming = admission::accept_loop(listener, admission, stop.clone());
+    let incoming = accept_loop(listener, admission, stop.clone(), |s| s);
     tokio::spawn(socket::serve(
         incoming,
         tower::Layer::layer(&callers_only, routes.clone()),

@@ -22,7 +22,7 @@ use tonic::{
 };
 use tower::{Service, ServiceExt};
 
-use super::admission::Guarded;
+use crate::unix_socket::admission::Guarded;
 
 /// The HTTP/2 server of the socket's connections: keepalive PINGs every `interval`,
 /// answered within `timeout`, and an invalid `:authority` ignored.
@@ -104,8 +104,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        admin::admission::{Admission, accept_loop},
         raw_h2::{Answer, PROTOCOL_ERROR, RawH2},
+        unix_socket::admission::{Admission, accept_loop},
     };
 
     /// What the service saw of each request: its URI's authority, and whether it came
@@ -133,8 +133,8 @@ mod tests {
             let path = dir.path().join("admin.sock");
             let listener = UnixListener::bind(&path).unwrap();
             let stop = CancellationToken::new();
-            let admission = Admission::new(8, Duration::from_secs(5));
-            let incoming = accept_loop(listener, admission, stop.clone());
+            let admission = Admission::new("admin socket", 8, Duration::from_secs(5));
+            let incoming = accept_loop(listener, admission, stop.clone(), |s| s);
             let seen = Seen::default();
             let log = seen.clone();
             let service = tower::service_fn(move |request: http::Request<Body>| {

@@ -127,7 +127,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let ready = Arc::new(AtomicBool::new(false));
     let flush = shared.clone();
     let _endpoint = endpoint::start(
-        config.telemetry.metrics_addr,
+        &config.telemetry,
         None,
         Endpoint {
             metrics,

@@ -11,16 +11,23 @@ use rustls::pki_types::SubjectPublicKeyInfoDer;
 use tokio::sync::watch;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Response, Status,
-    transport::{Server, server::UdsConnectInfo},
-};
+use tonic::{Request, Response, Status, transport::Server};
 
 use crate::{
+    config::SidecarConfig,
     identity::{Identity, SignError, SignRequest, SpiffeId},
     policy::PolicySet,
+    unix_socket::{
+        admission::{Admission, accept_loop},
+        peer::{self, PeerInfo, PeerStream},
+    },
     workloads::{Mode, Workload, WorkloadSet, kubernetes::sandbox::pod_uid_from_cgroup_path},
 };
+
+/// HTTP/2 keepalive on the socket, as the admin socket's: a sidecar that stops
+/// answering PINGs gives its slot back.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest certificate lifetime a sidecar gets (the agent's own `certTtlSeconds` caps it
 /// too, through the CA).
@@ -51,14 +58,33 @@ impl Drop for SidecarHandle {
     }
 }
 
-/// Serves the sidecars of this node on `socket`.
-pub fn start(service: SidecarService, socket: PathBuf) -> anyhow::Result<SidecarHandle> {
+/// Serves the sidecars of this node on the socket `config` names, with its bounds
+/// (`unix_socket::admission`); each caller is pinned by a pidfd at accept.
+pub fn start(
+    service: SidecarService,
+    config: &SidecarConfig,
+    instance: &str,
+) -> anyhow::Result<SidecarHandle> {
+    let socket = config.socket_path(instance);
     let listener = crate::unix_socket::bind(&socket, 0o666, "sidecar.socket")?;
     let stop = CancellationToken::new();
     let done = stop.clone();
-    let server = Server::builder().add_service(SidecarServer::new(service));
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(SidecarServer::new(service));
+    let admission = Admission::new(
+        "sidecar socket",
+        config.max_connections,
+        Duration::from_millis(config.preface_timeout_ms),
+    );
+    let incoming = ReceiverStream::new(accept_loop(
+        listener,
+        admission,
+        stop.clone(),
+        PeerStream::new,
+    ));
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         if let Err(error) = server
             .serve_with_incoming_shutdown(incoming, done.cancelled_owned())
             .await
@@ -71,18 +97,35 @@ pub fn start(service: SidecarService, socket: PathBuf) -> anyhow::Result<Sidecar
 }
 
 impl SidecarService {
-    /// The sidecar pod of this node the caller runs in.
+    /// The sidecar pod of this node the caller runs in: the cgroup of the process that
+    /// opened the connection, read while that process (pinned by its pidfd at accept)
+    /// is still alive, so that a PID reused since cannot lend another pod's identity.
     fn attest<T>(&self, request: &Request<T>) -> Result<(Workload, SpiffeId), Status> {
-        let pid = request
+        let peer = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| cred.pid())
+            .get::<PeerInfo>()
+            .ok_or_else(|| Status::permission_denied("the caller's process cannot be read"))?;
+        let pid = peer
+            .pid()
             .ok_or_else(|| Status::permission_denied("the caller's process cannot be read"))?;
         let path = self.proc_root.join(pid.to_string()).join("cgroup");
         let cgroups = std::fs::read_to_string(&path).map_err(|e| {
             Status::permission_denied(format!("cannot read {}: {e}", path.display()))
         })?;
+        match &peer.pidfd {
+            Some(pidfd) if !peer::alive(pidfd) => {
+                tracing::warn!(
+                    pid,
+                    "sidecar service: the caller's process is gone; refused"
+                );
+                return Err(Status::permission_denied(format!(
+                    "process {pid}, which opened this connection, has exited: its PID may \
+                     belong to another process now"
+                )));
+            }
+            Some(_) => {}
+            None => warn_no_pidfd(),
+        }
         let uid = cgroups
             .lines()
             .find_map(pod_uid_from_cgroup_path)
@@ -115,6 +158,17 @@ impl SidecarService {
             .map_err(|e| Status::failed_precondition(format!("pod {}: {e}", workload.key())))?;
         Ok((workload, id))
     }
+}
+
+/// Without `SO_PEERPIDFD` (kernel < 6.5) callers are attested by PID alone: said once.
+fn warn_no_pidfd() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            "sidecar service: the kernel gives no pidfd of a caller (SO_PEERPIDFD needs \
+             Linux 6.5); callers are attested by PID, which a reused PID could fool"
+        );
+    });
 }
 
 /// The mesh's state as sent to sidecars.

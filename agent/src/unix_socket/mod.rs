@@ -1,5 +1,9 @@
 //! The agent's unix sockets (the admin API, the sidecars' service): bound safely, with
-//! their mode from the first moment.
+//! their mode from the first moment (here), and their connections bounded
+//! (`admission`); the sidecars' callers are pinned by a pidfd (`peer`).
+pub mod admission;
+pub mod peer;
+
 use std::{
     os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::Path,

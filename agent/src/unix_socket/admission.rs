@@ -1,7 +1,8 @@
-//! Who gets a connection on the admin socket, so that a flood of connections (a runaway
-//! script, a tool left hanging) costs the agent a bounded number of descriptors and never
-//! locks operators out: at most `admin.maxConnections` at once; a connection must send
-//! the HTTP/2 preface within `admin.prefaceTimeoutMs` or is closed; and when the limit is reached
+//! Who gets a connection on a gRPC unix socket (the admin API's, the sidecars'), so that
+//! a flood of connections (a runaway script, a tool left hanging, a hostile pod) costs the
+//! agent a bounded number of descriptors and never locks its real clients out: at most
+//! `maxConnections` at once; a connection must send the HTTP/2 preface within
+//! `prefaceTimeoutMs` or is closed; and when the limit is reached
 //! a new connection takes the place of the oldest one that has not sent its preface yet
 //! (as sshd's `MaxStartups` sheds unauthenticated connections first). Only when every
 //! slot holds a client speaking HTTP/2 is a new connection closed at once. Clients that
@@ -22,7 +23,7 @@ use tokio::{
     time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 
 /// What every HTTP/2 client sends first (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -30,6 +31,8 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The slots, shared by the accept loop and the connections' guards.
 #[derive(Clone)]
 pub struct Admission {
+    /// The socket, as log lines and errors name it (`admin socket`).
+    name: &'static str,
     max: usize,
     preface_timeout: Duration,
     state: Arc<Mutex<State>>,
@@ -47,8 +50,9 @@ struct State {
 }
 
 impl Admission {
-    pub fn new(max: usize, preface_timeout: Duration) -> Self {
+    pub fn new(name: &'static str, max: usize, preface_timeout: Duration) -> Self {
         Self {
+            name,
             max: max.max(1),
             preface_timeout,
             state: Arc::new(Mutex::new(State::default())),
@@ -149,14 +153,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             if this.evicted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
-                    "admin socket: closed for a newer connection (connection limit reached \
-                     and this one had not sent the HTTP/2 preface)",
+                    format!(
+                        "{}: closed for a newer connection (connection limit reached and \
+                         this one had not sent the HTTP/2 preface)",
+                        this.admission.name
+                    ),
                 )));
             }
             if this.deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "admin socket: no HTTP/2 preface in time",
+                    format!("{}: no HTTP/2 preface in time", this.admission.name),
                 )));
             }
         }
@@ -209,21 +216,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
-impl Connected for Guarded<UnixStream> {
-    type ConnectInfo = UdsConnectInfo;
+impl<S: Connected> Connected for Guarded<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
 }
 
-/// Accepts on `listener` until `stop`, handing admitted connections to the server
-/// through the returned channel. Connections over the limit are closed here.
-pub fn accept_loop(
+/// Accepts on `listener` until `stop`, handing admitted connections (as `wrap` makes
+/// them of the accepted stream) to the server through the returned channel.
+/// Connections over the limit are closed here.
+pub fn accept_loop<T, F>(
     listener: UnixListener,
     admission: Admission,
     stop: CancellationToken,
-) -> mpsc::Receiver<io::Result<Guarded<UnixStream>>> {
+    wrap: F,
+) -> mpsc::Receiver<io::Result<Guarded<T>>>
+where
+    T: Send + 'static,
+    F: Fn(UnixStream) -> T + Send + 'static,
+{
+    let name = admission.name;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let (mut evicted_logged, mut refused_logged) = (0, 0);
@@ -236,13 +250,13 @@ pub fn accept_loop(
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     // Out of descriptors, typically: let some go before trying again.
-                    tracing::warn!(%error, "admin socket: accept failed");
+                    tracing::warn!(%error, socket = name, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             let (evicted_before, _) = admission.shed();
-            match admission.admit(stream) {
+            match admission.admit(wrap(stream)) {
                 Some(conn) => {
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
@@ -253,12 +267,13 @@ pub fn accept_loop(
                         if evicted >= evicted_logged * 2 {
                             evicted_logged = evicted;
                             tracing::warn!(
+                                socket = name,
                                 open = admission.open(),
                                 evicted,
                                 refused,
                                 limit = admission.max,
-                                "admin socket: connection limit reached; the oldest connection \
-                                 that had not sent the HTTP/2 preface was closed for a new one"
+                                "connection limit reached; the oldest connection that had not \
+                                 sent the HTTP/2 preface was closed for a new one"
                             );
                         }
                         // Let the evicted connection's task run and close its descriptor
@@ -272,12 +287,13 @@ pub fn accept_loop(
                     if refused >= refused_logged * 2 {
                         refused_logged = refused.max(1);
                         tracing::warn!(
+                            socket = name,
                             open = admission.open(),
                             evicted,
                             refused,
                             limit = admission.max,
-                            "admin socket: connection limit reached, every slot busy with a \
-                             client; connection closed"
+                            "connection limit reached, every slot busy with a client; \
+                             connection closed"
                         );
                     }
                 }
@@ -295,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_oldest_silent_connection_makes_room_and_talkers_keep_their_slot() {
-        let admission = Admission::new(2, Duration::from_secs(60));
+        let admission = Admission::new("test socket", 2, Duration::from_secs(60));
         let (mut talker, a) = duplex(64);
         let mut a = admission.admit(a).unwrap();
         talker.write_all(PREFACE).await.unwrap();
@@ -333,7 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_slot_speaking_refuses_a_newcomer() {
-        let admission = Admission::new(1, Duration::from_secs(60));
+        let admission = Admission::new("test socket", 1, Duration::from_secs(60));
         let (mut peer, a) = duplex(64);
         let mut a = admission.admit(a).unwrap();
         peer.write_all(PREFACE).await.unwrap();
@@ -350,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_without_the_preface_is_closed_after_the_timeout() {
-        let admission = Admission::new(4, Duration::from_millis(300));
+        let admission = Admission::new("test socket", 4, Duration::from_millis(300));
         let (mut peer, conn) = duplex(64);
         let mut conn = admission.admit(conn).unwrap();
         // Garbage does not count as the preface.

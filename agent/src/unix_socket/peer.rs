@@ -1,0 +1,179 @@
+//! Who is at the other end of a unix socket connection, pinned at accept: the peer's
+//! credentials (`SO_PEERCRED`, as tonic reports them) and a pidfd of its process
+//! (`SO_PEERPIDFD`, kernel ≥ 6.5). Attesting a caller by its PID alone has a race: the
+//! process may exit and its PID be reused by a process of another pod between the
+//! connection and the check. With the pidfd, a check reads what it needs under
+//! `/proc/<pid>` and then confirms that the connection's own process is still alive —
+//! a live process keeps its PID, so what was read was that process's.
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
+};
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+/// `SO_PEERPIDFD` (include/uapi/asm-generic/socket.h; the same on x86 and arm).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A connection with its peer pinned.
+pub struct PeerStream {
+    inner: UnixStream,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl PeerStream {
+    /// Takes the peer's pidfd now, at accept. On a kernel without `SO_PEERPIDFD` it has
+    /// none (and checks fall back to the PID, with its race).
+    pub fn new(inner: UnixStream) -> Self {
+        let pidfd = peer_pidfd(&inner).ok().map(Arc::new);
+        Self { inner, pidfd }
+    }
+}
+
+/// The peer's pidfd, from the kernel.
+pub fn peer_pidfd(stream: &UnixStream) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`, a c_int of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fd < 0 {
+        return Err(io::Error::other("SO_PEERPIDFD gave no descriptor"));
+    }
+    // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process behind `pidfd` is still alive (a signal 0 through the pidfd:
+/// `ESRCH` once it has exited, even if its PID was reused since).
+pub fn alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 sends nothing; it only checks.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// What a request on a [`PeerStream`] carries in its extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub uds: UdsConnectInfo,
+    /// The peer's process, pinned at accept (none on kernels before 6.5).
+    pub pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl PeerInfo {
+    /// The peer's PID, as its credentials said at connect.
+    pub fn pid(&self) -> Option<i32> {
+        self.uds.peer_cred.and_then(|cred| cred.pid())
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        PeerInfo {
+            uds: self.inner.connect_info(),
+            pidfd: self.pidfd.clone(),
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    /// A child process connects to a socket of ours; we pin it at accept, it exits,
+    /// and from then on it is not alive — whatever process may take its PID.
+    #[tokio::test]
+    async fn the_pinned_peer_is_alive_until_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let mut child = Command::new("socat")
+            .args(["-u", "STDIN"])
+            .arg(format!("UNIX-CONNECT:{}", path.display()))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let stream = PeerStream::new(stream);
+        let info = stream.connect_info();
+        assert_eq!(info.pid(), Some(child.id() as i32), "{info:?}");
+        let pidfd = info.pidfd.expect("SO_PEERPIDFD (kernel >= 6.5)");
+        assert!(alive(&pidfd));
+        // The child goes (closing stdin ends socat) and is reaped: its PID is free.
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert!(
+            !alive(&pidfd),
+            "a pidfd of an exited process must not be alive"
+        );
+    }
+}
