@@ -189,6 +189,12 @@ pub struct ProxyConfig {
     pub buffer_bytes: usize,
     /// Listen backlog of in-pod listeners. Default 1024.
     pub backlog: u32,
+    /// Connections each of a pod's listeners (outbound :15001, plaintext inbound :15006,
+    /// tunnels :15008) holds open at once; more are reset at accept, logged and counted
+    /// (`outrider_refusals_total{reason="connection_limit"}`). Per pod and listener, so
+    /// that one pod's flood (or a flood aimed at one pod) does not starve the others.
+    /// Default 4096.
+    pub max_connections_per_listener: usize,
 }
 
 impl Default for ProxyConfig {
@@ -197,6 +203,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5000,
             buffer_bytes: 256 * 1024,
             backlog: 1024,
+            max_connections_per_listener: 4096,
         }
     }
 }
@@ -528,6 +535,12 @@ impl Config {
         }
         if self.admin.preface_timeout_ms == 0 {
             return Err(invalid("admin.prefaceTimeoutMs", "must not be 0"));
+        }
+        if self.proxy.max_connections_per_listener == 0 {
+            return Err(invalid(
+                "proxy.maxConnectionsPerListener",
+                "must be at least 1",
+            ));
         }
         if self.telemetry.max_connections == 0 {
             return Err(invalid("telemetry.maxConnections", "must be at least 1"));

@@ -3,7 +3,7 @@
 //! inbound listener open cost only their own sockets, leave the others' traffic alone
 //! and give every descriptor back; a CA that expires ends meshed connections cleanly and
 //! says so, plaintext carrying on; a flooded admin socket costs bounded descriptors and
-//! still answers.
+//! still answers; a flood of one pod's listeners stops at its limit and starves no other pod.
 mod support;
 
 use std::{
@@ -619,4 +619,117 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
     tb.ctl_ok("node-a", &["version"]);
     let (ok, _) = tb.echo("shop/client", dst, "after");
     assert!(ok);
+}
+
+/// A testbed whose agents let each of a pod's listeners hold 16 connections.
+const LIMITED: &str = "
+agent:
+  proxy: {maxConnectionsPerListener: 16}
+nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: client, serviceAccount: client}
+      - {namespace: shop, name: web, serviceAccount: web}
+      - {namespace: shop, name: flooder, serviceAccount: flooder}
+      - {namespace: shop, name: outsider, enrolled: false}
+  - name: node-b
+    pods:
+      - {namespace: data, name: db, serviceAccount: db}
+";
+
+/// Opens `count` connections from `pod` to `dst`, each sending a byte, holds them for a
+/// second, and then says how many were reset. Returns the flood, still holding them
+/// (until it is dropped, or for 30 s), and the number reset.
+fn flood(tb: &Testbed, pod: &str, dst: SocketAddr, count: usize) -> (support::Background, usize) {
+    let script = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for i in range({count}):\n\
+         \x20   s = socket.create_connection(('{ip}', {port}), timeout=5)\n\
+         \x20   s.send(b'G')\n\
+         \x20   socks.append(s)\n\
+         time.sleep(1)\n\
+         reset = 0\n\
+         for s in socks:\n\
+         \x20   s.setblocking(False)\n\
+         \x20   try: s.recv(1)\n\
+         \x20   except BlockingIOError: pass\n\
+         \x20   except ConnectionResetError: reset += 1\n\
+         print('reset', reset, flush=True)\n\
+         time.sleep(30)\n",
+        ip = dst.ip(),
+        port = dst.port()
+    );
+    let mut held = tb.spawn_piped(pod, &["python3", "-c", &script]);
+    let mut line = String::new();
+    std::io::BufReader::new(held.child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let reset = line
+        .trim()
+        .strip_prefix("reset ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}: {}", held.output()));
+    (held, reset)
+}
+
+fn refusals(tb: &Testbed, node: &str, pod: &str, direction: &str) -> u64 {
+    let (namespace, name) = pod.split_once('/').unwrap();
+    let want = format!(
+        r#"outrider_refusals_total{{namespace="{namespace}",pod="{name}",direction="{direction}",reason="connection_limit"}} "#
+    );
+    tb.scrape(node)
+        .lines()
+        .find_map(|l| l.strip_prefix(&want).map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_one_pods_listeners_stops_at_its_limit_and_starves_no_other_pod() {
+    let tb = Testbed::up(LIMITED, true);
+    let web = tb.pod("shop/web").clone();
+    let client = tb.pod("shop/client").clone();
+    let db = tb.pod("data/db").clone();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let _client = tb.tcp_server("shop/client", 7000, "EXEC:cat");
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let to_web = SocketAddr::new(web.ipv4.into(), 7000);
+    let to_client = SocketAddr::new(client.ipv4.into(), 7000);
+    let to_db = SocketAddr::new(db.ipv4.into(), 7000);
+
+    // Inbound: 40 plaintext connections aimed at web; its :15006 holds 16.
+    let (inbound, reset) = flood(&tb, "shop/outsider", to_web, 40);
+    assert_eq!(reset, 24);
+    // Outbound: an enrolled pod opens 40 to db; its :15001 holds 16.
+    let (outbound, reset) = flood(&tb, "shop/flooder", to_db, 40);
+    assert_eq!(reset, 24);
+    // Meanwhile other pods, and web's other listener, are served.
+    for (from, dst) in [
+        ("shop/outsider", to_client),
+        ("shop/client", to_web),
+        ("shop/client", to_db),
+    ] {
+        let (ok, back) = tb.echo(from, dst, "meanwhile");
+        assert!(ok && back == "meanwhile", "{from} → {dst}: {back:?}");
+    }
+    // Counted per pod and direction, and logged in a few lines, not one per connection.
+    assert_eq!(refusals(&tb, "node-a", "shop/web", "inbound"), 24);
+    assert_eq!(refusals(&tb, "node-a", "shop/flooder", "outbound"), 24);
+    let lines = tb
+        .agent_log("node-a")
+        .into_iter()
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connection limit of the pod's listener"))
+        })
+        .count();
+    assert!((2..=12).contains(&lines), "{lines} log lines");
+    // Once the floods go, their slots come back.
+    drop((inbound, outbound));
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, back) = tb.echo("shop/outsider", to_web, "after");
+    assert!(ok && back == "after", "{back:?}");
+    let (ok, back) = tb.echo("shop/flooder", to_db, "after");
+    assert!(ok && back == "after", "{back:?}");
 }

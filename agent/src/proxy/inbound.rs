@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
-    pod::accept_loop(listener, pod, handle).await;
+    pod::accept_loop(listener, pod, "inbound", handle).await;
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {

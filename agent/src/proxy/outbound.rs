@@ -28,7 +28,7 @@ use crate::{
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
-    pod::accept_loop(listener, pod, handle).await;
+    pod::accept_loop(listener, pod, "outbound", handle).await;
 }
 
 /// A dialed upstream.

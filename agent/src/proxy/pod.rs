@@ -27,7 +27,10 @@ use crate::{
     identity::{Identity, SpiffeId},
     netns::Netns,
     policy::PolicySet,
-    telemetry::metrics::{Metrics, Party},
+    telemetry::{
+        metrics::{Metrics, Party},
+        refusals::Reason,
+    },
     workloads::{MtlsMode, Workload, directory::Directory},
 };
 
@@ -46,6 +49,8 @@ pub struct Shared {
     pub backlog: u32,
     pub connect_timeout: Duration,
     pub buffer_bytes: usize,
+    /// Connections each of a pod's listeners holds at once (`proxy.maxConnectionsPerListener`).
+    pub max_connections_per_listener: usize,
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
@@ -81,6 +86,7 @@ impl Shared {
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
+            max_connections_per_listener: config.proxy.max_connections_per_listener,
             node_addrs,
             connections: Registry::new(metrics),
             balancer: Default::default(),
@@ -301,17 +307,45 @@ fn adopt(
         .collect()
 }
 
-/// Accepts forever, handing each connection to `handle`; backs off on errors such as
-/// running out of descriptors instead of spinning.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, pod: Arc<PodProxy>, handle: F)
-where
+/// Accepts forever, handing each connection to `handle`, at most
+/// `proxy.maxConnectionsPerListener` at once: more are reset at accept, logged (a line
+/// per power of two) and counted as refusals of `direction` (`inbound` | `outbound`).
+/// Backs off on errors such as running out of descriptors instead of spinning.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    pod: Arc<PodProxy>,
+    direction: &'static str,
+    handle: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr, Arc<PodProxy>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let limit = pod.shared.max_connections_per_listener;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, pod.clone()));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(pod = %pod.key, %peer, port, limit, refused,
+                            "connection limit of the pod's listener reached; connection reset");
+                    }
+                    pod.shared.connections.metrics().refused(
+                        &pod.key,
+                        direction,
+                        Reason::ConnectionLimit,
+                    );
+                    super::reset(stream);
+                    continue;
+                };
+                let handled = handle(stream, peer, pod.clone());
+                tokio::spawn(async move {
+                    handled.await;
+                    drop(slot);
+                });
             }
             Err(err) => {
                 tracing::warn!(pod = %pod.key, error = %err, "accept failed");

@@ -131,7 +131,7 @@ fn tls_error(addr: SocketAddr, err: &io::Error) -> io::Error {
 
 /// The pod's `:15008` listener.
 pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
-    pod::accept_loop(listener, pod, handle).await;
+    pod::accept_loop(listener, pod, "inbound", handle).await;
 }
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {

@@ -18,6 +18,8 @@ pub enum Reason {
     AppUnreachable,
     /// A tunnel whose peer did not complete mutual TLS with an accepted identity.
     Handshake,
+    /// One of the pod's listeners held `proxy.maxConnectionsPerListener` connections.
+    ConnectionLimit,
 }
 
 impl Reason {
@@ -28,6 +30,7 @@ impl Reason {
             Reason::NotThePods => "not_the_pods",
             Reason::AppUnreachable => "app_unreachable",
             Reason::Handshake => "handshake",
+            Reason::ConnectionLimit => "connection_limit",
         }
     }
 }
