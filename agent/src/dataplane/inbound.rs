@@ -63,7 +63,6 @@ impl InboundSteering {
         })
     }
 
-    /// Starts steering plaintext for the pod's IPs to its listeners.
     /// Starts steering plaintext for the pod's IPs to its listeners; a link an earlier
     /// agent pinned for the pod's namespace is switched to this agent's program.
     pub fn attach<N: AsFd, L: AsRawFd>(
@@ -122,24 +121,29 @@ impl InboundSteering {
                 Ok(FdLink::from(link))
             },
         )?;
-        for ip in pod.ips {
+        self.add_ips(pod.pod_id, pod.ips)
+    }
+
+    /// Publishes `ips` as the pod `pod_id`'s (its listeners must be set): each insert
+    /// replaces an address's entry at once, so an address is never unsteered meanwhile.
+    pub fn add_ips(&mut self, pod_id: u32, ips: &[IpAddr]) -> Result<(), DataplaneError> {
+        for ip in ips {
             match ip {
                 IpAddr::V4(v4) => self
                     .v4
-                    .insert(v4.octets(), pod.pod_id, 0)
+                    .insert(v4.octets(), pod_id, 0)
                     .map_err(map_err(MAP_INBOUND_V4))?,
                 IpAddr::V6(v6) => self
                     .v6
-                    .insert(v6.octets(), pod.pod_id, 0)
+                    .insert(v6.octets(), pod_id, 0)
                     .map_err(map_err(MAP_INBOUND_V6))?,
             }
         }
         Ok(())
     }
 
-    /// Stops steering for the pod; what fails to be removed is logged (maps are bounded
-    /// and the pod's slots are overwritten when its id is reused).
-    pub fn detach(&mut self, pins: &Pins, pod_id: u32, netns_cookie: u64, ips: &[IpAddr]) {
+    /// Withdraws `ips`; what fails to be removed is logged.
+    pub fn remove_ips(&mut self, ips: &[IpAddr]) {
         for ip in ips {
             let removed = match ip {
                 IpAddr::V4(v4) => self.v4.remove(&v4.octets()),
@@ -151,6 +155,12 @@ impl InboundSteering {
                 tracing::warn!(%ip, error = %err, "inbound: cannot withdraw a pod IP");
             }
         }
+    }
+
+    /// Stops steering for the pod; what fails to be removed is logged (maps are bounded
+    /// and the pod's slots are overwritten when its id is reused).
+    pub fn detach(&mut self, pins: &Pins, pod_id: u32, netns_cookie: u64, ips: &[IpAddr]) {
+        self.remove_ips(ips);
         let link = pins.netns_link(netns_cookie);
         if let Err(err) = std::fs::remove_file(&link)
             && err.kind() != std::io::ErrorKind::NotFound

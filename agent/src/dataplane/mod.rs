@@ -409,6 +409,18 @@ impl Dataplane {
         self.inbound.attach(&mut self.ebpf, &self.pins, pod)
     }
 
+    /// Steers plaintext for `ips` too to the listeners of the pod `pod_id` (already
+    /// attached): for a pod whose IPs changed, before its record claims them.
+    pub fn add_inbound_ips(&mut self, pod_id: u32, ips: &[IpAddr]) -> Result<(), DataplaneError> {
+        self.inbound.add_ips(pod_id, ips)
+    }
+
+    /// Stops steering plaintext for `ips` (addresses a pod no longer has); its other
+    /// addresses and its listeners stay.
+    pub fn remove_inbound_ips(&mut self, ips: &[IpAddr]) {
+        self.inbound.remove_ips(ips);
+    }
+
     /// Stops steering plaintext for the pod.
     pub fn detach_inbound(&mut self, pod_id: u32, netns_cookie: u64, ips: &[IpAddr]) {
         self.inbound.detach(&self.pins, pod_id, netns_cookie, ips);

@@ -3,8 +3,11 @@
 //! node in `node` mode: open its network namespace, start its listeners, steer its
 //! inbound plaintext (`sk_lookup`), have its identity's certificate minted, and finally
 //! add it to the kernel's enrolled map — in that order, so nothing is steered to a
-//! listener that is not there yet. When a pod leaves (or changes), the reverse; its
-//! established connections run on. A pod that cannot be enrolled (its namespace vanished,
+//! listener that is not there yet. When a pod leaves, the reverse; its established
+//! connections run on. When its record changes, the change is applied in place (see
+//! [`change`]): the pod never leaves the kernel's maps and its listeners stay, so a
+//! relabelled strict pod never takes plaintext; a new sandbox gets its listeners and
+//! kernel slot before the old ones go. A pod that cannot be enrolled (its namespace vanished,
 //! say) is reported once and retried; the others are untouched. What it did is
 //! published as a [`NodeStatus`] (for the admin API) after every change and every second.
 //!
@@ -13,9 +16,11 @@
 //! did; what nobody claims in the first enrollment is withdrawn. Asked to hand over
 //! itself (`restart`), it gives duplicates of its listeners, and once the new agent has
 //! them stops accepting and leaves the kernel alone.
+mod change;
 mod ids;
 mod status;
 
+use change::{Change, InPlace};
 pub use status::{NodeStatus, PodState, PodStatus};
 
 use std::{
@@ -33,7 +38,10 @@ use crate::{
     identity::SpiffeId,
     netns::Netns,
     policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
-    proxy::{self, PodListeners, PodProxy, Shared, authorize, pod::Fd},
+    proxy::{
+        self, PodListeners, PodProxy, Shared, authorize,
+        pod::{Fd, PodRecord},
+    },
     restart::{HandoverRequest, PodSockets},
     telemetry::{access::Direction, metrics::PodLabels},
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
@@ -269,10 +277,11 @@ impl Enrollment {
             .collect();
         let mut wanted = HashSet::new();
         for pod in self.pods.values() {
+            let record = pod.proxy.record();
             let source = SourcePod {
-                principal: Some(pod.proxy.id.as_str().trim_start_matches("spiffe://")),
-                namespace: Some(pod.proxy.id.namespace()),
-                ips: &pod.proxy.workload.ips,
+                principal: Some(record.id.as_str().trim_start_matches("spiffe://")),
+                namespace: Some(record.id.namespace()),
+                ips: &record.workload.ips,
             };
             for denial in policy.kernel_denials(&source, &destinations) {
                 wanted.insert(deny_key(pod.pod_id, denial));
@@ -301,16 +310,31 @@ impl Enrollment {
             .map(|w| (w.key(), w))
             .collect();
 
-        let leaving: Vec<WorkloadKey> = self
-            .pods
-            .iter()
-            .filter(|(key, pod)| wanted.get(*key).is_none_or(|w| **w != pod.proxy.workload))
-            .map(|(key, _)| key.clone())
-            .collect();
+        let mut leaving = Vec::new();
+        let mut changed = Vec::new();
+        for (key, pod) in &self.pods {
+            let Some(new) = wanted.get(key) else {
+                leaving.push(key.clone());
+                continue;
+            };
+            match change::between(&pod.proxy.record().workload, new) {
+                Change::None => {}
+                Change::Leave => leaving.push(key.clone()),
+                change => changed.push((key.clone(), change)),
+            }
+        }
         for key in leaving {
             self.unenroll(&key);
         }
         self.failed.retain(|key, _| wanted.contains_key(key));
+        let mut relabelled = false;
+        for (key, change) in changed {
+            relabelled |= self.apply_change(&key, wanted[&key], change);
+        }
+        if relabelled {
+            // Policies may select the relabelled pods differently now.
+            self.recheck_connections();
+        }
 
         for (key, workload) in wanted {
             if self.pods.contains_key(&key) {
@@ -334,6 +358,129 @@ impl Enrollment {
         }
         self.update_kernel_denials();
         self.publish_status();
+    }
+
+    /// Applies a changed record of the enrolled pod `key` (see [`change`]); true when its
+    /// labels changed. A change that cannot be applied leaves the pod as it was (still
+    /// enrolled, still protected), reported and retried.
+    fn apply_change(&mut self, key: &WorkloadKey, workload: &Workload, change: Change) -> bool {
+        let result = match change {
+            Change::InPlace(what) => self.update_in_place(key, workload, what),
+            Change::NewSandbox(what) => self.new_sandbox(key, workload, what),
+            Change::None | Change::Leave => return false,
+        };
+        match result {
+            Ok(labels) => {
+                self.failed.remove(key);
+                labels
+            }
+            Err(error) => {
+                let repeated = self
+                    .failed
+                    .get(key)
+                    .is_some_and(|(w, e)| w == workload && *e == error);
+                if !repeated {
+                    tracing::warn!(pod = %key, %error, "pod's changed record not applied; it stays enrolled as it was; will retry");
+                }
+                self.failed.insert(key.clone(), (workload.clone(), error));
+                false
+            }
+        }
+    }
+
+    /// Swaps the pod's record for `workload`: a new identity's certificate is asked for
+    /// first, new IPs are steered before the record claims them and old ones withdrawn
+    /// after. The pod stays in the kernel's maps and its listeners keep accepting.
+    fn update_in_place(
+        &mut self,
+        key: &WorkloadKey,
+        workload: &Workload,
+        what: InPlace,
+    ) -> Result<bool, String> {
+        let Some(pod) = self.pods.get(key) else {
+            return Ok(false);
+        };
+        let (proxy, pod_id) = (pod.proxy.clone(), pod.pod_id);
+        let old = proxy.record();
+        let id = if what.identity {
+            let id = self
+                .shared
+                .identity
+                .workload_id(&workload.namespace, &workload.service_account)
+                .map_err(|e| e.to_string())?;
+            self.shared.identity.manager().ensure(&id);
+            id
+        } else {
+            old.id.clone()
+        };
+        if what.ips
+            && let Err(error) = self.dataplane.add_inbound_ips(pod_id, &workload.ips)
+        {
+            if what.identity {
+                self.shared.identity.manager().release(&id);
+            }
+            return Err(error.to_string());
+        }
+        proxy.set_record(PodRecord {
+            workload: workload.clone(),
+            id: id.clone(),
+        });
+        if what.ips {
+            let gone: Vec<IpAddr> = old
+                .workload
+                .ips
+                .iter()
+                .filter(|ip| !workload.ips.contains(ip))
+                .copied()
+                .collect();
+            self.dataplane.remove_inbound_ips(&gone);
+        }
+        if what.identity {
+            self.shared.identity.manager().release(&old.id);
+        }
+        tracing::info!(
+            pod = %key,
+            changed = %what.fields.join(", "),
+            pod_id,
+            identity = %id,
+            "pod record updated in place"
+        );
+        Ok(what.labels)
+    }
+
+    /// The pod's record names another network namespace. The same namespace by another
+    /// path is an in-place change; a new sandbox is enrolled (listeners, kernel slot,
+    /// steering) before the old one is withdrawn, so the pod is never out of the maps.
+    fn new_sandbox(
+        &mut self,
+        key: &WorkloadKey,
+        workload: &Workload,
+        what: InPlace,
+    ) -> Result<bool, String> {
+        let Some(pod) = self.pods.get(key) else {
+            return Ok(false);
+        };
+        let netns = Netns::open(&workload.netns).map_err(|e| e.to_string())?;
+        if netns.cookie() == pod.proxy.netns.cookie() {
+            return self.update_in_place(key, workload, what);
+        }
+        let Some(old) = self.pods.remove(key) else {
+            return Ok(false);
+        };
+        if let Err(error) = self.enroll(workload) {
+            // Undoing a failed enrollment withdraws the IPs it steered, which may be the
+            // old sandbox's too: steer them to it again.
+            let ips = old.proxy.record().workload.ips.clone();
+            if let Err(undo) = self.dataplane.add_inbound_ips(old.pod_id, &ips) {
+                tracing::error!(pod = %key, error = %undo, "cannot steer the pod's IPs to its old sandbox again");
+            }
+            self.pods.insert(key.clone(), old);
+            return Err(error);
+        }
+        let old_cookie = old.proxy.netns.cookie();
+        self.withdraw(key, old, &workload.ips);
+        tracing::info!(pod = %key, old_netns_cookie = old_cookie, "pod moved to a new sandbox; the old one is withdrawn");
+        Ok(what.labels)
     }
 
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {
@@ -447,9 +594,10 @@ impl Enrollment {
             let Ok(c) = self.dataplane.pod_counters(pod.pod_id) else {
                 continue;
             };
+            let record = pod.proxy.record();
             let labels = PodLabels {
-                namespace: pod.proxy.workload.namespace.clone(),
-                pod: pod.proxy.workload.name.clone(),
+                namespace: record.workload.namespace.clone(),
+                pod: record.workload.name.clone(),
             };
             let now = [c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets];
             metrics.pod_counters(&labels, &mut pod.exported, now);
@@ -489,19 +637,30 @@ impl Enrollment {
         let Some(pod) = self.pods.remove(key) else {
             return;
         };
+        self.withdraw(key, pod, &[]);
+        self.shared.connections.forget_pod(&key.to_string());
+        tracing::info!(pod = %key, "pod unenrolled");
+    }
+
+    /// Takes `pod`'s network namespace out of the kernel and gives its slot and identity
+    /// back; its IPs in `keep` stay steered (they are a new sandbox's now).
+    fn withdraw(&mut self, key: &WorkloadKey, pod: EnrolledPod, keep: &[IpAddr]) {
+        let record = pod.proxy.record();
         if let Err(error) = self.dataplane.unenroll(pod.proxy.netns.cookie()) {
             tracing::error!(pod = %key, %error, "removing the pod from the kernel map failed");
         }
-        self.dataplane.detach_inbound(
-            pod.pod_id,
-            pod.proxy.netns.cookie(),
-            &pod.proxy.workload.ips,
-        );
-        self.shared.identity.manager().release(&pod.proxy.id);
+        let gone: Vec<IpAddr> = record
+            .workload
+            .ips
+            .iter()
+            .filter(|ip| !keep.contains(ip))
+            .copied()
+            .collect();
+        self.dataplane
+            .detach_inbound(pod.pod_id, pod.proxy.netns.cookie(), &gone);
+        self.shared.identity.manager().release(&record.id);
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
-        self.shared.connections.forget_pod(&pod.proxy.key);
-        tracing::info!(pod = %key, "pod unenrolled");
         // `pod` drops here: its listeners close; established connections run on.
     }
 }

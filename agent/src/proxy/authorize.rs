@@ -4,7 +4,7 @@
 //! (`audit`) whatever the verdict.
 use std::net::IpAddr;
 
-use super::pod::PodProxy;
+use super::pod::{PodProxy, PodRecord};
 use crate::{
     identity::SpiffeId,
     policy::{Http, Request, Source, WorkloadRef},
@@ -35,7 +35,8 @@ pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) 
         port,
         http,
     };
-    let decision = policy.evaluate(&workload_ref(pod), &request);
+    let record = pod.record();
+    let decision = policy.evaluate(&workload_ref(&record), &request);
     for audit in decision.audits.iter() {
         tracing::info!(
             pod = %pod.key,
@@ -63,12 +64,13 @@ pub fn needs_http(pod: &PodProxy) -> bool {
     pod.shared
         .policy
         .load()
-        .is_http_sensitive(&workload_ref(pod))
+        .is_http_sensitive(&workload_ref(&pod.record()))
 }
 
-fn workload_ref(pod: &PodProxy) -> WorkloadRef<'_> {
+/// The pod as policies select it: by its labels as they are now.
+fn workload_ref(record: &PodRecord) -> WorkloadRef<'_> {
     WorkloadRef {
-        namespace: &pod.workload.namespace,
-        labels: &pod.workload.labels,
+        namespace: &record.workload.namespace,
+        labels: &record.workload.labels,
     }
 }

@@ -71,6 +71,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
 {
+    let id = pod.record().id.clone();
     let registration = register(pod, &arrival);
     let conn = registration.connection.clone();
     let decide: Option<Decide> = authorize::needs_http(pod).then(|| {
@@ -88,7 +89,7 @@ pub async fn serve<S>(
     let hook = RequestHook {
         conn: conn.clone(),
         metrics: pod.shared.connections.metrics().clone(),
-        local_identity: pod.id.to_string(),
+        local_identity: id.to_string(),
         decide,
     };
     // Not HTTP: decided as TCP (HTTP-only rules as Istio treats them), unless that was
@@ -101,7 +102,7 @@ pub async fn serve<S>(
         }
     };
     let result = relay(client, app, pod.shared.buffer_bytes, hook, opaque_check).await;
-    access::log_connection(&conn, pod.id.as_str(), started.elapsed(), result.err());
+    access::log_connection(&conn, id.as_str(), started.elapsed(), result.err());
 }
 
 fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Registration<'a> {
@@ -135,6 +136,7 @@ pub fn log_refused(
         .connections
         .metrics()
         .refused(&pod.key, "inbound", why);
+    let record = pod.record();
     access::log(&ConnectionRecord {
         pod: &pod.key,
         direction: Direction::Inbound,
@@ -142,7 +144,7 @@ pub fn log_refused(
         src: arrival.src,
         dst: Some(arrival.dst),
         src_identity: arrival.peer.as_ref().map(|p| p.as_str()),
-        dst_identity: Some(pod.id.as_str()),
+        dst_identity: Some(record.id.as_str()),
         workloads: None,
         bytes_sent: 0,
         bytes_received: 0,

@@ -50,8 +50,10 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         tracing::warn!(pod = %pod.key, %peer, "outbound connection without an original destination (not a steered connection); reset");
         return;
     };
+    // The pod as it is now, for the whole connection.
+    let record = pod.record();
     // The source as the destination sees it: the pod's IP, with the app's port.
-    let src = pod
+    let src = record
         .workload
         .ips
         .iter()
@@ -59,7 +61,7 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         .map(|ip| SocketAddr::new(*ip, peer.port()))
         .unwrap_or(peer);
     let source = route::Source {
-        node: Some(pod.workload.node.as_deref().unwrap_or(&pod.shared.node)),
+        node: Some(record.workload.node.as_deref().unwrap_or(&pod.shared.node)),
         ip: src.ip(),
     };
     let shared = &pod.shared;
@@ -127,7 +129,7 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let hook = RequestHook {
         conn: conn.clone(),
         metrics: shared.connections.metrics().clone(),
-        local_identity: pod.id.to_string(),
+        local_identity: record.id.to_string(),
         decide: None,
     };
     let buffer = shared.buffer_bytes;
@@ -141,7 +143,7 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         }
     };
     drop(lease);
-    access::log_connection(conn, pod.id.as_str(), started.elapsed(), result.err());
+    access::log_connection(conn, record.id.as_str(), started.elapsed(), result.err());
 }
 
 /// Dials the route's targets in order until one answers (a Service's endpoint that fails

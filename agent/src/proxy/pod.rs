@@ -1,6 +1,7 @@
-//! One enrolled pod as the proxy sees it: who it is (key, identity, IPs), where its
-//! sockets are made (its network namespace), what the whole agent shares with it, and
-//! its listeners — outbound `127.0.0.1/[::1]:15001`, inbound plaintext
+//! One enrolled pod as the proxy sees it: who it is (key, and its record: labels, IPs,
+//! ports, identity — swapped whole when the workload source changes it, so a connection
+//! sees one version and the next one the new), where its sockets are made (its network
+//! namespace), what the whole agent shares with it, and its listeners — outbound `127.0.0.1/[::1]:15001`, inbound plaintext
 //! `127.0.0.1/[::1]:15006` (reached through the `sk_lookup` program), and the tunnel
 //! `0.0.0.0/[::]:15008`. Dropping [`PodListeners`] closes them; accepted connections run
 //! on to their end.
@@ -97,12 +98,20 @@ impl Shared {
     }
 }
 
+/// What the workload source says of a pod now, and the identity that gives it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PodRecord {
+    pub workload: Workload,
+    pub id: SpiffeId,
+}
+
 /// One pod, for its listeners and connections.
 pub struct PodProxy {
     /// `namespace/name`.
     pub key: String,
-    pub workload: Workload,
-    pub id: SpiffeId,
+    /// The pod's record; replaced in place when it changes (labels, IPs, ports, service
+    /// account), while the listeners and the kernel's state stay.
+    record: ArcSwap<PodRecord>,
     pub netns: Arc<Netns>,
     pub shared: Arc<Shared>,
     /// This pod's tunnels to other pods.
@@ -110,33 +119,42 @@ pub struct PodProxy {
 }
 
 impl PodProxy {
-    /// The pod's namespace's mTLS mode, as the workload source says now.
+    /// The pod's namespace's mTLS mode, as the workload source says now (by namespace:
+    /// a pod whose IPs change meanwhile is never taken for another namespace's).
     pub fn mtls(&self) -> MtlsMode {
-        self.workload
-            .ips
-            .first()
-            .and_then(|ip| self.shared.directory.lookup(*ip))
-            .map(|d| d.mtls)
-            .unwrap_or_default()
+        let namespace = self.key.split_once('/').map_or("", |(ns, _)| ns);
+        self.shared.directory.mtls(namespace)
     }
 
     pub fn new(workload: Workload, id: SpiffeId, netns: Arc<Netns>, shared: Arc<Shared>) -> Self {
         Self {
             key: workload.key().to_string(),
-            workload,
-            id,
+            record: ArcSwap::from_pointee(PodRecord { workload, id }),
             netns,
             shared,
             pool: Pool::new(PoolConfig::default()),
         }
     }
 
+    /// The pod's record as it is now (a connection takes it once and keeps it).
+    pub fn record(&self) -> Arc<PodRecord> {
+        self.record.load_full()
+    }
+
+    /// Puts a changed record of the same pod in force for the connections that start
+    /// from now on; those under way keep the version they started with.
+    pub fn set_record(&self, record: PodRecord) {
+        debug_assert_eq!(record.workload.key().to_string(), self.key);
+        self.record.store(Arc::new(record));
+    }
+
     /// This pod as one end of a connection in metrics.
     pub fn party(&self) -> Party {
+        let record = self.record();
         Party {
-            workload: self.workload.workload_name().to_string(),
-            namespace: self.workload.namespace.clone(),
-            principal: self.id.to_string(),
+            workload: record.workload.workload_name().to_string(),
+            namespace: record.workload.namespace.clone(),
+            principal: record.id.to_string(),
         }
     }
 
@@ -165,7 +183,7 @@ impl PodProxy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        self.workload.ips.contains(&ip)
+        self.record().workload.ips.contains(&ip)
     }
 }
 

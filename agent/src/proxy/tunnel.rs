@@ -36,8 +36,10 @@ use crate::{
 /// listener's resources for long).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Tunnels of one pod are pooled by the destination's identity and IP.
-pub type PoolKey = (SpiffeId, IpAddr);
+/// Tunnels of one pod are pooled by the pod's own identity (a tunnel keeps the
+/// certificate it was opened with: after a change of service account, new connections
+/// open new tunnels), the destination's identity and IP.
+pub type PoolKey = (SpiffeId, SpiffeId, IpAddr);
 
 impl Abort for H2Stream {
     fn abort(&mut self) {
@@ -53,16 +55,17 @@ pub async fn open(
     peer_id: &SpiffeId,
     service: Option<&str>,
 ) -> io::Result<H2Stream> {
-    let key = (peer_id.clone(), dst.ip());
+    let record = pod.record();
+    let key = (record.id.clone(), peer_id.clone(), dst.ip());
     let mut request = ConnectRequest::new(dst)
         .with_traceparent(TraceParent::random())
         .with_baggage(Baggage {
-            namespace: Some(pod.workload.namespace.clone()),
-            workload: Some(("pod".to_string(), pod.workload.name.clone())),
+            namespace: Some(record.workload.namespace.clone()),
+            workload: Some(("pod".to_string(), record.workload.name.clone())),
             destination_service: service.map(str::to_string),
             ..Baggage::default()
         });
-    if let Some(ip) = pod
+    if let Some(ip) = record
         .workload
         .ips
         .iter()
@@ -72,33 +75,35 @@ pub async fn open(
     }
     let stream = pod
         .pool
-        .connect(&key, &request, || dial(pod, dst.ip(), peer_id))
+        .connect(&key, &request, || dial(pod, &record.id, dst.ip(), peer_id))
         .await
         .map_err(|e| e.into_io())?;
     tracing::debug!(pod = %pod.key, %dst, stream = stream.id(), "tunnel stream opened");
     Ok(stream)
 }
 
-/// A new mutual-TLS connection from `pod` to `ip:15008`.
-async fn dial(pod: &PodProxy, ip: IpAddr, peer_id: &SpiffeId) -> io::Result<TlsStream<TcpStream>> {
+/// A new mutual-TLS connection from `pod`, as `id`, to `ip:15008`.
+async fn dial(
+    pod: &PodProxy,
+    id: &SpiffeId,
+    ip: IpAddr,
+    peer_id: &SpiffeId,
+) -> io::Result<TlsStream<TcpStream>> {
     let addr = SocketAddr::new(ip, TUNNEL_PORT);
     let shared = &pod.shared;
     // A pod just enrolled may not have its certificate yet.
-    tokio::time::timeout(
-        shared.connect_timeout,
-        shared.identity.manager().ready(&pod.id),
-    )
-    .await
-    .map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no certificate for {} yet", pod.id),
-        )
-    })?
-    .map_err(io::Error::other)?;
+    tokio::time::timeout(shared.connect_timeout, shared.identity.manager().ready(id))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no certificate for {id} yet"),
+            )
+        })?
+        .map_err(io::Error::other)?;
     let config = shared
         .identity
-        .client_config(&pod.id, peer_id)
+        .client_config(id, peer_id)
         .map_err(io::Error::other)?;
     let socket = pod.netns.tcp_socket(addr, shared.mark)?;
     let tcp = super::connect_with_timeout(socket, addr, shared.connect_timeout).await?;
@@ -144,15 +149,18 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     };
     // A pod just enrolled (or just taken over from a previous agent, its listener
     // already accepting) may not have its certificate yet.
+    // The identity the pod has now (a change of service account applies to the next
+    // handshake).
+    let id = pod.record().id.clone();
     let manager = pod.shared.identity.manager();
-    if manager.cert(&pod.id).is_none() {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, manager.ready(&pod.id)).await {
+    if manager.cert(&id).is_none() {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, manager.ready(&id)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return refused(format!("no certificate: {err}")),
-            Err(_) => return refused(format!("no certificate for {} yet", pod.id)),
+            Err(_) => return refused(format!("no certificate for {id} yet")),
         }
     }
-    let config = match pod.shared.identity.server_config(&pod.id) {
+    let config = match pod.shared.identity.server_config(&id) {
         Ok(config) => config,
         Err(err) => return refused(format!("no server configuration: {err}")),
     };
@@ -188,7 +196,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         .and_then(|certs| certs.first())
         .and_then(|leaf| x509::facts(leaf).ok())
         .map(|facts| facts.not_after);
-    let expires = [peer_not_after, manager.not_after(&pod.id)]
+    let expires = [peer_not_after, manager.not_after(&id)]
         .into_iter()
         .flatten()
         .min();

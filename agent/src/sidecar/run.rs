@@ -3,7 +3,9 @@
 //! state and its certificate from it, opens the same listeners as node mode — outbound
 //! `:15001`, inbound plaintext `:15006` (both reached through iptables REDIRECT), the
 //! tunnel `:15008` — and serves its metrics on `:15020`. Policy, tunnel and telemetry are
-//! node mode's own code; only how connections arrive differs (`proxy::steering`).
+//! node mode's own code; only how connections arrive differs (`proxy::steering`). When
+//! the mesh state changes the pod's own record (labels, ports, service account), the
+//! record is swapped in place, as node mode does: the listeners stay.
 use std::{
     path::PathBuf,
     process::ExitCode,
@@ -22,7 +24,7 @@ use crate::{
     identity::{CertManager, Identity, RenewPolicy, SpiffeId, TrustBundle},
     logging,
     netns::Netns,
-    proxy::{self, PodProxy, Shared, steering::Steering},
+    proxy::{self, PodProxy, Shared, pod::PodRecord, steering::Steering},
     telemetry::{
         endpoint::{self, Endpoint},
         metrics::Metrics,
@@ -157,10 +159,55 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
                 }
                 let mesh = updates.borrow_and_update().clone();
                 apply(&shared, &mesh);
+                follow_record(&pod, &mesh);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Swaps in the pod's own record from a new mesh state, if it changed: the labels that
+/// policies select on, ports, IPs; a new service account's certificate is asked for
+/// first. (Not found — the pod is being deleted — leaves the record as it is.)
+fn follow_record(pod: &PodProxy, mesh: &Mesh) {
+    let Some(workload) = mesh
+        .workloads
+        .workloads
+        .iter()
+        .find(|w| w.key().to_string() == pod.key)
+    else {
+        return;
+    };
+    let old = pod.record();
+    if *workload == old.workload {
+        return;
+    }
+    let id = if workload.service_account == old.workload.service_account {
+        old.id.clone()
+    } else {
+        match pod
+            .shared
+            .identity
+            .workload_id(&workload.namespace, &workload.service_account)
+        {
+            Ok(id) => {
+                pod.shared.identity.manager().ensure(&id);
+                id
+            }
+            Err(error) => {
+                tracing::warn!(pod = %pod.key, %error, "the pod's new service account makes no identity; its record stays as it was");
+                return;
+            }
+        }
+    };
+    tracing::info!(pod = %pod.key, identity = %id, "pod record updated in place");
+    pod.set_record(PodRecord {
+        workload: workload.clone(),
+        id: id.clone(),
+    });
+    if id != old.id {
+        pod.shared.identity.manager().release(&old.id);
+    }
 }
 
 /// Puts a mesh state in force: destinations, policies.

@@ -140,6 +140,8 @@ struct Snapshot {
     by_name: HashMap<String, Arc<ResolvedService>>,
     /// Every Service, by key.
     services: Vec<Arc<ResolvedService>>,
+    /// The namespaces whose mTLS mode is set.
+    mtls: HashMap<String, MtlsMode>,
 }
 
 /// Lookups by IP over the latest workload set. Cheap to clone.
@@ -193,17 +195,33 @@ impl Directory {
             }
             by_name.insert(s.fqdn.clone(), s.clone());
         }
+        let mtls = set
+            .namespaces
+            .iter()
+            .map(|(ns, settings)| (ns.clone(), settings.mtls))
+            .collect();
         self.snapshot.store(Arc::new(Snapshot {
             by_ip,
             by_vip,
             by_name,
             services,
+            mtls,
         }));
     }
 
     /// The workload that owns `ip`, if any.
     pub fn lookup(&self, ip: IpAddr) -> Option<Arc<Destination>> {
         self.snapshot.load().by_ip.get(&canonical(ip)).cloned()
+    }
+
+    /// The mTLS mode of `namespace` (permissive unless set), whatever its pods' IPs.
+    pub fn mtls(&self, namespace: &str) -> MtlsMode {
+        self.snapshot
+            .load()
+            .mtls
+            .get(namespace)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The Service whose cluster IP is `ip`, if any.
@@ -356,6 +374,10 @@ workloads:
         assert_eq!(db.key(), "data/db");
         assert_eq!(db.mtls, MtlsMode::Strict);
         assert!(db.in_mesh());
+        // By namespace too: a pod's mode does not hang on its IPs being known.
+        assert_eq!(dir.mtls("data"), MtlsMode::Strict);
+        assert_eq!(dir.mtls("shop"), MtlsMode::Permissive);
+        assert_eq!(dir.mtls("nowhere"), MtlsMode::Permissive);
         let mapped: IpAddr = "::ffff:198.19.2.11".parse().unwrap();
         assert_eq!(dir.lookup(mapped).unwrap().key(), "data/db");
         assert!(

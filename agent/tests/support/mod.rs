@@ -435,6 +435,15 @@ impl Testbed {
         outrider::workloads::WorkloadSet::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Replaces `node`'s workload file with `set`, atomically (the agent may read it at
+    /// any moment); the agent sees it within its poll interval.
+    pub fn write_workload_file(&self, node: &str, set: &outrider::workloads::WorkloadSet) {
+        let path = outrider::testbed::agents::workloads_path(self.dir(), &self.node(node).name);
+        let text = serde_yaml_ng::to_string(set).unwrap();
+        outrider::testbed::state::write_atomically(&path, text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// The node agent's metrics exposition, scraped from inside the node.
     pub fn scrape(&self, node: &str) -> String {
         let out = Command::new("nsenter")
