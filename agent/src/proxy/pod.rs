@@ -23,7 +23,7 @@ use super::{
     tunnel::PoolKey,
 };
 use crate::{
-    config::Config,
+    config::{Config, EscapedSlashes},
     identity::{Identity, SpiffeId},
     netns::Netns,
     policy::PolicySet,
@@ -46,6 +46,8 @@ pub struct Shared {
     pub backlog: u32,
     pub connect_timeout: Duration,
     pub buffer_bytes: usize,
+    /// HTTP requests arriving at a pod: how their paths' `%2F`/`%5C` are handled.
+    pub escaped_slashes: EscapedSlashes,
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
@@ -81,6 +83,7 @@ impl Shared {
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
+            escaped_slashes: config.proxy.http.escaped_slashes,
             node_addrs,
             connections: Registry::new(metrics),
             balancer: Default::default(),

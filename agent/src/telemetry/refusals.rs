@@ -18,6 +18,12 @@ pub enum Reason {
     AppUnreachable,
     /// A tunnel whose peer did not complete mutual TLS with an accepted identity.
     Handshake,
+    /// An HTTP request whose path cannot be normalized (or must not be: `%2F`, `..;`),
+    /// answered 400 before policy.
+    InvalidPath,
+    /// An HTTP request whose host is ambiguous (several `Host` headers, or an HTTP/2
+    /// `Host` that is not its `:authority`), answered 400 before policy.
+    InvalidHost,
 }
 
 impl Reason {
@@ -28,6 +34,8 @@ impl Reason {
             Reason::NotThePods => "not_the_pods",
             Reason::AppUnreachable => "app_unreachable",
             Reason::Handshake => "handshake",
+            Reason::InvalidPath => "invalid_path",
+            Reason::InvalidHost => "invalid_host",
         }
     }
 }
@@ -54,6 +62,8 @@ mod tests {
         metrics.refused("shop/web", "inbound", Reason::StrictPlaintext);
         metrics.refused("shop/web", "inbound", Reason::Policy);
         metrics.refused("no-slash", "inbound", Reason::Policy);
+        metrics.refused("shop/web", "inbound", Reason::InvalidPath);
+        metrics.refused("shop/web", "inbound", Reason::InvalidHost);
         let text = metrics.encode();
         assert!(
             text.contains("# TYPE outrider_refusals_total counter"),
@@ -77,5 +87,11 @@ mod tests {
             ),
             "{text}"
         );
+        for reason in ["invalid_path", "invalid_host"] {
+            let line = format!(
+                r#"outrider_refusals_total{{namespace="shop",pod="web",direction="inbound",reason="{reason}"}} 1"#
+            );
+            assert!(text.contains(&line), "{text}");
+        }
     }
 }
