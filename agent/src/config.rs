@@ -195,6 +195,8 @@ pub struct ProxyConfig {
     /// that one pod's flood (or a flood aimed at one pod) does not starve the others.
     /// Default 4096.
     pub max_connections_per_listener: usize,
+    /// HTTP requests arriving at an enrolled pod.
+    pub http: HttpProxyConfig,
 }
 
 impl Default for ProxyConfig {
@@ -204,8 +206,38 @@ impl Default for ProxyConfig {
             buffer_bytes: 256 * 1024,
             backlog: 1024,
             max_connections_per_listener: 4096,
+            http: HttpProxyConfig::default(),
         }
     }
+}
+
+/// How the destination's agent treats the HTTP requests it checks and forwards (their
+/// paths are normalized before policy, and the app gets the normalized path; see
+/// `proxy::http::path`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpProxyConfig {
+    /// What a path holding an encoded `/` or `\` (`%2F`, `%5C`, any case) gets, as
+    /// Envoy's `path_with_escaped_slashes_action`. Default `reject-request` (400).
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// Envoy's `path_with_escaped_slashes_action`, less the redirect: what to do with `%2F`
+/// and `%5C` in a request path. Apps disagree on whether they separate segments, so a
+/// policy on paths cannot know what the app will serve: refusing them is the safe default.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EscapedSlashes {
+    /// `REJECT_REQUEST`: answer 400.
+    #[default]
+    RejectRequest,
+    /// `KEEP_UNCHANGED`: leave them encoded (hex digits upper-cased): policy sees one
+    /// segment `a%2Fb`; an app that decodes them before resolving `..` can serve a path
+    /// the policy never saw. Only for apps that treat them as data.
+    KeepUnchanged,
+    /// `UNESCAPE_AND_FORWARD`: decode both to `/` before the rest of the normalization
+    /// (Istio's `DECODE_AND_MERGE_SLASHES`), so policy and app see `a/b`.
+    UnescapeAndForward,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -587,6 +619,10 @@ mod tests {
         assert_eq!(config.workloads.poll_interval_ms, 250);
         assert_eq!(config.capture.fail_policy, FailPolicy::FailClosed);
         assert_eq!(
+            config.proxy.http.escaped_slashes,
+            EscapedSlashes::RejectRequest
+        );
+        assert_eq!(
             config.capture.pin_dir(&config.instance),
             Path::new("/sys/fs/bpf/outrider/default")
         );
@@ -600,6 +636,26 @@ mod tests {
         let (_d, path) = write("cgroup: {attach: /x}\ncapture: {failPolicy: open}\n");
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("failPolicy"), "{err}");
+    }
+
+    #[test]
+    fn escaped_slashes_take_envoys_names() {
+        for (name, action) in [
+            ("reject-request", EscapedSlashes::RejectRequest),
+            ("keep-unchanged", EscapedSlashes::KeepUnchanged),
+            ("unescape-and-forward", EscapedSlashes::UnescapeAndForward),
+        ] {
+            let (_d, path) = write(&format!(
+                "cgroup: {{attach: /x}}\nproxy: {{http: {{escapedSlashes: {name}}}}}\n"
+            ));
+            assert_eq!(
+                Config::load(&path).unwrap().proxy.http.escaped_slashes,
+                action
+            );
+        }
+        let (_d, path) = write("cgroup: {attach: /x}\nproxy: {http: {escapedSlashes: decode}}\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("escapedSlashes"), "{err}");
     }
 
     #[test]

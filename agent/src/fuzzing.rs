@@ -24,7 +24,10 @@ use crate::{
     },
     proxy::{
         hbone::{self, ConnectRequest, H2Stream, Inbound},
-        http::{self as proxy_http, DetectSettings, Hook, Protocol, Report, RequestInfo, Verdict},
+        http::{
+            self as proxy_http, DetectSettings, Hook, Protocol, Report, RequestInfo, Verdict,
+            path::{self, EscapedSlashes},
+        },
     },
     workloads::WorkloadSet,
 };
@@ -85,7 +88,8 @@ async fn feed(stream: DuplexStream, data: Vec<u8>) {
 /// Input: one byte choosing the sniffing limit, then the client's bytes. Checks:
 /// - a decision taken on a prefix stays the same for any longer input (the proxy decides
 ///   on the first packet that allows it);
-/// - `detect` agrees with `classify`, and replays the client's bytes exactly.
+/// - `detect` agrees with `classify`, and replays the client's bytes exactly;
+/// - the hook sees every request's path in normal form (see [`FuzzHook`]).
 pub fn protocol_detection(data: &[u8]) {
     let Some((&limit, client)) = data.split_first() else {
         return;
@@ -131,12 +135,17 @@ pub fn protocol_detection(data: &[u8]) {
             return;
         };
         tokio::spawn(app(app_server, version));
+        // As at a destination: every request normalized before the hook sees it.
+        let settings = proxy_http::Settings {
+            normalize: Some(EscapedSlashes::RejectRequest),
+            ..Default::default()
+        };
         let _ = proxy_http::serve(
             detected.client,
             detected.app,
             version,
             Arc::new(FuzzHook),
-            &proxy_http::Settings::default(),
+            &settings,
             std::future::pending(),
         )
         .await;
@@ -145,13 +154,23 @@ pub fn protocol_detection(data: &[u8]) {
 }
 
 /// Denies requests whose path ends in `deny`, forwards the others; checks what policy
-/// reads of each request.
+/// reads of each request: a host within its authority, and a path already in normal form
+/// (normalizing it again changes nothing), but for `CONNECT` and `OPTIONS *`.
 struct FuzzHook;
 
 impl Hook for FuzzHook {
     fn on_request(&self, request: &RequestInfo, _headers: &HeaderMap) -> Verdict {
         if let (Some(host), Some(authority)) = (request.host(), request.authority.as_deref()) {
             assert!(authority.starts_with(host), "{host:?} in {authority:?}");
+        }
+        let path = request.path();
+        if request.method != http::Method::CONNECT && path != "*" {
+            let again = path::normalize(path, EscapedSlashes::RejectRequest);
+            assert_eq!(
+                again.as_deref(),
+                Ok(path),
+                "the hook saw a path not in normal form"
+            );
         }
         if request.path().ends_with("deny") {
             Verdict::rbac_denied()

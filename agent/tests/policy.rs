@@ -1,7 +1,10 @@
 //! End-to-end: authorization policies on a real testbed — enforced by the destination's
 //! agent with the peer's verified identity (L4) and per HTTP request (L7), the pure-L4
 //! denials in the source pod's kernel, live updates that close connections now denied,
-//! and invalid policy files refused while the previous policies stay.
+//! invalid policy files refused while the previous policies stay; hostile HTTP paths
+//! (`..`, `%2e%2e`, `..%2f`, `..;`, absolute-form) that never reach a page the policy
+//! denies while the app gets the path that was checked, in node and sidecar mode; and
+//! `hosts` matched with their ports as Istio does.
 mod support;
 
 use std::{
@@ -505,4 +508,400 @@ spec:
         "the previous policies stay in force"
     );
     assert!(reaches(&tb, "shop/other", dst));
+}
+
+/// `curl --path-as-is` from `pod` to `url` (the path sent exactly as written), with
+/// `args` before it: the status and the body.
+fn curl(tb: &Testbed, pod: &str, args: &[&str], url: &str) -> (u16, String) {
+    let mut argv = vec!["curl", "-sS", "--path-as-is", "-w", "\n%{http_code}"];
+    argv.extend_from_slice(args);
+    argv.push(url);
+    let out = tb.exec(pod, &argv);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let status = status
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {url}: {text:?} {:?}", out.stderr));
+    (status, body.to_owned())
+}
+
+/// Writes `request` (raw HTTP/1.1, `\r\n` line ends) from `pod` to `dst` with socat:
+/// the response's status and the whole response.
+fn raw(tb: &Testbed, pod: &str, dst: SocketAddr, request: &str) -> (u16, String) {
+    let script = format!(
+        "printf '{}' | socat -t5 -T5 STDIO {}",
+        request.replace('%', "%%"),
+        support::socat_target(dst)
+    );
+    let out = tb.sh(pod, &script);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no response to {request:?}: {text:?}"));
+    (status, text)
+}
+
+/// The paths the app (Python's http.server) logged, in order.
+fn app_paths(app: &support::Background) -> Vec<String> {
+    app.output()
+        .lines()
+        .filter_map(|l| l.split('"').nth(1))
+        .filter_map(|request| request.split(' ').nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of `outrider_refusals_total` for `shop/web`, inbound, `reason`.
+fn refusals(tb: &Testbed, node: &str, reason: &str) -> u64 {
+    let series = format!(
+        r#"outrider_refusals_total{{namespace="shop",pod="web",direction="inbound",reason="{reason}"}} "#
+    );
+    tb.scrape(node)
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// An HTTP/2 server (nginx, cleartext with prior knowledge only) in `pod` on `port`,
+/// serving the same site as [`http_server`] and logging each request line (`$request`).
+fn h2_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
+    let dir = tb.dir().join(format!("nginx-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let site = tb.dir().join(format!("site-{port}"));
+    std::fs::create_dir_all(site.join("public")).unwrap();
+    std::fs::write(site.join("public/index.html"), "public page\n").unwrap();
+    std::fs::write(site.join("private.html"), "private page\n").unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\n\
+         events {{}}\nhttp {{\n  log_format line '$request';\n  access_log /dev/stdout line;\n\
+         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+         scgi_temp_path {d}/scgi;\n\
+         server {{ listen [::]:{port} http2 ipv6only=off; root {}; }}\n}}\n",
+        site.display()
+    );
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).unwrap();
+    let server = tb.spawn(
+        pod,
+        &[
+            "nginx",
+            "-e",
+            "stderr",
+            "-g",
+            "daemon off;",
+            "-c",
+            &file.display().to_string(),
+        ],
+    );
+    tb.wait_listening(pod, port);
+    server
+}
+
+/// The paths nginx logged, in order.
+fn nginx_paths(app: &support::Background) -> Vec<String> {
+    app.output()
+        .lines()
+        .filter(|l| l.ends_with(" HTTP/2.0"))
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+const PUBLIC_ONLY: &str = "
+apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: public-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - to: [{operation: {paths: ['/public/*']}}]
+";
+
+/// The attacks on `ALLOW paths: [/public/*]`, each with the status it must get: 403 when
+/// its normal form is outside `/public/`, 400 when it has none. Never the private page.
+const HOSTILE_PATHS: &[(&str, u16)] = &[
+    ("/public/../private.html", 403),
+    ("/public/%2e%2e/private.html", 403),
+    ("/public/%2E%2E/private.html", 403),
+    ("/public/.%2e/private.html", 403),
+    ("//public/../private.html", 403),
+    ("/public/./../private.html", 403),
+    ("/PUBLIC/../private.html", 403),
+    ("/public/..%2fprivate.html", 400),
+    ("/public/..%2Fprivate.html", 400),
+    ("/public/..%5cprivate.html", 400),
+    ("/public/..;/private.html", 400),
+    ("/public/%2e%2e;/private.html", 400),
+];
+
+#[test]
+fn hostile_paths_never_reach_a_page_the_policy_denies_and_the_app_gets_the_checked_path() {
+    let tb = Testbed::up(SPEC, true);
+    let web = tb.pod("shop/web").clone();
+    let app = http_server(&tb, "shop/web", 8080);
+    let app2 = h2_server(&tb, "shop/web", 8081);
+    apply(&tb, "public.yaml", PUBLIC_ONLY);
+    let base = format!("http://{}:8080", web.ipv4);
+    let base2 = format!("http://{}:8081", web.ipv4);
+    let dst = SocketAddr::new(web.ipv4.into(), 8080);
+    let (mut denied, mut invalid) = (0, 0);
+    for &(path, expected) in HOSTILE_PATHS {
+        for h2 in [false, true] {
+            let (args, base): (&[&str], _) = if h2 {
+                (&["--http2-prior-knowledge"], &base2)
+            } else {
+                (&[], &base)
+            };
+            let (status, body) = curl(&tb, "shop/client", args, &format!("{base}{path}"));
+            assert_eq!(status, expected, "{path} (HTTP/2: {h2}): {body}");
+            assert!(!body.contains("private page"), "{path}: {body}");
+            match status {
+                403 => denied += 1,
+                _ => invalid += 1,
+            }
+        }
+    }
+    // Absolute-form targets are matched on their path.
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        "GET http://web.shop:8080/public/%2e%2e/private.html HTTP/1.1\r\nHost: web.shop\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 403, "{text}");
+    denied += 1;
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        "GET http://web.shop:8080/public/..;/private.html HTTP/1.1\r\nHost: web.shop\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{text}");
+    invalid += 1;
+    // Double encoding stays literal: allowed under /public/, and the app, decoding once,
+    // looks for a directory named `%2e%2e`.
+    let (status, body) = curl(
+        &tb,
+        "shop/client",
+        &[],
+        &format!("{base}/public/%252e%252e/private.html"),
+    );
+    assert_eq!(status, 404, "{body}");
+    // What is allowed reaches the app in normal form: dot segments gone, unreserved
+    // characters decoded, slashes merged, the query untouched; absolute-form as
+    // origin-form.
+    for path in [
+        "/public/./index.html?a=..%2f&b",
+        "/public/%69ndex.html?a=..%2f&b",
+        "/public//x/../index.html?a=..%2f&b",
+    ] {
+        let (status, body) = curl(&tb, "shop/client", &[], &format!("{base}{path}"));
+        assert_eq!((status, body.as_str()), (200, "public page\n"), "{path}");
+    }
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        "GET http://web.shop:8080/public/./index.html?a=..%2f&b HTTP/1.1\r\nHost: evil.shop\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    // HTTP/2 likewise.
+    let (status, body) = curl(
+        &tb,
+        "shop/client",
+        &["--http2-prior-knowledge"],
+        &format!("{base2}/public//x/../%69ndex.html?a=..%2f&b"),
+    );
+    assert_eq!((status, body.as_str()), (200, "public page\n"));
+    let expected = "/public/index.html?a=..%2f&b";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = app_paths(&app);
+    while seen.len() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = app_paths(&app);
+    }
+    assert_eq!(
+        seen,
+        [
+            "/public/%252e%252e/private.html",
+            expected,
+            expected,
+            expected,
+            expected
+        ],
+        "what the app received:\n{}",
+        app.output()
+    );
+    assert_eq!(nginx_paths(&app2), [expected], "{}", app2.output());
+    // Each refusal counted, and logged once with the pod, the peer and the reason.
+    assert_eq!(refusals(&tb, "node-a", "policy"), denied);
+    assert_eq!(refusals(&tb, "node-a", "invalid_path"), invalid);
+    let logged = tb
+        .agent_log("node-a")
+        .into_iter()
+        .filter(|v| v["fields"]["message"] == "request refused")
+        .collect::<Vec<_>>();
+    assert_eq!(logged.len() as u64, denied + invalid);
+    let line = logged
+        .iter()
+        .find(|v| v["fields"]["refusal"] == "invalid_path")
+        .unwrap();
+    assert_eq!(line["fields"]["pod"], "shop/web", "{line}");
+    assert_eq!(
+        line["fields"]["peer_identity"],
+        format!("spiffe://{CLIENT}"),
+        "{line}"
+    );
+    assert!(
+        line["fields"]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&client_ip(&tb))),
+        "{line}"
+    );
+    assert!(
+        line["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("invalid path: ")),
+        "{line}"
+    );
+}
+
+fn client_ip(tb: &Testbed) -> String {
+    tb.pod("shop/client").ipv4.to_string()
+}
+
+/// `hosts` as Istio matches them: on the `Host`/`:authority` as sent, port included,
+/// ignoring case; one form per README example.
+#[test]
+fn hosts_match_with_their_ports_as_istio_does() {
+    let tb = Testbed::up(SPEC, true);
+    let web = tb.pod("shop/web").clone();
+    let _app = http_server(&tb, "shop/web", 8080);
+    let _app2 = h2_server(&tb, "shop/web", 8081);
+    apply(
+        &tb,
+        "hosts.yaml",
+        "
+apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: hosts, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - to:
+    - operation:
+        hosts: [web.shop, 'admin.shop:8080', 'api.shop:*', '*.example.com', 'static.*']
+",
+    );
+    let url = format!("http://{}:8080/public/index.html", web.ipv4);
+    let url2 = format!("http://{}:8081/public/index.html", web.ipv4);
+    let dst = SocketAddr::new(web.ipv4.into(), 8080);
+    for (host, allowed) in [
+        ("web.shop", true),
+        ("WEB.Shop", true),
+        ("web.shop:8080", false),
+        ("admin.shop:8080", true),
+        ("admin.shop", false),
+        ("admin.shop:9090", false),
+        ("api.shop:1234", true),
+        ("api.shop", false),
+        ("a.example.com", true),
+        ("a.example.com:8080", false),
+        ("static.shop:8080", true),
+        ("evil.shop", false),
+    ] {
+        let expected = if allowed { 200 } else { 403 };
+        let header = format!("Host: {host}");
+        for h2 in [false, true] {
+            let mut args = vec!["-H", header.as_str()];
+            let mut url = &url;
+            if h2 {
+                // curl sends the Host header as `:authority`.
+                args.push("--http2-prior-knowledge");
+                url = &url2;
+            }
+            let (status, body) = curl(&tb, "shop/client", &args, url);
+            assert_eq!(status, expected, "{host} (HTTP/2: {h2}): {body}");
+        }
+    }
+    // An absolute-form target's authority is the host, whatever `Host` says.
+    let request = |target: &str, host: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        &request("http://admin.shop:8080/public/index.html", "evil.shop"),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        &request("http://evil.shop/public/index.html", "web.shop"),
+    );
+    assert_eq!(status, 403, "{text}");
+    // Two Host headers: ambiguous, refused before policy.
+    let (status, text) = raw(
+        &tb,
+        "shop/client",
+        dst,
+        "GET /public/index.html HTTP/1.1\r\nHost: web.shop\r\nHost: evil.shop\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(refusals(&tb, "node-a", "invalid_host"), 1);
+}
+
+/// Sidecar mode serves HTTP with the same code (`proxy::destination`): the same attacks
+/// fail the same way there.
+#[test]
+fn a_sidecar_normalizes_paths_before_policy_too() {
+    let tb = Testbed::up(
+        "
+nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: client, serviceAccount: client}
+      - {namespace: shop, name: web, serviceAccount: web, mode: sidecar}
+",
+        true,
+    );
+    let web = tb.pod("shop/web").clone();
+    let app = http_server(&tb, "shop/web", 8080);
+    let file = tb.dir().join("public.yaml");
+    std::fs::write(&file, PUBLIC_ONLY).unwrap();
+    tb.ctl_ok(
+        "node-a",
+        &["policies", "apply", "-f", &file.display().to_string()],
+    );
+    tb.wait_sidecar_log("shop/web", Duration::from_secs(5), |v| {
+        v["fields"]["message"] == "policies in force" && v["fields"]["policies"] == 1
+    });
+    let base = format!("http://{}:8080", web.ipv4);
+    for &(path, expected) in HOSTILE_PATHS {
+        let (status, body) = curl(&tb, "shop/client", &[], &format!("{base}{path}"));
+        assert_eq!(status, expected, "{path}: {body}");
+    }
+    let (status, body) = curl(
+        &tb,
+        "shop/client",
+        &[],
+        &format!("{base}/public/./%69ndex.html"),
+    );
+    assert_eq!((status, body.as_str()), (200, "public page\n"));
+    let refused = tb.wait_sidecar_log("shop/web", Duration::from_secs(5), |v| {
+        v["fields"]["message"] == "request refused" && v["fields"]["refusal"] == "invalid_path"
+    });
+    assert_eq!(refused["fields"]["pod"], "shop/web", "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app_paths(&app).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(app_paths(&app), ["/public/index.html"], "{}", app.output());
 }

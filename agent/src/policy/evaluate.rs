@@ -28,9 +28,10 @@ pub struct Source<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Http<'a> {
     pub method: &'a str,
-    /// The request path; a query string or fragment is ignored.
+    /// The request path, normalized by the caller (the proxy forwards that same path); a
+    /// query string or fragment is ignored.
     pub path: &'a str,
-    /// `Host` / `:authority` as sent (with a port if it has one).
+    /// `Host` / `:authority` as sent (with a port if it has one); empty when absent.
     pub host: &'a str,
 }
 

@@ -32,9 +32,18 @@
 //!   in Istio's protobuf); `from: []`, `to: []`, an empty source or operation and empty
 //!   values are refused, as istiod refuses them.
 //! - **Strings** (principals, namespaces, methods, paths, hosts): exact `abc`, prefix
-//!   `abc*`, suffix `*abc`, or `*` for any non-empty value. Hosts ignore case and are the
-//!   `Host`/`:authority` as sent, port included; methods are case-sensitive; paths are
-//!   matched without their query string (the proxy passes the normalized path).
+//!   `abc*`, suffix `*abc`, or `*` for any non-empty value. Methods and paths are
+//!   case-sensitive.
+//! - **Hosts** ignore case and match the `Host`/`:authority` as sent, port included, as
+//!   Istio's `HostMatcher` does: `web.shop` matches `Host: web.shop` only (not
+//!   `web.shop:8080`), `web.shop:*` any port, `admin.shop:8080` that port, `*.shop` a
+//!   host without port. (The proxy refuses a request with several `Host` headers, and
+//!   turns an absolute-form target's authority into its `Host`.)
+//! - **Paths** are matched without their query string, as the caller passes them: the
+//!   proxy normalizes every HTTP request's path before asking (`proxy::http::path`:
+//!   percent-decoding of unreserved characters, dot segments removed, slashes merged;
+//!   `%2F`, `%5C`, `..;`, `\` and control characters refused with 400) and the app
+//!   receives that same path. [`PolicySet::evaluate`] itself does not normalize.
 //! - **Principals** are the peer's SPIFFE ID without `spiffe://`; `cluster.local` as the
 //!   trust domain of a `<td>/ns/<ns>/sa/<sa>` principal means the mesh's trust domain.
 //!   A plaintext peer has no principal and no namespace: `principals`/`namespaces` never

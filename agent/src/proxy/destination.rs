@@ -4,7 +4,8 @@
 //! change denies it later), and the access log line. When a policy looks at HTTP
 //! requests, the connection's protocol is detected first: HTTP is proxied request by
 //! request, each one decided (403 for a denied one, the connection lives on); anything
-//! else is decided once, as TCP.
+//! else is decided once, as TCP. Every HTTP request's target is normalized first, whether
+//! or not a policy looks at it, so the app gets the path policy would check.
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -20,7 +21,7 @@ use super::{
     authorize::{self, Peer},
     connections::NewConnection,
     copy::Abort,
-    http::RequestInfo,
+    http::{self, RequestInfo},
     pod::PodProxy,
     relay::{Decide, RequestHook, relay},
 };
@@ -77,10 +78,11 @@ pub async fn serve<S>(
     let decide: Option<Decide> = authorize::needs_http(pod).then(|| {
         let (pod, arrival) = (pod.clone(), arrival.clone());
         Box::new(move |request: &RequestInfo| {
+            // The path as normalized (the app gets the same), the authority as sent.
             let http = policy::Http {
                 method: request.method.as_str(),
                 path: request.path(),
-                host: request.host().unwrap_or(""),
+                host: request.authority.as_deref().unwrap_or(""),
             };
             authorize::check(&pod, arrival.peer(), arrival.dst.port(), Some(http)).err()
         }) as Decide
@@ -101,7 +103,19 @@ pub async fn serve<S>(
             Ok(())
         }
     };
-    let result = relay(client, app, pod.shared.buffer_bytes, hook, opaque_check).await;
+    let settings = http::Settings {
+        normalize: Some(pod.shared.escaped_slashes),
+        ..Default::default()
+    };
+    let result = relay(
+        client,
+        app,
+        pod.shared.buffer_bytes,
+        hook,
+        settings,
+        opaque_check,
+    )
+    .await;
     access::log_connection(&conn, id.as_str(), started.elapsed(), result.err());
 }
 

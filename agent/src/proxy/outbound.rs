@@ -134,8 +134,12 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     };
     let buffer = shared.buffer_bytes;
     let result = match dialed {
-        Ok((_, Upstream::Tunnel(stream, _))) => relay(app, stream, buffer, hook, || Ok(())).await,
-        Ok((_, Upstream::Plain(upstream))) => relay(app, upstream, buffer, hook, || Ok(())).await,
+        Ok((_, Upstream::Tunnel(stream, _))) => {
+            relay(app, stream, buffer, hook, Default::default(), || Ok(())).await
+        }
+        Ok((_, Upstream::Plain(upstream))) => {
+            relay(app, upstream, buffer, hook, Default::default(), || Ok(())).await
+        }
         Err((_, err)) => {
             // Refuse the app's connection as the destination refused ours.
             super::reset(app);

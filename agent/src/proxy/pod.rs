@@ -24,7 +24,7 @@ use super::{
     tunnel::PoolKey,
 };
 use crate::{
-    config::Config,
+    config::{Config, EscapedSlashes},
     identity::{Identity, SpiffeId},
     netns::Netns,
     policy::PolicySet,
@@ -52,6 +52,8 @@ pub struct Shared {
     pub buffer_bytes: usize,
     /// Connections each of a pod's listeners holds at once (`proxy.maxConnectionsPerListener`).
     pub max_connections_per_listener: usize,
+    /// HTTP requests arriving at a pod: how their paths' `%2F`/`%5C` are handled.
+    pub escaped_slashes: EscapedSlashes,
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
@@ -88,6 +90,7 @@ impl Shared {
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
             max_connections_per_listener: config.proxy.max_connections_per_listener,
+            escaped_slashes: config.proxy.http.escaped_slashes,
             node_addrs,
             connections: Registry::new(metrics),
             balancer: Default::default(),

@@ -14,11 +14,12 @@ use super::{
     app_socket::AppSocket,
     connections::Connection,
     copy::{self, Abort},
-    http::{self, DetectSettings, Hook, Report, RequestInfo, Verdict},
+    http::{self, DetectSettings, Hook, InvalidRequest, Report, RequestInfo, Verdict},
 };
 use crate::telemetry::{
     access::{self, Direction},
     metrics::Metrics,
+    refusals::Reason as Refusal,
 };
 
 /// What decides HTTP requests (e.g. policy); `None` forwards everything.
@@ -39,10 +40,19 @@ impl Hook for RequestHook {
         match self.decide.as_ref().and_then(|decide| decide(request)) {
             None => Verdict::Forward,
             Some(reason) => {
-                tracing::debug!(pod = %self.conn.pod, %reason, path = request.path(), "request denied");
+                self.refused(request, Refusal::Policy, &reason);
                 Verdict::rbac_denied()
             }
         }
+    }
+
+    fn on_invalid(&self, request: &RequestInfo, error: &InvalidRequest) {
+        let why = if error.is_path() {
+            Refusal::InvalidPath
+        } else {
+            Refusal::InvalidHost
+        };
+        self.refused(request, why, &error.to_string());
     }
 
     fn on_complete(&self, report: Report) {
@@ -64,15 +74,38 @@ impl Hook for RequestHook {
     }
 }
 
+impl RequestHook {
+    /// Counts and logs (once) a request refused at this pod: the request's own access
+    /// line follows with its status.
+    fn refused(&self, request: &RequestInfo, why: Refusal, reason: &str) {
+        let conn = &self.conn;
+        self.metrics
+            .refused(&conn.pod, conn.direction.as_str(), why);
+        tracing::info!(
+            pod = %conn.pod,
+            peer = %conn.src,
+            peer_identity = conn.peer_identity.as_deref().unwrap_or(""),
+            method = %request.method,
+            path = request.path(),
+            authority = request.authority.as_deref().unwrap_or(""),
+            refusal = why.as_str(),
+            reason,
+            "request refused"
+        );
+    }
+}
+
 /// Relays between `client` (the side that opened the connection) and `upstream`. The
 /// app's socket is `client` on an outbound connection and `upstream` on an inbound one.
 /// `opaque_check` decides a connection that turns out not to be HTTP (`Err`: the reason
-/// to refuse it; both ends are then reset).
+/// to refuse it, counted as a policy refusal; both ends are then reset). HTTP is served
+/// with `settings` (at the destination: requests normalized).
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     buffer: usize,
     hook: RequestHook,
+    settings: http::Settings,
     opaque_check: impl FnOnce() -> Result<(), String>,
 ) -> io::Result<()>
 where
@@ -87,6 +120,8 @@ where
             if let Err(reason) = opaque_check() {
                 client.abort();
                 upstream.abort();
+                hook.metrics
+                    .refused(&conn.pod, conn.direction.as_str(), Refusal::Policy);
                 conn.close(reason);
                 return Err(io::Error::new(io::ErrorKind::PermissionDenied, "refused"));
             }
@@ -101,7 +136,6 @@ where
         }
         Some(version) => {
             let hook = Arc::new(hook);
-            let settings = http::Settings::default();
             let shutdown = conn.cancel_token().clone().cancelled_owned();
             // Count on the app's socket (what detection read from it is replayed through
             // the counter, so it is counted once).
@@ -181,7 +215,14 @@ mod tests {
             local_identity: "spiffe://cluster.local/ns/shop/sa/client".into(),
             decide: None,
         };
-        let relayed = tokio::spawn(relay(client, upstream, 64 * 1024, hook, || Ok(())));
+        let relayed = tokio::spawn(relay(
+            client,
+            upstream,
+            64 * 1024,
+            hook,
+            http::Settings::default(),
+            || Ok(()),
+        ));
         let server = tokio::spawn(async move {
             let mut got = Vec::new();
             let mut buf = [0u8; 1024];

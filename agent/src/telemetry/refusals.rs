@@ -20,6 +20,12 @@ pub enum Reason {
     Handshake,
     /// One of the pod's listeners held `proxy.maxConnectionsPerListener` connections.
     ConnectionLimit,
+    /// An HTTP request whose path cannot be normalized (or must not be: `%2F`, `..;`),
+    /// answered 400 before policy.
+    InvalidPath,
+    /// An HTTP request whose host is ambiguous (several `Host` headers, or an HTTP/2
+    /// `Host` that is not its `:authority`), answered 400 before policy.
+    InvalidHost,
 }
 
 impl Reason {
@@ -31,6 +37,8 @@ impl Reason {
             Reason::AppUnreachable => "app_unreachable",
             Reason::Handshake => "handshake",
             Reason::ConnectionLimit => "connection_limit",
+            Reason::InvalidPath => "invalid_path",
+            Reason::InvalidHost => "invalid_host",
         }
     }
 }
@@ -57,6 +65,8 @@ mod tests {
         metrics.refused("shop/web", "inbound", Reason::StrictPlaintext);
         metrics.refused("shop/web", "inbound", Reason::Policy);
         metrics.refused("no-slash", "inbound", Reason::Policy);
+        metrics.refused("shop/web", "inbound", Reason::InvalidPath);
+        metrics.refused("shop/web", "inbound", Reason::InvalidHost);
         let text = metrics.encode();
         assert!(
             text.contains("# TYPE outrider_refusals_total counter"),
@@ -80,5 +90,11 @@ mod tests {
             ),
             "{text}"
         );
+        for reason in ["invalid_path", "invalid_host"] {
+            let line = format!(
+                r#"outrider_refusals_total{{namespace="shop",pod="web",direction="inbound",reason="{reason}"}} 1"#
+            );
+            assert!(text.contains(&line), "{text}");
+        }
     }
 }

@@ -16,6 +16,15 @@ fn allow_web(rule: &str) -> PolicySet {
     )])
 }
 
+/// A DENY policy for `shop/web` with one rule.
+fn deny_web(rule: &str) -> PolicySet {
+    set(&[doc(
+        "shop",
+        "deny",
+        &format!("selector: {{matchLabels: {{app: web}}}}\naction: DENY\nrules:\n- {rule}"),
+    )])
+}
+
 fn ok(set: &PolicySet, r: &Request<'_>) -> bool {
     allowed(set, "shop", WEB, r)
 }
@@ -176,6 +185,85 @@ fn methods_paths_hosts() {
     let s = allow_web("to: [{operation: {notHosts: ['admin.*']}}]");
     assert!(ok(&s, &http(c(), "GET", "/", "web.shop")));
     assert!(!ok(&s, &http(c(), "GET", "/", "ADMIN.shop")));
+}
+
+/// `hosts` as Istio's (its `HostMatcher`: exact, prefix or suffix, ignoring case, on the
+/// `Host`/`:authority` as sent, port included): a host written without a port matches only
+/// a request without one, `x:*` any port, `x:8080` that port.
+#[test]
+fn hosts_match_the_authority_with_its_port_as_istio() {
+    let c = || mtls(CLIENT, "198.19.1.5", 80);
+    let table: &[(&str, &[(&str, bool)])] = &[
+        (
+            "web.shop",
+            &[
+                ("web.shop", true),
+                ("WEB.Shop", true),
+                ("web.shop:8080", false),
+                ("web.shop.", false),
+                ("admin.shop", false),
+                ("", false),
+            ],
+        ),
+        (
+            "admin.shop:8080",
+            &[
+                ("admin.shop:8080", true),
+                ("ADMIN.SHOP:8080", true),
+                ("admin.shop", false),
+                ("admin.shop:9090", false),
+                ("admin.shop:80800", false),
+            ],
+        ),
+        (
+            "web.shop:*",
+            &[
+                ("web.shop:8080", true),
+                ("web.shop:1", true),
+                ("web.shop", false),
+                ("web.shopx:80", false),
+            ],
+        ),
+        (
+            "*.shop",
+            &[
+                ("web.shop", true),
+                ("a.b.SHOP", true),
+                ("shop", false),
+                ("web.shop:8080", false),
+            ],
+        ),
+        (
+            "*.shop:8080",
+            &[("web.shop:8080", true), ("web.shop", false)],
+        ),
+        (
+            "web.*",
+            &[
+                ("web.shop", true),
+                ("web.shop:8080", true),
+                ("webshop", false),
+            ],
+        ),
+        (
+            "[fd00::1]:8080",
+            &[("[FD00::1]:8080", true), ("[fd00::1]", false)],
+        ),
+        ("*", &[("anything:1", true), ("", false)]),
+    ];
+    for (pattern, cases) in table {
+        let s = allow_web(&format!("to: [{{operation: {{hosts: ['{pattern}']}}}}]"));
+        let deny = deny_web(&format!("to: [{{operation: {{notHosts: ['{pattern}']}}}}]"));
+        for &(host, yes) in *cases {
+            let request = http(c(), "GET", "/", host);
+            assert_eq!(ok(&s, &request), yes, "hosts: [{pattern}] vs {host:?}");
+            assert_eq!(
+                ok(&deny, &request),
+                yes,
+                "DENY notHosts: [{pattern}] vs {host:?}"
+            );
+        }
+    }
 }
 
 #[test]

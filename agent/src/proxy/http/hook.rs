@@ -1,6 +1,7 @@
 //! The caller's say in each request: [`Hook::on_request`] sees the request's method,
 //! target, authority and version before anything goes to the app and answers
-//! [`Verdict::Forward`] or [`Verdict::Deny`]; [`Hook::on_complete`] gets a [`Report`]
+//! [`Verdict::Forward`] or [`Verdict::Deny`]; [`Hook::on_invalid`] hears of a request
+//! refused (400) before that, its target not normalizable; [`Hook::on_complete`] gets a [`Report`]
 //! once the exchange is over (status, body bytes both ways, duration, what failed).
 //! Called inline on the request path: keep both cheap (no I/O, no blocking locks).
 use std::time::Duration;
@@ -8,13 +9,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
+use super::InvalidRequest;
+
 /// Policy and telemetry for the requests of one proxied connection. Usually one value
 /// per connection (holding the peer's identity and shared tables), behind an `Arc`;
 /// `dyn Hook` works too.
 pub trait Hook: Send + Sync + 'static {
     /// Decides whether the request goes to the app.
     fn on_request(&self, request: &RequestInfo, headers: &HeaderMap) -> Verdict;
-    /// Called exactly once per request seen by `on_request`, when its exchange ended:
+    /// Called instead of `on_request` for a request refused with 400 before policy: its
+    /// path or host cannot be put in the one form policy checks (see `target`).
+    /// `request` is as received.
+    fn on_invalid(&self, _request: &RequestInfo, _error: &InvalidRequest) {}
+    /// Called exactly once per request seen by `on_request` or `on_invalid`, when its exchange ended:
     /// the response body was sent in full, failed, or the client went away (for an
     /// upgraded connection: when the upgraded streams closed).
     fn on_complete(&self, report: Report);
@@ -40,14 +47,22 @@ impl Verdict {
             body: Bytes::from_static(b"RBAC: access denied"),
         }
     }
+
+    /// 400 with the reason, for a request whose target cannot be normalized.
+    pub fn bad_request(error: &InvalidRequest) -> Self {
+        Self::Deny {
+            status: StatusCode::BAD_REQUEST,
+            body: Bytes::from(format!("Bad Request: {error}")),
+        }
+    }
 }
 
 /// The parts of a request that policy and telemetry look at.
 #[derive(Clone, Debug)]
 pub struct RequestInfo {
     pub method: Method,
-    /// As received: origin-form (`/path?q`) in HTTP/1, with scheme and authority in
-    /// HTTP/2.
+    /// Origin-form (`/path?q`) in HTTP/1, with scheme and authority in HTTP/2; at the
+    /// destination, normalized (as the app gets it) unless the request was refused.
     pub uri: Uri,
     /// `:authority` (HTTP/2, or an absolute-form HTTP/1 target), else the `Host` header.
     pub authority: Option<String>,

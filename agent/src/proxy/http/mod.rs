@@ -7,8 +7,10 @@
 //!    [`Prefixed`] streams (`prefixed`), to be replayed.
 //! 2. [`serve`] (`server`): for HTTP, hyper serves the client and a hyper client
 //!    connection of the same version carries each request to the app (`upstream`),
-//!    through the per-request logic in `service`: the caller's [`Hook`] (`hook`) allows
-//!    or denies each request and gets a [`Report`] when it is over (`exchange`); bodies
+//!    through the per-request logic in `service`: at the destination, each request's
+//!    target is first normalized (`target`, `path`: what policy checks is what the app
+//!    gets; a path that cannot be is refused with 400); the caller's [`Hook`] (`hook`)
+//!    allows or denies each request and gets a [`Report`] when it is over (`exchange`); bodies
 //!    stream with back-pressure (`body`); HTTP/1 upgrades are spliced (`upgrade`).
 //!    Opaque connections are the caller's to copy (e.g. `proxy::copy`, which takes the
 //!    `Prefixed` streams).
@@ -29,10 +31,12 @@ mod detect;
 mod error;
 mod exchange;
 mod hook;
+pub mod path;
 mod prefixed;
 mod server;
 mod service;
 mod settings;
+mod target;
 mod upgrade;
 mod upstream;
 
@@ -46,4 +50,5 @@ pub use {
     prefixed::Prefixed,
     server::serve,
     settings::{DetectSettings, Settings},
+    target::InvalidRequest,
 };

@@ -1,6 +1,7 @@
-//! What happens to one request: the hook decides; a denied request gets the hook's
+//! What happens to one request: its target is normalized when the settings say so (a
+//! request that cannot be is answered 400, the hook told); the hook decides; a denied request gets the hook's
 //! answer (in HTTP/1 after reading away a small body, so the connection can go on); a
-//! forwarded one goes to the app with its head as received (method, target, `Host` or
+//! forwarded one goes to the app with its head as received (method, target as normalized, `Host` or
 //! `:authority`, headers, header case in HTTP/1) and its body streamed; the app's
 //! response comes back the same way. When the app fails before answering, the client
 //! gets 503 (connection failed or closed: `UC`) or 502 (not HTTP: `UPE`), and in
@@ -30,7 +31,7 @@ use super::{
     Failure, Hook, HttpVersion, RequestInfo, Settings, Verdict,
     body::{RequestBody, ResponseBody},
     exchange::{BodyProgress, Exchange},
-    upgrade,
+    target, upgrade,
     upstream::Upstream,
 };
 
@@ -79,9 +80,19 @@ impl<H: Hook + ?Sized> hyper::service::Service<Request<Incoming>> for Proxy<H> {
 impl<H: Hook + ?Sized> Shared<H> {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody<H>> {
         let started = Instant::now();
+        let normalized = match self.settings.normalize {
+            Some(escaped_slashes) => target::normalize(&mut request, self.version, escaped_slashes),
+            None => Ok(()),
+        };
         let info = RequestInfo::from_request(&request);
         let progress = Arc::new(BodyProgress::default());
-        let verdict = self.hook.on_request(&info, request.headers());
+        let verdict = match normalized {
+            Ok(()) => self.hook.on_request(&info, request.headers()),
+            Err(err) => {
+                self.hook.on_invalid(&info, &err);
+                Verdict::bad_request(&err)
+            }
+        };
         let head = info.method == Method::HEAD;
         // Dropped unfinished (this future dropped: the client went away before the
         // response's head), the exchange reports itself.

@@ -2,6 +2,8 @@
 //! ([`DetectSettings`]) and how the HTTP/1 and HTTP/2 ends are tuned ([`Settings`]).
 use std::time::Duration;
 
+use super::path::EscapedSlashes;
+
 /// How protocol detection waits for the client's first bytes.
 #[derive(Clone, Debug)]
 pub struct DetectSettings {
@@ -44,6 +46,11 @@ pub struct Settings {
     pub deny_drain_bytes: usize,
     /// HTTP/1: how long draining a denied request's body may take.
     pub deny_drain_timeout: Duration,
+    /// `Some`: each request's target is normalized (`target`, `path`) before the hook
+    /// sees it and the app gets the result, with this handling of `%2F`/`%5C`; one that
+    /// cannot be is refused with 400. `None`: requests go on as received (the source
+    /// side: the destination's agent normalizes).
+    pub normalize: Option<EscapedSlashes>,
 }
 
 /// hyper's floor for `max_buf_size`.
@@ -57,6 +64,7 @@ impl Default for Settings {
             max_concurrent_streams: 256,
             deny_drain_bytes: 64 * 1024,
             deny_drain_timeout: Duration::from_secs(1),
+            normalize: None,
         }
     }
 }

@@ -346,3 +346,78 @@ async fn a_denied_head_request_gets_no_body() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// With normalization on (as at a destination): the hook and the app see the normal form,
+/// a path that has none is answered 400 without reaching either, and the connection
+/// carries on.
+#[tokio::test]
+async fn paths_are_normalized_before_the_hook_and_the_app() {
+    let (app, accepted) = app(HttpVersion::Http1).await;
+    let settings = Settings {
+        normalize: Some(super::super::path::EscapedSlashes::RejectRequest),
+        ..Settings::default()
+    };
+    let mut proxy = TestProxy::with_settings(app, DetectSettings::default(), settings).await;
+    let mut client = h1_client(proxy.addr).await;
+    let mut answers = Vec::new();
+    for path in [
+        "/ok/../deny/x?q=%2e%2e",
+        "/ok/%2e%2e/ok2?q=%2e%2e",
+        "/ok/..%2fdeny",
+        "/ok/..;/deny",
+        "//ok/./%61",
+    ] {
+        client.ready().await.unwrap();
+        let response = client
+            .send_request(request(Method::GET, path, empty()))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    assert_eq!(
+        answers,
+        [
+            (403, "RBAC: access denied".to_owned()),
+            (200, "GET /ok2 host=svc.test:8080 HTTP/1.1".to_owned()),
+            (
+                400,
+                "Bad Request: invalid path: the path holds an encoded `/` or `\\` (%2F, %5C)"
+                    .to_owned()
+            ),
+            (
+                400,
+                "Bad Request: invalid path: the path holds a `.` or `..` segment with `;` parameters"
+                    .to_owned()
+            ),
+            (200, "GET /ok/a host=svc.test:8080 HTTP/1.1".to_owned()),
+        ]
+    );
+    let seen: Vec<String> = proxy.seen().iter().map(|r| r.uri.to_string()).collect();
+    assert_eq!(
+        seen,
+        ["/deny/x?q=%2e%2e", "/ok2?q=%2e%2e", "/ok/a"],
+        "only normalized requests reach the hook"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one app connection throughout"
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let report = proxy.report().await;
+        statuses.push((report.status.as_u16(), report.denied));
+    }
+    assert_eq!(
+        statuses,
+        [
+            (403, true),
+            (200, false),
+            (400, true),
+            (400, true),
+            (200, false)
+        ]
+    );
+}

@@ -84,6 +84,14 @@ impl TestProxy {
     }
 
     async fn with(app: SocketAddr, detect_settings: DetectSettings) -> Self {
+        Self::with_settings(app, detect_settings, Settings::default()).await
+    }
+
+    async fn with_settings(
+        app: SocketAddr,
+        detect_settings: DetectSettings,
+        settings: Settings,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -96,8 +104,12 @@ impl TestProxy {
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let app = TcpStream::connect(app).await.unwrap();
-                let (hook, handled_tx, detect_settings) =
-                    (hook2.clone(), handled_tx.clone(), detect_settings.clone());
+                let (hook, handled_tx, detect_settings, settings) = (
+                    hook2.clone(),
+                    handled_tx.clone(),
+                    detect_settings.clone(),
+                    settings.clone(),
+                );
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let detected = detect(client, app, &detect_settings).await;
@@ -108,7 +120,7 @@ impl TestProxy {
                             detected.app,
                             version,
                             hook,
-                            &Settings::default(),
+                            &settings,
                             std::future::pending(),
                         )
                         .await
