@@ -46,6 +46,8 @@ pub struct Shared {
     pub backlog: u32,
     pub connect_timeout: Duration,
     pub buffer_bytes: usize,
+    /// The agent's own ports (`capture.reservedPorts`): no tunnel CONNECT may reach them.
+    pub reserved_ports: Vec<u16>,
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
@@ -81,6 +83,7 @@ impl Shared {
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
+            reserved_ports: config.capture.reserved_ports.clone(),
             node_addrs,
             connections: Registry::new(metrics),
             balancer: Default::default(),

@@ -18,6 +18,9 @@ pub enum Reason {
     AppUnreachable,
     /// A tunnel whose peer did not complete mutual TLS with an accepted identity.
     Handshake,
+    /// A tunnel CONNECT to one of the agent's reserved ports (`capture.reservedPorts`),
+    /// which no peer may reach through a tunnel (as ztunnel refuses them).
+    ReservedPort,
 }
 
 impl Reason {
@@ -28,6 +31,7 @@ impl Reason {
             Reason::NotThePods => "not_the_pods",
             Reason::AppUnreachable => "app_unreachable",
             Reason::Handshake => "handshake",
+            Reason::ReservedPort => "reserved_port",
         }
     }
 }
