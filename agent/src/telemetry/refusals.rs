@@ -21,6 +21,9 @@ pub enum Reason {
     /// A tunnel CONNECT to one of the agent's reserved ports (`capture.reservedPorts`),
     /// which no peer may reach through a tunnel (as ztunnel refuses them).
     ReservedPort,
+    /// An app's connect that the kernel refused (`capture.failPolicy: fail-closed`)
+    /// because its original destination could not be recorded: a map insert failed.
+    KernelMapInsert,
 }
 
 impl Reason {
@@ -32,6 +35,7 @@ impl Reason {
             Reason::AppUnreachable => "app_unreachable",
             Reason::Handshake => "handshake",
             Reason::ReservedPort => "reserved_port",
+            Reason::KernelMapInsert => "kernel_map_insert",
         }
     }
 }
