@@ -12,6 +12,13 @@
 //! start) the connect is still steered to the closed port and refused — `fail-closed` —
 //! unless the settings say `fail-open`: then a connect whose pod has no outbound
 //! listener goes where the app asked, unmeshed.
+//!
+//! Likewise when the original destination cannot be recorded (the insert into
+//! `SOCK_ORIG` fails): the connect is counted for the pod (`POD_COUNTERS`) and refused
+//! with EPERM (`fail-closed`) or let through unmeshed (`fail-open`); never steered
+//! without its record, never passed unsteered under `fail-closed`. (An `ORIG_DST` insert
+//! that fails in sockops leaves the steered connection without a record: the agent then
+//! resets it.)
 use agent_ebpf::{DenyKey, FAMILY_V4, FAMILY_V6, OrigDst, OrigDstKey};
 use aya_ebpf::{
     EbpfContext,
@@ -29,9 +36,12 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 
-use crate::maps::{
-    ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, POLICY_DENY, RESERVED_PORTS,
-    SETTINGS, SOCK_ORIG, fail_open, is_agent,
+use crate::{
+    counters::atomic_add,
+    maps::{
+        ENROLLED, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_DST, POD_COUNTERS, POLICY_DENY,
+        RESERVED_PORTS, SETTINGS, SOCK_ORIG, fail_open, insert_flags, is_agent,
+    },
 };
 
 const ALLOW: i32 = 1;
@@ -61,7 +71,7 @@ pub fn or_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
-        return ALLOW;
+        return unrecorded(pod_id);
     }
     unsafe {
         core::ptr::write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes([127, 0, 0, 1]));
@@ -99,7 +109,7 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
             return ALLOW;
         }
         if !remember(&ctx, addr, port, FAMILY_V4, pod_id) {
-            return ALLOW;
+            return unrecorded(pod_id);
         }
         [
             0,
@@ -118,7 +128,7 @@ pub fn or_connect6(ctx: SockAddrContext) -> i32 {
             return ALLOW;
         }
         if !remember(&ctx, ip, port, FAMILY_V6, pod_id) {
-            return ALLOW;
+            return unrecorded(pod_id);
         }
         [0, 0, 0, 1u32.to_be()]
     };
@@ -262,7 +272,18 @@ fn remember(ctx: &SockAddrContext, addr: [u8; 16], port: u16, family: u16, pod_i
         family,
         pod_id,
     };
-    SOCK_ORIG.insert(cookie, orig, 0).is_ok()
+    SOCK_ORIG.insert(cookie, orig, insert_flags()).is_ok()
+}
+
+/// A connect whose original destination could not be recorded: counted for the pod;
+/// refused (EPERM, the verdict's default error) under `fail-closed`, let through to
+/// where the app asked, unmeshed, under `fail-open`.
+#[inline(always)]
+fn unrecorded(pod_id: u32) -> i32 {
+    if let Some(counters) = POD_COUNTERS.get_ptr_mut(pod_id) {
+        unsafe { atomic_add(&raw mut (*counters).unsteered_connects, 1) };
+    }
+    if fail_open() { ALLOW } else { DENY }
 }
 
 #[sock_ops]

@@ -69,7 +69,7 @@ fn count(ctx: &SkBuffContext, egress: bool) {
 /// `*ptr += value` as one BPF atomic add (`lock *(u64 *)(ptr + 0) += value`); Rust offers
 /// no `fetch_add` on this target.
 #[inline(always)]
-unsafe fn atomic_add(ptr: *mut u64, value: u64) {
+pub(crate) unsafe fn atomic_add(ptr: *mut u64, value: u64) {
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({ptr} + 0) += {value}",

@@ -71,7 +71,8 @@ pub struct DenyKey {
 /// traffic that crosses an enrolled pod's network interface (never its loopback).
 pub const MAP_POD_COUNTERS: &str = "POD_COUNTERS";
 
-/// Traffic counters of one pod (value of `POD_COUNTERS`, per CPU; userspace sums them).
+/// Counters of one pod (value of `POD_COUNTERS`, per CPU; userspace sums them): its
+/// traffic, and its connects the kernel could not steer.
 ///
 /// What crosses the pod's network interface, never its loopback: `rx` came in, `tx` went
 /// out. Counted at the sockets of the pod's network namespace (`cgroup_skb`): the app's
@@ -89,6 +90,10 @@ pub struct PodCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Connects of the pod's apps whose original destination could not be recorded (a
+    /// map insert failed): refused under `fail-closed`, let through unmeshed under
+    /// `fail-open`. Counted by connect4/6, not cgroup_skb.
+    pub unsteered_connects: u64,
 }
 
 /// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
@@ -154,11 +159,16 @@ pub struct OrigDstKey {
 /// [`Settings::flags`]: when the agent is gone (its in-pod listeners closed, as after a
 /// crash), let pods' traffic flow unmeshed instead of refusing it (`fail-open`).
 pub const SETTINGS_FAIL_OPEN: u16 = 1;
+/// [`Settings::flags`], testing only (the agent never sets it): connect4/6 record the
+/// original destination with invalid map flags, so the insert fails in the kernel as it
+/// would in a broken or exhausted map. End-to-end tests set it in the pinned `SETTINGS`
+/// map to show that such a connect fails closed and is counted.
+pub const SETTINGS_TEST_FAIL_INSERTS: u16 = 2;
 
 /// Version of the maps' layout: the agent pins its maps under a directory named for it,
 /// so that an agent never reuses maps whose keys or values it reads differently. Raise
 /// it whenever a map's key, value or size changes.
-pub const MAPS_LAYOUT: u32 = 1;
+pub const MAPS_LAYOUT: u32 = 2;
 
 /// Agent-wide settings the programs read (value of `SETTINGS[0]`).
 #[repr(C)]

@@ -1,7 +1,8 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
 use agent_ebpf::{
-    DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, SETTINGS_FAIL_OPEN, Settings,
+    DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, SETTINGS_FAIL_OPEN,
+    SETTINGS_TEST_FAIL_INSERTS, Settings,
 };
 use aya_ebpf::{
     macros::map,
@@ -67,4 +68,14 @@ pub fn fail_open() -> bool {
     SETTINGS
         .get(0)
         .is_some_and(|s| s.flags & SETTINGS_FAIL_OPEN != 0)
+}
+
+/// Flags for inserting into a steering map: none, or invalid ones when a test asks for
+/// the insert to fail ([`SETTINGS_TEST_FAIL_INSERTS`]).
+#[inline(always)]
+pub fn insert_flags() -> u64 {
+    match SETTINGS.get(0) {
+        Some(s) if s.flags & SETTINGS_TEST_FAIL_INSERTS != 0 => 1 << 63,
+        _ => 0,
+    }
 }

@@ -476,3 +476,186 @@ fn a_socket_bound_to_the_pod_ip_before_connect_is_captured() {
         is_access(v, "shop/client", dst)
     });
 }
+
+/// Runs `change` on the `flags` of the settings node `node`'s kernel programs read,
+/// through the map the agent pinned (as an operator with bpftool could).
+fn kernel_flags(tb: &Testbed, node: &str, change: impl FnOnce(u16) -> u16) {
+    use aya::maps::{Array, Map, MapData};
+    let agent = tb.node(node).agent.clone().unwrap();
+    let config = outrider::config::Config::load(&agent.config).unwrap();
+    let pins = outrider::dataplane::pins::Pins::open(&config.capture.pin_dir(&config.instance));
+    let path = pins.unwrap().maps_dir().join(agent_ebpf::MAP_SETTINGS);
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut settings: Array<MapData, agent_ebpf::Settings> =
+        Array::try_from(Map::Array(data)).unwrap();
+    let mut value = settings.get(&0, 0).unwrap();
+    value.flags = change(value.flags);
+    settings.set(0, value, 0).unwrap();
+}
+
+/// `count` connects from `pod` to `dst` in a tight loop; the error of each that failed
+/// (empty for those that connected).
+fn connects(tb: &Testbed, pod: &str, dst: SocketAddr, count: usize) -> Vec<String> {
+    let script = format!(
+        "import socket\n\
+         for _ in range({count}):\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(('{ip}', {port}), timeout=5).close()\n\
+         \x20       print('')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(e.strerror)\n",
+        ip = dst.ip(),
+        port = dst.port()
+    );
+    let out = tb.exec(pod, &["python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `outrider_refusals_total` of shop/client for a kernel map insert, once it reaches
+/// `want` (the agent reads the kernel's counters every second).
+fn wait_kernel_refusals(tb: &Testbed, want: u64) -> String {
+    let sample = r#"outrider_refusals_total{namespace="shop",pod="client",direction="outbound",reason="kernel_map_insert"} "#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = tb.scrape("node-a");
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(sample))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if value == want || Instant::now() > deadline {
+            assert_eq!(value, want, "{metrics}");
+            return metrics;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_failed_kernel_map_insert_refuses_the_connect_under_fail_closed() {
+    let tb = Testbed::up(SPEC, true);
+    let client = tb.pod("shop/client").clone();
+    let db = tb.pod("data/db").clone();
+    let _db_server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
+    let dst = SocketAddr::new(db.ipv4.into(), 7000);
+    let dst6 = SocketAddr::new(db.ipv6.into(), 7000);
+    assert_eq!(
+        peer_seen_by_server(&tb, "shop/client", dst),
+        IpAddr::from(client.ipv4)
+    );
+
+    // Fail-closed (the default): while the original destination cannot be recorded,
+    // every connect fails at once with EPERM, on both families; none reaches db, so
+    // nothing leaves the pod unsteered. Counted per pod, logged once for the burst.
+    let mark = tb.log_mark("node-a");
+    kernel_flags(&tb, "node-a", |f| {
+        f | agent_ebpf::SETTINGS_TEST_FAIL_INSERTS
+    });
+    let mut errors = connects(&tb, "shop/client", dst, 10);
+    errors.extend(connects(&tb, "shop/client", dst6, 10));
+    assert_eq!(errors.len(), 20);
+    for error in &errors {
+        assert_eq!(error, "Operation not permitted", "{errors:?}");
+    }
+    wait_kernel_refusals(&tb, 20);
+    let lines: Vec<Value> = tb
+        .agent_log("node-a")
+        .into_iter()
+        .skip(mark)
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connects refused in the kernel"))
+        })
+        .collect();
+    assert!(
+        lines.iter().all(|v| v["fields"]["pod"] == "shop/client"),
+        "{lines:?}"
+    );
+    let logged: u64 = lines
+        .iter()
+        .map(|v| v["fields"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(logged, 20, "{lines:?}");
+    assert!(
+        lines.len() <= 4,
+        "one line per burst, not per connect: {lines:?}"
+    );
+    assert!(
+        !tb.agent_log("node-a")
+            .iter()
+            .skip(mark)
+            .any(|v| is_access(v, "shop/client", dst) || is_access(v, "shop/client", dst6)),
+        "nothing reached the agent either"
+    );
+
+    // Once inserts work again, so do connects, captured as before.
+    kernel_flags(&tb, "node-a", |f| {
+        f & !agent_ebpf::SETTINGS_TEST_FAIL_INSERTS
+    });
+    let marker = SocketAddr::new(db.ipv6.into(), 7000);
+    assert_eq!(
+        peer_seen_by_server(&tb, "shop/client", marker),
+        IpAddr::from(client.ipv6)
+    );
+    tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        is_access(v, "shop/client", marker)
+    });
+}
+
+#[test]
+fn under_fail_open_a_failed_kernel_map_insert_lets_the_connect_through_unmeshed() {
+    let spec = format!("{SPEC}agent:\n  capture: {{failPolicy: fail-open}}\n");
+    let tb = Testbed::up(&spec, true);
+    let client = tb.pod("shop/client").clone();
+    let db = tb.pod("data/db").clone();
+    let _db_server = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
+    let dst = SocketAddr::new(db.ipv4.into(), 7000);
+
+    // As before this change: the connect goes where the app asked, unmeshed (db sees the
+    // pod's address, the agent sees nothing); logged, not counted as a refusal.
+    let mark = tb.log_mark("node-a");
+    kernel_flags(&tb, "node-a", |f| {
+        f | agent_ebpf::SETTINGS_TEST_FAIL_INSERTS
+    });
+    assert_eq!(
+        peer_seen_by_server(&tb, "shop/client", dst),
+        IpAddr::from(client.ipv4)
+    );
+    let line = tb.wait_log_after("node-a", mark, Duration::from_secs(5), |v| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("connects let through unmeshed"))
+    });
+    assert_eq!(line["fields"]["pod"], "shop/client", "{line}");
+    assert_eq!(line["fields"]["count"], 1, "{line}");
+    assert!(
+        !tb.agent_log("node-a")
+            .iter()
+            .skip(mark)
+            .any(|v| is_access(v, "shop/client", dst)),
+        "the unmeshed connect never reached the agent"
+    );
+    assert!(
+        !tb.scrape("node-a")
+            .contains(r#"reason="kernel_map_insert""#),
+        "not a refusal"
+    );
+
+    // Once inserts work again, connects are captured again.
+    kernel_flags(&tb, "node-a", |f| {
+        f & !agent_ebpf::SETTINGS_TEST_FAIL_INSERTS
+    });
+    peer_seen_by_server(&tb, "shop/client", dst);
+    tb.wait_log_after("node-a", mark, Duration::from_secs(5), |v| {
+        is_access(v, "shop/client", dst)
+    });
+}

@@ -453,3 +453,207 @@ fn certificates_rotate_under_continuous_traffic_without_losing_bytes() {
         assert!(renewals >= 3, "{node}: {sa} renewed {renewals} times");
     }
 }
+
+/// A tunnel to `dst_ip:15008` made by hand from inside `pod`'s network namespace (not
+/// its cgroup: nothing steers it), presenting a valid mesh certificate for
+/// `ns/shop/sa/client` and expecting `ns/data/sa/db` — what any holder of a mesh
+/// certificate can do, sending whatever CONNECTs and headers it likes.
+async fn hand_made_tunnel(
+    tb: &Testbed,
+    pod: &str,
+    dst_ip: std::net::IpAddr,
+) -> outrider::proxy::hbone::Client {
+    use outrider::{config::IdentityConfig, identity::Identity, netns::Netns, proxy::hbone};
+    let identity = Identity::from_config(&IdentityConfig {
+        ca_dir: tb.state.ca_dir.clone(),
+        ..IdentityConfig::default()
+    })
+    .unwrap();
+    let me = identity.workload_id("shop", "client").unwrap();
+    identity.manager().ensure(&me);
+    identity.manager().ready(&me).await.unwrap();
+    let db = identity.workload_id("data", "db").unwrap();
+    let config = identity.client_config(&me, &db).unwrap();
+    let addr = SocketAddr::new(dst_ip, 15008);
+    let netns = Netns::open(&tb.pod(pod).netns).unwrap();
+    let tcp = netns
+        .tcp_socket(addr, 0)
+        .unwrap()
+        .connect(addr)
+        .await
+        .unwrap();
+    let server = rustls::pki_types::ServerName::IpAddress(dst_ip.into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server, tcp)
+        .await
+        .unwrap();
+    hbone::handshake(tls, &hbone::Settings::default())
+        .await
+        .unwrap()
+}
+
+/// The status a CONNECT was answered with (200 when the stream opened).
+async fn connect_status(
+    client: &outrider::proxy::hbone::Client,
+    request: &outrider::proxy::hbone::ConnectRequest,
+) -> (u16, Option<outrider::proxy::hbone::H2Stream>) {
+    match client.connect(request).await {
+        Ok(stream) => (200, Some(stream)),
+        Err(e) => (
+            e.status()
+                .map(|s| s.as_u16())
+                .unwrap_or_else(|| panic!("{e}")),
+            None,
+        ),
+    }
+}
+
+async fn echo_over(stream: &mut outrider::proxy::hbone::H2Stream, text: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(text.as_bytes()).await.unwrap();
+    let mut back = vec![0; text.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .expect("no echo in 5 s")
+        .unwrap();
+    String::from_utf8(back).unwrap()
+}
+
+/// The value of the sample of `metrics` whose name and labels start with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|rest| rest.rsplit(' ').next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn a_forged_forwarded_header_decides_nothing_and_reserved_ports_are_refused() {
+    use outrider::proxy::hbone::ConnectRequest;
+    let tb = Testbed::up(SPEC, true);
+    let db = tb.pod("data/db").clone();
+    let web = tb.pod("shop/web").clone();
+    let outsider = tb.pod("shop/outsider").clone();
+    let vault = tb.pod("secure/vault").clone();
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let app = SocketAddr::new(db.ipv4.into(), 7000);
+
+    // db admits web's IP only.
+    let mark = tb.log_mark("node-b");
+    std::fs::write(
+        tb.state.policy_dir.join("by-ip.yaml"),
+        format!(
+            "
+apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: web-ip-only, namespace: data}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{ipBlocks: ['{}/32']}}}}]
+",
+            web.ipv4
+        ),
+    )
+    .unwrap();
+    tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v| {
+        v["fields"]["message"] == "policies loaded"
+    });
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // The outsider, holding a mesh certificate, claims to be web: denied, and the
+        // access line names its real address.
+        let mark = tb.log_mark("node-b");
+        let forged = hand_made_tunnel(&tb, "shop/outsider", db.ipv4.into()).await;
+        let request = ConnectRequest::new(app).with_source(web.ipv4.into());
+        let (status, _) = connect_status(&forged, &request).await;
+        assert_eq!(
+            status, 403,
+            "a forged `forwarded` must not pass an ipBlocks rule"
+        );
+        let line = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v| {
+            access(v, "inbound", app)
+        });
+        let src: SocketAddr = line["fields"]["src"].as_str().unwrap().parse().unwrap();
+        assert_eq!(src.ip(), std::net::IpAddr::from(outsider.ipv4), "{line}");
+        assert!(
+            line["fields"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("RBAC: access denied"),
+            "{line}"
+        );
+
+        // From web's own address the rule admits the tunnel, whatever `forwarded` claims
+        // (here: vault), and metrics name web.
+        let tunnel = hand_made_tunnel(&tb, "shop/web", db.ipv4.into()).await;
+        let claims_vault = ConnectRequest::new(app).with_source(vault.ipv4.into());
+        let (status, long) = connect_status(&tunnel, &claims_vault).await;
+        assert_eq!(status, 200);
+        let mut long = long.unwrap();
+        assert_eq!(echo_over(&mut long, "from web\n").await, "from web\n");
+
+        // Every reserved port of db is refused with 503, on the same tunnel as the
+        // stream above, which carries on, and a new stream opens after them.
+        let reserved = [15001, 15006, 15008, 15020, 15021, 15090];
+        for port in reserved {
+            let mark = tb.log_mark("node-b");
+            let to = SocketAddr::new(db.ipv4.into(), port);
+            let (status, _) = connect_status(&tunnel, &ConnectRequest::new(to)).await;
+            assert_eq!(status, 503, "CONNECT to {to}");
+            let line = tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v| {
+                access(v, "inbound", to)
+            });
+            assert!(
+                line["fields"]["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("reserved for the agent"),
+                "{line}"
+            );
+            assert_eq!(
+                echo_over(&mut long, &format!("after {port}\n")).await,
+                format!("after {port}\n")
+            );
+        }
+        let (status, fresh) = connect_status(&tunnel, &ConnectRequest::new(app)).await;
+        assert_eq!(status, 200);
+        assert_eq!(echo_over(&mut fresh.unwrap(), "fresh\n").await, "fresh\n");
+    });
+
+    let metrics = tb.scrape("node-b");
+    let refusals =
+        r#"outrider_refusals_total{namespace="data",pod="db",direction="inbound",reason="#;
+    assert_eq!(
+        sample(&metrics, &format!(r#"{refusals}"reserved_port"}}"#)).as_deref(),
+        Some("6"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, &format!(r#"{refusals}"policy"}}"#)).as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    let opened: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains(r#"reporter="destination""#)
+                && l.contains(r#"destination_workload="db""#)
+        })
+        .collect();
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains(r#"source_workload="web""#)),
+        "{opened:#?}"
+    );
+    assert!(
+        !opened
+            .iter()
+            .any(|l| l.contains(r#"source_workload="vault""#)),
+        "{opened:#?}"
+    );
+}

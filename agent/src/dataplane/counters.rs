@@ -109,6 +109,7 @@ fn sum<'a>(values: impl Iterator<Item = &'a PodCounters>) -> PodCounters {
         rx_bytes: total.rx_bytes.wrapping_add(c.rx_bytes),
         tx_packets: total.tx_packets.wrapping_add(c.tx_packets),
         tx_bytes: total.tx_bytes.wrapping_add(c.tx_bytes),
+        unsteered_connects: total.unsteered_connects.wrapping_add(c.unsteered_connects),
     })
 }
 
@@ -123,12 +124,14 @@ mod tests {
             rx_bytes: 100,
             tx_packets: 2,
             tx_bytes: 200,
+            unsteered_connects: 1,
         };
         let b = PodCounters {
             rx_packets: 3,
             rx_bytes: 300,
             tx_packets: 4,
             tx_bytes: u64::MAX,
+            unsteered_connects: 2,
         };
         let total = sum([a, b].iter());
         assert_eq!(
@@ -138,6 +141,7 @@ mod tests {
                 rx_bytes: 400,
                 tx_packets: 6,
                 tx_bytes: 199,
+                unsteered_connects: 3,
             }
         );
         assert_eq!(sum([].iter()), PodCounters::default());

@@ -174,6 +174,8 @@ pub struct Dataplane {
     /// Pods enrolled by an earlier agent (network namespace cookie → pod id), until the
     /// first enrollment after start claims or drops them.
     adoptable: std::collections::HashMap<u64, u32>,
+    /// `capture.failPolicy: fail-open`, as the programs were told.
+    fail_open: bool,
     /// Holds the programs; dropped last.
     ebpf: Ebpf,
 }
@@ -329,6 +331,7 @@ impl Dataplane {
             counters,
             pins,
             adoptable,
+            fail_open: config.capture.fail_policy == FailPolicy::FailOpen,
             ebpf,
         })
     }
@@ -435,6 +438,12 @@ impl Dataplane {
     /// Zeroes the pod's traffic counters: for a pod id given to a new pod.
     pub fn reset_pod_counters(&mut self, pod_id: u32) -> Result<(), DataplaneError> {
         self.counters.reset(pod_id)
+    }
+
+    /// True when the programs let pods' traffic through unmeshed rather than refuse it
+    /// (`capture.failPolicy: fail-open`).
+    pub fn fails_open(&self) -> bool {
+        self.fail_open
     }
 
     pub fn orig_dst(&self) -> OrigDstTable {

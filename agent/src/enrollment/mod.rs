@@ -43,7 +43,11 @@ use crate::{
         pod::{Fd, PodRecord},
     },
     restart::{HandoverRequest, PodSockets},
-    telemetry::{access::Direction, metrics::PodLabels},
+    telemetry::{
+        access::Direction,
+        metrics::{Metrics, PodLabels},
+        refusals::Reason,
+    },
     workloads::{Mode, Workload, WorkloadKey, WorkloadSet},
 };
 
@@ -53,6 +57,8 @@ struct EnrolledPod {
     proxy: Arc<PodProxy>,
     /// The kernel counters as last exported: sent/received bytes, sent/received packets.
     exported: [u64; 4],
+    /// The kernel's count of connects it could not steer, as last reported.
+    unsteered_seen: u64,
     pod_id: u32,
     since: SystemTime,
     listeners: PodListeners,
@@ -523,6 +529,7 @@ impl Enrollment {
             key,
             EnrolledPod {
                 exported: [0; 4],
+                unsteered_seen: 0,
                 proxy: pod,
                 pod_id,
                 since: SystemTime::now(),
@@ -601,6 +608,16 @@ impl Enrollment {
             };
             let now = [c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets];
             metrics.pod_counters(&labels, &mut pod.exported, now);
+            let unsteered = c.unsteered_connects.saturating_sub(pod.unsteered_seen);
+            pod.unsteered_seen = c.unsteered_connects;
+            if unsteered > 0 {
+                report_unsteered(
+                    &metrics,
+                    &pod.proxy.key,
+                    unsteered,
+                    self.dataplane.fails_open(),
+                );
+            }
         }
     }
 
@@ -662,6 +679,19 @@ impl Enrollment {
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
         // `pod` drops here: its listeners close; established connections run on.
+    }
+}
+
+/// Reports the connects of `pod` the kernel could not steer since the last look (one
+/// line a pod per look, however many): refusals under `fail-closed`, counted in
+/// `outrider_refusals_total`; unmeshed connections under `fail-open`.
+fn report_unsteered(metrics: &Metrics, pod: &str, count: u64, fail_open: bool) {
+    let why = "their original destination could not be recorded (a kernel map insert failed)";
+    if fail_open {
+        tracing::warn!(%pod, count, "connects let through unmeshed (fail-open): {why}");
+    } else {
+        tracing::warn!(%pod, count, "connects refused in the kernel (fail-closed): {why}");
+        metrics.refused_many(pod, "outbound", Reason::KernelMapInsert, count);
     }
 }
 

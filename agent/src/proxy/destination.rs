@@ -39,8 +39,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Arrival {
     pub transport: Transport,
-    /// Where it came from: the source pod's IP for tunnels (from `forwarded`), the
-    /// client's address for plaintext.
+    /// Where it came from: the TCP peer — for tunnels the source pod's IP (never what
+    /// the `forwarded` header claims), for plaintext the client's address.
     pub src: SocketAddr,
     /// The pod's address and port it is for.
     pub dst: SocketAddr,

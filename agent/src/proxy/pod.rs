@@ -54,6 +54,8 @@ pub struct Shared {
     pub max_connections_per_listener: usize,
     /// HTTP requests arriving at a pod: how their paths' `%2F`/`%5C` are handled.
     pub escaped_slashes: EscapedSlashes,
+    /// The agent's own ports (`capture.reservedPorts`): no tunnel CONNECT may reach them.
+    pub reserved_ports: Vec<u16>,
     /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
     /// served even in strict mode.
     pub node_addrs: Vec<IpAddr>,
@@ -91,6 +93,7 @@ impl Shared {
             buffer_bytes: config.proxy.buffer_bytes,
             max_connections_per_listener: config.proxy.max_connections_per_listener,
             escaped_slashes: config.proxy.http.escaped_slashes,
+            reserved_ports: config.capture.reserved_ports.clone(),
             node_addrs,
             connections: Registry::new(metrics),
             balancer: Default::default(),

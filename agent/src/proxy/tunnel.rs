@@ -229,13 +229,11 @@ struct Deliver {
 
 impl Deliver {
     fn arrival(&self, inbound: &Inbound) -> Arrival {
-        // The source pod's IP as its agent reports it in `forwarded` (the tunnel's own
-        // source is that pod's IP too, as the tunnel is made from inside the pod).
+        // The source is the tunnel's TCP peer: the source pod's IP, as tunnels are made
+        // from inside the pod (ours, ztunnel's in-pod mode, sidecars). `forwarded` is
+        // only what the peer claims and decides nothing: any holder of a mesh
+        // certificate can write it.
         let request = inbound.request();
-        let src = request
-            .source
-            .map(|ip| SocketAddr::new(ip, self.peer.port()))
-            .unwrap_or(self.peer);
         // The Service the source says it dialed, believed only when this pod is one of
         // its endpoints (a peer cannot label its traffic with another Service).
         let service = request
@@ -246,7 +244,7 @@ impl Deliver {
             .map(|s| ServiceName::of(&s));
         Arrival {
             transport: Transport::Hbone,
-            src,
+            src: self.peer,
             dst: inbound.authority,
             peer: Some(self.peer_id.clone()),
             service,
@@ -265,12 +263,27 @@ impl Handler for Deliver {
             destination::log_refused(&self.pod, &arrival, started.elapsed(), why, reason);
             status
         };
-        tracing::debug!(pod = %self.pod.key, peer = %self.peer_id, %dst, stream = inbound.stream_id, "CONNECT");
+        // What the peer claims in `forwarded`, for the log only.
+        let claimed_src = inbound.request().source;
+        tracing::debug!(pod = %self.pod.key, peer = %self.peer_id, src = %self.peer,
+            claimed_src = ?claimed_src, %dst, stream = inbound.stream_id, "CONNECT");
         if !self.pod.owns(dst.ip()) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 Reason::NotThePods,
                 format!("CONNECT to {dst}, which is not an address of this pod"),
+            ));
+        }
+        // The agent's own ports are not the app's: 503, as ztunnel answers a CONNECT to
+        // its ports (its `SelfCall`).
+        if self.pod.shared.reserved_ports.contains(&dst.port()) {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::ReservedPort,
+                format!(
+                    "CONNECT to {dst}: port {} is reserved for the agent",
+                    dst.port()
+                ),
             ));
         }
         if !authorize::needs_http(&self.pod) {

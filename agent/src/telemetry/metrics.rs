@@ -393,6 +393,11 @@ impl Metrics {
 
     /// Counts a refusal protecting `pod` (`namespace/name`).
     pub fn refused(&self, pod: &str, direction: &'static str, reason: Reason) {
+        self.refused_many(pod, direction, reason, 1);
+    }
+
+    /// Counts `n` refusals at once (e.g. what the kernel counted since the last look).
+    pub fn refused_many(&self, pod: &str, direction: &'static str, reason: Reason, n: u64) {
         let (namespace, pod) = pod.split_once('/').unwrap_or(("", pod));
         self.refusals
             .get_or_create(&RefusalLabels {
@@ -401,7 +406,7 @@ impl Metrics {
                 direction,
                 reason: reason.as_str(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Adds a pod's kernel counters' growth since the last call (`last`, updated).

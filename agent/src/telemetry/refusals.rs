@@ -26,6 +26,12 @@ pub enum Reason {
     /// An HTTP request whose host is ambiguous (several `Host` headers, or an HTTP/2
     /// `Host` that is not its `:authority`), answered 400 before policy.
     InvalidHost,
+    /// A tunnel CONNECT to one of the agent's reserved ports (`capture.reservedPorts`),
+    /// which no peer may reach through a tunnel (as ztunnel refuses them).
+    ReservedPort,
+    /// An app's connect that the kernel refused (`capture.failPolicy: fail-closed`)
+    /// because its original destination could not be recorded: a map insert failed.
+    KernelMapInsert,
 }
 
 impl Reason {
@@ -39,6 +45,8 @@ impl Reason {
             Reason::ConnectionLimit => "connection_limit",
             Reason::InvalidPath => "invalid_path",
             Reason::InvalidHost => "invalid_host",
+            Reason::ReservedPort => "reserved_port",
+            Reason::KernelMapInsert => "kernel_map_insert",
         }
     }
 }
