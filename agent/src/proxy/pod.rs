@@ -19,6 +19,7 @@ use super::{
     balance::Balancer,
     connections::Registry,
     hbone::{Pool, PoolConfig},
+    probes::KubeletProbes,
     steering::Steering,
     tunnel::PoolKey,
 };
@@ -46,9 +47,9 @@ pub struct Shared {
     pub backlog: u32,
     pub connect_timeout: Duration,
     pub buffer_bytes: usize,
-    /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
-    /// served even in strict mode.
-    pub node_addrs: Vec<IpAddr>,
+    /// Tells the kubelet's probes, the only plaintext a strict pod serves; without it
+    /// strict pods serve no plaintext at all.
+    pub kubelet: Option<Arc<dyn KubeletProbes>>,
     /// Every live proxied connection of the node.
     pub connections: Registry,
     /// Active connections per Service endpoint, and client affinities.
@@ -69,7 +70,7 @@ impl Shared {
         steering: Steering,
         directory: Directory,
         identity: Identity,
-        node_addrs: Vec<IpAddr>,
+        kubelet: Option<Arc<dyn KubeletProbes>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -81,7 +82,7 @@ impl Shared {
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
             buffer_bytes: config.proxy.buffer_bytes,
-            node_addrs,
+            kubelet,
             connections: Registry::new(metrics),
             balancer: Default::default(),
             node: config.node_name.clone(),
