@@ -26,8 +26,11 @@ pub const MAP_INBOUND_V4: &str = "INBOUND_V4";
 pub const MAP_INBOUND_V6: &str = "INBOUND_V6";
 /// SockMap: [`inbound_slot`] → the pod's `:15006` listener.
 pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+/// Map: [`ProbeKey`] → the kubelet socket's cookie (u64); the kubelet's live TCP
+/// connections, recorded by `or_kubelet_ops` on the kubelet's cgroup (see `kubelet.rs`).
+pub const MAP_KUBELET_CONNS: &str = "KUBELET_CONNS";
 /// Every map, for pinning.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_ENROLLED,
     MAP_ORIG_DST,
     MAP_SOCK_ORIG,
@@ -41,6 +44,7 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_INBOUND_LISTENERS,
     MAP_POLICY_DENY,
     MAP_POD_COUNTERS,
+    MAP_KUBELET_CONNS,
 ];
 
 /// Pods per node the inbound slots can hold (pod ids are below this).
@@ -115,6 +119,8 @@ pub const CGROUP_PROGRAMS: [&str; 7] = [
     PROG_SKB_INGRESS,
     PROG_SKB_EGRESS,
 ];
+/// `sock_ops` on the kubelet's cgroup only (`capture.kubeletCgroup`), never the pods'.
+pub const PROG_KUBELET_OPS: &str = "or_kubelet_ops";
 /// Every program of ours starts with this.
 pub const PROG_PREFIX: &str = "or_";
 
@@ -156,6 +162,22 @@ pub struct OrigDstKey {
     pub _pad: u32,
 }
 
+/// Key of `KUBELET_CONNS`: one TCP connection the kubelet opened, as the pod's side sees
+/// it on accept — the kubelet's address and port (`src`), the pod's (`dst`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeKey {
+    /// Address bytes in network order; IPv4 uses the first 4 (IPv4-mapped IPv6 is V4).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports, host order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u16,
+    pub _pad: u16,
+}
+
 /// [`Settings::flags`]: when the agent is gone (its in-pod listeners closed, as after a
 /// crash), let pods' traffic flow unmeshed instead of refusing it (`fail-open`).
 pub const SETTINGS_FAIL_OPEN: u16 = 1;
@@ -194,4 +216,5 @@ mod user {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::DenyKey {}
     unsafe impl aya::Pod for super::PodCounters {}
+    unsafe impl aya::Pod for super::ProbeKey {}
 }

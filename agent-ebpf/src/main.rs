@@ -8,6 +8,8 @@
 //! - `guard`: `cgroup/bind4`, `cgroup/bind6` keep apps off the agent's reserved ports.
 //! - `inbound`: `sk_lookup`, per pod namespace, steers plaintext arriving for the pod to
 //!   the agent's `:15006` listener in it.
+//! - `kubelet`: `sock_ops` on the kubelet's cgroup records the kubelet's TCP connections
+//!   so that strict pods can tell its probes from other plaintext.
 //! - `maps`: every map, named by the constants in the shared library.
 //!
 //! On the host this file compiles to an empty program so that `cargo` commands over the
@@ -24,6 +26,8 @@ mod counters;
 mod guard;
 #[cfg(target_arch = "bpf")]
 mod inbound;
+#[cfg(target_arch = "bpf")]
+mod kubelet;
 #[cfg(target_arch = "bpf")]
 mod maps;
 

@@ -1,7 +1,7 @@
 //! Every map the kernel programs use. Sizes bound kernel memory; LRU maps evict the
 //! oldest hand-over entries should an agent never collect them.
 use agent_ebpf::{
-    DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, SETTINGS_FAIL_OPEN,
+    DenyKey, MAX_PODS, OrigDst, OrigDstKey, PodCounters, PodEntry, ProbeKey, SETTINGS_FAIL_OPEN,
     SETTINGS_TEST_FAIL_INSERTS, Settings,
 };
 use aya_ebpf::{
@@ -47,6 +47,9 @@ pub static INBOUND_LISTENERS: SockMap = SockMap::with_max_entries(MAX_PODS * 2, 
 
 #[map(name = "POD_COUNTERS")]
 pub static POD_COUNTERS: PerCpuArray<PodCounters> = PerCpuArray::with_max_entries(MAX_PODS, 0);
+
+#[map(name = "KUBELET_CONNS")]
+pub static KUBELET_CONNS: LruHashMap<ProbeKey, u64> = LruHashMap::with_max_entries(65_536, 0);
 
 /// True when the current socket belongs to the agent: by its mark or its cgroup.
 #[inline(always)]

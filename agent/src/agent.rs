@@ -103,13 +103,15 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         .unwrap_or_default();
     let dataplane = Dataplane::load(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let node_addrs = node_addresses();
+    let kubelet = dataplane.kubelet_probes();
     let shared = Arc::new(Shared::new(
         &config,
         Steering::Kernel(dataplane.orig_dst()),
         Directory::new(&config.workloads.cluster_domain),
         identity.clone(),
-        node_addrs.clone(),
+        kubelet
+            .clone()
+            .map(|t| Arc::new(t) as Arc<dyn crate::proxy::probes::KubeletProbes>),
         metrics.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
@@ -131,7 +133,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
             identity,
             workloads: workloads.clone(),
             policies: policies.clone(),
-            node_addrs,
+            kubelet,
             proc_root: config
                 .workloads
                 .kubernetes
@@ -291,21 +293,4 @@ fn merge(
         }
     });
     rx
-}
-
-/// The node's own addresses (the agent runs in the node's network namespace).
-fn node_addresses() -> Vec<std::net::IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        tracing::warn!("cannot list the node's addresses; strict mode will refuse probes");
-        return Vec::new();
-    };
-    addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|s| std::net::IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())))
-        })
-        .filter(|ip| !ip.is_loopback())
-        .collect()
 }

@@ -147,6 +147,12 @@ pub struct CaptureConfig {
     /// links, under `<pinRoot>/<instance>`, so that they outlive the agent and the next
     /// one picks them up. Must be on a bpf filesystem. Default `/sys/fs/bpf/outrider`.
     pub pin_root: PathBuf,
+    /// The kubelet's cgroup (absolute, or relative to `cgroup.mount`), e.g.
+    /// `system.slice/kubelet.service`. A `sock_ops` program attached there records the
+    /// kubelet's own TCP connections, and a pod in a strict namespace serves plaintext
+    /// only to those (its health probes). It must neither contain the pods' cgroup nor lie
+    /// below it. Default none: strict pods serve no plaintext at all, probes included.
+    pub kubelet_cgroup: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -174,6 +180,7 @@ impl Default for CaptureConfig {
             reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
             fail_policy: FailPolicy::FailClosed,
             pin_root: PathBuf::from("/sys/fs/bpf/outrider"),
+            kubelet_cgroup: None,
         }
     }
 }
@@ -687,6 +694,11 @@ mod tests {
         assert_eq!(
             config.admin.socket_path(&config.instance),
             Path::new("/run/outrider/admin.sock")
+        );
+        assert_eq!(
+            config.capture.kubelet_cgroup.as_deref(),
+            Some(Path::new("system.slice/kubelet.service")),
+            "strict pods serve the kubelet's probes"
         );
     }
 

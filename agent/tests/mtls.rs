@@ -169,17 +169,80 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     // From an enrolled pod the strict namespace is reached through the tunnel.
     let (ok, back) = tb.echo("shop/client", to_vault, "meshed");
     assert!(ok && back == "meshed");
-    // The node itself (kubelet's probes) is still served in strict mode.
+    // The kubelet's probes, from its own cgroup in the node, are still served in strict
+    // mode, over IPv4 and IPv6.
+    for ipv6 in [false, true] {
+        let (ok, back) = tb.kubelet_probe("node-b", "secure/vault", (7000, ipv6), "probe");
+        assert!(
+            ok && back == "probe",
+            "the kubelet's probe (ipv6: {ipv6}): {back:?}"
+        );
+    }
+    let to_vault6 = SocketAddr::new(vault.ipv6.into(), 7000);
+    for dst in [to_vault, to_vault6] {
+        // Served: logged as plaintext without an error.
+        tb.wait_log("node-b", Duration::from_secs(5), |v| {
+            access(v, "inbound", dst)
+                && v["fields"]["transport"] == "plaintext"
+                && v["fields"]["error"].is_null()
+        });
+    }
+
+    // The node's own address is no pass: from the node's network namespace but outside
+    // the kubelet's cgroup (a host-network pod, a node-local process) plaintext is reset.
     let node = tb.node("node-b").clone();
-    let probe = format!(
+    let from_node = format!(
         "printf ping | nsenter --net={} socat -t5 -T5 STDIO TCP4:{to_vault}",
         node.netns.display()
     );
-    let out = Command::new("sh").args(["-c", &probe]).output().unwrap();
+    let out = Command::new("sh")
+        .args(["-c", &from_node])
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ping",
-        "a probe from the node"
+        "",
+        "plaintext from the node outside the kubelet's cgroup"
+    );
+    // Nor is traffic the node NATs to its own address (NodePort or LoadBalancer with
+    // externalTrafficPolicy: Cluster, hairpin): the outsider's plaintext, SNATed by
+    // node-b to its address, arrives from the node's address and is reset.
+    let snat = format!(
+        "nsenter --net={} iptables -t nat -I POSTROUTING -s {} -d {} -j SNAT --to-source {}",
+        node.netns.display(),
+        tb.pod("shop/outsider").ipv4,
+        vault.ipv4,
+        node.ipv4
+    );
+    let out = Command::new("sh").args(["-c", &snat]).output().unwrap();
+    assert!(out.status.success(), "{snat}: {out:?}");
+    let (ok, back) = tb.echo("shop/outsider", to_vault, "natted");
+    assert!(!ok || back.is_empty(), "NATed plaintext served: {back:?}");
+    let natted = tb.wait_log("node-b", Duration::from_secs(5), |v| {
+        access(v, "inbound", to_vault)
+            && v["fields"]["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{}:", node.ipv4)))
+    });
+    assert!(
+        natted["fields"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("strict"),
+        "{natted}"
+    );
+    // Each refusal counted and logged once: the outsider, the node, the NATed outsider.
+    let refused_lines = tb
+        .agent_log("node-b")
+        .iter()
+        .filter(|v| access(v, "inbound", to_vault) && !v["fields"]["error"].is_null())
+        .count();
+    assert_eq!(refused_lines, 3);
+    let metrics = tb.scrape("node-b");
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"outrider_refusals_total{namespace="secure",pod="vault",direction="inbound",reason="strict_plaintext"} 3"#),
+        "{metrics}"
     );
 }
 

@@ -135,11 +135,12 @@ fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection()
     assert!(report["long_blocks"].as_u64().unwrap() > 150, "{report}");
 
     for (node, mark, pods) in [("node-a", mark_a, 2), ("node-b", mark_b, 1)] {
-        // The pinned cgroup links were switched to the new programs in place.
+        // The pinned cgroup links (the pods' seven and the kubelet's) were switched to
+        // the new programs in place.
         let attached = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
             v["fields"]["message"] == "kernel programs attached"
         });
-        assert_eq!(attached["fields"]["links_reused"], 7, "{attached}");
+        assert_eq!(attached["fields"]["links_reused"], 8, "{attached}");
         assert_eq!(attached["fields"]["pods_to_adopt"], pods, "{attached}");
         let took = tb.wait_log_after(node, mark, Duration::from_secs(5), |v: &Value| {
             v["fields"]["message"] == "took the running agent's sockets over"
@@ -339,7 +340,8 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
     reap(pid, Duration::from_secs(10));
     let (ok, _) = tb.echo("shop/client", db, "no agent");
     assert!(!ok, "traffic flowed with no agent under fail-closed");
-    for link in agent_ebpf::CGROUP_PROGRAMS {
+    let kubelet = [agent_ebpf::PROG_KUBELET_OPS];
+    for link in agent_ebpf::CGROUP_PROGRAMS.iter().chain(&kubelet) {
         assert!(
             pins.join("links").join(link).exists(),
             "{link} is not pinned"

@@ -183,6 +183,38 @@ fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
     let error = refused["fields"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("strict"), "{refused}");
 
+    // The kubelet's probe, from its cgroup in node-b, is served: db's sidecar asks
+    // node-b's agent, which saw the kubelet open it.
+    let (ok, back) = tb.kubelet_probe("node-b", "data/db", (7000, false), "probe");
+    assert!(ok && back == "probe", "the kubelet's probe: {back:?}");
+    tb.wait_sidecar_log("data/db", Duration::from_secs(5), |v| {
+        access(v, "inbound", dst)
+            && v["fields"]["transport"] == "plaintext"
+            && v["fields"]["error"].is_null()
+    });
+    let node = tb.node("node-b").clone();
+    // The same from node-b's network namespace, outside the kubelet's cgroup, is not.
+    let from_node = format!(
+        "printf plain | nsenter --net={} socat -t5 -T5 STDIO TCP4:{dst}",
+        node.netns.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &from_node])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "plaintext from the node"
+    );
+    let log = std::fs::read_to_string(tb.sidecar_log_path("data/db")).unwrap();
+    let refusals = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| access(v, "inbound", dst) && !v["fields"]["error"].is_null())
+        .count();
+    assert_eq!(refusals, 2, "the outsider and the node, each logged once");
+
     // Through the tunnel it is served.
     let (ok, back) = tb.echo("shop/client", dst, "meshed");
     assert!(ok && back == "meshed", "{back:?}");

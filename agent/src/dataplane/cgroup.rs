@@ -12,8 +12,12 @@ use crate::config::CgroupConfig;
 pub enum CgroupError {
     #[error("no cgroup v2 mount found in /proc/self/mountinfo; set cgroup.mount")]
     NoMount,
-    #[error("cgroup.attach: {path}: {reason}")]
-    Attach { path: PathBuf, reason: String },
+    #[error("{key}: {path}: {reason}")]
+    Attach {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("the agent's own cgroup {path}: {reason}")]
     Own { path: PathBuf, reason: String },
 }
@@ -66,17 +70,29 @@ fn unescape(s: &str) -> String {
 
 /// The attach cgroup as an absolute path, checked.
 pub fn resolve_attach(config: &CgroupConfig) -> Result<PathBuf, CgroupError> {
-    let mount = mount(config)?;
     let attach = config.attach.clone().ok_or_else(|| CgroupError::Attach {
+        key: "cgroup.attach",
         path: PathBuf::new(),
         reason: "not set".into(),
     })?;
-    let path = if attach.is_absolute() {
-        attach
+    resolve(config, &attach, "cgroup.attach")
+}
+
+/// The cgroup `path` (absolute, or relative to the mount) as a canonical absolute path,
+/// checked to be a cgroup v2 directory below the mount's root; `key` names the setting.
+pub fn resolve(
+    config: &CgroupConfig,
+    path: &Path,
+    key: &'static str,
+) -> Result<PathBuf, CgroupError> {
+    let mount = mount(config)?;
+    let path = if path.is_absolute() {
+        path.to_path_buf()
     } else {
-        mount.join(attach)
+        mount.join(path)
     };
     let err = |reason: &str| CgroupError::Attach {
+        key,
         path: path.clone(),
         reason: reason.to_string(),
     };

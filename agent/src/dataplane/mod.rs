@@ -7,6 +7,7 @@
 pub mod cgroup;
 mod counters;
 mod inbound;
+mod kubelet;
 pub mod pins;
 
 use std::{
@@ -37,6 +38,7 @@ pub use cgroup::{CgroupError, own_cgroup_id, resolve_attach};
 use counters::CounterTable;
 use inbound::InboundSteering;
 pub use inbound::PodInbound;
+pub use kubelet::ProbeTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -170,6 +172,8 @@ pub struct Dataplane {
     /// What `policy_deny` holds now.
     denied: std::collections::HashSet<DenyKey>,
     counters: CounterTable,
+    /// The kubelet's live connections, when `capture.kubeletCgroup` is set.
+    kubelet: Option<ProbeTable>,
     pins: pins::Pins,
     /// Pods enrolled by an earlier agent (network namespace cookie → pod id), until the
     /// first enrollment after start claims or drops them.
@@ -295,6 +299,8 @@ impl Dataplane {
             agent_cgroup.as_deref(),
         )?;
         reused += counters_reused;
+        let (kubelet, kubelet_reused) = kubelet::load(&mut ebpf, &pins, config, &attach)?;
+        reused += usize::from(kubelet_reused);
 
         let enrolled: HashMap<MapData, u64, PodEntry> =
             HashMap::try_from(take_map(&mut ebpf, MAP_ENROLLED)?).map_err(map_err(MAP_ENROLLED))?;
@@ -312,6 +318,9 @@ impl Dataplane {
         let denied = policy_deny.keys().filter_map(|k| k.ok()).collect();
         let mut programs: Vec<&str> = agent_ebpf::CGROUP_PROGRAMS.to_vec();
         programs.push(agent_ebpf::PROG_SK_LOOKUP);
+        if kubelet.is_some() {
+            programs.push(agent_ebpf::PROG_KUBELET_OPS);
+        }
         pins.prune(&programs);
         tracing::info!(
             cgroup = %attach.display(),
@@ -329,6 +338,7 @@ impl Dataplane {
             policy_deny,
             denied,
             counters,
+            kubelet,
             pins,
             adoptable,
             fail_open: config.capture.fail_policy == FailPolicy::FailOpen,
@@ -444,6 +454,11 @@ impl Dataplane {
     /// (`capture.failPolicy: fail-open`).
     pub fn fails_open(&self) -> bool {
         self.fail_open
+    }
+
+    /// The kubelet's live connections (None without `capture.kubeletCgroup`).
+    pub fn kubelet_probes(&self) -> Option<ProbeTable> {
+        self.kubelet.clone()
     }
 
     pub fn orig_dst(&self) -> OrigDstTable {

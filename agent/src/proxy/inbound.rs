@@ -1,7 +1,8 @@
 //! Inbound plaintext: connections from outside the mesh to the pod's ports, handed to
 //! the pod's `:15006` listener by the `sk_lookup` program. The local address is where
-//! the client was going. Strict mode refuses them (a reset), except from the node itself
-//! (kubelet's health probes); permissive mode delivers them to the app.
+//! the client was going. Strict mode refuses them (a reset), except the kubelet's own
+//! health probes as the kernel marked them (`probes`), whatever their source address;
+//! permissive mode delivers them to the app.
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -44,7 +45,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             format!("{dst} is not an address of the pod"),
         );
     }
-    if pod.mtls() == MtlsMode::Strict && !pod.shared.node_addrs.contains(&peer.ip()) {
+    if pod.mtls() == MtlsMode::Strict && !kubelet_probe(&pod, peer, dst).await {
         return refuse(
             client,
             Reason::StrictPlaintext,
@@ -63,5 +64,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     match deliver::to_app(&pod, dst).await {
         Ok(app) => destination::serve(&pod, arrival, client, app, started).await,
         Err(err) => refuse(client, Reason::AppUnreachable, err.to_string()),
+    }
+}
+
+/// True when the connection from `peer` to `dst` is one of the kubelet's probes.
+async fn kubelet_probe(pod: &PodProxy, peer: SocketAddr, dst: SocketAddr) -> bool {
+    match &pod.shared.kubelet {
+        Some(kubelet) => kubelet.take(peer, dst).await,
+        None => false,
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod pod;
+pub mod probes;
 pub mod relay;
 pub mod route;
 pub mod steering;

@@ -20,6 +20,7 @@ use super::{
     balance::Balancer,
     connections::Registry,
     hbone::{Pool, PoolConfig},
+    probes::KubeletProbes,
     steering::Steering,
     tunnel::PoolKey,
 };
@@ -56,9 +57,9 @@ pub struct Shared {
     pub escaped_slashes: EscapedSlashes,
     /// The agent's own ports (`capture.reservedPorts`): no tunnel CONNECT may reach them.
     pub reserved_ports: Vec<u16>,
-    /// Addresses of the node itself: plaintext from them (kubelet's health probes) is
-    /// served even in strict mode.
-    pub node_addrs: Vec<IpAddr>,
+    /// Tells the kubelet's probes, the only plaintext a strict pod serves; without it
+    /// strict pods serve no plaintext at all.
+    pub kubelet: Option<Arc<dyn KubeletProbes>>,
     /// Every live proxied connection of the node.
     pub connections: Registry,
     /// Active connections per Service endpoint, and client affinities.
@@ -79,7 +80,7 @@ impl Shared {
         steering: Steering,
         directory: Directory,
         identity: Identity,
-        node_addrs: Vec<IpAddr>,
+        kubelet: Option<Arc<dyn KubeletProbes>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -94,7 +95,7 @@ impl Shared {
             max_connections_per_listener: config.proxy.max_connections_per_listener,
             escaped_slashes: config.proxy.http.escaped_slashes,
             reserved_ports: config.capture.reserved_ports.clone(),
-            node_addrs,
+            kubelet,
             connections: Registry::new(metrics),
             balancer: Default::default(),
             node: config.node_name.clone(),

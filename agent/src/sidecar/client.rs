@@ -1,8 +1,9 @@
 //! The sidecar's side of the node agent's service: dialling its socket, signing our
 //! certificate through it (a [`Signer`], so the certificate manager renews as in node
-//! mode), and following the mesh's state, reconnecting while the node agent restarts.
+//! mode), following the mesh's state, reconnecting while the node agent restarts, and
+//! asking it whether a plaintext connection is the kubelet's probe ([`NodeProbes`]).
 use std::{
-    net::IpAddr,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -18,6 +19,7 @@ use crate::{
     ctl::connect::{Target, dial},
     identity::{SignError, SignRequest, Signer, signer::SignFuture},
     policy::{AuthorizationPolicy, PolicySet},
+    proxy::probes::{Answer, KubeletProbes},
     workloads::WorkloadSet,
 };
 
@@ -33,7 +35,6 @@ pub struct Mesh {
     pub policies: Arc<PolicySet>,
     pub trust_domain: String,
     pub roots: Vec<CertificateDer<'static>>,
-    pub node_addrs: Vec<IpAddr>,
 }
 
 impl Mesh {
@@ -44,14 +45,6 @@ impl Mesh {
             serde_json::from_slice(&state.policies_json).context("the node agent's policies")?;
         let policies = PolicySet::compile(policies, &state.trust_domain, &state.root_namespace)
             .context("the node agent's policies")?;
-        let node_addrs = state
-            .node_addresses
-            .iter()
-            .map(|a| {
-                a.parse::<IpAddr>()
-                    .with_context(|| format!("node address {a:?}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
         Ok(Mesh {
             workloads,
             policies: Arc::new(policies),
@@ -61,7 +54,6 @@ impl Mesh {
                 .into_iter()
                 .map(CertificateDer::from)
                 .collect(),
-            node_addrs,
         })
     }
 }
@@ -220,5 +212,48 @@ impl Signer for NodeSigner {
 
     fn describe(&self) -> String {
         format!("the node agent at {}", self.agent.socket.display())
+    }
+}
+
+/// Asks the node agent, which sees the kubelet's connections in its kernel map, whether a
+/// plaintext connection into this pod is the kubelet's probe. Any failure answers no: a
+/// strict pod then refuses it, as it refuses all other plaintext.
+pub struct NodeProbes {
+    pub agent: NodeAgent,
+}
+
+/// How long one question may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl KubeletProbes for NodeProbes {
+    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Answer<'_> {
+        Box::pin(async move {
+            let ask = async {
+                // A fresh channel: after a restart of the node agent the old one is dead.
+                let target = Target::Socket(self.agent.socket.clone());
+                let channel = dial(&target, DIAL_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("node agent: {e}"))?;
+                let response = SidecarClient::new(channel)
+                    .check_kubelet_probe(pb::CheckKubeletProbeRequest {
+                        peer: peer.to_string(),
+                        local: local.to_string(),
+                    })
+                    .await
+                    .map_err(|s| format!("node agent: {}", s.message()))?;
+                Ok::<bool, String>(response.into_inner().kubelet)
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+                Ok(Ok(kubelet)) => kubelet,
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, %local, %error, "cannot ask the node agent whether a connection is the kubelet's probe; refusing it");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, %local, "the node agent did not say in {PROBE_TIMEOUT:?} whether a connection is the kubelet's probe; refusing it");
+                    false
+                }
+            }
+        })
     }
 }

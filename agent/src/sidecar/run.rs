@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::client::{Mesh, NodeAgent, NodeSigner};
+use super::client::{Mesh, NodeAgent, NodeProbes, NodeSigner};
 use crate::{
     config::Config,
     identity::{CertManager, Identity, RenewPolicy, SpiffeId, TrustBundle},
@@ -102,6 +102,9 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let trust = TrustBundle::new(&mesh.trust_domain, &mesh.roots)
         .context("the mesh's trust roots from the node agent")?;
     let policy = RenewPolicy::with_ttl(Duration::from_secs(config.identity.cert_ttl_seconds));
+    let probes = NodeProbes {
+        agent: agent.clone(),
+    };
     let manager = CertManager::new(Arc::new(NodeSigner { agent }), trust, policy);
     let identity = Identity::new(manager.clone());
     let metrics = Arc::new(Metrics::default());
@@ -110,7 +113,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         Steering::Redirect,
         Directory::new(&config.workloads.cluster_domain),
         identity,
-        mesh.node_addrs.clone(),
+        Some(Arc::new(probes)),
         metrics.clone(),
     ));
     apply(&shared, &mesh);

@@ -4,7 +4,13 @@
 //! caller's process, its cgroup gives the pod's UID, and only a pod of this node in
 //! `sidecar` mode is served — a certificate for its own identity only, signed by the
 //! node's CA (whose key never leaves the agent), and the mesh's state.
-use std::{net::IpAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use outrider_proto::sidecar::v1::{self as pb, sidecar_server::SidecarServer};
 use rustls::pki_types::SubjectPublicKeyInfoDer;
@@ -15,6 +21,7 @@ use tonic::{Request, Response, Status, transport::Server};
 
 use crate::{
     config::SidecarConfig,
+    dataplane::ProbeTable,
     identity::{Identity, SignError, SignRequest, SpiffeId},
     policy::PolicySet,
     unix_socket::{
@@ -38,7 +45,8 @@ pub struct SidecarService {
     pub identity: Identity,
     pub workloads: watch::Receiver<Arc<WorkloadSet>>,
     pub policies: watch::Receiver<Arc<PolicySet>>,
-    pub node_addrs: Vec<IpAddr>,
+    /// The kubelet's live connections (None without `capture.kubeletCgroup`).
+    pub kubelet: Option<ProbeTable>,
     /// Where the node's processes are seen (`/proc`; the DaemonSet runs with `hostPID`).
     pub proc_root: PathBuf,
     /// Longest lifetime signed (the agent's `identity.certTtlSeconds`).
@@ -174,7 +182,6 @@ fn warn_no_pidfd() {
 /// The mesh's state as sent to sidecars.
 fn encode(
     identity: &Identity,
-    node_addrs: &[IpAddr],
     workloads: &WorkloadSet,
     policies: &PolicySet,
 ) -> Result<pb::MeshState, Status> {
@@ -197,7 +204,6 @@ fn encode(
             .iter()
             .map(|c| c.to_vec())
             .collect(),
-        node_addresses: node_addrs.iter().map(IpAddr::to_string).collect(),
     })
 }
 
@@ -271,13 +277,11 @@ impl pb::sidecar_server::Sidecar for SidecarService {
         let mut policies = self.policies.clone();
         let first = encode(
             &self.identity,
-            &self.node_addrs,
             &workloads.borrow_and_update().clone(),
             &policies.borrow_and_update().clone(),
         )?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let identity = self.identity.clone();
-        let node_addrs = self.node_addrs.clone();
         let pod = workload.key();
         tokio::spawn(async move {
             if tx.send(Ok(first)).await.is_err() {
@@ -294,12 +298,59 @@ impl pb::sidecar_server::Sidecar for SidecarService {
                 }
                 let w = workloads.borrow_and_update().clone();
                 let p = policies.borrow_and_update().clone();
-                let state = encode(&identity, &node_addrs, &w, &p);
+                let state = encode(&identity, &w, &p);
                 if tx.send(state).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn check_kubelet_probe(
+        &self,
+        request: Request<pb::CheckKubeletProbeRequest>,
+    ) -> Result<Response<pb::CheckKubeletProbeResponse>, Status> {
+        let (workload, _) = self.attest(&request)?;
+        let request = request.into_inner();
+        let parse = |what: &str, text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|e| Status::invalid_argument(format!("{what} {text:?}: {e}")))
+        };
+        let peer = parse("peer", &request.peer)?;
+        let local = parse("local", &request.local)?;
+        if !owns(&workload.ips, local.ip()) {
+            tracing::warn!(pod = %workload.key(), %local, "sidecar asked about another pod's connection; refused");
+            return Err(Status::permission_denied(format!(
+                "{local} is not an address of pod {}",
+                workload.key()
+            )));
+        }
+        let kubelet = self
+            .kubelet
+            .as_ref()
+            .is_some_and(|table| table.take(peer, local));
+        Ok(Response::new(pb::CheckKubeletProbeResponse { kubelet }))
+    }
+}
+
+/// True when `ip` is one of the pod's addresses `ips` (IPv4-mapped IPv6 as IPv4).
+fn owns(ips: &[IpAddr], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ips.iter().any(|own| own.to_canonical() == ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sidecar_may_ask_only_about_its_own_pods_addresses() {
+        let ips: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd00:1::5".parse().unwrap()];
+        assert!(owns(&ips, "10.1.0.5".parse().unwrap()));
+        assert!(owns(&ips, "::ffff:10.1.0.5".parse().unwrap()));
+        assert!(owns(&ips, "fd00:1::5".parse().unwrap()));
+        assert!(!owns(&ips, "10.1.0.6".parse().unwrap()));
+        assert!(!owns(&[], "10.1.0.5".parse().unwrap()));
     }
 }

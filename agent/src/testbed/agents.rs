@@ -167,6 +167,7 @@ pub fn write_files(
             },
             capture: CaptureConfig {
                 pin_root: super::bpffs::path(dir, &state.prefix),
+                kubelet_cgroup: Some(super::kubelet::cgroup(node)),
                 ..base.capture.clone()
             },
             restart: RestartConfig {

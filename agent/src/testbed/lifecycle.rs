@@ -78,6 +78,7 @@ fn build(
     cgroup::create(&state.cgroup_root)?;
     for node in &state.nodes {
         cgroup::create(&agents::agent_cgroup(node))?;
+        cgroup::create(&super::kubelet::cgroup(node))?;
     }
     for pod in &state.pods {
         cgroup::create(&pod.cgroup)?;

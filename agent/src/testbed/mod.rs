@@ -7,6 +7,7 @@ mod cgroup;
 mod endpoints;
 mod exec;
 mod kube_proxy;
+pub mod kubelet;
 mod leftovers;
 mod lifecycle;
 mod net;
@@ -54,6 +55,24 @@ pub enum TestbedCommand {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
+    },
+    /// Connect to a pod as the node's kubelet probes it: from the node's network
+    /// namespace and its kubelet's cgroup. Sends --send, half-closes, prints the reply;
+    /// exits 1 if the connection fails or is reset.
+    Probe {
+        #[arg(long)]
+        state: PathBuf,
+        /// The node whose kubelet probes.
+        node: String,
+        /// The pod, as namespace/name.
+        pod: String,
+        port: u16,
+        /// What to send.
+        #[arg(long, default_value = "")]
+        send: String,
+        /// Dial the pod's IPv6 address.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Enroll a pod: set its mode to `node` in its node's workload file.
     Enroll {
@@ -107,6 +126,14 @@ pub fn run(cmd: TestbedCommand) -> anyhow::Result<ExitCode> {
             pod,
             command,
         } => exec::exec(&state, &pod, &command),
+        TestbedCommand::Probe {
+            state,
+            node,
+            pod,
+            port,
+            send,
+            ipv6,
+        } => kubelet::probe(&state, &node, &pod, port, &send, ipv6),
         TestbedCommand::Enroll { state, pod } => exec::set_enrolled(&state, &pod, true),
         TestbedCommand::Unenroll { state, pod } => exec::set_enrolled(&state, &pod, false),
         TestbedCommand::Ready {

@@ -356,6 +356,35 @@ impl Testbed {
         );
     }
 
+    /// Probes `pod`'s `port` (IPv4, or `ipv6`) as `node`'s kubelet does (`testbed
+    /// probe`: from the node's network namespace and its kubelet's cgroup): sends
+    /// `message`, returns whether the connection ended cleanly and what came back.
+    pub fn kubelet_probe(
+        &self,
+        node: &str,
+        pod: &str,
+        (port, ipv6): (u16, bool),
+        message: &str,
+    ) -> (bool, String) {
+        self.node(node);
+        self.pod(pod);
+        let mut cmd = Command::new(OUTRIDER);
+        cmd.args(["testbed", "probe", "--state"])
+            .arg(self.dir())
+            .args([node, pod, &port.to_string(), "--send", message]);
+        if ipv6 {
+            cmd.arg("--ipv6");
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run `outrider testbed probe`");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Sets the pod's mode to `node` in its node's workload file (the agent sees it
     /// within its poll interval).
     pub fn enroll(&self, pod: &str) {
