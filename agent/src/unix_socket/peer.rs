@@ -62,9 +62,10 @@ pub fn peer_pidfd(stream: &UnixStream) -> io::Result<OwnedFd> {
 }
 
 /// Whether the process behind `pidfd` is still alive (a signal 0 through the pidfd:
-/// `ESRCH` once it has exited, even if its PID was reused since). `EPERM` (an agent
-/// without `CAP_KILL` asking about another user's process, as with an unprivileged
-/// sidecar) still means it exists.
+/// `ESRCH` once it has exited, even if its PID was reused since, and only then). Other
+/// errors still mean it exists: `EPERM` for an agent without `CAP_KILL` asking about
+/// another user's process (an unprivileged sidecar), `EINVAL` for one outside the
+/// agent's PID namespace.
 pub fn alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 sends nothing; it only checks.
     let rc = unsafe {
@@ -76,7 +77,7 @@ pub fn alive(pidfd: &OwnedFd) -> bool {
             0,
         )
     };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// What a request on a [`PeerStream`] carries in its extensions.
