@@ -522,15 +522,10 @@ fn connects(tb: &Testbed, pod: &str, dst: SocketAddr, count: usize) -> Vec<Strin
 /// `outrider_refusals_total` of shop/client for a kernel map insert, once it reaches
 /// `want` (the agent reads the kernel's counters every second).
 fn wait_kernel_refusals(tb: &Testbed, want: u64) -> String {
-    let sample = r#"outrider_refusals_total{namespace="shop",pod="client",direction="outbound",reason="kernel_map_insert"} "#;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = tb.scrape("node-a");
-        let value: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(sample))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0);
+        let value = support::refusals(&metrics, "shop/client", "outbound", "kernel_map_insert");
         if value == want || Instant::now() > deadline {
             assert_eq!(value, want, "{metrics}");
             return metrics;

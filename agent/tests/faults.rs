@@ -674,14 +674,7 @@ fn flood(tb: &Testbed, pod: &str, dst: SocketAddr, count: usize) -> (support::Ba
 }
 
 fn refusals(tb: &Testbed, node: &str, pod: &str, direction: &str) -> u64 {
-    let (namespace, name) = pod.split_once('/').unwrap();
-    let want = format!(
-        r#"outrider_refusals_total{{namespace="{namespace}",pod="{name}",direction="{direction}",reason="connection_limit"}} "#
-    );
-    tb.scrape(node)
-        .lines()
-        .find_map(|l| l.strip_prefix(&want).map(|n| n.parse().unwrap()))
-        .unwrap_or(0)
+    support::refusals(&tb.scrape(node), pod, direction, "connection_limit")
 }
 
 #[test]

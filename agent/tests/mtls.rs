@@ -151,9 +151,9 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     );
     // Counted once, for the pod it protected.
     let metrics = tb.scrape("node-b");
-    assert!(
-        metrics.lines().any(|l| l
-            == r#"outrider_refusals_total{namespace="secure",pod="vault",direction="inbound",reason="strict_plaintext"} 1"#),
+    assert_eq!(
+        support::refusals(&metrics, "secure/vault", "inbound", "strict_plaintext"),
+        1,
         "{metrics}"
     );
 
@@ -239,9 +239,9 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
         .count();
     assert_eq!(refused_lines, 3);
     let metrics = tb.scrape("node-b");
-    assert!(
-        metrics.lines().any(|l| l
-            == r#"outrider_refusals_total{namespace="secure",pod="vault",direction="inbound",reason="strict_plaintext"} 3"#),
+    assert_eq!(
+        support::refusals(&metrics, "secure/vault", "inbound", "strict_plaintext"),
+        3,
         "{metrics}"
     );
 }
@@ -353,15 +353,11 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
     }
     // Each refused handshake is counted once, for the pod it protected.
     let metrics = tb.scrape("node-b");
-    let handshakes = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                r#"outrider_refusals_total{namespace="data",pod="db",direction="inbound",reason="handshake"} "#,
-            )
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert_eq!(handshakes, cases_tried.to_string(), "{metrics}");
+    assert_eq!(
+        support::refusals(&metrics, "data/db", "inbound", "handshake"),
+        cases_tried as u64,
+        "{metrics}"
+    );
 
     // The source side refuses a destination whose certificate is not the identity the
     // workload source names: tell node-a that db runs as another service account.
@@ -582,14 +578,6 @@ async fn echo_over(stream: &mut outrider::proxy::hbone::H2Stream, text: &str) ->
     String::from_utf8(back).unwrap()
 }
 
-/// The value of the sample of `metrics` whose name and labels start with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> Option<String> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(|rest| rest.rsplit(' ').next().unwrap_or_default().to_string())
-}
-
 #[test]
 fn a_forged_forwarded_header_decides_nothing_and_reserved_ports_are_refused() {
     use outrider::proxy::hbone::ConnectRequest;
@@ -687,18 +675,9 @@ spec:
     });
 
     let metrics = tb.scrape("node-b");
-    let refusals =
-        r#"outrider_refusals_total{namespace="data",pod="db",direction="inbound",reason="#;
-    assert_eq!(
-        sample(&metrics, &format!(r#"{refusals}"reserved_port"}}"#)).as_deref(),
-        Some("6"),
-        "{metrics}"
-    );
-    assert_eq!(
-        sample(&metrics, &format!(r#"{refusals}"policy"}}"#)).as_deref(),
-        Some("1"),
-        "{metrics}"
-    );
+    let refusals = |reason| support::refusals(&metrics, "data/db", "inbound", reason);
+    assert_eq!(refusals("reserved_port"), 6, "{metrics}");
+    assert_eq!(refusals("policy"), 1, "{metrics}");
     let opened: Vec<&str> = metrics
         .lines()
         .filter(|l| {

@@ -556,13 +556,7 @@ fn app_paths(app: &support::Background) -> Vec<String> {
 
 /// The value of `outrider_refusals_total` for `shop/web`, inbound, `reason`.
 fn refusals(tb: &Testbed, node: &str, reason: &str) -> u64 {
-    let series = format!(
-        r#"outrider_refusals_total{{namespace="shop",pod="web",direction="inbound",reason="{reason}"}} "#
-    );
-    tb.scrape(node)
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    support::refusals(&tb.scrape(node), "shop/web", "inbound", reason)
 }
 
 /// An HTTP/2 server (nginx, cleartext with prior knowledge only) in `pod` on `port`,

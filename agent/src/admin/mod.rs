@@ -127,7 +127,7 @@ pub async fn start(
         config.max_connections,
         Duration::from_millis(config.preface_timeout_ms),
     );
-    let incoming = accept_loop(listener, admission, stop.clone(), |s| s);
+    let incoming = accept_loop(listener, admission, stop.clone());
     tokio::spawn(socket::serve(
         incoming,
         tower::Layer::layer(&callers_only, routes.clone()),

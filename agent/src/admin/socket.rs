@@ -65,7 +65,7 @@ pub async fn serve<S, B>(
             }
             None => return,
         };
-        let info: UdsConnectInfo = io.connect_info();
+        let info: UdsConnectInfo = io.connect_info().uds;
         let service = service
             .clone()
             .map_request(move |mut request: http::Request<Incoming>| {
@@ -134,7 +134,7 @@ mod tests {
             let listener = UnixListener::bind(&path).unwrap();
             let stop = CancellationToken::new();
             let admission = Admission::new("admin socket", 8, Duration::from_secs(5));
-            let incoming = accept_loop(listener, admission, stop.clone(), |s| s);
+            let incoming = accept_loop(listener, admission, stop.clone());
             let seen = Seen::default();
             let log = seen.clone();
             let service = tower::service_fn(move |request: http::Request<Body>| {

@@ -26,7 +26,7 @@ use crate::{
     policy::PolicySet,
     unix_socket::{
         admission::{Admission, accept_loop},
-        peer::{self, PeerInfo, PeerStream},
+        peer::{self, PeerInfo},
     },
     workloads::{Mode, Workload, WorkloadSet, kubernetes::sandbox::pod_uid_from_cgroup_path},
 };
@@ -85,13 +85,9 @@ pub fn start(
         "sidecar socket",
         config.max_connections,
         Duration::from_millis(config.preface_timeout_ms),
-    );
-    let incoming = ReceiverStream::new(accept_loop(
-        listener,
-        admission,
-        stop.clone(),
-        PeerStream::new,
-    ));
+    )
+    .pinning_peers();
+    let incoming = ReceiverStream::new(accept_loop(listener, admission, stop.clone()));
     tokio::spawn(async move {
         if let Err(error) = server
             .serve_with_incoming_shutdown(incoming, done.cancelled_owned())

@@ -10,6 +10,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
+    os::fd::OwnedFd,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
@@ -25,6 +26,8 @@ use tokio::{
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
+use super::peer::{PeerInfo, peer_pidfd};
+
 /// What every HTTP/2 client sends first (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -33,6 +36,8 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Admission {
     /// The socket, as log lines and errors name it (`admin socket`).
     name: &'static str,
+    /// Whether each connection's peer is pinned by a pidfd at accept (`peer`).
+    pin_peers: bool,
     max: usize,
     preface_timeout: Duration,
     state: Arc<Mutex<State>>,
@@ -53,10 +58,18 @@ impl Admission {
     pub fn new(name: &'static str, max: usize, preface_timeout: Duration) -> Self {
         Self {
             name,
+            pin_peers: false,
             max: max.max(1),
             preface_timeout,
             state: Arc::new(Mutex::new(State::default())),
         }
+    }
+
+    /// Takes each accepted connection's pidfd (`SO_PEERPIDFD`), which requests then
+    /// carry in their [`PeerInfo`]: for callers attested by their process.
+    pub fn pinning_peers(mut self) -> Self {
+        self.pin_peers = true;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -101,6 +114,7 @@ impl Admission {
         drop(state);
         Some(Guarded {
             inner: stream,
+            pidfd: None,
             id,
             admission: self.clone(),
             matched: 0,
@@ -127,6 +141,8 @@ impl Admission {
 /// arrived, reading fails once the preface timeout passes or the slot is taken away.
 pub struct Guarded<S> {
     inner: S,
+    /// The peer's process, when the admission pins peers.
+    pidfd: Option<Arc<OwnedFd>>,
     id: u64,
     admission: Admission,
     /// Bytes of the preface seen so far.
@@ -216,27 +232,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
-impl<S: Connected> Connected for Guarded<S> {
-    type ConnectInfo = S::ConnectInfo;
+impl Connected for Guarded<UnixStream> {
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        PeerInfo {
+            uds: self.inner.connect_info(),
+            pidfd: self.pidfd.clone(),
+        }
     }
 }
 
-/// Accepts on `listener` until `stop`, handing admitted connections (as `wrap` makes
-/// them of the accepted stream) to the server through the returned channel.
-/// Connections over the limit are closed here.
-pub fn accept_loop<T, F>(
+/// Accepts on `listener` until `stop`, handing admitted connections to the server
+/// through the returned channel. Connections over the limit are closed here.
+pub fn accept_loop(
     listener: UnixListener,
     admission: Admission,
     stop: CancellationToken,
-    wrap: F,
-) -> mpsc::Receiver<io::Result<Guarded<T>>>
-where
-    T: Send + 'static,
-    F: Fn(UnixStream) -> T + Send + 'static,
-{
+) -> mpsc::Receiver<io::Result<Guarded<UnixStream>>> {
     let name = admission.name;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -256,8 +269,13 @@ where
                 }
             };
             let (evicted_before, _) = admission.shed();
-            match admission.admit(wrap(stream)) {
-                Some(conn) => {
+            let pidfd = admission
+                .pin_peers
+                .then(|| peer_pidfd(&stream).ok().map(Arc::new))
+                .flatten();
+            match admission.admit(stream) {
+                Some(mut conn) => {
+                    conn.pidfd = pidfd;
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }

@@ -8,34 +8,14 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::UnixStream,
-};
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tokio::net::UnixStream;
+use tonic::transport::server::UdsConnectInfo;
 
 /// `SO_PEERPIDFD` (include/uapi/asm-generic/socket.h; the same on x86 and arm).
 const SO_PEERPIDFD: libc::c_int = 77;
-
-/// A connection with its peer pinned.
-pub struct PeerStream {
-    inner: UnixStream,
-    pidfd: Option<Arc<OwnedFd>>,
-}
-
-impl PeerStream {
-    /// Takes the peer's pidfd now, at accept. On a kernel without `SO_PEERPIDFD` it has
-    /// none (and checks fall back to the PID, with its race).
-    pub fn new(inner: UnixStream) -> Self {
-        let pidfd = peer_pidfd(&inner).ok().map(Arc::new);
-        Self { inner, pidfd }
-    }
-}
 
 /// The peer's pidfd, from the kernel.
 pub fn peer_pidfd(stream: &UnixStream) -> io::Result<OwnedFd> {
@@ -80,7 +60,9 @@ pub fn alive(pidfd: &OwnedFd) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// What a request on a [`PeerStream`] carries in its extensions.
+/// What a request on a socket whose admission pins peers
+/// ([`Admission::pinning_peers`](super::admission::Admission::pinning_peers)) carries in
+/// its extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub uds: UdsConnectInfo,
@@ -92,57 +74,6 @@ impl PeerInfo {
     /// The peer's PID, as its credentials said at connect.
     pub fn pid(&self) -> Option<i32> {
         self.uds.peer_cred.and_then(|cred| cred.pid())
-    }
-}
-
-impl Connected for PeerStream {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        PeerInfo {
-            uds: self.inner.connect_info(),
-            pidfd: self.pidfd.clone(),
-        }
-    }
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -166,8 +97,10 @@ mod tests {
             .spawn()
             .unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        let stream = PeerStream::new(stream);
-        let info = stream.connect_info();
+        let info = PeerInfo {
+            uds: tonic::transport::server::Connected::connect_info(&stream),
+            pidfd: peer_pidfd(&stream).ok().map(Arc::new),
+        };
         assert_eq!(info.pid(), Some(child.id() as i32), "{info:?}");
         let pidfd = info.pidfd.expect("SO_PEERPIDFD (kernel >= 6.5)");
         assert!(alive(&pidfd));

@@ -50,6 +50,19 @@ fn describe(out: &Output) -> String {
     )
 }
 
+/// `outrider_refusals_total` in the `metrics` text for `pod` (`namespace/name`),
+/// `direction` and `reason`; 0 when the series is absent.
+pub fn refusals(metrics: &str, pod: &str, direction: &str, reason: &str) -> u64 {
+    let (namespace, name) = pod.split_once('/').expect("namespace/name");
+    let series = format!(
+        r#"outrider_refusals_total{{namespace="{namespace}",pod="{name}",direction="{direction}",reason="{reason}"}} "#
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
 /// True for an access-log line of a connection in `direction` to `dst`.
 pub fn access(v: &Value, direction: &str, dst: std::net::SocketAddr) -> bool {
     v["target"] == "access"
