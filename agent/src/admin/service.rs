@@ -95,7 +95,7 @@ impl AdminService {
     /// Waits until the policies in force pass `done`.
     async fn until_in_force(&self, done: impl Fn(&PolicySet) -> bool) -> Result<(), Status> {
         let deadline = Instant::now() + IN_FORCE_TIMEOUT;
-        while !done(&self.shared.policy.load()) {
+        while !done(&self.shared.policies()) {
             if Instant::now() > deadline {
                 return Err(Status::unavailable(format!(
                     "the policy files were written but are not in force after {} s; see the agent's log",
@@ -327,7 +327,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let namespace = request.into_inner().namespace;
         check_name("namespace", &namespace, true, false)?;
-        let set = self.shared.policy.load();
+        let set = self.shared.policies();
         let dir = self.config.policy.dir.as_deref();
         let policies = set
             .with_origins()
@@ -378,7 +378,7 @@ impl Admin for AdminService {
         check_name("name", &r.name, false, true)?;
         let at = self.policy_dir()?;
         let _one_at_a_time = self.policy_lock.lock().await;
-        let current = self.shared.policy.load_full();
+        let current = arc_swap::Guard::into_inner(self.shared.policies());
         policies::delete(&at, &current, &r.namespace, &r.name).map_err(apply_error)?;
         self.until_in_force(|set| set.get(&r.namespace, &r.name).is_none())
             .await?;

@@ -35,16 +35,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     dataplane::{Dataplane, PodInbound},
-    identity::SpiffeId,
     netns::Netns,
     policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
     proxy::{
-        self, PodListeners, PodProxy, Shared, authorize,
+        self, PodListeners, PodProxy, Shared,
         pod::{Fd, PodRecord},
     },
     restart::{HandoverRequest, PodSockets},
     telemetry::{
-        access::Direction,
         metrics::{Metrics, PodLabels},
         refusals::Reason,
     },
@@ -127,8 +125,7 @@ impl Enrollment {
         ready: impl FnOnce(),
     ) -> Stopped {
         self.shared
-            .policy
-            .store(policies.borrow_and_update().clone());
+            .set_policies(policies.borrow_and_update().clone());
         let current = workloads.borrow_and_update().clone();
         self.reconcile(&current);
         self.finish_take_over();
@@ -159,8 +156,7 @@ impl Enrollment {
                     }
                     let policy = policies.borrow_and_update().clone();
                     tracing::info!(policies = policy.len(), "policies in force");
-                    self.shared.policy.store(policy);
-                    self.recheck_connections();
+                    self.shared.set_policies(policy);
                     self.update_kernel_denials();
                 }
                 _ = counters.tick() => {
@@ -232,44 +228,10 @@ impl Enrollment {
         }
     }
 
-    /// Closes the established connections into this node's pods that the policies in
-    /// force now deny. (Connections to pods whose policies look at HTTP are decided
-    /// request by request instead.)
-    fn recheck_connections(&self) {
-        let pods: HashMap<&str, &EnrolledPod> = self
-            .pods
-            .values()
-            .map(|p| (p.proxy.key.as_str(), p))
-            .collect();
-        for conn in self.shared.connections.snapshot() {
-            if conn.direction != Direction::Inbound {
-                continue;
-            }
-            let Some(pod) = pods.get(conn.pod.as_str()) else {
-                continue;
-            };
-            if authorize::needs_http(&pod.proxy) {
-                continue;
-            }
-            let identity = conn
-                .peer_identity
-                .as_deref()
-                .and_then(|p| SpiffeId::parse(p).ok());
-            let peer = authorize::Peer {
-                identity: identity.as_ref(),
-                ip: conn.src.ip(),
-            };
-            if let Err(reason) = authorize::check(&pod.proxy, peer, conn.dst.port(), None) {
-                tracing::info!(pod = %conn.pod, src = %conn.src, dst = %conn.dst, %reason, "closing a connection a policy now denies");
-                conn.close(format!("{reason}, after a policy change"));
-            }
-        }
-    }
-
     /// Makes the kernel refuse, in `connect()`, what the policies deny this node's pods
     /// outright (pure-L4 DENY rules: see `PolicySet::kernel_denials`).
     fn update_kernel_denials(&mut self) {
-        let policy = self.shared.policy.load();
+        let policy = self.shared.policies();
         let destinations: Vec<DestinationRef<'_>> = self
             .current
             .workloads
@@ -307,7 +269,7 @@ impl Enrollment {
 
     /// Brings the directory and the enrolled pods in line with `desired`.
     pub fn reconcile(&mut self, desired: &Arc<WorkloadSet>) {
-        self.shared.directory.update(desired);
+        self.shared.set_workloads(desired);
         self.current = desired.clone();
         let wanted: BTreeMap<WorkloadKey, &Workload> = desired
             .workloads
@@ -333,13 +295,10 @@ impl Enrollment {
             self.unenroll(&key);
         }
         self.failed.retain(|key, _| wanted.contains_key(key));
-        let mut relabelled = false;
+        // A pod's new record is decided against by its live connections as it is put in
+        // force (`PodProxy::set_record`).
         for (key, change) in changed {
-            relabelled |= self.apply_change(&key, wanted[&key], change);
-        }
-        if relabelled {
-            // Policies may select the relabelled pods differently now.
-            self.recheck_connections();
+            self.apply_change(&key, wanted[&key], change);
         }
 
         for (key, workload) in wanted {
@@ -369,16 +328,15 @@ impl Enrollment {
     /// Applies a changed record of the enrolled pod `key` (see [`change`]); true when its
     /// labels changed. A change that cannot be applied leaves the pod as it was (still
     /// enrolled, still protected), reported and retried.
-    fn apply_change(&mut self, key: &WorkloadKey, workload: &Workload, change: Change) -> bool {
+    fn apply_change(&mut self, key: &WorkloadKey, workload: &Workload, change: Change) {
         let result = match change {
             Change::InPlace(what) => self.update_in_place(key, workload, what),
             Change::NewSandbox(what) => self.new_sandbox(key, workload, what),
-            Change::None | Change::Leave => return false,
+            Change::None | Change::Leave => return,
         };
         match result {
-            Ok(labels) => {
+            Ok(()) => {
                 self.failed.remove(key);
-                labels
             }
             Err(error) => {
                 let repeated = self
@@ -389,7 +347,6 @@ impl Enrollment {
                     tracing::warn!(pod = %key, %error, "pod's changed record not applied; it stays enrolled as it was; will retry");
                 }
                 self.failed.insert(key.clone(), (workload.clone(), error));
-                false
             }
         }
     }
@@ -402,9 +359,9 @@ impl Enrollment {
         key: &WorkloadKey,
         workload: &Workload,
         what: InPlace,
-    ) -> Result<bool, String> {
+    ) -> Result<(), String> {
         let Some(pod) = self.pods.get(key) else {
-            return Ok(false);
+            return Ok(());
         };
         let (proxy, pod_id) = (pod.proxy.clone(), pod.pod_id);
         let old = proxy.record();
@@ -451,7 +408,7 @@ impl Enrollment {
             identity = %id,
             "pod record updated in place"
         );
-        Ok(what.labels)
+        Ok(())
     }
 
     /// The pod's record names another network namespace. The same namespace by another
@@ -462,16 +419,16 @@ impl Enrollment {
         key: &WorkloadKey,
         workload: &Workload,
         what: InPlace,
-    ) -> Result<bool, String> {
+    ) -> Result<(), String> {
         let Some(pod) = self.pods.get(key) else {
-            return Ok(false);
+            return Ok(());
         };
         let netns = Netns::open(&workload.netns).map_err(|e| e.to_string())?;
         if netns.cookie() == pod.proxy.netns.cookie() {
             return self.update_in_place(key, workload, what);
         }
         let Some(old) = self.pods.remove(key) else {
-            return Ok(false);
+            return Ok(());
         };
         if let Err(error) = self.enroll(workload) {
             // Undoing a failed enrollment withdraws the IPs it steered, which may be the
@@ -486,7 +443,7 @@ impl Enrollment {
         let old_cookie = old.proxy.netns.cookie();
         self.withdraw(key, old, &workload.ips);
         tracing::info!(pod = %key, old_netns_cookie = old_cookie, "pod moved to a new sandbox; the old one is withdrawn");
-        Ok(what.labels)
+        Ok(())
     }
 
     fn enroll(&mut self, workload: &Workload) -> Result<(), String> {

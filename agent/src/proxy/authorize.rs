@@ -22,7 +22,7 @@ pub type Verdict = Result<(), String>;
 
 /// The policies' verdict for `peer` reaching `pod` on `port` (`http`: one request).
 pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) -> Verdict {
-    let policy = pod.shared.policy.load();
+    let policy = pod.shared.policies();
     let principal = peer
         .identity
         .map(|id| id.as_str().trim_start_matches("spiffe://"));
@@ -62,8 +62,7 @@ pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) 
 /// it must be parsed as HTTP before they can be decided.
 pub fn needs_http(pod: &PodProxy) -> bool {
     pod.shared
-        .policy
-        .load()
+        .policies()
         .is_http_sensitive(&workload_ref(&pod.record()))
 }
 

@@ -16,7 +16,7 @@ use std::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::copy::Counters;
+use super::{copy::Counters, enforce::Guard};
 use crate::telemetry::{
     access::{Direction, Transport},
     metrics::{ConnectionMetrics, Metrics, TcpLabels},
@@ -43,6 +43,8 @@ pub struct Connection {
     pub metrics: ConnectionMetrics,
     /// Its pod's totals.
     pub stats: Arc<PodStats>,
+    /// What decides it again when policies change (connections into a pod).
+    pub guard: Option<Arc<Guard>>,
     cancel: CancellationToken,
     /// Why the agent closed it, once it did.
     closed_because: Mutex<Option<String>>,
@@ -158,6 +160,8 @@ pub struct NewConnection {
     pub dst: SocketAddr,
     pub peer_identity: Option<String>,
     pub labels: TcpLabels,
+    /// Connections into a pod: what decides it again when policies change.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// Counts connections in metrics as they open and close.
@@ -287,6 +291,7 @@ impl Registry {
             opened: SystemTime::now(),
             counters: Counters::default(),
             metrics: ConnectionMetrics::new(new.labels),
+            guard: new.guard,
             cancel: CancellationToken::new(),
             closed_because: Mutex::new(None),
         });
@@ -340,6 +345,7 @@ mod tests {
                 Party::unknown(),
                 false,
             ),
+            guard: None,
         }
     }
 

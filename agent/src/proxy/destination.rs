@@ -1,11 +1,10 @@
 //! The destination side of a connection to an enrolled pod, however it arrived — through
-//! a tunnel (the peer's identity verified) or in plaintext: the policy decision, delivery
-//! to the app, copying while registered (so that the agent can close it if a policy
-//! change denies it later), and the access log line. When a policy looks at HTTP
-//! requests, the connection's protocol is detected first: HTTP is proxied request by
-//! request, each one decided (403 for a denied one, the connection lives on); anything
-//! else is decided once, as TCP. Every HTTP request's target is normalized first, whether
-//! or not a policy looks at it, so the app gets the path policy would check.
+//! a tunnel (the peer's identity verified) or in plaintext: delivery to the app, copying
+//! while registered with its [`Guard`] (which decides it, and again whenever what decides
+//! it changes: `enforce`), and the access log line. The protocol is detected first: HTTP
+//! is proxied request by request, each one decided (403 for a denied one, the connection
+//! lives on); anything else is decided as TCP. Every HTTP request's target is normalized
+//! first, so the app gets the path policy checks.
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -18,16 +17,15 @@ use tokio::{
 };
 
 use super::{
-    authorize::{self, Peer},
     connections::NewConnection,
     copy::Abort,
-    http::{self, RequestInfo},
+    enforce::Guard,
+    http,
     pod::PodProxy,
-    relay::{Decide, RequestHook, relay},
+    relay::{RequestHook, relay},
 };
 use crate::{
     identity::SpiffeId,
-    policy,
     telemetry::{
         access::{self, ConnectionRecord, Direction, Transport},
         metrics::{Reporter, ServiceName, TcpLabels},
@@ -49,20 +47,13 @@ pub struct Arrival {
     /// The Service the source dialed, as its agent says (tunnels only) and only when
     /// this pod is one of its endpoints.
     pub service: Option<ServiceName>,
+    /// Plaintext the kernel marked as the kubelet's (a probe), which a strict pod serves.
+    pub kubelet_probe: bool,
 }
 
-impl Arrival {
-    fn peer(&self) -> Peer<'_> {
-        Peer {
-            identity: self.peer.as_ref(),
-            ip: self.src.ip(),
-        }
-    }
-}
-
-/// Serves an arrival already allowed at the connection level (or whose decision waits
-/// for its protocol): HTTP is decided request by request when the pod's policies look at
-/// HTTP, anything else once, as TCP.
+/// Serves an arrival (already allowed at the connection level when the pod's policies
+/// do not look at HTTP): HTTP is decided request by request, anything else as TCP, and
+/// both again whenever what decides them changes.
 pub async fn serve<S>(
     pod: &Arc<PodProxy>,
     arrival: Arrival,
@@ -73,53 +64,28 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
 {
     let id = pod.record().id.clone();
-    let registration = register(pod, &arrival);
+    let guard = Guard::new(pod, &arrival);
+    let registration = register(pod, &arrival, guard.clone());
     let conn = registration.connection.clone();
-    let decide: Option<Decide> = authorize::needs_http(pod).then(|| {
-        let (pod, arrival) = (pod.clone(), arrival.clone());
-        Box::new(move |request: &RequestInfo| {
-            // The path as normalized (the app gets the same), the authority as sent.
-            let http = policy::Http {
-                method: request.method.as_str(),
-                path: request.path(),
-                host: request.authority.as_deref().unwrap_or(""),
-            };
-            authorize::check(&pod, arrival.peer(), arrival.dst.port(), Some(http)).err()
-        }) as Decide
-    });
-    let needs_http = decide.is_some();
     let hook = RequestHook {
         conn: conn.clone(),
         metrics: pod.shared.connections.metrics().clone(),
         local_identity: id.to_string(),
-        decide,
-    };
-    // Not HTTP: decided as TCP (HTTP-only rules as Istio treats them), unless that was
-    // done before the connection was accepted.
-    let opaque_check = || {
-        if needs_http {
-            authorize::check(pod, arrival.peer(), arrival.dst.port(), None)
-        } else {
-            Ok(())
-        }
+        guard: Some(guard),
     };
     let settings = http::Settings {
         normalize: Some(pod.shared.escaped_slashes),
         ..Default::default()
     };
-    let result = relay(
-        client,
-        app,
-        pod.shared.buffer_bytes,
-        hook,
-        settings,
-        opaque_check,
-    )
-    .await;
+    let result = relay(client, app, pod.shared.buffer_bytes, hook, settings).await;
     access::log_connection(&conn, id.as_str(), started.elapsed(), result.err());
 }
 
-fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Registration<'a> {
+fn register<'a>(
+    pod: &'a PodProxy,
+    arrival: &Arrival,
+    guard: Arc<Guard>,
+) -> super::connections::Registration<'a> {
     let labels = TcpLabels::new(
         Reporter::Destination,
         pod.party_at(arrival.src.ip(), arrival.peer.as_ref()),
@@ -135,6 +101,7 @@ fn register<'a>(pod: &'a PodProxy, arrival: &Arrival) -> super::connections::Reg
         dst: arrival.dst,
         peer_identity: arrival.peer.as_ref().map(|p| p.to_string()),
         labels,
+        guard: Some(guard),
     })
 }
 

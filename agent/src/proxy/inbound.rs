@@ -26,12 +26,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let Ok(dst) = pod.shared.steering.inbound_dst(&client) else {
         return super::reset(client);
     };
+    let strict = pod.mtls() == MtlsMode::Strict;
+    let probe = strict && pod.owns(dst.ip()) && kubelet_probe(&pod, peer, dst).await;
     let arrival = Arrival {
         transport: Transport::Plaintext,
         src: peer,
         dst,
         peer: None,
         service: None,
+        kubelet_probe: probe,
     };
     let refuse = |client, why: Reason, reason: String| {
         super::reset(client);
@@ -45,7 +48,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             format!("{dst} is not an address of the pod"),
         );
     }
-    if pod.mtls() == MtlsMode::Strict && !kubelet_probe(&pod, peer, dst).await {
+    if strict && !probe {
         return refuse(
             client,
             Reason::StrictPlaintext,

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod copy;
 pub mod deliver;
 pub mod destination;
+pub mod enforce;
 pub mod hbone;
 pub mod http;
 pub mod inbound;

@@ -124,21 +124,22 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         dst: upstream_addr,
         peer_identity,
         labels,
+        guard: None,
     });
     let conn = &registration.connection;
     let hook = RequestHook {
         conn: conn.clone(),
         metrics: shared.connections.metrics().clone(),
         local_identity: record.id.to_string(),
-        decide: None,
+        guard: None,
     };
     let buffer = shared.buffer_bytes;
     let result = match dialed {
         Ok((_, Upstream::Tunnel(stream, _))) => {
-            relay(app, stream, buffer, hook, Default::default(), || Ok(())).await
+            relay(app, stream, buffer, hook, Default::default()).await
         }
         Ok((_, Upstream::Plain(upstream))) => {
-            relay(app, upstream, buffer, hook, Default::default(), || Ok(())).await
+            relay(app, upstream, buffer, hook, Default::default()).await
         }
         Err((_, err)) => {
             // Refuse the app's connection as the destination refused ours.

@@ -33,7 +33,7 @@ use crate::{
         metrics::{Metrics, Party},
         refusals::Reason,
     },
-    workloads::{MtlsMode, Workload, directory::Directory},
+    workloads::{MtlsMode, Workload, WorkloadSet, directory::Directory},
 };
 
 /// Ports of the in-pod listeners.
@@ -66,8 +66,9 @@ pub struct Shared {
     pub balancer: Arc<Balancer>,
     /// This agent's node (a pod's own node when its record does not say).
     pub node: String,
-    /// The authorization policies in force.
-    pub policy: ArcSwap<PolicySet>,
+    /// The authorization policies in force (changed through `set_policies` only, which
+    /// re-checks the live connections).
+    policy: ArcSwap<PolicySet>,
     /// Cancelled once this agent has handed over to a new one: its tunnels' server ends
     /// send GOAWAY, so that peers open new streams to the new agent while the streams
     /// under way finish here.
@@ -101,6 +102,28 @@ impl Shared {
             node: config.node_name.clone(),
             policy: ArcSwap::from_pointee(PolicySet::empty()),
             draining: Default::default(),
+        }
+    }
+
+    /// The authorization policies in force.
+    pub fn policies(&self) -> arc_swap::Guard<Arc<PolicySet>> {
+        self.policy.load()
+    }
+
+    /// Puts `policies` in force: for new connections and requests, and for every live
+    /// connection into this agent's pods (closed, or its running requests reset, where
+    /// they now deny it).
+    pub fn set_policies(&self, policies: Arc<PolicySet>) {
+        self.policy.store(policies);
+        super::enforce::recheck(self, None);
+    }
+
+    /// Puts the workload source's view in force (destinations, Services, namespaces'
+    /// mTLS modes); when a namespace's mode changed, live plaintext into a namespace now
+    /// strict is closed.
+    pub fn set_workloads(&self, set: &WorkloadSet) {
+        if self.directory.update(set) {
+            super::enforce::recheck(self, None);
         }
     }
 }
@@ -148,11 +171,13 @@ impl PodProxy {
         self.record.load_full()
     }
 
-    /// Puts a changed record of the same pod in force for the connections that start
-    /// from now on; those under way keep the version they started with.
+    /// Puts a changed record of the same pod in force: connections that start from now
+    /// on see the new one; live connections into the pod are decided again with its new
+    /// labels (`enforce`).
     pub fn set_record(&self, record: PodRecord) {
         debug_assert_eq!(record.workload.key().to_string(), self.key);
         self.record.store(Arc::new(record));
+        super::enforce::recheck(&self.shared, Some(&self.key));
     }
 
     /// This pod as one end of a connection in metrics.

@@ -5,7 +5,8 @@
 //! into the connection's counters (client → server `forward`, server → client
 //! `backward`): opaque ones as `copy` writes them, HTTP ones on the app's socket itself
 //! ([`AppSocket`]: the request and response heads included). The agent can close a
-//! connection at any time (its cancel token).
+//! connection at any time (its cancel token). At the destination, the connection's
+//! [`Guard`] decides it: as TCP once it is found opaque, or request by request.
 use std::{io, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,6 +15,7 @@ use super::{
     app_socket::AppSocket,
     connections::Connection,
     copy::{self, Abort},
+    enforce::Guard,
     http::{self, DetectSettings, Hook, InvalidRequest, Report, RequestInfo, Verdict},
 };
 use crate::telemetry::{
@@ -22,25 +24,31 @@ use crate::telemetry::{
     refusals::Reason as Refusal,
 };
 
-/// What decides HTTP requests (e.g. policy); `None` forwards everything.
-pub type Decide = Box<dyn Fn(&RequestInfo) -> Option<String> + Send + Sync>;
-
-/// Counts, logs and (with `decide`) decides the HTTP requests of one connection.
+/// Counts, logs and (at the destination, with its guard) decides the HTTP requests of
+/// one connection.
 pub struct RequestHook {
     pub conn: Arc<Connection>,
     pub metrics: Arc<Metrics>,
     /// The enrolled pod's SPIFFE ID, for the request's log line.
     pub local_identity: String,
-    /// Returns the reason to deny a request (403), or `None` to forward it.
-    pub decide: Option<Decide>,
+    /// Decides the connection into a pod and its requests (403 for a denied one); the
+    /// source's side decides nothing.
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl Hook for RequestHook {
     fn on_request(&self, request: &RequestInfo, _headers: &::http::HeaderMap) -> Verdict {
-        match self.decide.as_ref().and_then(|decide| decide(request)) {
-            None => Verdict::Forward,
-            Some(reason) => {
-                self.refused(request, Refusal::Policy, &reason);
+        let Some(guard) = &self.guard else {
+            return Verdict::Forward;
+        };
+        match guard.request(request) {
+            Ok(lease) => Verdict::Leased(lease),
+            Err(refusal) => {
+                self.refused(request, refusal.why, &refusal.reason);
+                if refusal.why == Refusal::StrictPlaintext {
+                    // Not for this request only: the connection is plaintext.
+                    self.conn.close(refusal.reason);
+                }
                 Verdict::rbac_denied()
             }
         }
@@ -97,16 +105,15 @@ impl RequestHook {
 
 /// Relays between `client` (the side that opened the connection) and `upstream`. The
 /// app's socket is `client` on an outbound connection and `upstream` on an inbound one.
-/// `opaque_check` decides a connection that turns out not to be HTTP (`Err`: the reason
-/// to refuse it, counted as a policy refusal; both ends are then reset). HTTP is served
-/// with `settings` (at the destination: requests normalized).
+/// The hook's guard decides a connection that turns out not to be HTTP (refused: counted,
+/// both ends reset). HTTP is served with `settings` (at the destination: requests
+/// normalized).
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     buffer: usize,
     hook: RequestHook,
     settings: http::Settings,
-    opaque_check: impl FnOnce() -> Result<(), String>,
 ) -> io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
@@ -117,12 +124,12 @@ where
     match detected.protocol.http() {
         None => {
             let (mut client, mut upstream) = (detected.client, detected.app);
-            if let Err(reason) = opaque_check() {
+            if let Some(Err(refusal)) = hook.guard.as_ref().map(|g| g.opaque()) {
                 client.abort();
                 upstream.abort();
                 hook.metrics
-                    .refused(&conn.pod, conn.direction.as_str(), Refusal::Policy);
-                conn.close(reason);
+                    .refused(&conn.pod, conn.direction.as_str(), refusal.why);
+                conn.close(refusal.reason);
                 return Err(io::Error::new(io::ErrorKind::PermissionDenied, "refused"));
             }
             copy::bidirectional(
@@ -205,6 +212,7 @@ mod tests {
             dst: "198.19.2.11:80".parse().unwrap(),
             peer_identity: None,
             labels: TcpLabels::new(reporter, Party::unknown(), Party::unknown(), false),
+            guard: None,
         });
         let conn = registration.connection.clone();
         let (mut client_app, client) = pair().await;
@@ -213,7 +221,7 @@ mod tests {
             conn: conn.clone(),
             metrics: registry.metrics().clone(),
             local_identity: "spiffe://cluster.local/ns/shop/sa/client".into(),
-            decide: None,
+            guard: None,
         };
         let relayed = tokio::spawn(relay(
             client,
@@ -221,7 +229,6 @@ mod tests {
             64 * 1024,
             hook,
             http::Settings::default(),
-            || Ok(()),
         ));
         let server = tokio::spawn(async move {
             let mut got = Vec::new();

@@ -248,6 +248,7 @@ impl Deliver {
             dst: inbound.authority,
             peer: Some(self.peer_id.clone()),
             service,
+            kubelet_probe: false,
         }
     }
 }

@@ -215,9 +215,9 @@ fn follow_record(pod: &PodProxy, mesh: &Mesh) {
 
 /// Puts a mesh state in force: destinations, policies.
 fn apply(shared: &Shared, mesh: &Mesh) {
-    shared.directory.update(&mesh.workloads);
-    if shared.policy.load().policies() != mesh.policies.policies() {
+    shared.set_workloads(&mesh.workloads);
+    if shared.policies().policies() != mesh.policies.policies() {
         tracing::info!(policies = mesh.policies.len(), "policies in force");
+        shared.set_policies(mesh.policies.clone());
     }
-    shared.policy.store(mesh.policies.clone());
 }

@@ -166,8 +166,8 @@ impl Directory {
         }
     }
 
-    /// Replaces the view with `set`.
-    pub fn update(&self, set: &WorkloadSet) {
+    /// Replaces the view with `set`; true when a namespace's mTLS mode changed.
+    pub fn update(&self, set: &WorkloadSet) -> bool {
         let mut by_ip = HashMap::new();
         let mut workloads = HashMap::new();
         for w in &set.workloads {
@@ -195,18 +195,19 @@ impl Directory {
             }
             by_name.insert(s.fqdn.clone(), s.clone());
         }
-        let mtls = set
+        let mtls: HashMap<String, MtlsMode> = set
             .namespaces
             .iter()
             .map(|(ns, settings)| (ns.clone(), settings.mtls))
             .collect();
-        self.snapshot.store(Arc::new(Snapshot {
+        let before = self.snapshot.swap(Arc::new(Snapshot {
             by_ip,
             by_vip,
             by_name,
             services,
             mtls,
         }));
+        before.mtls != self.snapshot.load().mtls
     }
 
     /// The workload that owns `ip`, if any.

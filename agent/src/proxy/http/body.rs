@@ -3,8 +3,10 @@
 //! windows, HTTP/2 flow control) passes through. [`RequestBody`] counts what the client
 //! sends; [`ResponseBody`] counts what the client gets and finishes the exchange when
 //! the response ends — fully sent, failed by the app, or dropped because the client went
-//! away.
+//! away. Both end in a [`Revoked`] error when the hook revokes the request's lease:
+//! hyper then resets the stream (HTTP/2) or closes the connection (HTTP/1) on both sides.
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -13,34 +15,71 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{
     Failure, Hook,
     exchange::{BodyProgress, Exchange},
 };
 
+/// A body's error: the app's or the client's, or the hook's revocation.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request was revoked by the hook while it ran (a policy change now denies it).
+#[derive(Debug, thiserror::Error)]
+#[error("request revoked: a policy now denies it")]
+pub struct Revoked;
+
+/// Watches a lease's revocation from a body's `poll_frame`.
+struct Revocation(Pin<Box<WaitForCancellationFutureOwned>>);
+
+impl Revocation {
+    fn new(token: Option<CancellationToken>) -> Option<Self> {
+        token.map(|t| Self(Box::pin(t.cancelled_owned())))
+    }
+
+    fn poll(this: &mut Option<Self>, cx: &mut Context<'_>) -> bool {
+        this.as_mut()
+            .is_some_and(|r| r.0.as_mut().poll(cx).is_ready())
+    }
+}
+
 /// A client's request body on its way to the app.
 pub struct RequestBody {
     inner: Incoming,
     progress: Arc<BodyProgress>,
+    revoked: Option<Revocation>,
 }
 
 impl RequestBody {
-    pub(super) fn new(inner: Incoming, progress: Arc<BodyProgress>) -> Self {
-        Self { inner, progress }
+    pub(super) fn new(
+        inner: Incoming,
+        progress: Arc<BodyProgress>,
+        revoked: Option<CancellationToken>,
+    ) -> Self {
+        Self {
+            inner,
+            progress,
+            revoked: Revocation::new(revoked),
+        }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if Revocation::poll(&mut this.revoked, cx) {
+            return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
+        let polled = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BodyError);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -83,6 +122,7 @@ pub struct ResponseBody<H: Hook + ?Sized> {
     content: Content,
     sent: u64,
     exchange: Option<Exchange<H>>,
+    revoked: Option<Revocation>,
 }
 
 impl<H: Hook + ?Sized> ResponseBody<H> {
@@ -90,6 +130,7 @@ impl<H: Hook + ?Sized> ResponseBody<H> {
         Self {
             content: Content::Stream(body),
             sent: 0,
+            revoked: Revocation::new(exchange.revoked()),
             exchange: Some(exchange),
         }
     }
@@ -99,6 +140,7 @@ impl<H: Hook + ?Sized> ResponseBody<H> {
             content: Content::Full((!bytes.is_empty()).then_some(bytes)),
             sent: 0,
             exchange,
+            revoked: None,
         }
     }
 
@@ -111,16 +153,22 @@ impl<H: Hook + ?Sized> ResponseBody<H> {
 
 impl<H: Hook + ?Sized> Body for ResponseBody<H> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if Revocation::poll(&mut this.revoked, cx) {
+            this.finish(Some(Failure::Revoked));
+            return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
         let polled = match &mut this.content {
             Content::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Content::Stream(body) => Pin::new(body).poll_frame(cx),
+            Content::Stream(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BodyError),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -159,7 +207,11 @@ impl<H: Hook + ?Sized> Drop for ResponseBody<H> {
     fn drop(&mut self) {
         // hyper stops polling once `is_end_stream` says so: that is a clean end. Dropped
         // before that, the client is gone.
-        let failure = (!self.content.is_end_stream()).then_some(Failure::DownstreamReset);
+        let failure = (!self.content.is_end_stream()).then(|| {
+            self.exchange
+                .as_ref()
+                .map_or(Failure::DownstreamReset, |e| e.dropped_failure())
+        });
         self.finish(failure);
     }
 }

@@ -1,6 +1,7 @@
 //! One request's bookkeeping from its head to the end of its response: what the hook's
 //! [`Report`] needs, handed over exactly once by whichever end finishes the exchange
-//! (the response body, or the splice of an upgraded connection).
+//! (the response body, or the splice of an upgraded connection). It holds the hook's
+//! [`Lease`] on the request, if any, until then.
 use std::{
     sync::{
         Arc,
@@ -10,8 +11,9 @@ use std::{
 };
 
 use http::StatusCode;
+use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Hook, Report, RequestInfo};
+use super::{Failure, Hook, Report, RequestInfo, hook::Lease};
 
 /// A request body's progress, shared by the body (which counts) and the exchange (which
 /// reports).
@@ -50,6 +52,7 @@ pub(super) struct Exchange<H: Hook + ?Sized> {
     request_body: Arc<BodyProgress>,
     status: StatusCode,
     denied: bool,
+    lease: Option<Lease>,
 }
 
 impl<H: Hook + ?Sized> Exchange<H> {
@@ -66,7 +69,19 @@ impl<H: Hook + ?Sized> Exchange<H> {
             request_body,
             status: super::hook::client_closed(),
             denied: false,
+            lease: None,
         }
+    }
+
+    /// The hook may take the request back while the exchange runs.
+    pub(super) fn leased(mut self, lease: Option<Lease>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Cancelled when the hook revokes the request (never, without a lease).
+    pub(super) fn revoked(&self) -> Option<CancellationToken> {
+        self.lease.as_ref().map(Lease::revoked)
     }
 
     /// The client was (or is being) answered with `status`.
@@ -78,6 +93,16 @@ impl<H: Hook + ?Sized> Exchange<H> {
     pub(super) fn denied(mut self) -> Self {
         self.denied = true;
         self
+    }
+
+    /// Why an exchange dropped unfinished ended: revoked by the hook (its stream or
+    /// connection was reset for it), or else the client went away.
+    pub(super) fn dropped_failure(&self) -> Failure {
+        if self.lease.as_ref().is_some_and(Lease::is_revoked) {
+            Failure::Revoked
+        } else {
+            Failure::DownstreamReset
+        }
     }
 
     /// The response (of `response_bytes` body bytes) has ended, well or not.
@@ -128,6 +153,7 @@ impl<H: Hook + ?Sized> Exchange<H> {
 impl<H: Hook + ?Sized> Drop for Exchange<H> {
     fn drop(&mut self) {
         let request_bytes = self.request_body.bytes();
-        self.report(request_bytes, 0, Some(Failure::DownstreamReset), false);
+        let failure = self.dropped_failure();
+        self.report(request_bytes, 0, Some(failure), false);
     }
 }

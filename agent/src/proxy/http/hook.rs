@@ -1,13 +1,17 @@
 //! The caller's say in each request: [`Hook::on_request`] sees the request's method,
 //! target, authority and version before anything goes to the app and answers
-//! [`Verdict::Forward`] or [`Verdict::Deny`]; [`Hook::on_invalid`] hears of a request
+//! [`Verdict::Forward`] (or [`Verdict::Leased`]: forward, but the hook may take it back
+//! while it runs) or [`Verdict::Deny`]; [`Hook::on_invalid`] hears of a request
 //! refused (400) before that, its target not normalizable; [`Hook::on_complete`] gets a [`Report`]
 //! once the exchange is over (status, body bytes both ways, duration, what failed).
 //! Called inline on the request path: keep both cheap (no I/O, no blocking locks).
 use std::time::Duration;
 
+use std::{any::Any, fmt};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use tokio_util::sync::CancellationToken;
 
 use super::InvalidRequest;
 
@@ -28,9 +32,14 @@ pub trait Hook: Send + Sync + 'static {
 }
 
 /// What the hook says about a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
     Forward,
+    /// Forward, and reset the exchange wherever it is (waiting for the app's answer,
+    /// streaming either body, upgraded) if the hook revokes the lease before it ends: in
+    /// HTTP/2 the stream is reset, in HTTP/1 the connection closed (it cannot be told
+    /// apart from the request). Reported with [`Failure::Revoked`].
+    Leased(Lease),
     /// Answer with this status and body (`text/plain`) instead; the connection carries
     /// on with the next request.
     Deny {
@@ -54,6 +63,42 @@ impl Verdict {
             status: StatusCode::BAD_REQUEST,
             body: Bytes::from(format!("Bad Request: {error}")),
         }
+    }
+}
+
+/// A forwarded request the hook may take back (a policy change that now denies it):
+/// held by the exchange until it ends, then dropped, which drops its `release` (e.g.
+/// what removes the request from the hook's table of running ones).
+pub struct Lease {
+    revoked: CancellationToken,
+    _release: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Lease {
+    /// A lease ended by cancelling `revoked`; `release` is dropped with it.
+    pub fn new(revoked: CancellationToken, release: Option<Box<dyn Any + Send + Sync>>) -> Self {
+        Self {
+            revoked,
+            _release: release,
+        }
+    }
+
+    /// Cancelled when the hook revokes the request.
+    pub(super) fn revoked(&self) -> CancellationToken {
+        self.revoked.clone()
+    }
+
+    /// True once the hook revoked the request.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.is_cancelled()
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("revoked", &self.revoked.is_cancelled())
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,6 +169,9 @@ pub enum Failure {
     UpstreamProtocol,
     /// The client went away (reset, closed) before the response was sent in full. `DC`.
     DownstreamReset,
+    /// The hook revoked the request while it ran (a policy change now denies it): the
+    /// exchange was reset. `DENY`, ztunnel's flag for a connection a policy denied.
+    Revoked,
 }
 
 impl Failure {
@@ -133,6 +181,7 @@ impl Failure {
             Self::UpstreamReset => "UC",
             Self::UpstreamProtocol => "UPE",
             Self::DownstreamReset => "DC",
+            Self::Revoked => "DENY",
         }
     }
 

@@ -33,6 +33,7 @@ mod exchange;
 mod hook;
 pub mod path;
 mod prefixed;
+mod revoke;
 mod server;
 mod service;
 mod settings;
@@ -46,7 +47,7 @@ mod tests;
 pub use {
     detect::{Detected, H2_PREFACE, HttpVersion, Protocol, Reason, classify, detect},
     error::HttpError,
-    hook::{Failure, Hook, Report, RequestInfo, Verdict, client_closed},
+    hook::{Failure, Hook, Lease, Report, RequestInfo, Verdict, client_closed},
     prefixed::Prefixed,
     server::serve,
     settings::{DetectSettings, Settings},

@@ -6,20 +6,19 @@
 use std::{
     future::Future,
     pin::{Pin, pin},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
 };
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     Hook, HttpError, HttpVersion, Settings,
+    revoke::{H1Revocation, StreamExecutor},
     service::Proxy,
     settings::MIN_BUF_SIZE,
+    upgrade::Upgrades,
     upstream::{Closed, Upstream},
 };
 
@@ -27,9 +26,8 @@ use super::{
 /// found) and `app`, calling `hook` for each request, until either connection ends or
 /// `shutdown` resolves (then gracefully: requests in flight finish).
 ///
-/// Returns when the client connection is done; an error says why it ended badly (e.g.
-/// a malformed request, answered with 400). Upgraded connections (WebSocket) run on in
-/// their own task after this returns.
+/// Returns when the client connection is done, upgraded streams (WebSocket) included;
+/// an error says why it ended badly (e.g. a malformed request, answered with 400).
 pub async fn serve<C, A, H>(
     client: C,
     app: A,
@@ -46,10 +44,19 @@ where
     let (upstream, closed) = Upstream::handshake(app, version, settings)
         .await
         .map_err(|source| HttpError::AppHandshake { version, source })?;
-    let upgrading = Arc::new(AtomicBool::new(false));
-    let proxy = Proxy::new(hook, upstream, version, settings.clone(), upgrading.clone());
+    let upgrades = Arc::new(Upgrades::default());
+    let h1_revocation = Arc::new(H1Revocation::default());
+    let proxy = Proxy::new(
+        hook,
+        upstream,
+        version,
+        settings.clone(),
+        upgrades.clone(),
+        h1_revocation.clone(),
+    );
     let io = TokioIo::new(client);
-    let result = match version {
+    let mut shutdown = pin!(shutdown);
+    let (result, stopped) = match version {
         HttpVersion::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -66,13 +73,14 @@ where
                 conn,
                 |conn| conn.graceful_shutdown(),
                 closed,
-                shutdown,
-                &upgrading,
+                shutdown.as_mut(),
+                &upgrades,
+                h1_revocation.revoked(),
             )
             .await
         }
         HttpVersion::Http2 => {
-            let conn = http2::Builder::new(TokioExecutor::new())
+            let conn = http2::Builder::new(StreamExecutor)
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(settings.max_concurrent_streams)
                 .auto_date_header(false)
@@ -81,24 +89,37 @@ where
                 conn,
                 |conn| conn.graceful_shutdown(),
                 closed,
-                shutdown,
-                &upgrading,
+                shutdown.as_mut(),
+                &upgrades,
+                std::future::pending(),
             )
             .await
         }
     };
+    // An upgraded connection lives on until its streams end, or the agent closes it.
+    if stopped {
+        upgrades.abort();
+    } else {
+        tokio::select! {
+            () = upgrades.finished() => {}
+            () = shutdown.as_mut() => upgrades.abort(),
+        }
+    }
     result.map_err(|source| HttpError::Client { version, source })
 }
 
 /// Polls the client connection to its end, shutting it down gracefully when `shutdown`
-/// resolves or the app's connection ends (unless that was an upgrade taking it over).
+/// resolves or the app's connection ends (unless that was an upgrade taking it over),
+/// and at once when `revoked` resolves (HTTP/1: its running request was revoked).
+/// Also returns whether `shutdown` resolved.
 async fn drive<F, G>(
     conn: F,
     mut graceful: G,
     app_closed: Closed,
     shutdown: impl Future<Output = ()>,
-    upgrading: &AtomicBool,
-) -> hyper::Result<()>
+    upgrades: &Upgrades,
+    revoked: impl Future<Output = ()>,
+) -> (hyper::Result<()>, bool)
 where
     F: Future<Output = hyper::Result<()>>,
     G: FnMut(Pin<&mut F>),
@@ -106,18 +127,27 @@ where
     let mut conn = pin!(conn);
     let mut shutdown = pin!(shutdown);
     let mut app_closed = pin!(app_closed);
+    let mut revoked = pin!(revoked);
     let mut app_open = true;
     let mut shutting_down = false;
+    let mut stopped = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => return result,
-            () = &mut shutdown, if !shutting_down => {
-                shutting_down = true;
-                graceful(conn.as_mut());
+            result = conn.as_mut() => return (result, stopped),
+            () = &mut revoked => {
+                tracing::debug!("HTTP/1 request revoked: closing its connection");
+                return (Ok(()), stopped);
+            }
+            () = &mut shutdown, if !stopped => {
+                stopped = true;
+                if !shutting_down {
+                    shutting_down = true;
+                    graceful(conn.as_mut());
+                }
             }
             ended = &mut app_closed, if app_open => {
                 app_open = false;
-                if !upgrading.load(Ordering::Relaxed) {
+                if !upgrades.pending() {
                     match ended {
                         Ok(Err(err)) => tracing::debug!(error = %err, "app connection failed"),
                         _ => tracing::debug!("app connection closed"),

@@ -5,22 +5,16 @@
 //! `:authority`, headers, header case in HTTP/1) and its body streamed; the app's
 //! response comes back the same way. When the app fails before answering, the client
 //! gets 503 (connection failed or closed: `UC`) or 502 (not HTTP: `UPE`), and in
-//! HTTP/1 the connection is closed after it, since the app's is gone.
+//! HTTP/1 the connection is closed after it, since the app's is gone. A request the
+//! hook leased ([`Verdict::Leased`]) and then revoked is reset wherever it is: waiting
+//! for the app's answer (the service fails: hyper resets the HTTP/2 stream or closes the
+//! HTTP/1 connection), in either body (see `body`), or upgraded (see `upgrade`).
 //!
 //! `Expect: 100-continue` needs nothing special: hyper answers `100 Continue` to the
 //! client when the body is first read, which is when the request goes to the app (a
 //! denied request's body is not read, so no `100`); the header goes on to the app, whose
 //! own `100` hyper's client skips.
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Instant,
-};
+use std::{future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -29,9 +23,9 @@ use hyper::body::Incoming;
 
 use super::{
     Failure, Hook, HttpVersion, RequestInfo, Settings, Verdict,
-    body::{RequestBody, ResponseBody},
+    body::{BodyError, RequestBody, ResponseBody, Revoked},
     exchange::{BodyProgress, Exchange},
-    target, upgrade,
+    revoke, target, upgrade,
     upstream::Upstream,
 };
 
@@ -43,9 +37,9 @@ struct Shared<H: Hook + ?Sized> {
     upstream: Upstream,
     version: HttpVersion,
     settings: Settings,
-    /// An upgrade request is with the app: its connection ending is no reason to end the
-    /// client's.
-    upgrading: Arc<AtomicBool>,
+    upgrades: Arc<upgrade::Upgrades>,
+    /// HTTP/1: ends the connection when its running request is revoked.
+    h1_revocation: Arc<revoke::H1Revocation>,
 }
 
 impl<H: Hook + ?Sized> Proxy<H> {
@@ -54,31 +48,37 @@ impl<H: Hook + ?Sized> Proxy<H> {
         upstream: Upstream,
         version: HttpVersion,
         settings: Settings,
-        upgrading: Arc<AtomicBool>,
+        upgrades: Arc<upgrade::Upgrades>,
+        h1_revocation: Arc<revoke::H1Revocation>,
     ) -> Self {
         Self(Arc::new(Shared {
             hook,
             upstream,
             version,
             settings,
-            upgrading,
+            upgrades,
+            h1_revocation,
         }))
     }
 }
 
 impl<H: Hook + ?Sized> hyper::service::Service<Request<Incoming>> for Proxy<H> {
     type Response = Response<ResponseBody<H>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Only [`Revoked`].
+    type Error = BodyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BodyError>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let shared = self.0.clone();
-        Box::pin(async move { Ok(shared.handle(request).await) })
+        Box::pin(async move { shared.handle(request).await })
     }
 }
 
 impl<H: Hook + ?Sized> Shared<H> {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody<H>> {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody<H>>, BodyError> {
         let started = Instant::now();
         let normalized = match self.settings.normalize {
             Some(escaped_slashes) => target::normalize(&mut request, self.version, escaped_slashes),
@@ -97,20 +97,23 @@ impl<H: Hook + ?Sized> Shared<H> {
         // Dropped unfinished (this future dropped: the client went away before the
         // response's head), the exchange reports itself.
         let exchange = Exchange::new(self.hook.clone(), info, started, progress.clone());
-        if let Verdict::Deny { status, body } = verdict {
-            let expects_continue = request
-                .headers()
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            let drained = self
-                .drain(request.into_body(), expects_continue, &progress)
-                .await;
-            let exchange = exchange.answered(status).denied();
-            let mut response = plain(status, body, head, Some(exchange));
-            if !drained {
-                close(&mut response);
+        let lease = match verdict {
+            Verdict::Forward => None,
+            Verdict::Leased(lease) => Some(lease),
+            Verdict::Deny { status, body } => {
+                return Ok(self
+                    .deny(request, status, body, head, exchange, &progress)
+                    .await);
             }
-            return response;
+        };
+        let exchange = exchange.leased(lease);
+        let revoked = exchange.revoked();
+        if let Some(revoked) = &revoked {
+            // Reset even when nothing polls the request (a slow client): `revoke`.
+            match self.version {
+                HttpVersion::Http1 => self.h1_revocation.watch(revoked),
+                HttpVersion::Http2 => revoke::stream_revoked_by(revoked),
+            }
         }
 
         if self.version == HttpVersion::Http1 && upgrade::refuse_h2c(request.headers_mut()) {
@@ -125,14 +128,25 @@ impl<H: Hook + ?Sized> Shared<H> {
             *request.version_mut() = Version::HTTP_11;
         }
         let method = request.method().clone();
-        self.upgrading.store(upgrade.is_some(), Ordering::Relaxed);
-        let request = request.map(|body| RequestBody::new(body, progress.clone()));
+        self.upgrades.set_pending(upgrade.is_some());
+        let request = request.map(|body| RequestBody::new(body, progress.clone(), revoked.clone()));
 
-        let mut response = match self.upstream.send(request).await {
+        let sent = match &revoked {
+            None => self.upstream.send(request).await,
+            Some(revoked) => tokio::select! {
+                sent = self.upstream.send(request) => sent,
+                () = revoked.cancelled() => {
+                    self.upgrades.set_pending(false);
+                    exchange.finish(0, Some(Failure::Revoked));
+                    return Err(Box::new(Revoked));
+                }
+            },
+        };
+        let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
-                self.upgrading.store(false, Ordering::Relaxed);
-                return self.failed(&err, &progress, head, exchange);
+                self.upgrades.set_pending(false);
+                return Ok(self.failed(&err, &progress, head, exchange));
             }
         };
         let status = response.status();
@@ -140,12 +154,38 @@ impl<H: Hook + ?Sized> Shared<H> {
         if let Some(client) = upgrade {
             if upgrade::is_upgrade_response(&method, status) {
                 let app = hyper::upgrade::on(&mut response);
-                tokio::spawn(upgrade::splice(client, app, exchange));
-                return response.map(|_| ResponseBody::full(Bytes::new(), None));
+                self.upgrades.spawn(upgrade::splice(client, app, exchange));
+                return Ok(response.map(|_| ResponseBody::full(Bytes::new(), None)));
             }
-            self.upgrading.store(false, Ordering::Relaxed);
+            self.upgrades.set_pending(false);
         }
-        response.map(|body| ResponseBody::stream(body, exchange))
+        Ok(response.map(|body| ResponseBody::stream(body, exchange)))
+    }
+
+    /// Answers a request the hook denied with `status` and `body`, after reading its
+    /// HTTP/1 body away when that can be done (else the connection closes after it).
+    async fn deny(
+        &self,
+        request: Request<Incoming>,
+        status: StatusCode,
+        body: Bytes,
+        head: bool,
+        exchange: Exchange<H>,
+        progress: &BodyProgress,
+    ) -> Response<ResponseBody<H>> {
+        let expects_continue = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let drained = self
+            .drain(request.into_body(), expects_continue, progress)
+            .await;
+        let exchange = exchange.answered(status).denied();
+        let mut response = plain(status, body, head, Some(exchange));
+        if !drained {
+            close(&mut response);
+        }
+        response
     }
 
     /// The app failed `request` before its response's head.

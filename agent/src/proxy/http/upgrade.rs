@@ -8,8 +8,13 @@
 //! HTTP/1.1): HTTP/2 spliced as bytes would escape per-request policy (h2c smuggling).
 //! WebSocket and other upgrades are decided on their upgrade request, then opaque.
 use std::{
+    future::Future,
     io,
     pin::Pin,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -19,6 +24,55 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Failure, Hook, exchange::Exchange};
+
+/// A client connection's upgrade: whether one is with the app, and its splice once it
+/// runs, which the connection's [`serve`](super::serve) waits for (so the connection
+/// stays registered, counted and re-checked while its upgraded streams live).
+#[derive(Default)]
+pub(super) struct Upgrades {
+    pending: AtomicBool,
+    splice: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    abort: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Upgrades {
+    /// An upgrade request is with the app (or no longer is).
+    pub(super) fn set_pending(&self, pending: bool) {
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// An upgrade request is with the app: its connection ending is no reason to end
+    /// the client's.
+    pub(super) fn pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Runs the splice of an upgraded connection.
+    pub(super) fn spawn(&self, splice: impl Future<Output = ()> + Send + 'static) {
+        let task = tokio::spawn(splice);
+        if let Ok(mut slot) = self.abort.lock() {
+            *slot = Some(task.abort_handle());
+        }
+        if let Ok(mut slot) = self.splice.lock() {
+            *slot = Some(task);
+        }
+    }
+
+    /// Ends the upgraded connection's splice (if any): both its streams are dropped.
+    pub(super) fn abort(&self) {
+        if let Some(task) = self.abort.lock().ok().and_then(|mut slot| slot.take()) {
+            task.abort();
+        }
+    }
+
+    /// Resolves when the upgraded connection's splice (if any) has ended.
+    pub(super) async fn finished(&self) {
+        let task = self.splice.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
 
 /// True for a request that asks to leave HTTP/1 if the app agrees.
 pub(super) fn is_upgrade_request(method: &Method, headers: &HeaderMap) -> bool {
@@ -65,7 +119,8 @@ pub(super) fn is_upgrade_response(method: &Method, status: StatusCode) -> bool {
     status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && status.is_success())
 }
 
-/// Waits for both upgrades, then copies both ways until both directions end.
+/// Waits for both upgrades, then copies both ways until both directions end, or until
+/// the hook revokes the request (then both are closed).
 pub(super) async fn splice<H: Hook + ?Sized>(
     client: OnUpgrade,
     app: OnUpgrade,
@@ -91,7 +146,20 @@ pub(super) async fn splice<H: Hook + ?Sized>(
     };
     let mut client = Metered::new(TokioIo::new(client));
     let mut app = Metered::new(TokioIo::new(app));
-    let result = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+    let revoked = exchange.revoked();
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut app);
+    let result = match &revoked {
+        None => copied.await,
+        Some(revoked) => tokio::select! {
+            result = copied => result,
+            // Both upgraded connections are dropped (closed) on return.
+            () = revoked.cancelled() => {
+                tracing::debug!("upgraded connection revoked");
+                exchange.finish_upgraded(client.read, app.read, Some(Failure::Revoked));
+                return;
+            }
+        },
+    };
     let failure = match &result {
         Ok(_) => None,
         Err(_) if app.failed => Some(Failure::UpstreamReset),

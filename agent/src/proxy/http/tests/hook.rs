@@ -51,12 +51,12 @@ fn response_flags() {
     assert_eq!(Failure::UpstreamReset.response_flag(), "UC");
     assert_eq!(Failure::UpstreamProtocol.response_flag(), "UPE");
     assert_eq!(Failure::DownstreamReset.response_flag(), "DC");
+    assert_eq!(Failure::Revoked.response_flag(), "DENY");
     assert!(!Failure::DownstreamReset.is_upstream());
-    assert_eq!(
-        Verdict::rbac_denied(),
-        Verdict::Deny {
-            status: StatusCode::FORBIDDEN,
-            body: Bytes::from_static(b"RBAC: access denied")
-        }
-    );
+    assert!(!Failure::Revoked.is_upstream());
+    let Verdict::Deny { status, body } = Verdict::rbac_denied() else {
+        panic!("rbac_denied is a deny");
+    };
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body, Bytes::from_static(b"RBAC: access denied"));
 }

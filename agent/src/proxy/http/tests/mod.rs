@@ -1,11 +1,13 @@
 //! Tests over loopback TCP: a test proxy (accept, connect to the app, [`detect`], then
 //! [`serve`] or copy), test apps (hyper HTTP/1 and HTTP/2 servers, raw TCP ones), a hook
-//! that denies `/deny*` and records reports, and bodies made of a known pattern.
+//! that denies `/deny*`, leases `/lease*` (the test revokes them) and records reports,
+//! and bodies made of a known pattern.
 mod detection;
 mod failures;
 mod hook;
 mod http1;
 mod http2;
+mod revoke;
 mod support;
 
 use std::{
@@ -34,11 +36,13 @@ use super::{
 };
 use support::{Pattern, PatternBody};
 
-/// Denies `/deny*`, records every request and report.
+/// Denies `/deny*`, leases `/lease*`, records every request and report.
 #[derive(Default)]
 struct TestHook {
     seen: Mutex<Vec<RequestInfo>>,
     reports: Mutex<Option<mpsc::UnboundedSender<Report>>>,
+    /// What revokes each leased request, in order.
+    leases: Mutex<Vec<tokio_util::sync::CancellationToken>>,
 }
 
 impl Hook for TestHook {
@@ -48,6 +52,10 @@ impl Hook for TestHook {
         }
         if request.path().starts_with("/deny") {
             Verdict::rbac_denied()
+        } else if request.path().starts_with("/lease") {
+            let token = tokio_util::sync::CancellationToken::new();
+            self.leases.lock().unwrap().push(token.clone());
+            Verdict::Leased(super::Lease::new(token, None))
         } else {
             Verdict::Forward
         }
@@ -167,6 +175,13 @@ impl TestProxy {
     fn seen(&self) -> Vec<RequestInfo> {
         self.hook.seen.lock().unwrap().clone()
     }
+
+    /// Revokes every request leased so far.
+    fn revoke(&self) {
+        for token in self.hook.leases.lock().unwrap().iter() {
+            token.cancel();
+        }
+    }
 }
 
 type AppBody = BoxBody<Bytes, hyper::Error>;
@@ -179,9 +194,13 @@ fn full(bytes: impl Into<Bytes>) -> AppBody {
 
 /// The test app's answers: `/echo` streams the request body back, `/big/<n>` sends `n`
 /// pattern bytes, `/hang` never answers, an `Upgrade` request switches to an echo,
-/// anything else says what it got.
+/// anything else says what it got. A `/lease` prefix is the hook's business: ignored.
 async fn app_service(mut request: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
-    let path = request.uri().path().to_owned();
+    let full_path = request.uri().path().to_owned();
+    let path = full_path
+        .strip_prefix("/lease")
+        .unwrap_or(&full_path)
+        .to_owned();
     if request.headers().contains_key(http::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
