@@ -1,20 +1,72 @@
-//! Delivering to the pod's app: a connection made inside the pod, marked as the agent's,
-//! from the pod's loopback (127.0.0.6 over IPv4, as Istio does; ::1 over IPv6), to the
-//! address the client asked for. It arrives on loopback, so the inbound `sk_lookup`
-//! program leaves it alone.
+//! Delivering to the pod's app: a connection made inside the pod, to the address the
+//! client asked for, from the client's own IP — as ztunnel delivers — where the pod's
+//! namespace allows (`sourceIp: client`, the default). The socket is transparent (it may
+//! bind an address the pod does not hold), bound to `lo` and marked
+//! `capture.deliveryMark`: only that mark routes the pod's own IP over `lo` (see
+//! `return_path`), so the delivery arrives on `lo` and the inbound `sk_lookup` program,
+//! which passes what comes in on `lo`, leaves it alone; the app's replies come back
+//! over `lo` too. The port is the kernel's choice, as with ztunnel.
+//!
+//! Otherwise, from the pod's loopback (127.0.0.6 over IPv4, as Istio's sidecars; ::1
+//! over IPv6), marked as the agent's: when the namespace says `sourceIp: loopback`, when
+//! the client is the pod itself or of the other family, and when the kernel refuses the
+//! way back or the transparent bind — logged once per pod, and the pod's deliveries stay
+//! on loopback from then on.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::pod::PodProxy;
+use super::{pod::PodProxy, return_path::ReturnPath};
+use crate::{rtnetlink::Family, workloads::SourceIp};
 
 const DELIVERY_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
-pub async fn to_app(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {
+/// A pod's side of delivering from clients' IPs: its namespace's way back, once set up,
+/// and whether the kernel refused (then the pod's deliveries come from loopback).
+#[derive(Default)]
+pub struct PodDelivery {
+    return_path: OnceLock<Option<Arc<ReturnPath>>>,
+    refused: AtomicBool,
+}
+
+impl PodDelivery {
+    /// The pod left: its way back goes once its last connection does.
+    pub fn withdraw(&self) {
+        if let Some(Some(path)) = self.return_path.get() {
+            path.withdraw();
+        }
+    }
+
+    /// Logs, the first time only, why the pod's deliveries come from loopback.
+    fn refuse(&self, pod: &str, reason: &dyn std::fmt::Display) {
+        if !self.refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%pod, %reason,
+                "deliveries to this pod come from 127.0.0.6 / ::1, not the client's IP");
+        }
+    }
+}
+
+/// Connects to the app at `dst` for a connection from `client`.
+pub async fn to_app(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let timeout = pod.shared.connect_timeout;
+    if let Some(socket) = from_client(pod, client, dst) {
+        match super::connect_with_timeout(socket, dst, timeout).await {
+            // No route to the pod's own IP from `lo`: the way back is gone (removed by
+            // hand?); nothing was sent.
+            Err(err) if err.kind() == io::ErrorKind::NetworkUnreachable => {
+                pod.delivery.refuse(&pod.key, &err);
+            }
+            connected => return connected,
+        }
+    }
     let source = match dst.ip() {
         IpAddr::V4(_) => SocketAddr::from((DELIVERY_V4, 0)),
         IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
@@ -22,7 +74,75 @@ pub async fn to_app(pod: &PodProxy, dst: SocketAddr) -> io::Result<TcpStream> {
     let socket = pod.netns.tcp_socket(dst, pod.shared.mark)?;
     port_at_connect(&socket)?;
     socket.bind(source)?;
-    super::connect_with_timeout(socket, dst, pod.shared.connect_timeout).await
+    super::connect_with_timeout(socket, dst, timeout).await
+}
+
+/// A socket bound to `client` for the delivery to `dst`, when it is to keep the
+/// client's IP and can.
+fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSocket> {
+    let client = crate::workloads::directory::canonical(client);
+    let d = &pod.delivery;
+    if d.refused.load(Ordering::Relaxed)
+        || !keeps_client_ip(pod.source_ip(), client, dst.ip())
+        || pod.owns(client)
+    {
+        return None;
+    }
+    let paths = pod.shared.return_paths.as_ref()?;
+    let path = d
+        .return_path
+        .get_or_init(|| match paths.acquire(&pod.netns) {
+            Ok(path) => Some(path),
+            Err(error) => {
+                d.refuse(&pod.key, &error);
+                None
+            }
+        })
+        .as_ref()?;
+    if !path.serves(Family::of(dst.ip())) {
+        return None;
+    }
+    let mark = paths.settings().mark;
+    match transparent_socket(pod, client, dst, mark) {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            d.refuse(&pod.key, &error);
+            None
+        }
+    }
+}
+
+/// True when a delivery from `client` to `dst` is to keep the client's IP: the
+/// namespace wants it and the client's is a unicast address of the same family, not a
+/// loopback one.
+fn keeps_client_ip(setting: SourceIp, client: IpAddr, dst: IpAddr) -> bool {
+    setting == SourceIp::Client
+        && client.is_ipv4() == dst.is_ipv4()
+        && !client.is_loopback()
+        && !client.is_unspecified()
+        && !client.is_multicast()
+}
+
+fn transparent_socket(
+    pod: &PodProxy,
+    client: IpAddr,
+    dst: SocketAddr,
+    mark: u32,
+) -> io::Result<TcpSocket> {
+    let socket = pod.netns.tcp_socket(dst, mark)?;
+    let sock = socket2::SockRef::from(&socket);
+    let transparent = match client {
+        IpAddr::V4(_) => sock.set_ip_transparent_v4(true),
+        IpAddr::V6(_) => sock.set_ip_transparent_v6(true),
+    };
+    transparent.map_err(|e| io::Error::new(e.kind(), format!("IP_TRANSPARENT: {e}")))?;
+    sock.bind_device(Some(b"lo"))
+        .map_err(|e| io::Error::new(e.kind(), format!("SO_BINDTODEVICE lo: {e}")))?;
+    port_at_connect(&socket)?;
+    socket
+        .bind(SocketAddr::new(client, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {client}: {e}")))?;
+    Ok(socket)
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT` (as Envoy sets it on bound upstream sockets): the source
@@ -46,4 +166,37 @@ fn port_at_connect(socket: &TcpSocket) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_unicast_client_of_the_same_family_is_kept_and_only_if_the_namespace_wants() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let pod4 = ip("198.19.1.11");
+        let pod6 = ip("fd6f:7264:1::11");
+        assert!(keeps_client_ip(SourceIp::Client, ip("198.19.2.12"), pod4));
+        assert!(keeps_client_ip(
+            SourceIp::Client,
+            ip("fd6f:7264:2::12"),
+            pod6
+        ));
+        assert!(!keeps_client_ip(
+            SourceIp::Loopback,
+            ip("198.19.2.12"),
+            pod4
+        ));
+        assert!(!keeps_client_ip(
+            SourceIp::Client,
+            ip("fd6f:7264:2::12"),
+            pod4
+        ));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("198.19.2.12"), pod6));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("127.0.0.1"), pod4));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("::1"), pod6));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("0.0.0.0"), pod4));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("224.0.0.1"), pod4));
+    }
 }
