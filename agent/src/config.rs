@@ -398,6 +398,10 @@ pub struct SidecarConfig {
     /// How long a new connection on the socket has to send the HTTP/2 preface before it
     /// is closed. Default 5000 ms.
     pub preface_timeout_ms: u64,
+    /// A sidecar delivers to its app from the client's IP (`outrider sidecar
+    /// --keep-source-ip`): it needs CAP_NET_ADMIN, and `sidecar-init --keep-source-ip`
+    /// in its pod. Default false: from 127.0.0.6 / ::1.
+    pub keep_source_ip: bool,
 }
 
 impl Default for SidecarConfig {
@@ -407,6 +411,7 @@ impl Default for SidecarConfig {
             threads: 2,
             max_connections: 512,
             preface_timeout_ms: 5000,
+            keep_source_ip: false,
         }
     }
 }

@@ -254,3 +254,36 @@ fn a_restart_under_traffic_keeps_the_client_ip_and_unenrolling_takes_the_way_bac
     let _ = new.kill();
     let _ = new.wait();
 }
+
+const SIDECAR_SPEC: &str = "
+nodes:
+  - name: node-a
+    pods:
+      - {namespace: shop, name: client, serviceAccount: client}
+      - {namespace: shop, name: outsider, enrolled: false}
+  - name: node-b
+    pods:
+      - {namespace: data, name: db, serviceAccount: db, mode: sidecar}
+agent:
+  sidecar: {keepSourceIp: true}
+";
+
+#[test]
+fn a_sidecar_with_keep_source_ip_delivers_from_the_client_ip_too() {
+    // As `outriderctl inject --keep-source-ip` sets a pod up: `sidecar-init
+    // --keep-source-ip` (CONNMARK and the rule), the proxy with NET_ADMIN.
+    let tb = Testbed::up(SIDECAR_SPEC, true);
+    let [db4, db6] = pod_ips(&tb, "data/db");
+    let _server = who_am_i_server(&tb, "data/db");
+    let capture = LinkCapture::start(&tb, "data/db");
+    let [c4, c6] = pod_ips(&tb, "shop/client");
+    assert_eq!(seen_from(&tb, "shop/client", (db4, WHO).into()), c4);
+    assert_eq!(seen_from(&tb, "shop/client", (db6, WHO).into()), c6);
+    let leaked = capture.stop(&format!("tcp port {WHO}"));
+    assert!(leaked.is_empty(), "{leaked:#?}");
+    let [o4, o6] = pod_ips(&tb, "shop/outsider");
+    assert_eq!(seen_from(&tb, "shop/outsider", (db4, WHO).into()), o4);
+    assert_eq!(seen_from(&tb, "shop/outsider", (db6, WHO).into()), o6);
+    let (rules, _) = in_pod_setup(&tb, "data/db");
+    assert_eq!(rules.matches("fwmark 0x4f53").count(), 2, "{rules}");
+}

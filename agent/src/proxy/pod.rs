@@ -70,8 +70,8 @@ pub struct Shared {
     pub node: String,
     /// The authorization policies in force.
     pub policy: ArcSwap<PolicySet>,
-    /// The pods' ways back for deliveries from clients' IPs; none in sidecar mode, whose
-    /// deliveries come from loopback.
+    /// The pods' ways back for deliveries from clients' IPs; none in sidecar mode unless
+    /// `sidecar.keepSourceIp` (then deliveries come from loopback).
     pub return_paths: Option<ReturnPaths>,
     /// Cancelled once this agent has handed over to a new one: its tunnels' server ends
     /// send GOAWAY, so that peers open new streams to the new agent while the streams
@@ -88,8 +88,14 @@ impl Shared {
         kubelet: Option<Arc<dyn KubeletProbes>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let return_paths = matches!(steering, Steering::Kernel(_))
-            .then(|| ReturnPaths::new(return_path::Settings::from_config(&config.capture)));
+        let settings = return_path::Settings::from_config(&config.capture);
+        let return_paths = match &steering {
+            Steering::Kernel(_) => Some(ReturnPaths::new(settings)),
+            Steering::Redirect if config.sidecar.keep_source_ip => {
+                Some(ReturnPaths::set_up_by_init(settings))
+            }
+            Steering::Redirect => None,
+        };
         Self {
             return_paths,
             steering,

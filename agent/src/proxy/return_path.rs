@@ -70,6 +70,10 @@ type Live = Arc<Mutex<HashMap<u64, Weak<ReturnPath>>>>;
 pub struct ReturnPaths {
     settings: Settings,
     live: Live,
+    /// Set up and taken down here (node mode), or by `outrider sidecar-init
+    /// --keep-source-ip` in the pod (sidecar mode, where iptables' CONNMARK stands in for
+    /// the sysctl).
+    managed: bool,
 }
 
 impl ReturnPaths {
@@ -77,6 +81,15 @@ impl ReturnPaths {
         Self {
             settings,
             live: Default::default(),
+            managed: true,
+        }
+    }
+
+    /// A sidecar's: its init step set the way back up in the pod, for both families.
+    pub fn set_up_by_init(settings: Settings) -> Self {
+        Self {
+            managed: false,
+            ..Self::new(settings)
         }
     }
 
@@ -92,10 +105,15 @@ impl ReturnPaths {
             path.withdrawn.store(false, Ordering::Relaxed);
             return Ok(path);
         }
-        let families = install(netns, self.settings)?;
+        let families = if self.managed {
+            install(netns, self.settings)?
+        } else {
+            [true; 2]
+        };
         let path = Arc::new(ReturnPath {
             netns: netns.clone(),
             settings: self.settings,
+            managed: self.managed,
             families,
             withdrawn: AtomicBool::new(false),
             live: self.live.clone(),
@@ -109,6 +127,7 @@ impl ReturnPaths {
 pub struct ReturnPath {
     netns: Arc<Netns>,
     settings: Settings,
+    managed: bool,
     /// Which families have their rule and route: [IPv4, IPv6].
     families: [bool; 2],
     /// The pod was unenrolled: take it all down when the last holder goes.
@@ -137,7 +156,7 @@ impl Drop for ReturnPath {
             return;
         }
         live.remove(&cookie);
-        if self.withdrawn.load(Ordering::Relaxed) {
+        if self.managed && self.withdrawn.load(Ordering::Relaxed) {
             match remove(&self.netns, self.settings) {
                 Ok(()) => tracing::debug!(netns = %self.netns.path().display(),
                     "the way back for deliveries from clients' IPs is removed"),
