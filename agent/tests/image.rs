@@ -110,12 +110,19 @@ fn the_image_runs_as_the_daemonset_runs_it_and_meshes_a_request_across_nodes() {
     // capabilities and the container's read-only /proc/sys, sets up the way back in the
     // pod and delivers from a transparent socket.
     let _who = tb.tcp_server("data/db", 7001, "SYSTEM:echo \"$SOCAT_PEERADDR\"");
-    let client = tb.pod("shop/client").ipv4.to_string();
+    let client = tb.pod("shop/client").ipv4;
     let to_who = format!("socat -t5 -T5 STDIO TCP4:{}:7001 </dev/null", db.ip());
     let seen = String::from_utf8_lossy(&tb.sh("shop/client", &to_who).stdout).into_owned();
+    // socat writes an IPv6 listener's peer in full and in brackets.
+    let seen_ip = seen
+        .trim()
+        .trim_matches(['[', ']'])
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .and_then(|v6| v6.to_ipv4_mapped());
     assert_eq!(
-        seen.trim().trim_start_matches("::ffff:"),
-        client,
+        seen_ip,
+        Some(client),
         "the app saw {seen:?}; node-b's log: {:?}",
         std::fs::read_to_string(tb.agent_log_path("node-b")).unwrap_or_default()
     );
