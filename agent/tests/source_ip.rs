@@ -3,8 +3,8 @@
 //! or as plaintext from outside the mesh — reaches the app from the client pod's own IP,
 //! IPv4 and IPv6, as through ztunnel; nothing of it leaves the pod's interface. A
 //! namespace with `sourceIp: loopback` gets 127.0.0.6 / ::1 and nothing in its pods'
-//! namespaces. The way back set up in the pod survives a restart under traffic and goes
-//! when the pod leaves the mesh.
+//! namespaces. The way back set up in the pod (resets from closed ports take it too)
+//! survives a restart under traffic and goes when the pod leaves the mesh.
 mod support;
 
 use std::{
@@ -66,16 +66,37 @@ fn pod_ips(tb: &Testbed, pod: &str) -> [IpAddr; 2] {
     [p.ipv4.into(), p.ipv6.into()]
 }
 
-/// `ip rule` of both families in `pod`, and its `tcp_fwmark_accept`.
+/// `ip rule` of both families in `pod`, and its `tcp_fwmark_accept` and IPv4 and IPv6
+/// `fwmark_reflect` (`"111"`: all set).
 fn in_pod_setup(tb: &Testbed, pod: &str) -> (String, String) {
     let rules = tb.sh(pod, "ip rule; ip -6 rule").stdout;
-    let sysctl = tb
-        .sh(pod, "cat /proc/sys/net/ipv4/tcp_fwmark_accept")
-        .stdout;
+    let sysctls =
+        "cd /proc/sys/net && cat ipv4/tcp_fwmark_accept ipv4/fwmark_reflect ipv6/fwmark_reflect";
+    let sysctls = tb.sh(pod, sysctls).stdout;
     (
         String::from_utf8_lossy(&rules).into_owned(),
-        String::from_utf8_lossy(&sysctl).trim().to_string(),
+        String::from_utf8_lossy(&sysctls)
+            .split_whitespace()
+            .collect(),
     )
+}
+
+/// Connects from shop/client to `dst`, where nothing listens, and finds the access line
+/// of the delivery in `log`: refused by the kernel's reset (which found its way back),
+/// not timed out.
+fn refused_by_the_kernel(
+    tb: &Testbed,
+    dst: SocketAddr,
+    log: impl Fn(&dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value,
+) {
+    let script = format!(
+        "socat -t5 -T5 STDIO {} </dev/null",
+        support::socat_target(dst)
+    );
+    tb.sh("shop/client", &script);
+    let line = log(&|v| support::access(v, "inbound", dst) && v["fields"]["error"].is_string());
+    let error = line["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("refused"), "{dst}: {line}");
 }
 
 /// Captures the TCP traffic on `pod`'s own link (its `eth0`) until stopped; `filter`
@@ -152,10 +173,17 @@ fn the_app_sees_the_client_pods_ip_from_every_kind_of_client_and_nothing_leaves_
             "{client}, IPv6"
         );
     }
-    let leaked = capture.stop(&format!("tcp port {WHO}"));
+    // A port nobody listens on: the kernel's reset to the delivery goes back to the
+    // agent too (not out to the client's IP).
+    for dst in [SocketAddr::new(db4, 7999), SocketAddr::new(db6, 7999)] {
+        refused_by_the_kernel(&tb, dst, |pred| {
+            tb.wait_log("node-b", Duration::from_secs(10), pred)
+        });
+    }
+    let leaked = capture.stop(&format!("tcp port {WHO} or tcp port 7999"));
     assert!(
         leaked.is_empty(),
-        "the deliveries or the app's replies crossed the pod's link: {leaked:#?}"
+        "the deliveries or the pod's replies crossed the pod's link: {leaked:#?}"
     );
 
     // Plaintext from outside the mesh (permissive): its own IP too.
@@ -170,7 +198,7 @@ fn the_app_sees_the_client_pods_ip_from_every_kind_of_client_and_nothing_leaves_
         2,
         "{rules}"
     );
-    assert_eq!(sysctl, "1");
+    assert_eq!(sysctl, "111");
 
     // `sourceIp: loopback`: 127.0.0.6 / ::1, and nothing set up in the pod.
     let [old4, old6] = pod_ips(&tb, "legacy/old");
@@ -181,7 +209,7 @@ fn the_app_sees_the_client_pods_ip_from_every_kind_of_client_and_nothing_leaves_
     assert_eq!(seen_from(&tb, "shop/client", (old6, WHO).into()), lo6);
     let (rules, sysctl) = in_pod_setup(&tb, "legacy/old");
     assert!(!rules.contains("0x4f53"), "{rules}");
-    assert_eq!(sysctl, "0");
+    assert_eq!(sysctl, "000");
 }
 
 #[test]
@@ -235,17 +263,17 @@ fn a_restart_under_traffic_keeps_the_client_ip_and_unenrolling_takes_the_way_bac
     let _n = who_am_i_server(&tb, "data/neighbor");
     assert_eq!(seen_from(&tb, "shop/outsider", (n4, WHO).into()), o4);
     let (rules, sysctl) = in_pod_setup(&tb, "data/neighbor");
-    assert!(rules.contains("0x4f53") && sysctl == "1", "{rules}");
+    assert!(rules.contains("0x4f53") && sysctl == "111", "{rules}");
     tb.unenroll("data/neighbor");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (rules, sysctl) = in_pod_setup(&tb, "data/neighbor");
-        if !rules.contains("0x4f53") && sysctl == "0" {
+        if !rules.contains("0x4f53") && sysctl == "000" {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the way back is still in the unenrolled pod: {rules} fwmark_accept={sysctl}"
+            "the way back is still in the unenrolled pod: {rules} sysctls={sysctl}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -279,7 +307,10 @@ fn a_sidecar_with_keep_source_ip_delivers_from_the_client_ip_too() {
     let [c4, c6] = pod_ips(&tb, "shop/client");
     assert_eq!(seen_from(&tb, "shop/client", (db4, WHO).into()), c4);
     assert_eq!(seen_from(&tb, "shop/client", (db6, WHO).into()), c6);
-    let leaked = capture.stop(&format!("tcp port {WHO}"));
+    refused_by_the_kernel(&tb, SocketAddr::new(db4, 7999), |pred| {
+        tb.wait_sidecar_log("data/db", Duration::from_secs(10), pred)
+    });
+    let leaked = capture.stop(&format!("tcp port {WHO} or tcp port 7999"));
     assert!(leaked.is_empty(), "{leaked:#?}");
     let [o4, o6] = pod_ips(&tb, "shop/outsider");
     assert_eq!(seen_from(&tb, "shop/outsider", (db4, WHO).into()), o4);

@@ -9,9 +9,10 @@
 //!
 //! Otherwise, from the pod's loopback (127.0.0.6 over IPv4, as Istio's sidecars; ::1
 //! over IPv6), marked as the agent's: when the namespace says `sourceIp: loopback`, when
-//! the client is the pod itself or of the other family, and when the kernel refuses the
-//! way back or the transparent bind — logged once per pod, and the pod's deliveries stay
-//! on loopback from then on.
+//! the client is the pod itself, of the other family or link-local, after the pod has
+//! left the mesh, and when the kernel refuses — logged once per pod. A refused way back
+//! or transparent socket keeps the pod's deliveries on loopback from then on; a refused
+//! bind to one client's address, that delivery only.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -30,25 +31,31 @@ use crate::{rtnetlink::Family, workloads::SourceIp};
 const DELIVERY_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 /// A pod's side of delivering from clients' IPs: its namespace's way back, once set up,
-/// and whether the kernel refused (then the pod's deliveries come from loopback).
+/// and whether the kernel refused it (then the pod's deliveries come from loopback).
 #[derive(Default)]
 pub struct PodDelivery {
     return_path: OnceLock<Option<Arc<ReturnPath>>>,
     refused: AtomicBool,
+    logged: AtomicBool,
 }
 
 impl PodDelivery {
-    /// The pod left: its way back goes once its last connection does.
+    /// The pod left: its way back goes once its last connection does, and none is set
+    /// up for it any more (a tunnel still open may bring it streams).
     pub fn withdraw(&self) {
-        if let Some(Some(path)) = self.return_path.get() {
+        if let Some(path) = self.return_path.get_or_init(|| None) {
             path.withdraw();
         }
     }
 
-    /// Logs, the first time only, why the pod's deliveries come from loopback.
-    fn refuse(&self, pod: &str, reason: &dyn std::fmt::Display) {
-        if !self.refused.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%pod, %reason,
+    /// Logs, the first time only, why a delivery to the pod comes from loopback; for good
+    /// when `for_good`.
+    fn refuse(&self, pod: &str, reason: &dyn std::fmt::Display, for_good: bool) {
+        if for_good {
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%pod, %reason, for_good,
                 "deliveries to this pod come from 127.0.0.6 / ::1, not the client's IP");
         }
     }
@@ -62,7 +69,7 @@ pub async fn to_app(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> io::Resu
             // No route to the pod's own IP from `lo`: the way back is gone (removed by
             // hand?); nothing was sent.
             Err(err) if err.kind() == io::ErrorKind::NetworkUnreachable => {
-                pod.delivery.refuse(&pod.key, &err);
+                pod.delivery.refuse(&pod.key, &err, true);
             }
             connected => return connected,
         }
@@ -94,7 +101,7 @@ fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSoc
         .get_or_init(|| match paths.acquire(&pod.netns) {
             Ok(path) => Some(path),
             Err(error) => {
-                d.refuse(&pod.key, &error);
+                d.refuse(&pod.key, &error, true);
                 None
             }
         })
@@ -106,7 +113,13 @@ fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSoc
     match transparent_socket(pod, client, dst, mark) {
         Ok(socket) => Some(socket),
         Err(error) => {
-            d.refuse(&pod.key, &error);
+            // The kernel refusing the socket options refuses every delivery; a bind
+            // refused is about this client's address.
+            let for_good = matches!(
+                error.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+            ) || error.raw_os_error() == Some(libc::ENOPROTOOPT);
+            d.refuse(&pod.key, &error, for_good);
             None
         }
     }
@@ -114,13 +127,15 @@ fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSoc
 
 /// True when a delivery from `client` to `dst` is to keep the client's IP: the
 /// namespace wants it and the client's is a unicast address of the same family, not a
-/// loopback one.
+/// loopback one, nor an IPv6 link-local one (which needs its interface).
 fn keeps_client_ip(setting: SourceIp, client: IpAddr, dst: IpAddr) -> bool {
+    let link_local = matches!(client, IpAddr::V6(v6) if v6.is_unicast_link_local());
     setting == SourceIp::Client
         && client.is_ipv4() == dst.is_ipv4()
         && !client.is_loopback()
         && !client.is_unspecified()
         && !client.is_multicast()
+        && !link_local
 }
 
 fn transparent_socket(
@@ -173,6 +188,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_withdrawn_pod_sets_up_no_way_back() {
+        let d = PodDelivery::default();
+        d.withdraw();
+        assert!(matches!(d.return_path.get(), Some(None)));
+    }
+
+    #[test]
     fn only_a_unicast_client_of_the_same_family_is_kept_and_only_if_the_namespace_wants() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let pod4 = ip("198.19.1.11");
@@ -198,5 +220,6 @@ mod tests {
         assert!(!keeps_client_ip(SourceIp::Client, ip("::1"), pod6));
         assert!(!keeps_client_ip(SourceIp::Client, ip("0.0.0.0"), pod4));
         assert!(!keeps_client_ip(SourceIp::Client, ip("224.0.0.1"), pod4));
+        assert!(!keeps_client_ip(SourceIp::Client, ip("fe80::1"), pod6));
     }
 }

@@ -5,7 +5,9 @@
 //! over `lo` instead of out of its interface:
 //!
 //! - `net.ipv4.tcp_fwmark_accept = 1`: the app's accepted socket takes the mark of the
-//!   delivery's SYN (IPv6 too);
+//!   delivery's SYN (IPv6 too); `net.ipv4.fwmark_reflect = 1` and `net.ipv6.
+//!   fwmark_reflect = 1`: what the kernel answers without a socket (a reset from a port
+//!   nobody listens on) takes the mark of what it answers;
 //! - per family, the route `local default dev lo table T` and the rule `fwmark M lookup
 //!   T` (priority P): whatever carries the mark — the delivery and the app's end of it,
 //!   nothing else — is local. The pod's other traffic never carries it (the agent's own
@@ -34,7 +36,29 @@ use crate::{
     sysctl,
 };
 
-const FWMARK_ACCEPT: &str = "net/ipv4/tcp_fwmark_accept";
+/// The sysctls set to 1 while the way back is up (0, the kernel's default, after).
+/// IPv6's may be missing (IPv6 off in the pod).
+const SYSCTLS: [&str; 3] = [
+    "net/ipv4/tcp_fwmark_accept",
+    "net/ipv4/fwmark_reflect",
+    "net/ipv6/fwmark_reflect",
+];
+
+fn set_sysctls(netns: &Netns, value: &str) -> Result<(), ReturnPathError> {
+    for name in SYSCTLS {
+        match sysctl::write(netns, name, value) {
+            Ok(()) => {}
+            Err(e) if name.starts_with("net/ipv6") && e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ReturnPathError::Sysctl {
+                    netns: netns_name(netns),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The mark, table and rule priority of the way back (`capture.delivery*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,10 +198,7 @@ fn netns_name(netns: &Netns) -> String {
 /// Sets up the way back in `netns`; which families have it. IPv6 may be off in a pod
 /// (then only IPv4 deliveries keep the client's IP); IPv4 must work.
 pub fn install(netns: &Netns, s: Settings) -> Result<[bool; 2], ReturnPathError> {
-    sysctl::write(netns, FWMARK_ACCEPT, "1").map_err(|source| ReturnPathError::Sysctl {
-        netns: netns_name(netns),
-        source,
-    })?;
+    set_sysctls(netns, "1")?;
     let mut sock = RouteSocket::open(netns).map_err(|source| ReturnPathError::Socket {
         netns: netns_name(netns),
         source,
@@ -206,7 +227,7 @@ pub fn install(netns: &Netns, s: Settings) -> Result<[bool; 2], ReturnPathError>
     Ok(families)
 }
 
-/// Takes the way back down in `netns`: rules first, then routes, then the sysctl (back
+/// Takes the way back down in `netns`: rules first, then routes, then the sysctls (back
 /// to the kernel's default).
 pub fn remove(netns: &Netns, s: Settings) -> Result<(), ReturnPathError> {
     let netlink = |source| ReturnPathError::Netlink {
@@ -223,10 +244,7 @@ pub fn remove(netns: &Netns, s: Settings) -> Result<(), ReturnPathError> {
         sock.delete_local_default(family, s.table)
             .map_err(netlink)?;
     }
-    sysctl::write(netns, FWMARK_ACCEPT, "0").map_err(|source| ReturnPathError::Sysctl {
-        netns: netns_name(netns),
-        source,
-    })
+    set_sysctls(netns, "0")
 }
 
 #[cfg(test)]
@@ -247,14 +265,23 @@ mod tests {
         let netns = Arc::new(Netns::open(&ns.path()).unwrap());
         let paths = ReturnPaths::new(SETTINGS);
         let rules = || ns.run(&["ip", "rule"]) + &ns.run(&["ip", "-6", "rule"]);
-        let sysctl = || ns.run(&["cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"]);
+        let sysctl = || {
+            ns.run(&[
+                "cat",
+                "/proc/sys/net/ipv4/tcp_fwmark_accept",
+                "/proc/sys/net/ipv4/fwmark_reflect",
+                "/proc/sys/net/ipv6/fwmark_reflect",
+            ])
+            .split_whitespace()
+            .collect::<String>()
+        };
 
         let first = paths.acquire(&netns).unwrap();
         assert!(first.serves(Family::V4) && first.serves(Family::V6));
         let second = paths.acquire(&netns).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         assert_eq!(rules().matches("fwmark 0x4f53 lookup 20307").count(), 2);
-        assert_eq!(sysctl().trim(), "1");
+        assert_eq!(sysctl(), "111");
         let routes = ns.run(&["ip", "route", "show", "table", "20307"]);
         assert!(routes.contains("local default dev lo"), "{routes}");
 
@@ -271,7 +298,7 @@ mod tests {
         anew.withdraw();
         drop(anew);
         assert!(!rules().contains("0x4f53"), "{}", rules());
-        assert_eq!(sysctl().trim(), "0");
+        assert_eq!(sysctl(), "000");
         let routes = ns.run(&["ip", "route", "show", "table", "20307"]);
         assert!(routes.is_empty(), "{routes}");
     }
