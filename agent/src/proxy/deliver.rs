@@ -5,7 +5,12 @@
 //! `capture.deliveryMark`: only that mark routes the pod's own IP over `lo` (see
 //! `return_path`), so the delivery arrives on `lo` and the inbound `sk_lookup` program,
 //! which passes what comes in on `lo`, leaves it alone; the app's replies come back
-//! over `lo` too. The port is the kernel's choice, as with ztunnel.
+//! over `lo` too. The port is the kernel's choice, as with ztunnel: at `connect` for a
+//! tunnelled client (cheap with thousands of deliveries from one pod), at `bind` for a
+//! plaintext one. The plaintext client's own connection sits in the pod under the same
+//! addresses (`sk_lookup` keeps its destination), and `connect` would pick the very port
+//! the client's kernel picked (same hash of the same addresses), whose mirror the
+//! kernel does not check: the delivery's SYN would land on the client's connection.
 //!
 //! Otherwise, from the pod's loopback (127.0.0.6 over IPv4, as Istio's sidecars; ::1
 //! over IPv6), marked as the agent's: when the namespace says `sourceIp: loopback`, when
@@ -61,10 +66,24 @@ impl PodDelivery {
     }
 }
 
+/// How the connection to deliver arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A tunnel stream: the client's address is the tunnel's TCP peer.
+    Tunnel,
+    /// Plaintext on `:15006`, accepted under the client's own addresses.
+    Plaintext,
+}
+
 /// Connects to the app at `dst` for a connection from `client`.
-pub async fn to_app(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+pub async fn to_app(
+    pod: &PodProxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+    via: Via,
+) -> io::Result<TcpStream> {
     let timeout = pod.shared.connect_timeout;
-    if let Some(socket) = from_client(pod, client, dst) {
+    if let Some(socket) = from_client(pod, client, dst, via) {
         match super::connect_with_timeout(socket, dst, timeout).await {
             // No route to the pod's own IP from `lo`: the way back is gone (removed by
             // hand?); nothing was sent.
@@ -86,8 +105,8 @@ pub async fn to_app(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> io::Resu
 
 /// A socket bound to `client` for the delivery to `dst`, when it is to keep the
 /// client's IP and can.
-fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSocket> {
-    let client = crate::workloads::directory::canonical(client);
+fn from_client(pod: &PodProxy, from: SocketAddr, dst: SocketAddr, via: Via) -> Option<TcpSocket> {
+    let client = crate::workloads::directory::canonical(from.ip());
     let d = &pod.delivery;
     if d.refused.load(Ordering::Relaxed)
         || !keeps_client_ip(pod.source_ip(), client, dst.ip())
@@ -110,7 +129,8 @@ fn from_client(pod: &PodProxy, client: IpAddr, dst: SocketAddr) -> Option<TcpSoc
         return None;
     }
     let mark = paths.settings().mark;
-    match transparent_socket(pod, client, dst, mark) {
+    let avoid = (via == Via::Plaintext).then_some(from.port());
+    match transparent_socket(pod, client, dst, mark, avoid) {
         Ok(socket) => Some(socket),
         Err(error) => {
             // The kernel refusing the socket options refuses every delivery; a bind
@@ -138,11 +158,33 @@ fn keeps_client_ip(setting: SourceIp, client: IpAddr, dst: IpAddr) -> bool {
         && !link_local
 }
 
+/// A transparent socket bound to `client` for `dst`: its port picked at `connect`, or,
+/// with `avoid` (a plaintext client's own port), at `bind`, and never that one.
 fn transparent_socket(
     pod: &PodProxy,
     client: IpAddr,
     dst: SocketAddr,
     mark: u32,
+    avoid: Option<u16>,
+) -> io::Result<TcpSocket> {
+    let socket = bound_transparent(pod, client, dst, mark, avoid.is_none())?;
+    let Some(avoid) = avoid else {
+        return Ok(socket);
+    };
+    if socket.local_addr()?.port() != avoid {
+        return Ok(socket);
+    }
+    // One chance in tens of thousands; the next pick is another port (the first still
+    // holds this one).
+    bound_transparent(pod, client, dst, mark, false)
+}
+
+fn bound_transparent(
+    pod: &PodProxy,
+    client: IpAddr,
+    dst: SocketAddr,
+    mark: u32,
+    port_at_connect_time: bool,
 ) -> io::Result<TcpSocket> {
     let socket = pod.netns.tcp_socket(dst, mark)?;
     let sock = socket2::SockRef::from(&socket);
@@ -153,7 +195,9 @@ fn transparent_socket(
     transparent.map_err(|e| io::Error::new(e.kind(), format!("IP_TRANSPARENT: {e}")))?;
     sock.bind_device(Some(b"lo"))
         .map_err(|e| io::Error::new(e.kind(), format!("SO_BINDTODEVICE lo: {e}")))?;
-    port_at_connect(&socket)?;
+    if port_at_connect_time {
+        port_at_connect(&socket)?;
+    }
     socket
         .bind(SocketAddr::new(client, 0))
         .map_err(|e| io::Error::new(e.kind(), format!("bind {client}: {e}")))?;
