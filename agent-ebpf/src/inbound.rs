@@ -2,10 +2,13 @@
 //! network namespace, hands new TCP connections to the pod's IPs to the agent's `:15006`
 //! listener in that pod (from `INBOUND_LISTENERS`); the local address the agent then sees
 //! is the original destination. Left alone: the tunnel port and the agent's other
-//! reserved ports, and connections from a loopback address — the agent's own deliveries
-//! to the app (from 127.0.0.6 or ::1). (Locally made connections to the pod's IP report
-//! the pod's interface as their ingress, not loopback, so the source is what tells;
-//! a packet from the network with a loopback source never gets this far.) With the agent
+//! reserved ports, and the agent's own deliveries to the app. Those come from the
+//! client's IP on a socket bound to `lo` (ingress `lo`: a route only the delivery mark
+//! reaches, see `agent/src/proxy/deliver.rs`), or, as the fallback, from a loopback
+//! address (127.0.0.6 or ::1). (Locally made connections to the pod's IP report the
+//! pod's interface as their ingress unless bound to `lo`. Only the pod's own processes
+//! send on its `lo` — and reach their app over 127.0.0.1 anyway —, while a packet from
+//! the network never has a loopback source or ingress.) With the agent
 //! gone, its listener's slot is empty: `fail-closed` refuses the connection (a reset),
 //! `fail-open` gives it to the app.
 use agent_ebpf::inbound_slot;
@@ -18,6 +21,8 @@ const SK_DROP: u32 = 0;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
+/// `LOOPBACK_IFINDEX`: the kernel gives every namespace's `lo` this index.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
 pub fn or_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -27,6 +32,10 @@ pub fn or_sk_lookup(ctx: SkLookupContext) -> u32 {
     }
     let port = l.local_port as u16;
     if unsafe { RESERVED_PORTS.get(port) }.is_some() {
+        return SK_PASS;
+    }
+    if l.ingress_ifindex == LOOPBACK_IFINDEX {
+        // The agent's delivery from the client's IP (bound to `lo`).
         return SK_PASS;
     }
     let slot = match l.family {

@@ -15,7 +15,7 @@ pub struct Capability {
 pub const NET_ADMIN: Capability = Capability {
     name: "NET_ADMIN",
     bit: 12,
-    why: "attach the cgroup, sockops and sk_lookup programs, and mark the agent's sockets (SO_MARK)",
+    why: "attach the cgroup, sockops and sk_lookup programs, mark the agent's sockets (SO_MARK), and deliver from clients' IPs (IP_TRANSPARENT, a rule and route in each pod)",
 };
 pub const SYS_PTRACE: Capability = Capability {
     name: "SYS_PTRACE",

@@ -131,6 +131,16 @@ pub struct CaptureConfig {
     /// SO_MARK on every socket the agent makes; marked sockets are never steered.
     /// Default 0x4f52 ("OR").
     pub agent_mark: u32,
+    /// Deliveries to a pod's app keep the client's IP (where the namespace's `sourceIp`
+    /// says `client`, the default): the agent's delivery sockets carry this SO_MARK, and
+    /// in the pod's namespace the rule `fwmark <deliveryMark> lookup <deliveryTable>`
+    /// (priority `deliveryRulePriority`) with the route `local default dev lo table
+    /// <deliveryTable>`, and `net.ipv4.tcp_fwmark_accept=1`, send the app's replies back
+    /// to them over `lo`. Defaults 0x4f53, table 20307 (the mark's value), priority 32764
+    /// (before `main`, as Istio's in-pod rule).
+    pub delivery_mark: u32,
+    pub delivery_table: u32,
+    pub delivery_rule_priority: u32,
     /// Destinations that pass untouched. Default none (loopback always passes).
     pub exclude_cidrs: Vec<IpNet>,
     /// Destination ports that pass untouched. Default none.
@@ -175,6 +185,9 @@ impl Default for CaptureConfig {
         Self {
             outbound_port: 15001,
             agent_mark: 0x4f52,
+            delivery_mark: 0x4f53,
+            delivery_table: 0x4f53,
+            delivery_rule_priority: 32764,
             exclude_cidrs: Vec::new(),
             exclude_ports: Vec::new(),
             reserved_ports: DEFAULT_RESERVED_PORTS.to_vec(),
@@ -385,6 +398,10 @@ pub struct SidecarConfig {
     /// How long a new connection on the socket has to send the HTTP/2 preface before it
     /// is closed. Default 5000 ms.
     pub preface_timeout_ms: u64,
+    /// A sidecar delivers to its app from the client's IP (`outrider sidecar
+    /// --keep-source-ip`): it needs CAP_NET_ADMIN, and `sidecar-init --keep-source-ip`
+    /// in its pod. Default false: from 127.0.0.6 / ::1.
+    pub keep_source_ip: bool,
 }
 
 impl Default for SidecarConfig {
@@ -394,6 +411,7 @@ impl Default for SidecarConfig {
             threads: 2,
             max_connections: 512,
             preface_timeout_ms: 5000,
+            keep_source_ip: false,
         }
     }
 }
@@ -550,6 +568,26 @@ impl Config {
         if self.capture.agent_mark == 0 {
             return Err(invalid("capture.agentMark", "must not be 0"));
         }
+        let c = &self.capture;
+        if c.delivery_mark == 0 || c.delivery_mark == c.agent_mark {
+            return Err(invalid(
+                "capture.deliveryMark",
+                "must be neither 0 nor capture.agentMark (the agent's other sockets in a pod must not take the route back to it)",
+            ));
+        }
+        // 0 is unspecified; 253-255 are the kernel's default, main and local tables.
+        if c.delivery_table == 0 || (253..=255).contains(&c.delivery_table) {
+            return Err(invalid(
+                "capture.deliveryTable",
+                "must not be 0, 253, 254 or 255 (the kernel's own tables)",
+            ));
+        }
+        if !(1..32766).contains(&c.delivery_rule_priority) {
+            return Err(invalid(
+                "capture.deliveryRulePriority",
+                "must be between 1 and 32765 (before the main table's rule)",
+            ));
+        }
         if self.proxy.buffer_bytes < 1024 {
             return Err(invalid("proxy.bufferBytes", "must be at least 1024"));
         }
@@ -701,6 +739,27 @@ mod tests {
             Some(Path::new("system.slice/kubelet.service")),
             "strict pods serve the kubelet's probes"
         );
+    }
+
+    #[test]
+    fn the_delivery_route_keeps_off_the_agents_mark_and_the_kernels_tables() {
+        let (_d, path) = write("cgroup: {attach: /x}\n");
+        let config = Config::load(&path).unwrap();
+        assert_ne!(config.capture.delivery_mark, config.capture.agent_mark);
+        for (setting, field) in [
+            ("deliveryMark: 0x4f52", "capture.deliveryMark"),
+            ("deliveryMark: 0", "capture.deliveryMark"),
+            ("deliveryTable: 254", "capture.deliveryTable"),
+            (
+                "deliveryRulePriority: 32766",
+                "capture.deliveryRulePriority",
+            ),
+            ("deliveryRulePriority: 0", "capture.deliveryRulePriority"),
+        ] {
+            let (_d, path) = write(&format!("cgroup: {{attach: /x}}\ncapture: {{{setting}}}\n"));
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains(field), "{setting}: {err}");
+        }
     }
 
     #[test]

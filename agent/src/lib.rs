@@ -31,7 +31,9 @@ pub mod proxy;
 #[path = "../tests/support/raw_h2.rs"]
 mod raw_h2;
 pub mod restart;
+pub mod rtnetlink;
 pub mod sidecar;
+pub mod sysctl;
 pub mod telemetry;
 pub mod testbed;
 pub mod unix_socket;

@@ -217,8 +217,53 @@ pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A named network namespace of a unit test's own (`ip netns add`, needs root),
+    /// deleted when dropped; `lo` is up.
+    pub(crate) struct ScratchNetns {
+        name: String,
+    }
+
+    impl ScratchNetns {
+        pub(crate) fn path(&self) -> PathBuf {
+            PathBuf::from("/run/netns").join(&self.name)
+        }
+
+        /// Runs `cmd` in the namespace and returns its standard output.
+        pub(crate) fn run(&self, cmd: &[&str]) -> String {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(cmd)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+
+    impl Drop for ScratchNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    pub(crate) fn scratch_namespace() -> ScratchNetns {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("outrider-ut-{}-{n}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        let ns = ScratchNetns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
 
     #[test]
     fn own_namespace_has_a_cookie_and_sockets_are_marked() {

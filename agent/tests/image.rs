@@ -1,6 +1,6 @@
 //! End-to-end: Outrider's container image (`cargo xtask image`) runs as shipped. With
 //! podman (rootful) on the testbed: the node agent as the DaemonSet runs it meshes a
-//! request across two nodes; without a capability it needs it exits naming it; a sidecar
+//! request across two nodes (the app seeing the client's IP); without a capability it needs it exits naming it; a sidecar
 //! pod's init step and proxy from the image, as `outriderctl inject` runs them; and an
 //! upgrade between two images built with different version strings hands over without a
 //! failed request or a cut connection. These tests fail (never skip) without podman or
@@ -105,6 +105,26 @@ fn the_image_runs_as_the_daemonset_runs_it_and_meshes_a_request_across_nodes() {
     assert_eq!(
         inbound["fields"]["src_identity"], "spiffe://cluster.local/ns/shop/sa/client",
         "{inbound}"
+    );
+    // The app sees the client pod's own IP: the agent, with only the DaemonSet's
+    // capabilities and the container's read-only /proc/sys, sets up the way back in the
+    // pod and delivers from a transparent socket.
+    let _who = tb.tcp_server("data/db", 7001, "SYSTEM:echo \"$SOCAT_PEERADDR\"");
+    let client = tb.pod("shop/client").ipv4;
+    let to_who = format!("socat -t5 -T5 STDIO TCP4:{}:7001 </dev/null", db.ip());
+    let seen = String::from_utf8_lossy(&tb.sh("shop/client", &to_who).stdout).into_owned();
+    // socat writes an IPv6 listener's peer in full and in brackets.
+    let seen_ip = seen
+        .trim()
+        .trim_matches(['[', ']'])
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .and_then(|v6| v6.to_ipv4_mapped());
+    assert_eq!(
+        seen_ip,
+        Some(client),
+        "the app saw {seen:?}; node-b's log: {:?}",
+        std::fs::read_to_string(tb.agent_log_path("node-b")).unwrap_or_default()
     );
     // The admin API answers on the socket the agent made in the mounted directory.
     let workloads = tb.ctl_ok("node-a", &["workloads"]);

@@ -85,6 +85,11 @@ pub struct InjectArgs {
     /// The proxy's memory limit.
     #[arg(long, value_name = "QUANTITY", default_value = "256Mi", value_parser = parse_quantity)]
     proxy_memory_limit: String,
+    /// The app sees its clients' own IPs, not 127.0.0.6: the proxy then runs as root with
+    /// NET_ADMIN (to bind another address), and the init step also sets up the way back
+    /// for its deliveries. Off by default: the proxy holds no capability.
+    #[arg(long)]
+    keep_source_ip: bool,
 }
 
 /// What goes into each pod.
@@ -94,6 +99,8 @@ pub struct Options {
     pub proxy_cpu_request: String,
     pub proxy_memory_request: String,
     pub proxy_memory_limit: String,
+    /// `--keep-source-ip`.
+    pub keep_source_ip: bool,
 }
 
 impl Default for Options {
@@ -103,6 +110,7 @@ impl Default for Options {
             proxy_cpu_request: "10m".to_string(),
             proxy_memory_request: "32Mi".to_string(),
             proxy_memory_limit: "256Mi".to_string(),
+            keep_source_ip: false,
         }
     }
 }
@@ -146,6 +154,7 @@ pub fn run(args: InjectArgs) -> Result<()> {
         proxy_cpu_request: args.proxy_cpu_request,
         proxy_memory_request: args.proxy_memory_request,
         proxy_memory_limit: args.proxy_memory_limit,
+        keep_source_ip: args.keep_source_ip,
     };
     let injected = inject(&text, &source, &options)?;
     match output {
@@ -519,10 +528,14 @@ fn child_mapping<'a>(map: &'a mut Mapping, key: &str) -> Result<&'a mut Mapping,
 /// The init container that sets up the pod's iptables rules (and exits).
 fn init_container(options: &Options) -> Value {
     let uid = PROXY_UID.to_string();
+    let mut args = vec!["sidecar-init", "--proxy-uid", &uid];
+    if options.keep_source_ip {
+        args.push("--keep-source-ip");
+    }
     mapping([
         ("name", INIT.into()),
         ("image", options.image.as_str().into()),
-        ("args", strings(&["sidecar-init", "--proxy-uid", &uid])),
+        ("args", strings(&args)),
         ("resources", resources("10m", "16Mi", "64Mi")),
         (
             "securityContext",
@@ -573,7 +586,16 @@ fn proxy_container(options: &Options) -> Value {
         // An init container that keeps running: started before the app's containers
         // (once its startup probe passes), stopped after them.
         ("restartPolicy", "Always".into()),
-        ("args", strings(&["sidecar", "--mark", "0"])),
+        // Unprivileged, it marks nothing (its user tells its connections apart); keeping
+        // the source IP, it marks them (the agent's mark) and its deliveries.
+        (
+            "args",
+            if options.keep_source_ip {
+                strings(&["sidecar", "--keep-source-ip"])
+            } else {
+                strings(&["sidecar", "--mark", "0"])
+            },
+        ),
         (
             "env",
             Value::Sequence(vec![
@@ -610,17 +632,7 @@ fn proxy_container(options: &Options) -> Value {
                 &options.proxy_memory_limit,
             ),
         ),
-        (
-            "securityContext",
-            mapping([
-                ("runAsUser", PROXY_UID.into()),
-                ("runAsGroup", PROXY_UID.into()),
-                ("runAsNonRoot", true.into()),
-                ("allowPrivilegeEscalation", false.into()),
-                ("readOnlyRootFilesystem", true.into()),
-                ("capabilities", mapping([("drop", strings(&["ALL"]))])),
-            ]),
-        ),
+        ("securityContext", proxy_security(options.keep_source_ip)),
         (
             "volumeMounts",
             Value::Sequence(vec![mapping([
@@ -628,6 +640,31 @@ fn proxy_container(options: &Options) -> Value {
                 ("mountPath", NODE_DIR.into()),
             ])]),
         ),
+    ])
+}
+
+/// The proxy's security context: an unprivileged user with no capability; or, keeping
+/// the source IP, root with NET_ADMIN alone (IP_TRANSPARENT and SO_MARK; Kubernetes gives
+/// added capabilities to uid 0 only).
+fn proxy_security(keep_source_ip: bool) -> Value {
+    let (uid, caps) = if keep_source_ip {
+        (
+            0,
+            mapping([
+                ("drop", strings(&["ALL"])),
+                ("add", strings(&["NET_ADMIN"])),
+            ]),
+        )
+    } else {
+        (PROXY_UID, mapping([("drop", strings(&["ALL"]))]))
+    };
+    mapping([
+        ("runAsUser", uid.into()),
+        ("runAsGroup", uid.into()),
+        ("runAsNonRoot", (uid != 0).into()),
+        ("allowPrivilegeEscalation", false.into()),
+        ("readOnlyRootFilesystem", true.into()),
+        ("capabilities", caps),
     ])
 }
 

@@ -633,6 +633,7 @@ impl Enrollment {
         self.dataplane
             .detach_inbound(pod.pod_id, pod.proxy.netns.cookie(), &gone);
         self.shared.identity.manager().release(&record.id);
+        pod.proxy.delivery.withdraw();
         self.log_pod_counters(key, pod.pod_id);
         self.ids.give_back(pod.pod_id);
         // `pod` drops here: its listeners close; established connections run on.

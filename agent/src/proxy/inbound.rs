@@ -64,7 +64,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
             return refuse(client, Reason::Policy, reason);
         }
     }
-    match deliver::to_app(&pod, dst).await {
+    match deliver::to_app(&pod, peer, dst, deliver::Via::Plaintext).await {
         Ok(app) => destination::serve(&pod, arrival, client, app, started).await,
         Err(err) => refuse(client, Reason::AppUnreachable, err.to_string()),
     }

@@ -2,7 +2,8 @@
 //! happens to the connections they accept — `outbound` (the app's own connections: on
 //! through a mutual-TLS tunnel to pods in the mesh, else plain), `inbound` (plaintext from
 //! outside the mesh, under the pod's mTLS mode), `tunnel` (HBONE: both ends of the
-//! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app, `copy`
+//! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app (from the
+//! client's IP, `return_path` bringing the replies back), `copy`
 //! moving bytes and `app_socket` counting an HTTP connection's on the app's socket.
 pub mod app_socket;
 pub mod authorize;
@@ -19,6 +20,7 @@ pub mod outbound;
 pub mod pod;
 pub mod probes;
 pub mod relay;
+pub mod return_path;
 pub mod route;
 pub mod steering;
 pub mod tunnel;

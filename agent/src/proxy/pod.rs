@@ -19,8 +19,10 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use super::{
     balance::Balancer,
     connections::Registry,
+    deliver::PodDelivery,
     hbone::{Pool, PoolConfig},
     probes::KubeletProbes,
+    return_path::{self, ReturnPaths},
     steering::Steering,
     tunnel::PoolKey,
 };
@@ -33,7 +35,7 @@ use crate::{
         metrics::{Metrics, Party},
         refusals::Reason,
     },
-    workloads::{MtlsMode, Workload, WorkloadSet, directory::Directory},
+    workloads::{MtlsMode, SourceIp, Workload, WorkloadSet, directory::Directory},
 };
 
 /// Ports of the in-pod listeners.
@@ -69,6 +71,9 @@ pub struct Shared {
     /// The authorization policies in force (changed through `set_policies` only, which
     /// re-checks the live connections).
     policy: ArcSwap<PolicySet>,
+    /// The pods' ways back for deliveries from clients' IPs; none in sidecar mode unless
+    /// `sidecar.keepSourceIp` (then deliveries come from loopback).
+    pub return_paths: Option<ReturnPaths>,
     /// Cancelled once this agent has handed over to a new one: its tunnels' server ends
     /// send GOAWAY, so that peers open new streams to the new agent while the streams
     /// under way finish here.
@@ -84,7 +89,16 @@ impl Shared {
         kubelet: Option<Arc<dyn KubeletProbes>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let settings = return_path::Settings::from_config(&config.capture);
+        let return_paths = match &steering {
+            Steering::Kernel(_) => Some(ReturnPaths::new(settings)),
+            Steering::Redirect if config.sidecar.keep_source_ip => {
+                Some(ReturnPaths::set_up_by_init(settings))
+            }
+            Steering::Redirect => None,
+        };
         Self {
+            return_paths,
             steering,
             directory,
             identity,
@@ -146,6 +160,8 @@ pub struct PodProxy {
     pub shared: Arc<Shared>,
     /// This pod's tunnels to other pods.
     pub pool: Pool<PoolKey>,
+    /// Delivering to the app from clients' IPs.
+    pub delivery: PodDelivery,
 }
 
 impl PodProxy {
@@ -163,7 +179,17 @@ impl PodProxy {
             netns,
             shared,
             pool: Pool::new(PoolConfig::default()),
+            delivery: PodDelivery::default(),
         }
+    }
+
+    /// Where deliveries to this pod come from, as its namespace says now.
+    pub fn source_ip(&self) -> SourceIp {
+        if self.shared.return_paths.is_none() {
+            return SourceIp::Loopback;
+        }
+        let namespace = self.key.split_once('/').map_or("", |(ns, _)| ns);
+        self.shared.directory.source_ip(namespace)
     }
 
     /// The pod's record as it is now (a connection takes it once and keeps it).

@@ -296,7 +296,7 @@ impl Handler for Deliver {
                 return Err(refuse(StatusCode::FORBIDDEN, Reason::Policy, reason));
             }
         }
-        match deliver::to_app(&self.pod, dst).await {
+        match deliver::to_app(&self.pod, self.peer, dst, deliver::Via::Tunnel).await {
             Ok(app) => Ok((app, started)),
             Err(err) => Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,14 @@
 //! connections (by its socket mark and by its user), its deliveries to the app (from
 //! 127.0.0.6 over loopback), the pod's loopback, and what the operator excludes.
 //!
+//! With `--keep-source-ip` (a sidecar that delivers from the client's IP, `outrider
+//! sidecar --keep-source-ip`), also the way back for those deliveries, as the node agent
+//! sets it up in node mode (`proxy::return_path`) with iptables' CONNMARK in place of
+//! the sysctl: the sidecar's deliveries (marked `--delivery-mark`) are not redirected,
+//! their connection takes the mark, the app's replies get it back (mangle `OUTPUT`), and
+//! the rule `fwmark <mark> lookup <table>` with `local default dev lo` there sends them
+//! back over `lo`.
+//!
 //! The rules go in with `iptables-restore --noflush`, one transaction per address family:
 //! either all of a family's rules are in force or none. Run again, it changes nothing;
 //! `--remove` takes them out again.
@@ -22,6 +30,8 @@ use crate::{config::CaptureConfig, proxy::pod::INBOUND_PORT};
 /// Our chains, in the nat table.
 const INBOUND: &str = "OUTRIDER_INBOUND";
 const OUTPUT: &str = "OUTRIDER_OUTPUT";
+/// Our chain in the mangle table (`--keep-source-ip`).
+const RETURN_PATH: &str = "OUTRIDER_RETURN_PATH";
 /// Where the sidecar delivers inbound connections from (see `proxy::deliver`).
 const DELIVERY_SOURCE_V4: &str = "127.0.0.6/32";
 /// Never redirected inbound: the tunnel and the sidecar's metrics and health ports.
@@ -50,6 +60,19 @@ pub struct InitArgs {
     /// Outbound destinations not redirected (CIDRs, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// Also set up the way back for a sidecar that delivers from the client's IP
+    /// (`outrider sidecar --keep-source-ip`).
+    #[arg(long)]
+    pub keep_source_ip: bool,
+    /// The mark on the sidecar's deliveries (`capture.deliveryMark`).
+    #[arg(long, default_value_t = CaptureConfig::default().delivery_mark)]
+    pub delivery_mark: u32,
+    /// The routing table of the way back (`capture.deliveryTable`).
+    #[arg(long, default_value_t = CaptureConfig::default().delivery_table)]
+    pub delivery_table: u32,
+    /// The priority of its rule (`capture.deliveryRulePriority`).
+    #[arg(long, default_value_t = CaptureConfig::default().delivery_rule_priority)]
+    pub delivery_rule_priority: u32,
     /// Take the rules out instead.
     #[arg(long)]
     pub remove: bool,
@@ -101,16 +124,21 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
         crate::capabilities::require("outrider sidecar-init", crate::capabilities::SIDECAR_INIT)?;
     }
     for family in [Family::V4, Family::V6] {
-        let existing = if args.dry_run {
-            String::new()
+        let (existing, existing_mangle) = if args.dry_run {
+            (String::new(), String::new())
         } else {
-            current(family)?
+            (current(family, "nat")?, current(family, "mangle")?)
         };
-        let input = if args.remove {
+        let mut input = if args.remove {
             removal(&existing)
         } else {
             rules(args, family, &existing)
         };
+        if args.remove {
+            input += &mangle_removal(&existing_mangle);
+        } else if args.keep_source_ip {
+            input += &mangle_rules(args, &existing_mangle);
+        }
         if args.dry_run {
             println!("# {}", family.restore());
             print!("{input}");
@@ -126,7 +154,36 @@ pub fn run(args: &InitArgs) -> anyhow::Result<ExitCode> {
             if args.remove { "removed" } else { "in force" }
         );
     }
+    if !args.dry_run && (args.keep_source_ip || args.remove) {
+        way_back(args)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rule and route of the way back, added (`--keep-source-ip`) or removed.
+fn way_back(args: &InitArgs) -> anyhow::Result<()> {
+    use crate::rtnetlink::{Family, RouteSocket};
+    let netns = crate::netns::Netns::current()?;
+    let mut sock = RouteSocket::open(&netns).context("a routing socket")?;
+    let (mark, table, priority) = (
+        args.delivery_mark,
+        args.delivery_table,
+        args.delivery_rule_priority,
+    );
+    for family in Family::BOTH {
+        if args.remove {
+            sock.delete_mark_rule(family, mark, table, priority)?;
+            sock.delete_local_default(family, table)?;
+        } else {
+            sock.add_local_default(family, table)?;
+            sock.add_mark_rule(family, mark, table, priority)?;
+        }
+    }
+    eprintln!(
+        "outrider sidecar-init: the way back for deliveries from clients' IPs {}",
+        if args.remove { "removed" } else { "in force" }
+    );
+    Ok(())
 }
 
 fn check(args: &InitArgs) -> anyhow::Result<()> {
@@ -141,6 +198,9 @@ fn check(args: &InitArgs) -> anyhow::Result<()> {
     if args.outbound_port == args.inbound_port {
         bail!("--outbound-port and --inbound-port must differ");
     }
+    if args.keep_source_ip && (args.delivery_mark == 0 || args.delivery_mark == args.mark) {
+        bail!("--delivery-mark must be neither 0 nor --mark");
+    }
     if args.mark == 0 && args.proxy_uid.is_none() {
         bail!(
             "--mark 0 without --proxy-uid: the sidecar's own connections could not be told apart and would loop"
@@ -149,15 +209,15 @@ fn check(args: &InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The nat table as it is now.
-fn current(family: Family) -> anyhow::Result<String> {
+/// The `table` as it is now.
+fn current(family: Family, table: &str) -> anyhow::Result<String> {
     let out = Command::new(family.save())
-        .args(["-t", "nat"])
+        .args(["-t", table])
         .output()
         .with_context(|| format!("cannot run {} (is iptables installed?)", family.save()))?;
     if !out.status.success() {
         bail!(
-            "{} -t nat failed ({}): {}",
+            "{} -t {table} failed ({}): {}",
             family.save(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -228,6 +288,12 @@ fn rules(args: &InitArgs, family: Family, existing: &str) -> String {
     if let Some(uid) = args.proxy_uid {
         r.push(format!("-A {OUTPUT} -m owner --uid-owner {uid} -j RETURN"));
     }
+    if args.keep_source_ip {
+        r.push(format!(
+            "-A {OUTPUT} -m mark --mark {:#x}/0xffffffff -j RETURN",
+            args.delivery_mark
+        ));
+    }
     if family == Family::V4 {
         r.push(format!(
             "-A {OUTPUT} -o lo -s {DELIVERY_SOURCE_V4} -j RETURN"
@@ -252,6 +318,46 @@ fn rules(args: &InitArgs, family: Family, existing: &str) -> String {
         if !existing.lines().any(|l| l.trim() == jump) {
             r.push(jump);
         }
+    }
+    r.push("COMMIT".to_string());
+    r.join("\n") + "\n"
+}
+
+/// The jump from mangle's `OUTPUT` into our chain.
+fn mangle_jump() -> String {
+    format!("-A OUTPUT -j {RETURN_PATH}")
+}
+
+/// iptables-restore input for the mangle table: a delivery's connection takes its mark,
+/// and every packet of a connection with that mark (the app's replies) gets it, so the
+/// rule routes them back over `lo`.
+fn mangle_rules(args: &InitArgs, existing: &str) -> String {
+    let mark = format!("{:#x}/0xffffffff", args.delivery_mark);
+    let mut r = vec![
+        "*mangle".to_string(),
+        format!(":{RETURN_PATH} - [0:0]"),
+        format!("-A {RETURN_PATH} -m mark --mark {mark} -j CONNMARK --set-xmark {mark}"),
+        format!("-A {RETURN_PATH} -m connmark --mark {mark} -j MARK --set-xmark {mark}"),
+    ];
+    if !existing.lines().any(|l| l.trim() == mangle_jump()) {
+        r.push(mangle_jump());
+    }
+    r.push("COMMIT".to_string());
+    r.join("\n") + "\n"
+}
+
+/// iptables-restore input that takes our mangle rules out (nothing if not there).
+fn mangle_removal(existing: &str) -> String {
+    let mut r = vec!["*mangle".to_string()];
+    if existing.lines().any(|l| l.trim() == mangle_jump()) {
+        r.push(mangle_jump().replacen("-A ", "-D ", 1));
+    }
+    if existing
+        .lines()
+        .any(|l| l.trim().starts_with(&format!(":{RETURN_PATH} ")))
+    {
+        r.push(format!("-F {RETURN_PATH}"));
+        r.push(format!("-X {RETURN_PATH}"));
     }
     r.push("COMMIT".to_string());
     r.join("\n") + "\n"
@@ -375,6 +481,42 @@ mod tests {
         );
         assert!(undo.contains("-X OUTRIDER_OUTPUT"), "{undo}");
         assert_eq!(removal(""), "*nat\nCOMMIT\n");
+    }
+
+    #[test]
+    fn keeping_the_source_ip_skips_deliveries_and_marks_their_replies() {
+        let a = args(&["--keep-source-ip", "--proxy-uid", "1337"]);
+        let nat = rules(&a, Family::V6, "");
+        let skip = "-A OUTRIDER_OUTPUT -m mark --mark 0x4f53/0xffffffff -j RETURN";
+        let lines: Vec<&str> = nat.lines().collect();
+        let pos = |l: &str| lines.iter().position(|x| *x == l);
+        assert!(
+            pos(skip) < pos("-A OUTRIDER_OUTPUT -p tcp -j REDIRECT --to-ports 15001"),
+            "{nat}"
+        );
+        assert!(pos(skip).is_some(), "{nat}");
+        assert!(!rules(&args(&[]), Family::V4, "").contains("0x4f53"));
+        let mangle = mangle_rules(&a, "");
+        for want in [
+            "*mangle",
+            "-A OUTRIDER_RETURN_PATH -m mark --mark 0x4f53/0xffffffff -j CONNMARK --set-xmark 0x4f53/0xffffffff",
+            "-A OUTRIDER_RETURN_PATH -m connmark --mark 0x4f53/0xffffffff -j MARK --set-xmark 0x4f53/0xffffffff",
+            "-A OUTPUT -j OUTRIDER_RETURN_PATH",
+            "COMMIT",
+        ] {
+            assert!(
+                mangle.lines().any(|l| l == want),
+                "missing {want:?} in\n{mangle}"
+            );
+        }
+        let existing = format!(":OUTRIDER_RETURN_PATH - [0:0]\n{mangle}");
+        assert!(!mangle_rules(&a, &existing).contains("-A OUTPUT"));
+        let undo = mangle_removal(&existing);
+        assert!(undo.contains("-D OUTPUT -j OUTRIDER_RETURN_PATH"), "{undo}");
+        assert!(undo.contains("-X OUTRIDER_RETURN_PATH"), "{undo}");
+        assert_eq!(mangle_removal(""), "*mangle\nCOMMIT\n");
+        let err = check(&args(&["--keep-source-ip", "--delivery-mark", "20306"]));
+        assert!(err.is_err());
     }
 
     #[test]

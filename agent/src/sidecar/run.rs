@@ -51,6 +51,10 @@ pub struct SidecarArgs {
     /// `sidecar-init --proxy-uid`).
     #[arg(long)]
     pub mark: Option<u32>,
+    /// Deliver to the app from the client's IP (`sidecar.keepSourceIp`): needs
+    /// CAP_NET_ADMIN and `sidecar-init --keep-source-ip`.
+    #[arg(long)]
+    pub keep_source_ip: bool,
 }
 
 pub fn run(args: &SidecarArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +67,9 @@ pub fn run(args: &SidecarArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(mark) = args.mark {
         config.capture.agent_mark = mark;
+    }
+    if args.keep_source_ip {
+        config.sidecar.keep_source_ip = true;
     }
     let _log = logging::init(&config.log)?;
     crate::netns::init().context("recording the sidecar's network namespace")?;

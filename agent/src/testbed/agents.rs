@@ -20,7 +20,7 @@ use crate::{
         PolicyConfig, RestartConfig, SidecarConfig, WorkloadSourceConfig,
     },
     identity,
-    workloads::{Mode, MtlsMode, NamespaceSettings, Workload, WorkloadSet},
+    workloads::{Mode, MtlsMode, NamespaceSettings, SourceIp, Workload, WorkloadSet},
 };
 
 /// How long agents get to say "agent ready".
@@ -52,9 +52,19 @@ pub fn workload_set(state: &State) -> WorkloadSet {
         namespaces: state
             .strict_namespaces
             .iter()
+            .chain(&state.loopback_namespaces)
             .map(|ns| {
                 let settings = NamespaceSettings {
-                    mtls: MtlsMode::Strict,
+                    mtls: if state.strict_namespaces.contains(ns) {
+                        MtlsMode::Strict
+                    } else {
+                        MtlsMode::Permissive
+                    },
+                    source_ip: if state.loopback_namespaces.contains(ns) {
+                        SourceIp::Loopback
+                    } else {
+                        SourceIp::Client
+                    },
                 };
                 (ns.clone(), settings)
             })
@@ -470,6 +480,7 @@ mod tests {
             nodes: Vec::new(),
             pods: vec![web],
             strict_namespaces: vec!["shop".into()],
+            loopback_namespaces: Vec::new(),
             ca_dir: "/ca".into(),
             policy_dir: "/p".into(),
             services: vec![Service {

@@ -365,6 +365,7 @@ mod tests {
             nodes: Vec::new(),
             pods,
             strict_namespaces: Vec::new(),
+            loopback_namespaces: Vec::new(),
             ca_dir: "/ca".into(),
             policy_dir: "/p".into(),
             services: vec![svc],

@@ -213,6 +213,7 @@ pub fn plan(spec: &Spec, prefix: &str, cgroup_mount: &Path) -> anyhow::Result<St
         nodes: Vec::new(),
         pods: Vec::new(),
         strict_namespaces: spec.strict_namespaces(),
+        loopback_namespaces: spec.loopback_namespaces(),
         ca_dir: PathBuf::new(),
         policy_dir: PathBuf::new(),
         services: services(spec)?,

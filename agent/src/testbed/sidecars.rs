@@ -58,6 +58,17 @@ fn start_all(
             .arg("--mark")
             .arg(config.capture.agent_mark.to_string())
             .stdin(Stdio::null());
+        if config.sidecar.keep_source_ip {
+            // As `outriderctl inject --keep-source-ip` sets it up.
+            let c = &config.capture;
+            init.arg("--keep-source-ip")
+                .args(["--delivery-mark", &c.delivery_mark.to_string()])
+                .args(["--delivery-table", &c.delivery_table.to_string()])
+                .args([
+                    "--delivery-rule-priority",
+                    &c.delivery_rule_priority.to_string(),
+                ]);
+        }
         exec::enter(&mut init, &pod.netns, &pod.cgroup, false)?;
         let out = init
             .output()

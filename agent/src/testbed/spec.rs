@@ -35,8 +35,8 @@ use serde::Deserialize;
 use crate::{
     config::Config,
     workloads::{
-        Endpoint, Mode, MtlsMode, NamespaceSettings, PodPort, Service, ServicePort, WorkloadSet,
-        file,
+        Endpoint, Mode, MtlsMode, NamespaceSettings, PodPort, Service, ServicePort, SourceIp,
+        WorkloadSet, file,
         service::{SessionAffinity, TrafficPolicy},
     },
     yaml,
@@ -151,6 +151,17 @@ impl Spec {
         self.namespaces
             .iter()
             .filter(|(_, s)| s.mtls == MtlsMode::Strict)
+            .map(|(ns, _)| ns.clone())
+            .collect()
+    }
+}
+
+impl Spec {
+    /// Namespaces whose deliveries come from loopback (`sourceIp: loopback`).
+    pub fn loopback_namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .filter(|(_, s)| s.source_ip == SourceIp::Loopback)
             .map(|(ns, _)| ns.clone())
             .collect()
     }

@@ -30,6 +30,9 @@ pub struct State {
     /// Namespaces in strict mTLS mode (the others are permissive).
     #[serde(default)]
     pub strict_namespaces: Vec<String>,
+    /// Namespaces whose pods get deliveries from `127.0.0.6` (`sourceIp: loopback`).
+    #[serde(default)]
+    pub loopback_namespaces: Vec<String>,
     /// The testbed's root CA (`ca.crt`, `ca.key`), shared by its agents.
     #[serde(default)]
     pub ca_dir: PathBuf,

@@ -12,7 +12,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use super::{
-    Mode, MtlsMode, Workload, WorkloadSet,
+    Mode, MtlsMode, SourceIp, Workload, WorkloadSet,
     service::{
         Endpoint, Service, ServiceKey, ServicePort, SessionAffinity, TargetPort, TrafficPolicy,
     },
@@ -142,6 +142,8 @@ struct Snapshot {
     services: Vec<Arc<ResolvedService>>,
     /// The namespaces whose mTLS mode is set.
     mtls: HashMap<String, MtlsMode>,
+    /// The namespaces whose source IP setting is set.
+    source_ip: HashMap<String, SourceIp>,
 }
 
 /// Lookups by IP over the latest workload set. Cheap to clone.
@@ -200,12 +202,18 @@ impl Directory {
             .iter()
             .map(|(ns, settings)| (ns.clone(), settings.mtls))
             .collect();
+        let source_ip = set
+            .namespaces
+            .iter()
+            .map(|(ns, settings)| (ns.clone(), settings.source_ip))
+            .collect();
         let before = self.snapshot.swap(Arc::new(Snapshot {
             by_ip,
             by_vip,
             by_name,
             services,
             mtls,
+            source_ip,
         }));
         before.mtls != self.snapshot.load().mtls
     }
@@ -220,6 +228,16 @@ impl Directory {
         self.snapshot
             .load()
             .mtls
+            .get(namespace)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Where deliveries to `namespace`'s pods come from (the client's IP unless set).
+    pub fn source_ip(&self, namespace: &str) -> SourceIp {
+        self.snapshot
+            .load()
+            .source_ip
             .get(namespace)
             .copied()
             .unwrap_or_default()
@@ -356,6 +374,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_source_ip_setting_is_per_namespace_and_client_by_default() {
+        let dir = Directory::default();
+        assert_eq!(dir.source_ip("data"), SourceIp::Client);
+        let set = WorkloadSet::parse(
+            Path::new("w.yaml"),
+            "namespaces: {data: {sourceIp: loopback}}\n",
+        )
+        .unwrap();
+        dir.update(&set);
+        assert_eq!(dir.source_ip("data"), SourceIp::Loopback);
+        assert_eq!(dir.source_ip("shop"), SourceIp::Client);
+    }
 
     #[test]
     fn finds_destinations_by_any_of_their_ips() {

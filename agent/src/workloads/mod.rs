@@ -39,12 +39,31 @@ pub enum MtlsMode {
     Strict,
 }
 
+/// Where the app of an enrolled pod sees connections delivered to it come from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceIp {
+    /// The client's own IP, as ztunnel delivers (`127.0.0.6` / `::1` where the kernel
+    /// refuses it).
+    #[default]
+    Client,
+    /// Always `127.0.0.6` (IPv6 `::1`), as Istio's sidecars deliver; nothing is set up
+    /// in the pod's namespace for it.
+    Loopback,
+}
+
 /// Mesh settings of one Kubernetes namespace.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceSettings {
     #[serde(default)]
     pub mtls: MtlsMode,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub source_ip: SourceIp,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// One pod, as enrollment needs it.

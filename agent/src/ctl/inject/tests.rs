@@ -329,12 +329,39 @@ fn the_containers_are_as_designed() {
 }
 
 #[test]
+fn keeping_the_source_ip_gives_the_proxy_net_admin_as_root_and_the_init_step_the_way_back() {
+    let options = Options {
+        keep_source_ip: true,
+        ..Options::default()
+    };
+    let done = inject(&workload("v1", "Pod", TEMPLATE), "x", &options).unwrap();
+    let pod: Pod = typed(&done.text);
+    let init = pod.spec.unwrap().init_containers.unwrap();
+    let (setup, proxy) = (&init[0], &init[1]);
+    assert_eq!(
+        setup.args.as_deref().unwrap(),
+        ["sidecar-init", "--proxy-uid", "1337", "--keep-source-ip"]
+    );
+    assert_eq!(
+        proxy.args.as_deref().unwrap(),
+        ["sidecar", "--keep-source-ip"]
+    );
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(0), Some(false)));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN"]);
+}
+
+#[test]
 fn image_and_proxy_resources_come_from_the_options() {
     let options = Options {
         image: "registry.local/outrider:dev".into(),
         proxy_cpu_request: "0.5".into(),
         proxy_memory_request: "64Mi".into(),
         proxy_memory_limit: "1Gi".into(),
+        keep_source_ip: false,
     };
     let done = inject(&workload("v1", "Pod", TEMPLATE), "x", &options).unwrap();
     let pod: Pod = typed(&done.text);
@@ -659,6 +686,7 @@ fn run_writes_the_output_file_only_on_success() {
         proxy_cpu_request: "10m".into(),
         proxy_memory_request: "32Mi".into(),
         proxy_memory_limit: "256Mi".into(),
+        keep_source_ip: false,
     };
     std::fs::write(
         &input,

@@ -19,7 +19,7 @@
 //! [`DetectSettings`] and [`Settings`] (`settings`); connection errors in [`HttpError`].
 //!
 //! ```text
-//! let app = deliver::to_app(&pod, dst).await?;
+//! let app = deliver::to_app(&pod, client_addr, dst, deliver::Via::Tunnel).await?;
 //! let detected = http::detect(client, app, &detect_settings).await;
 //! match detected.protocol.http() {
 //!     Some(version) => http::serve(detected.client, detected.app, version, hook, &settings, shutdown).await?,

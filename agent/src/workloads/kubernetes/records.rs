@@ -10,12 +10,18 @@ use std::{
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
 use super::sandbox::Sandbox;
-use crate::workloads::{Mode, MtlsMode, NamespaceSettings, PodPort, Workload, WorkloadSet};
+use crate::workloads::{
+    Mode, MtlsMode, NamespaceSettings, PodPort, SourceIp, Workload, WorkloadSet,
+};
 
 /// The namespace label that enrolls its pods, and the pod annotation that overrides it.
 pub const MODE_KEY: &str = "outrider.io/mode";
 /// The namespace label choosing its mTLS mode: `strict` or `permissive` (default).
 pub const MTLS_KEY: &str = "outrider.io/mtls";
+
+/// The namespace label choosing where deliveries to its pods come from: `client`
+/// (default: the client's IP) or `loopback` (127.0.0.6).
+pub const SOURCE_IP_KEY: &str = "outrider.io/source-ip";
 
 /// How a namespace or pod asks to be meshed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +50,7 @@ impl Meshing {
 pub struct NamespaceRecord {
     pub meshing: Option<Meshing>,
     pub mtls: MtlsMode,
+    pub source_ip: SourceIp,
 }
 
 impl NamespaceRecord {
@@ -66,7 +73,22 @@ impl NamespaceRecord {
                 MtlsMode::Permissive
             }
         };
-        (name, NamespaceRecord { meshing, mtls })
+        let source_ip = match get(SOURCE_IP_KEY) {
+            Some("loopback") => SourceIp::Loopback,
+            Some("client") | None => SourceIp::Client,
+            Some(other) => {
+                tracing::warn!(namespace = %name, value = other, "label {SOURCE_IP_KEY}: not client or loopback; client");
+                SourceIp::Client
+            }
+        };
+        (
+            name,
+            NamespaceRecord {
+                meshing,
+                mtls,
+                source_ip,
+            },
+        )
     }
 }
 
@@ -204,8 +226,14 @@ pub fn workload_set(
     workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let namespaces = namespaces
         .iter()
-        .filter(|(_, n)| n.mtls != MtlsMode::Permissive)
-        .map(|(name, n)| (name.clone(), NamespaceSettings { mtls: n.mtls }))
+        .filter(|(_, n)| n.mtls != MtlsMode::Permissive || n.source_ip != SourceIp::Client)
+        .map(|(name, n)| {
+            let settings = NamespaceSettings {
+                mtls: n.mtls,
+                source_ip: n.source_ip,
+            };
+            (name.clone(), settings)
+        })
         .collect();
     WorkloadSet {
         namespaces,
@@ -308,6 +336,13 @@ mod tests {
             &[web(serde_json::json!({}))],
         );
         assert_eq!(s.mtls("shop"), MtlsMode::Strict);
+        assert_eq!(s.namespaces["shop"].source_ip, SourceIp::Client);
+        let s = set(
+            namespace(serde_json::json!({"outrider.io/source-ip": "loopback"})),
+            &[web(serde_json::json!({}))],
+        );
+        assert_eq!(s.namespaces["shop"].source_ip, SourceIp::Loopback);
+        assert_eq!(s.mtls("shop"), MtlsMode::Permissive);
         let mut host = web(serde_json::json!({}));
         host.spec.as_mut().unwrap().host_network = Some(true);
         assert!(PodRecord::from_object(&host).is_none());
