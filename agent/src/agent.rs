@@ -181,10 +181,12 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
     let handed = tokio::select! {
         _ = term.recv() => {
             tracing::info!("SIGTERM: agent stopping");
+            take_down_return_paths(&shared);
             return Ok(ExitCode::SUCCESS);
         }
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("SIGINT: agent stopping");
+            take_down_return_paths(&shared);
             return Ok(ExitCode::SUCCESS);
         }
         result = &mut enrollment => match result.context("enrollment stopped")? {
@@ -293,4 +295,15 @@ fn merge(
         }
     });
     rx
+}
+
+/// Stopping with no agent taking over: the pods' ways back for deliveries from clients'
+/// IPs go with this agent's deliveries (the next agent sets them up again).
+fn take_down_return_paths(shared: &Shared) {
+    if let Some(paths) = &shared.return_paths {
+        let removed = paths.take_down_all();
+        if removed > 0 {
+            tracing::info!(pods = removed, "ways back for deliveries from clients' IPs removed");
+        }
+    }
 }

@@ -19,7 +19,8 @@
 //! step is idempotent, and it was never taken down in between), and taken down once the
 //! pod has been unenrolled ([`ReturnPath::withdraw`]) and the last connection holding it
 //! is gone — never under an open delivery, whose replies would otherwise leave by the
-//! pod's interface. An agent that stops or hands over leaves it to the next.
+//! pod's interface. An agent that hands over leaves it to the next; one that stops with
+//! none taking over takes them all down ([`ReturnPaths::take_down_all`]).
 use std::{
     collections::HashMap,
     io,
@@ -119,6 +120,25 @@ impl ReturnPaths {
 
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// The agent stops with no agent taking over: every way back it set up is taken
+    /// down (its deliveries end with it; the next agent sets up again at its first
+    /// delivery). Returns how many.
+    pub fn take_down_all(&self) -> usize {
+        if !self.managed {
+            return 0;
+        }
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done = 0;
+        for path in live.values().filter_map(Weak::upgrade) {
+            match remove(&path.netns, self.settings) {
+                Ok(()) => done += 1,
+                Err(error) => tracing::warn!(%error,
+                    "cannot remove the way back for deliveries from clients' IPs"),
+            }
+        }
+        done
     }
 
     /// The return path of `netns`, set up if no connection holds it yet. A pod enrolled
