@@ -303,7 +303,10 @@ fn take_down_return_paths(shared: &Shared) {
     if let Some(paths) = &shared.return_paths {
         let removed = paths.take_down_all();
         if removed > 0 {
-            tracing::info!(pods = removed, "ways back for deliveries from clients' IPs removed");
+            tracing::info!(
+                pods = removed,
+                "ways back for deliveries from clients' IPs removed"
+            );
         }
     }
 }

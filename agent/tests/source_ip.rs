@@ -4,7 +4,8 @@
 //! IPv4 and IPv6, as through ztunnel; nothing of it leaves the pod's interface. A
 //! namespace with `sourceIp: loopback` gets 127.0.0.6 / ::1 and nothing in its pods'
 //! namespaces. The way back set up in the pod (resets from closed ports take it too)
-//! survives a restart under traffic and goes when the pod leaves the mesh.
+//! survives a restart under traffic and goes when the pod leaves the mesh, or when the
+//! agent stops with none taking over.
 mod support;
 
 use std::{
@@ -281,6 +282,38 @@ fn a_restart_under_traffic_keeps_the_client_ip_and_unenrolling_takes_the_way_bac
     assert_eq!(seen_from(&tb, "shop/outsider", (n4, WHO).into()), o4);
     let _ = new.kill();
     let _ = new.wait();
+}
+
+/// An agent stopped (SIGTERM) with no agent taking over takes the ways back it set up
+/// with it: its deliveries end with it, and pods are left as they were before the mesh
+/// (the peer harness's clean-pod check caught the rule left behind).
+#[test]
+fn an_agent_stopped_with_none_taking_over_takes_the_ways_back_down() {
+    let tb = Testbed::up(SPEC, true);
+    let [db4, _] = pod_ips(&tb, "data/db");
+    let [c4, _] = pod_ips(&tb, "shop/client");
+    let _server = who_am_i_server(&tb, "data/db");
+    assert_eq!(seen_from(&tb, "shop/client", (db4, WHO).into()), c4);
+    let (rules, sysctl) = in_pod_setup(&tb, "data/db");
+    assert!(rules.contains("0x4f53") && sysctl == "111", "{rules}");
+    let agent = tb.node("node-b").agent.as_ref().expect("an agent").pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (rules, _) = in_pod_setup(&tb, "data/db");
+        if !rules.contains("0x4f53") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the way back outlives the stopped agent: {rules}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 const SIDECAR_SPEC: &str = "
