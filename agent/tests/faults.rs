@@ -638,18 +638,24 @@ nodes:
 ";
 
 /// Opens `count` connections from `pod` to `dst`, each sending a byte, holds them for a
-/// second, and then says how many were reset. Returns the flood, still holding them
-/// (until it is dropped, or for 30 s), and the number reset.
+/// second, and then says how many were reset — by then, or already in `connect()` or
+/// the first `send()` (the agent can accept a connection over the limit and reset it
+/// before the client gets that far). Returns the flood, still holding the others (until it is
+/// dropped, or for 30 s), and the number reset.
 fn flood(tb: &Testbed, pod: &str, dst: SocketAddr, count: usize) -> (support::Background, usize) {
     let script = format!(
         "import socket, time\n\
          socks = []\n\
+         reset = 0\n\
          for i in range({count}):\n\
-         \x20   s = socket.create_connection(('{ip}', {port}), timeout=5)\n\
-         \x20   s.send(b'G')\n\
+         \x20   try:\n\
+         \x20       s = socket.create_connection(('{ip}', {port}), timeout=5)\n\
+         \x20       s.send(b'G')\n\
+         \x20   except (ConnectionResetError, BrokenPipeError):\n\
+         \x20       reset += 1\n\
+         \x20       continue\n\
          \x20   socks.append(s)\n\
          time.sleep(1)\n\
-         reset = 0\n\
          for s in socks:\n\
          \x20   s.setblocking(False)\n\
          \x20   try: s.recv(1)\n\
