@@ -546,6 +546,11 @@ fn a_failed_kernel_map_insert_refuses_the_connect_under_fail_closed() {
         peer_seen_by_server(&tb, "shop/client", dst),
         IpAddr::from(client.ipv4)
     );
+    // Its access line is written as the agent closes it, maybe after the client is done:
+    // wait for it, so that none of it falls after the mark below.
+    tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        is_access(v, "shop/client", dst)
+    });
 
     // Fail-closed (the default): while the original destination cannot be recorded,
     // every connect fails at once with EPERM, on both families; none reaches db, so
