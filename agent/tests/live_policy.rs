@@ -114,37 +114,11 @@ fn servers(tb: &Testbed, pod: &str) -> Servers {
 /// nginx serving `/big.bin` (64 MiB) and `/public/big.bin` (8 MiB) over cleartext
 /// HTTP/2 (prior knowledge) on `port`.
 fn h2_server(tb: &Testbed, pod: &str, port: u16) -> Background {
-    let dir = tb.dir().join(format!("nginx-{}", pod.replace('/', "-")));
-    let site = dir.join("site");
+    let site = tb.dir().join(format!("h2-site-{}", pod.replace('/', "-")));
     std::fs::create_dir_all(site.join("public")).unwrap();
     std::fs::write(site.join("big.bin"), vec![b'p'; 64 << 20]).unwrap();
     std::fs::write(site.join("public/big.bin"), vec![b'q'; 8 << 20]).unwrap();
-    let d = dir.display();
-    let conf = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\n\
-         events {{}}\nhttp {{\n  access_log off;\n\
-         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-         scgi_temp_path {d}/scgi;\n\
-         server {{ listen [::]:{port} http2 ipv6only=off; root {}; }}\n}}\n",
-        site.display()
-    );
-    let file = dir.join("nginx.conf");
-    std::fs::write(&file, conf).unwrap();
-    let server = tb.spawn(
-        pod,
-        &[
-            "nginx",
-            "-e",
-            "stderr",
-            "-g",
-            "daemon off;",
-            "-c",
-            &file.display().to_string(),
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
+    tb.h2_server(pod, port, &site)
 }
 
 /// A client's connection held open through socat: what it writes, what it reads.

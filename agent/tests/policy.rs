@@ -559,41 +559,14 @@ fn refusals(tb: &Testbed, node: &str, reason: &str) -> u64 {
     support::refusals(&tb.scrape(node), "shop/web", "inbound", reason)
 }
 
-/// An HTTP/2 server (nginx, cleartext with prior knowledge only) in `pod` on `port`,
-/// serving the same site as [`http_server`] and logging each request line (`$request`).
+/// An HTTP/2 server (nginx) in `pod` on `port`, serving the same site as
+/// [`http_server`] and logging each request line.
 fn h2_server(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let dir = tb.dir().join(format!("nginx-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
     let site = tb.dir().join(format!("site-{port}"));
     std::fs::create_dir_all(site.join("public")).unwrap();
     std::fs::write(site.join("public/index.html"), "public page\n").unwrap();
     std::fs::write(site.join("private.html"), "private page\n").unwrap();
-    let d = dir.display();
-    let conf = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\n\
-         events {{}}\nhttp {{\n  log_format line '$request';\n  access_log /dev/stdout line;\n\
-         client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-         scgi_temp_path {d}/scgi;\n\
-         server {{ listen [::]:{port} http2 ipv6only=off; root {}; }}\n}}\n",
-        site.display()
-    );
-    let file = dir.join("nginx.conf");
-    std::fs::write(&file, conf).unwrap();
-    let server = tb.spawn(
-        pod,
-        &[
-            "nginx",
-            "-e",
-            "stderr",
-            "-g",
-            "daemon off;",
-            "-c",
-            &file.display().to_string(),
-        ],
-    );
-    tb.wait_listening(pod, port);
-    server
+    tb.h2_server(pod, port, &site)
 }
 
 /// The paths nginx logged, in order.

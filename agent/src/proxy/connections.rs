@@ -306,6 +306,19 @@ impl Registry {
         }
     }
 
+    /// Every live connection that carries a guard (connections into pods), in no order.
+    pub fn guarded(&self) -> Vec<Arc<Connection>> {
+        self.live
+            .lock()
+            .map(|live| {
+                live.values()
+                    .filter(|c| c.guard.is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every live connection, oldest first.
     pub fn snapshot(&self) -> Vec<Arc<Connection>> {
         let mut all: Vec<_> = self

@@ -103,6 +103,35 @@ impl Testbed {
         server
     }
 
+    /// nginx in `pod` on `port` serving `site` over cleartext HTTP/2 (prior knowledge
+    /// only), IPv4 and IPv6, logging each request line (`$request`) to its output;
+    /// returns once it listens.
+    pub fn h2_server(&self, pod: &str, port: u16, site: &Path) -> Background {
+        let dir = self
+            .dir()
+            .join(format!("nginx-{}-{port}", pod.replace('/', "-")));
+        std::fs::create_dir_all(&dir).expect("cannot create nginx's directory");
+        let d = dir.display();
+        let conf = format!(
+            "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\n\
+             events {{}}\nhttp {{\n  log_format line '$request';\n  access_log /dev/stdout line;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n\
+             server {{ listen [::]:{port} http2 ipv6only=off; root {}; }}\n}}\n",
+            site.display()
+        );
+        let file = dir.join("nginx.conf");
+        std::fs::write(&file, conf).expect("cannot write nginx.conf");
+        let file = file.display().to_string();
+        let server = self.spawn(
+            pod,
+            &["nginx", "-e", "stderr", "-g", "daemon off;", "-c", &file],
+        );
+        self.wait_listening(pod, port);
+        server
+    }
+
     /// Sends `message` from `pod` to the echo server at `dst`; returns what came back (and
     /// socat's success).
     pub fn echo(&self, pod: &str, dst: std::net::SocketAddr, message: &str) -> (bool, String) {

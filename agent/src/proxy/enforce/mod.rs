@@ -272,7 +272,7 @@ impl Drop for Release {
 /// force now. Returns how many connections were closed or requests reset.
 pub fn recheck(shared: &Shared, pod: Option<&str>) -> usize {
     let mut refused = 0;
-    for conn in shared.connections.snapshot() {
+    for conn in shared.connections.guarded() {
         if pod.is_some_and(|p| p != conn.pod) {
             continue;
         }
