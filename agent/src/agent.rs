@@ -30,6 +30,7 @@ use crate::{
     sidecar::{self, service::SidecarService},
     telemetry::{
         endpoint::{self, Endpoint},
+        facts::{Failure, ResponseFlags},
         metrics::Metrics,
     },
     workloads::{self, WorkloadSet, directory::Directory, kubernetes},
@@ -233,7 +234,10 @@ async fn drain(shared: &Shared, config: &Config, term: &mut tokio::signal::unix:
                 "drain deadline: closing what is left"
             );
             for conn in left {
-                conn.close("the agent handed over and its drain time ran out".into());
+                conn.close(Failure {
+                    flags: ResponseFlags::None,
+                    reason: "the agent handed over and its drain time ran out".into(),
+                });
             }
             drained = true;
         }

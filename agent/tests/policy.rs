@@ -825,7 +825,7 @@ spec:
     assert_eq!(refusals(&tb, "node-a", "invalid_host"), 1);
 }
 
-/// Sidecar mode serves HTTP with the same code (`proxy::destination`): the same attacks
+/// Sidecar mode serves HTTP with the same code (`proxy::inbound`): the same attacks
 /// fail the same way there.
 #[test]
 fn a_sidecar_normalizes_paths_before_policy_too() {

@@ -609,3 +609,57 @@ fn the_exposition_passes_promtool() {
         );
     }
 }
+
+/// Allows `data`'s pods to a principal that is not the client's: the client is denied
+/// by the destination's agent (an ALLOW is not compiled into the source's kernel, as an
+/// L4 DENY would be, which refuses the `connect()` before any agent sees it).
+const ONLY_OTHERS: &str = "
+apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-others, namespace: data}
+spec:
+  rules:
+  - from: [{source: {principals: ['cluster.local/ns/other/sa/nobody']}}]
+";
+
+/// A failed connection is closed with Istio's response flag, by both reporters: one to a
+/// port nothing listens on is `CONNECT`, one a policy denies is `DENY` (the destination
+/// refused it; the source was refused its tunnel stream with 403). Opened series keep `-`.
+#[test]
+fn failed_connections_are_closed_with_istios_response_flags() {
+    let tb = Testbed::up(SPEC, true);
+    let db = tb.pod("data/db").clone();
+    let _server = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let closed = |reporter, flag| {
+        [
+            ("reporter", reporter),
+            ("destination_workload", "db"),
+            ("response_flags", flag),
+        ]
+    };
+    let to = |port| std::net::SocketAddr::from((db.ipv4, port));
+    let _ = tb.echo("shop/client", to(7001), "nobody listens");
+    let name = "istio_tcp_connections_closed_total";
+    wait_sample(&tb, "node-a", name, &closed("source", "CONNECT"), 1.0);
+    wait_sample(&tb, "node-b", name, &closed("destination", "CONNECT"), 1.0);
+    let (ok, echoed) = tb.echo("shop/client", to(7000), "allowed");
+    assert!(ok && echoed == "allowed", "{echoed}");
+    let file = tb.dir().join("only-others.yaml");
+    std::fs::write(&file, ONLY_OTHERS).unwrap();
+    tb.ctl_ok(
+        "node-b",
+        &["policies", "apply", "-f", &file.display().to_string()],
+    );
+    let _ = tb.echo("shop/client", to(7000), "denied");
+    wait_sample(&tb, "node-b", name, &closed("destination", "DENY"), 1.0);
+    let text = wait_sample(&tb, "node-a", name, &closed("source", "DENY"), 1.0);
+    // The connection that went well closed with `-`; every opening is counted with `-`.
+    assert_eq!(
+        sample(&text, name, &closed("source", "-")),
+        Some(1.0),
+        "{text}"
+    );
+    let opened = [("reporter", "source"), ("destination_workload", "db")];
+    let opened_total = sample(&text, "istio_tcp_connections_opened_total", &opened);
+    assert_eq!(opened_total, Some(3.0), "{text}");
+}

@@ -9,7 +9,7 @@ use crate::{
     identity::{manager::CertStatus, x509},
     policy::{AuthorizationPolicy, Origin},
     proxy::connections::{Connection, PodTotals},
-    telemetry::access::{Direction, Transport},
+    telemetry::facts::{Direction, Transport},
     workloads::{
         Mode,
         directory::{EndpointState, ResolvedEndpoint, ResolvedService},
@@ -177,18 +177,18 @@ pub fn connection(c: &Connection) -> pb::Connection {
     );
     pb::Connection {
         id: c.id,
-        pod: c.pod.clone(),
-        direction: match c.direction {
+        pod: c.facts.pod.clone(),
+        direction: match c.facts.direction {
             Direction::Outbound => pb::Direction::Outbound,
             Direction::Inbound => pb::Direction::Inbound,
         } as i32,
-        transport: match c.transport {
+        transport: match c.facts.transport {
             Transport::Plaintext => pb::Transport::Plaintext,
             Transport::Hbone => pb::Transport::Hbone,
         } as i32,
-        source: c.src.to_string(),
-        destination: c.dst.to_string(),
-        peer_identity: c.peer_identity.clone().unwrap_or_default(),
+        source: c.facts.src.to_string(),
+        destination: c.facts.dst.to_string(),
+        peer_identity: c.facts.peer_identity().unwrap_or_default().to_string(),
         opened: time(c.opened),
         bytes_sent: sent,
         bytes_received: received,

@@ -248,7 +248,7 @@ impl Admin for AdminService {
             .connections
             .snapshot()
             .iter()
-            .filter(|c| pod.is_empty() || c.pod == pod)
+            .filter(|c| pod.is_empty() || c.facts.pod == pod)
             .map(|c| convert::connection(c))
             .collect();
         Ok(Response::new(pb::ListConnectionsResponse { connections }))
@@ -270,7 +270,7 @@ impl Admin for AdminService {
         let wanted = move |p: &str| pod.is_empty() || p == pod;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut initial = Vec::new();
-        for c in live.iter().filter(|c| wanted(&c.pod)) {
+        for c in live.iter().filter(|c| wanted(&c.facts.pod)) {
             seen.insert(c.id);
             if !r.new_only {
                 initial.push(convert::opened(c));
@@ -289,10 +289,10 @@ impl Admin for AdminService {
                     event = events.recv() => event,
                 };
                 let message = match event {
-                    Ok(Event::Opened(c)) if wanted(&c.pod) && !seen.contains(&c.id) => {
+                    Ok(Event::Opened(c)) if wanted(&c.facts.pod) && !seen.contains(&c.id) => {
                         convert::opened(&c)
                     }
-                    Ok(Event::Closed(c)) if wanted(&c.pod) => {
+                    Ok(Event::Closed(c)) if wanted(&c.facts.pod) => {
                         seen.remove(&c.id);
                         convert::closed(&c)
                     }

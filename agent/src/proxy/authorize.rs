@@ -4,10 +4,14 @@
 //! (`audit`) whatever the verdict.
 use std::net::IpAddr;
 
-use super::pod::{PodProxy, PodRecord};
+use super::{
+    error::Refusal,
+    pod::{PodProxy, PodRecord},
+};
 use crate::{
     identity::SpiffeId,
     policy::{Http, Request, Source, WorkloadRef},
+    telemetry::refusals::Reason,
 };
 
 /// What the destination's agent knows of a peer.
@@ -17,8 +21,8 @@ pub struct Peer<'a> {
     pub ip: IpAddr,
 }
 
-/// `Err` carries the reason a person reads in the access log.
-pub type Verdict = Result<(), String>;
+/// `Err`: denied by policy, with the reason a person reads in the access log.
+pub type Verdict = Result<(), Refusal>;
 
 /// The policies' verdict for `peer` reaching `pod` on `port` (`http`: one request).
 pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) -> Verdict {
@@ -54,7 +58,10 @@ pub fn check(pod: &PodProxy, peer: Peer<'_>, port: u16, http: Option<Http<'_>>) 
     if decision.allowed {
         Ok(())
     } else {
-        Err(format!("RBAC: access denied ({})", decision.reason))
+        Err(Refusal::new(
+            Reason::Policy,
+            format!("RBAC: access denied ({})", decision.reason),
+        ))
     }
 }
 

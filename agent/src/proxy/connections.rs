@@ -5,37 +5,31 @@
 //! them. Per pod, totals since the pod was enrolled ([`PodStats`]) sum up the closed ones.
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{copy::Counters, enforce::Guard};
+use super::{copy::Counters, enforce::Guard, error::Error};
 use crate::telemetry::{
-    access::{Direction, Transport},
+    facts::{ConnectionFacts, Direction, Ending, Failure},
     metrics::{ConnectionMetrics, Metrics, TcpLabels},
+    recorder::Recorder,
 };
 
 /// One live connection.
 #[derive(Debug)]
 pub struct Connection {
     pub id: u64,
-    /// `namespace/name` of the enrolled pod whose agent carries it.
-    pub pod: String,
-    pub direction: Direction,
-    pub transport: Transport,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    /// The peer's verified SPIFFE ID (inbound through a tunnel) or the destination's
-    /// (outbound to the mesh).
-    pub peer_identity: Option<String>,
+    /// What it is: pod, direction, transport, addresses, identities.
+    pub facts: ConnectionFacts,
     pub opened: SystemTime,
+    started: Instant,
     /// Bytes client → server (`forward`: from the opener to its destination) and server
     /// → client (`backward`), as the app's socket carried them (HTTP heads included).
     pub counters: Counters,
@@ -47,7 +41,7 @@ pub struct Connection {
     pub guard: Option<Arc<Guard>>,
     cancel: CancellationToken,
     /// Why the agent closed it, once it did.
-    closed_because: Mutex<Option<String>>,
+    closing: Mutex<Option<Failure>>,
 }
 
 impl Connection {
@@ -56,16 +50,20 @@ impl Connection {
     }
 
     /// Closes the connection (both ends get a reset) and remembers why.
-    pub fn close(&self, reason: String) {
-        if let Ok(mut slot) = self.closed_because.lock() {
-            slot.get_or_insert(reason);
+    pub fn close(&self, why: Failure) {
+        if let Ok(mut slot) = self.closing.lock() {
+            slot.get_or_insert(why);
         }
         self.cancel.cancel();
     }
 
     /// Why the agent closed it, if it did.
     pub fn closed_because(&self) -> Option<String> {
-        self.closed_because.lock().ok().and_then(|s| s.clone())
+        self.closing().map(|f| f.reason)
+    }
+
+    fn closing(&self) -> Option<Failure> {
+        self.closing.lock().ok().and_then(|s| s.clone())
     }
 }
 
@@ -118,16 +116,9 @@ impl Connection {
     pub fn pod_bytes(&self) -> (u64, u64) {
         let forward = self.counters.forward.load(Ordering::Relaxed);
         let backward = self.counters.backward.load(Ordering::Relaxed);
-        match self.direction {
+        match self.facts.direction {
             Direction::Outbound => (forward, backward),
             Direction::Inbound => (backward, forward),
-        }
-    }
-
-    /// Records how the connection ended.
-    pub fn ended(&self, failed: bool) {
-        if failed {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -153,30 +144,40 @@ const EVENT_BUFFER: usize = 4096;
 
 /// What a connection is, when it is registered.
 pub struct NewConnection {
-    pub pod: String,
-    pub direction: Direction,
-    pub transport: Transport,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub peer_identity: Option<String>,
+    /// From [`Registry::next_id`], taken when it was accepted (its span names it).
+    pub id: u64,
+    pub facts: ConnectionFacts,
     pub labels: TcpLabels,
     /// Connections into a pod: what decides it again when policies change.
     pub guard: Option<Arc<Guard>>,
 }
 
-/// Counts connections in metrics as they open and close.
+/// The live connections, each recorded as it opens and ends.
 pub struct Registry {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Arc<Connection>>>,
     pods: Mutex<HashMap<String, Arc<PodStats>>>,
     events: broadcast::Sender<Event>,
-    metrics: Arc<Metrics>,
+    recorder: Recorder,
 }
 
-/// Keeps a connection registered; dropping it unregisters.
+/// Keeps a connection registered; [`finish`](Self::finish) says how it ended. Dropped,
+/// it is unregistered and recorded (ended well, unless the agent closed it).
 pub struct Registration<'a> {
     registry: &'a Registry,
     pub connection: Arc<Connection>,
+    /// How it ended, once [`finish`](Self::finish) was told.
+    failure: Option<Failure>,
+}
+
+impl Registration<'_> {
+    /// Records the connection's end: metrics, its pod's totals and the access line.
+    /// When the agent closed it, the agent's reason is its failure.
+    pub fn finish(mut self, result: Result<(), Error>) {
+        self.failure = result
+            .err()
+            .map(|e| self.connection.closing().unwrap_or_else(|| e.failure()));
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -188,12 +189,17 @@ impl Drop for Registration<'_> {
         let (sent, received) = c.pod_bytes();
         c.stats.sent.fetch_add(sent, Ordering::Relaxed);
         c.stats.received.fetch_add(received, Ordering::Relaxed);
+        if self.failure.is_some() {
+            c.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
         self.registry.publish(|| Event::Closed(c.clone()));
-        self.registry.metrics.closed(
-            &c.metrics,
-            c.counters.forward.load(Ordering::Relaxed),
-            c.counters.backward.load(Ordering::Relaxed),
-        );
+        let ending = Ending {
+            bytes_sent: c.counters.forward.load(Ordering::Relaxed),
+            bytes_received: c.counters.backward.load(Ordering::Relaxed),
+            duration: c.started.elapsed(),
+            failure: self.failure.take(),
+        };
+        self.registry.recorder.closed(&c.facts, &c.metrics, &ending);
     }
 }
 
@@ -204,7 +210,7 @@ impl Registry {
             live: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
-            metrics,
+            recorder: Recorder::new(metrics),
         }
     }
 
@@ -242,8 +248,9 @@ impl Registry {
             .collect();
         if let Ok(live) = self.live.lock() {
             for c in live.values() {
-                let current = pods.get(&c.pod).is_some_and(|s| Arc::ptr_eq(s, &c.stats));
-                if let (true, Some(t)) = (current, out.get_mut(&c.pod)) {
+                let pod = &c.facts.pod;
+                let current = pods.get(pod).is_some_and(|s| Arc::ptr_eq(s, &c.stats));
+                if let (true, Some(t)) = (current, out.get_mut(pod)) {
                     let (sent, received) = c.pod_bytes();
                     t.active += 1;
                     t.sent += sent;
@@ -262,13 +269,23 @@ impl Registry {
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.recorder.metrics()
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// A new connection's id: taken when it is accepted, so that its span and every line
+    /// it logs name it before it is registered.
+    pub fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Brings metrics' byte counters up to date with the live connections.
     pub fn flush_metrics(&self) {
         for c in self.snapshot() {
-            self.metrics.flush(
+            self.recorder.flush(
                 &c.metrics,
                 c.counters.forward.load(Ordering::Relaxed),
                 c.counters.backward.load(Ordering::Relaxed),
@@ -277,32 +294,29 @@ impl Registry {
     }
 
     pub fn register(&self, new: NewConnection) -> Registration<'_> {
-        let stats = self.stats_of(&new.pod);
+        let stats = self.stats_of(&new.facts.pod);
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection {
             stats,
-            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
-            pod: new.pod,
-            direction: new.direction,
-            transport: new.transport,
-            src: new.src,
-            dst: new.dst,
-            peer_identity: new.peer_identity,
+            id: new.id,
+            facts: new.facts,
             opened: SystemTime::now(),
+            started: Instant::now(),
             counters: Counters::default(),
             metrics: ConnectionMetrics::new(new.labels),
             guard: new.guard,
             cancel: CancellationToken::new(),
-            closed_because: Mutex::new(None),
+            closing: Mutex::new(None),
         });
         if let Ok(mut live) = self.live.lock() {
             live.insert(connection.id, connection.clone());
         }
-        self.metrics.opened(&connection.metrics);
+        self.recorder.opened(&connection.metrics);
         self.publish(|| Event::Opened(connection.clone()));
         Registration {
             registry: self,
             connection,
+            failure: None,
         }
     }
 
@@ -342,16 +356,23 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::metrics::{Party, Reporter};
+    use crate::telemetry::{
+        facts::{ResponseFlags, Transport},
+        metrics::{Party, Reporter},
+    };
 
-    fn new(pod: &str) -> NewConnection {
+    fn new(registry: &Registry, pod: &str) -> NewConnection {
         NewConnection {
-            pod: pod.into(),
-            direction: Direction::Inbound,
-            transport: Transport::Plaintext,
-            src: "198.19.1.12:40000".parse().unwrap(),
-            dst: "198.19.2.11:80".parse().unwrap(),
-            peer_identity: None,
+            id: registry.next_id(),
+            facts: ConnectionFacts {
+                pod: pod.into(),
+                direction: Direction::Inbound,
+                transport: Transport::Plaintext,
+                src: "198.19.1.12:40000".parse().unwrap(),
+                dst: "198.19.2.11:80".parse().unwrap(),
+                src_identity: None,
+                dst_identity: None,
+            },
             labels: TcpLabels::new(
                 Reporter::Destination,
                 Party::unknown(),
@@ -365,15 +386,18 @@ mod tests {
     #[test]
     fn connections_are_listed_while_they_live_and_can_be_closed_with_a_reason() {
         let registry = Registry::new(Arc::default());
-        let a = registry.register(new("shop/a"));
+        let a = registry.register(new(&registry, "shop/a"));
         {
-            let _b = registry.register(new("shop/b"));
+            let _b = registry.register(new(&registry, "shop/b"));
             assert_eq!(registry.len(), 2);
         }
         let listed = registry.snapshot();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].pod, "shop/a");
-        listed[0].close("denied by shop/deny-all".into());
+        assert_eq!(listed[0].facts.pod, "shop/a");
+        listed[0].close(Failure {
+            flags: ResponseFlags::Deny,
+            reason: "denied by shop/deny-all".into(),
+        });
         assert!(a.connection.cancel_token().is_cancelled());
         assert_eq!(
             a.connection.closed_because().as_deref(),
@@ -384,11 +408,21 @@ mod tests {
         assert_eq!(totals["shop/a"].connections, 1);
         assert_eq!(totals["shop/b"].active, 0);
         assert_eq!(totals["shop/b"].connections, 1);
-        drop(a);
+        // Ended with an error the agent's reason replaces, counted as failed.
+        a.finish(Err(Error::Relay(std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted,
+        ))));
         assert!(registry.is_empty());
+        assert_eq!(registry.totals()["shop/a"].failed, 1);
+        assert_eq!(registry.totals()["shop/b"].failed, 0);
         let text = registry.metrics().encode();
+        let closed: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_closed_total{"))
+            .collect();
+        assert_eq!(closed.len(), 2, "{text}");
         assert!(
-            text.contains("istio_tcp_connections_closed_total{"),
+            closed.iter().any(|l| l.contains("response_flags=\"DENY\"")),
             "{text}"
         );
     }

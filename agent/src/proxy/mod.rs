@@ -1,18 +1,26 @@
 //! The proxy: per-pod listeners opened inside each enrolled pod (`pod`), and what
-//! happens to the connections they accept — `outbound` (the app's own connections: on
-//! through a mutual-TLS tunnel to pods in the mesh, else plain), `inbound` (plaintext from
-//! outside the mesh, under the pod's mTLS mode), `tunnel` (HBONE: both ends of the
-//! mutual-TLS HTTP/2 tunnel) — with `deliver` connecting to the pod's app (from the
-//! client's IP, `return_path` bringing the replies back), `copy`
-//! moving bytes and `app_socket` counting an HTTP connection's on the app's socket.
+//! happens to the connections they accept, one module per way in:
+//!
+//! - `outbound`: the app's own connections — accept, route (`route`), connect (to pods
+//!   in the mesh through a mutual-TLS tunnel: `outbound::tunnel`; elsewhere plain),
+//!   register (`connections`), relay (`relay`), record;
+//! - `inbound`: connections to the app — `inbound::plaintext` from outside the mesh,
+//!   `inbound::tunnel` through HBONE — checked where they came in, delivered (`deliver`,
+//!   from the client's IP, `return_path` bringing the replies back), then registered
+//!   with their guard (`enforce`, which decides them again on every change), relayed and
+//!   recorded.
+//!
+//! `relay` detects HTTP (`http`: request by request) or copies (`copy`); `app_socket`
+//! counts an HTTP connection's bytes on the app's socket. Failures are typed (`error`)
+//! with Istio's response flags; telemetry gets plain facts at registration and end.
 pub mod app_socket;
 pub mod authorize;
 pub mod balance;
 pub mod connections;
 pub mod copy;
 pub mod deliver;
-pub mod destination;
 pub mod enforce;
+pub mod error;
 pub mod hbone;
 pub mod http;
 pub mod inbound;
@@ -23,7 +31,6 @@ pub mod relay;
 pub mod return_path;
 pub mod route;
 pub mod steering;
-pub mod tunnel;
 
 use std::{io, net::SocketAddr, time::Duration};
 

@@ -21,10 +21,10 @@ use super::{
     connections::Registry,
     deliver::PodDelivery,
     hbone::{Pool, PoolConfig},
+    outbound::tunnel::PoolKey,
     probes::KubeletProbes,
     return_path::{self, ReturnPaths},
     steering::Steering,
-    tunnel::PoolKey,
 };
 use crate::{
     config::{Config, EscapedSlashes},
@@ -331,8 +331,8 @@ pub fn start(
     for (i, listener) in listeners.into_iter().enumerate() {
         tasks.push(match i {
             0 | 1 => tokio::spawn(super::outbound::serve(listener, pod.clone())),
-            2 | 3 => tokio::spawn(super::inbound::serve(listener, pod.clone())),
-            _ => tokio::spawn(super::tunnel::serve(listener, pod.clone())),
+            2 | 3 => tokio::spawn(super::inbound::plaintext::serve(listener, pod.clone())),
+            _ => tokio::spawn(super::inbound::tunnel::serve(listener, pod.clone())),
         });
     }
     Ok(PodListeners {
@@ -409,7 +409,7 @@ pub async fn accept_loop<F, Fut>(
                         tracing::warn!(pod = %pod.key, %peer, port, limit, refused,
                             "connection limit of the pod's listener reached; connection reset");
                     }
-                    pod.shared.connections.metrics().refused(
+                    pod.shared.connections.recorder().refused(
                         &pod.key,
                         direction,
                         Reason::ConnectionLimit,

@@ -7,7 +7,7 @@
 //! ([`AppSocket`]: the request and response heads included). The agent can close a
 //! connection at any time (its cancel token). At the destination, the connection's
 //! [`Guard`] decides it: as TCP once it is found opaque, or request by request.
-use std::{io, sync::Arc};
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -16,24 +16,53 @@ use super::{
     connections::Connection,
     copy::{self, Abort},
     enforce::Guard,
+    error::{Error, Refusal},
     http::{self, DetectSettings, Hook, InvalidRequest, Report, RequestInfo, Verdict},
 };
 use crate::telemetry::{
-    access::{self, Direction},
-    metrics::Metrics,
-    refusals::Reason as Refusal,
+    facts::{Direction, RequestFacts, ResponseFlags},
+    recorder::Recorder,
+    refusals::Reason,
 };
 
 /// Counts, logs and (at the destination, with its guard) decides the HTTP requests of
 /// one connection.
 pub struct RequestHook {
-    pub conn: Arc<Connection>,
-    pub metrics: Arc<Metrics>,
-    /// The enrolled pod's SPIFFE ID, for the request's log line.
-    pub local_identity: String,
+    conn: Arc<Connection>,
+    recorder: Recorder,
     /// Decides the connection into a pod and its requests (403 for a denied one); the
     /// source's side decides nothing.
-    pub guard: Option<Arc<Guard>>,
+    guard: Option<Arc<Guard>>,
+}
+
+impl RequestHook {
+    pub fn new(conn: Arc<Connection>, recorder: &Recorder, guard: Option<Arc<Guard>>) -> Self {
+        Self {
+            conn,
+            recorder: recorder.clone(),
+            guard,
+        }
+    }
+
+    /// Counts and logs (once) a request refused at this pod: the request's own access
+    /// line follows with its status.
+    fn refused(&self, request: &RequestInfo, refusal: &Refusal) {
+        let facts = &self.conn.facts;
+        self.recorder
+            .refused(&facts.pod, facts.direction.as_str(), refusal.why);
+        // A refusal's line stands alone (the pod, the peer, the reason), as the docs say.
+        tracing::info!(
+            pod = %facts.pod,
+            peer = %facts.src,
+            peer_identity = facts.peer_identity().unwrap_or(""),
+            method = %request.method,
+            path = request.path(),
+            authority = request.authority.as_deref().unwrap_or(""),
+            refusal = refusal.why.as_str(),
+            reason = %refusal.reason,
+            "request refused"
+        );
+    }
 }
 
 impl Hook for RequestHook {
@@ -44,10 +73,10 @@ impl Hook for RequestHook {
         match guard.request(request) {
             Ok(lease) => Verdict::Leased(lease),
             Err(refusal) => {
-                self.refused(request, refusal.why, &refusal.reason);
-                if refusal.why == Refusal::StrictPlaintext {
+                self.refused(request, &refusal);
+                if refusal.why == Reason::StrictPlaintext {
                     // Not for this request only: the connection is plaintext.
-                    self.conn.close(refusal.reason);
+                    self.conn.close(refusal.failure());
                 }
                 Verdict::rbac_denied()
             }
@@ -56,50 +85,45 @@ impl Hook for RequestHook {
 
     fn on_invalid(&self, request: &RequestInfo, error: &InvalidRequest) {
         let why = if error.is_path() {
-            Refusal::InvalidPath
+            Reason::InvalidPath
         } else {
-            Refusal::InvalidHost
+            Reason::InvalidHost
         };
-        self.refused(request, why, &error.to_string());
+        self.refused(request, &Refusal::new(why, error.to_string()));
     }
 
     fn on_complete(&self, report: Report) {
         // The connection's byte counters are not touched here: its app socket counts the
-        // bytes on the wire, heads included (see `relay`). Istio's `request_protocol` is "http" for HTTP/1.x and HTTP/2 alike.
-        let labels =
-            self.conn
-                .metrics
-                .labels
-                .http("http", report.status.as_u16(), report.response_flags());
-        self.metrics.request(
-            &labels,
-            report.duration.as_secs_f64() * 1000.0,
-            report.request_bytes,
-            report.response_bytes,
-        );
-        self.conn.request_done(report.status.as_u16());
-        access::log_request(&self.conn, &self.local_identity, &report);
+        // bytes on the wire, heads included (see `relay`).
+        let status = report.status.as_u16();
+        self.conn.request_done(status);
+        let request = &report.request;
+        let facts = RequestFacts {
+            method: request.method.as_str(),
+            path: request.path(),
+            authority: request.authority.as_deref().unwrap_or(""),
+            protocol: version_name(request.version),
+            status,
+            request_bytes: report.request_bytes,
+            response_bytes: report.response_bytes,
+            duration: report.duration,
+            denied: report.denied,
+            flags: report.failure.map_or(ResponseFlags::None, |f| f.flags()),
+        };
+        self.recorder
+            .request(&self.conn.facts, &self.conn.metrics, &facts);
     }
 }
 
-impl RequestHook {
-    /// Counts and logs (once) a request refused at this pod: the request's own access
-    /// line follows with its status.
-    fn refused(&self, request: &RequestInfo, why: Refusal, reason: &str) {
-        let conn = &self.conn;
-        self.metrics
-            .refused(&conn.pod, conn.direction.as_str(), why);
-        tracing::info!(
-            pod = %conn.pod,
-            peer = %conn.src,
-            peer_identity = conn.peer_identity.as_deref().unwrap_or(""),
-            method = %request.method,
-            path = request.path(),
-            authority = request.authority.as_deref().unwrap_or(""),
-            refusal = why.as_str(),
-            reason,
-            "request refused"
-        );
+/// As access logs name HTTP versions.
+fn version_name(version: ::http::Version) -> &'static str {
+    match version {
+        ::http::Version::HTTP_09 => "HTTP/0.9",
+        ::http::Version::HTTP_10 => "HTTP/1.0",
+        ::http::Version::HTTP_11 => "HTTP/1.1",
+        ::http::Version::HTTP_2 => "HTTP/2.0",
+        ::http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
     }
 }
 
@@ -114,7 +138,7 @@ pub async fn relay<C, U>(
     buffer: usize,
     hook: RequestHook,
     settings: http::Settings,
-) -> io::Result<()>
+) -> Result<(), Error>
 where
     C: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
@@ -127,10 +151,10 @@ where
             if let Some(Err(refusal)) = hook.guard.as_ref().map(|g| g.opaque()) {
                 client.abort();
                 upstream.abort();
-                hook.metrics
-                    .refused(&conn.pod, conn.direction.as_str(), refusal.why);
-                conn.close(refusal.reason);
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "refused"));
+                let facts = &conn.facts;
+                hook.recorder
+                    .refused(&facts.pod, facts.direction.as_str(), refusal.why);
+                return Err(Error::Refused(refusal));
             }
             copy::bidirectional(
                 client,
@@ -140,13 +164,14 @@ where
                 conn.cancel_token(),
             )
             .await
+            .map_err(Error::Relay)
         }
         Some(version) => {
             let hook = Arc::new(hook);
             let shutdown = conn.cancel_token().clone().cancelled_owned();
             // Count on the app's socket (what detection read from it is replayed through
             // the counter, so it is counted once).
-            let served = match conn.direction {
+            let served = match conn.facts.direction {
                 Direction::Outbound => {
                     let client = AppSocket::new(detected.client, conn.clone(), true);
                     http::serve(client, detected.app, version, hook, &settings, shutdown).await
@@ -156,7 +181,7 @@ where
                     http::serve(detected.client, app, version, hook, &settings, shutdown).await
                 }
             };
-            served.map_err(|e| io::Error::other(e.to_string()))
+            served.map_err(Error::Http)
         }
     }
 }
@@ -167,7 +192,7 @@ mod tests {
     use crate::{
         proxy::connections::{NewConnection, Registry},
         telemetry::{
-            access::Transport,
+            facts::{ConnectionFacts, Transport},
             metrics::{Party, Reporter, TcpLabels},
         },
     };
@@ -205,24 +230,23 @@ mod tests {
             Direction::Inbound => Reporter::Destination,
         };
         let registration = registry.register(NewConnection {
-            pod: "shop/client".into(),
-            direction,
-            transport: Transport::Plaintext,
-            src: "198.19.1.12:40000".parse().unwrap(),
-            dst: "198.19.2.11:80".parse().unwrap(),
-            peer_identity: None,
+            id: registry.next_id(),
+            facts: ConnectionFacts {
+                pod: "shop/client".into(),
+                direction,
+                transport: Transport::Plaintext,
+                src: "198.19.1.12:40000".parse().unwrap(),
+                dst: "198.19.2.11:80".parse().unwrap(),
+                src_identity: Some("spiffe://cluster.local/ns/shop/sa/client".into()),
+                dst_identity: None,
+            },
             labels: TcpLabels::new(reporter, Party::unknown(), Party::unknown(), false),
             guard: None,
         });
         let conn = registration.connection.clone();
         let (mut client_app, client) = pair().await;
         let (upstream, mut server_app) = pair().await;
-        let hook = RequestHook {
-            conn: conn.clone(),
-            metrics: registry.metrics().clone(),
-            local_identity: "spiffe://cluster.local/ns/shop/sa/client".into(),
-            guard: None,
-        };
+        let hook = RequestHook::new(conn.clone(), registry.recorder(), None);
         let relayed = tokio::spawn(relay(
             client,
             upstream,

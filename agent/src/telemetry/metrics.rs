@@ -19,7 +19,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::refusals::{Reason, RefusalLabels};
+use super::{
+    facts::ResponseFlags,
+    refusals::{Reason, RefusalLabels},
+};
 
 /// Who reports a connection or request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -365,10 +368,27 @@ impl Metrics {
         }
     }
 
-    /// Counts a connection closed, with its last bytes (as [`flush`](Self::flush)).
-    pub fn closed(&self, conn: &ConnectionMetrics, to_server: u64, to_client: u64) {
+    /// Counts a connection closed, with its last bytes (as [`flush`](Self::flush)) and
+    /// its response flags (`istio_tcp_connections_closed_total` carries them, as
+    /// ztunnel's does; the opened and byte series keep `-`).
+    pub fn closed(
+        &self,
+        conn: &ConnectionMetrics,
+        to_server: u64,
+        to_client: u64,
+        flags: ResponseFlags,
+    ) {
         self.flush(conn, to_server, to_client);
-        self.tcp_closed.get_or_create(&conn.labels).inc();
+        match flags {
+            ResponseFlags::None => self.tcp_closed.get_or_create(&conn.labels).inc(),
+            flags => {
+                let labels = TcpLabels {
+                    response_flags: flags.as_str(),
+                    ..conn.labels.clone()
+                };
+                self.tcp_closed.get_or_create(&labels).inc()
+            }
+        };
     }
 
     /// Counts one HTTP request.
@@ -438,11 +458,6 @@ impl Metrics {
         }
         to_prometheus_text(&open_metrics)
     }
-
-    /// The registry, for metrics other modules add (kernel counters).
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4: counter families take their samples'
@@ -502,7 +517,7 @@ mod tests {
         metrics.opened(&conn);
         metrics.flush(&conn, 100, 10);
         metrics.flush(&conn, 150, 10);
-        metrics.closed(&conn, 200, 30);
+        metrics.closed(&conn, 200, 30, ResponseFlags::None);
         metrics.request(&conn.labels.http("http", 200, "-"), 3.0, 10, 2000);
         let text = metrics.encode();
         let line = |name: &str| {
@@ -578,9 +593,30 @@ mod tests {
             t.join().unwrap();
         }
         let end = total.load(Ordering::Relaxed);
-        metrics.closed(&conn, end, end * 2);
+        metrics.closed(&conn, end, end * 2, ResponseFlags::None);
         let received = metrics.tcp_received_bytes.get_or_create(&conn.labels).get();
         let sent = metrics.tcp_sent_bytes.get_or_create(&conn.labels).get();
         assert_eq!((received, sent), (end, end * 2));
+    }
+
+    #[test]
+    fn a_failed_connection_is_closed_with_its_response_flags() {
+        let metrics = Metrics::default();
+        let conn = ConnectionMetrics::new(labels());
+        metrics.opened(&conn);
+        metrics.closed(&conn, 5, 0, ResponseFlags::Deny);
+        let text = metrics.encode();
+        let closed: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_closed_total{"))
+            .collect();
+        assert_eq!(closed.len(), 1, "{text}");
+        assert!(closed[0].contains("response_flags=\"DENY\""), "{text}");
+        assert!(closed[0].ends_with(" 1"), "{text}");
+        let opened = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .unwrap_or_default();
+        assert!(opened.contains("response_flags=\"-\""), "{text}");
     }
 }

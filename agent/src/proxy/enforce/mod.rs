@@ -24,24 +24,20 @@ use tokio_util::sync::CancellationToken;
 use super::{
     authorize::{self, Peer},
     connections::Connection,
-    destination::Arrival,
+    error::Refusal,
     http::{Lease, RequestInfo},
+    inbound::Arrival,
     pod::{PodProxy, Shared},
 };
 use crate::{
     identity::SpiffeId,
     policy,
-    telemetry::{access::Transport, refusals::Reason},
+    telemetry::{
+        facts::{Failure, Transport},
+        refusals::Reason,
+    },
     workloads::MtlsMode,
 };
-
-/// Why a connection or request is not allowed (now).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub why: Reason,
-    /// What a person reads in the logs.
-    pub reason: String,
-}
 
 /// What a connection into a pod was allowed as, to be decided again.
 #[derive(Debug)]
@@ -154,10 +150,7 @@ impl Guard {
             identity: self.peer.as_ref(),
             ip: self.ip,
         };
-        authorize::check(&pod, peer, self.port, http).map_err(|reason| Refusal {
-            why: Reason::Policy,
-            reason,
-        })
+        authorize::check(&pod, peer, self.port, http)
     }
 
     /// Plaintext into a strict namespace's pod is refused, the kubelet's probes aside.
@@ -208,15 +201,17 @@ impl Guard {
                     if let Err(refusal) = self.decide(Some(&r.request)) {
                         r.revoke.cancel();
                         refused += 1;
-                        shared.connections.metrics().refused(
-                            &conn.pod,
-                            conn.direction.as_str(),
+                        let facts = &conn.facts;
+                        shared.connections.recorder().refused(
+                            &facts.pod,
+                            facts.direction.as_str(),
                             refusal.why,
                         );
                         tracing::info!(
-                            pod = %conn.pod,
-                            peer = %conn.src,
-                            peer_identity = conn.peer_identity.as_deref().unwrap_or(""),
+                            pod = %facts.pod,
+                            id = conn.id,
+                            peer = %facts.src,
+                            peer_identity = facts.peer_identity().unwrap_or(""),
                             method = %r.request.method,
                             path = r.request.path(),
                             refusal = refusal.why.as_str(),
@@ -233,20 +228,25 @@ impl Guard {
 
 /// Closes a connection that is now refused, and says why.
 fn close(conn: &Connection, shared: &Shared, refusal: Refusal) {
+    let facts = &conn.facts;
     shared
         .connections
-        .metrics()
-        .refused(&conn.pod, conn.direction.as_str(), refusal.why);
+        .recorder()
+        .refused(&facts.pod, facts.direction.as_str(), refusal.why);
     tracing::info!(
-        pod = %conn.pod,
-        src = %conn.src,
-        dst = %conn.dst,
-        peer_identity = conn.peer_identity.as_deref().unwrap_or(""),
+        pod = %facts.pod,
+        id = conn.id,
+        src = %facts.src,
+        dst = %facts.dst,
+        peer_identity = facts.peer_identity().unwrap_or(""),
         refusal = refusal.why.as_str(),
         reason = %refusal.reason,
         "closing a connection that is now refused"
     );
-    conn.close(format!("{}, after a change", refusal.reason));
+    conn.close(Failure {
+        flags: refusal.flags(),
+        reason: format!("{}, after a change", refusal.reason),
+    });
 }
 
 /// Takes a request out of its guard's table when its exchange ends.
@@ -273,7 +273,7 @@ impl Drop for Release {
 pub fn recheck(shared: &Shared, pod: Option<&str>) -> usize {
     let mut refused = 0;
     for conn in shared.connections.guarded() {
-        if pod.is_some_and(|p| p != conn.pod) {
+        if pod.is_some_and(|p| p != conn.facts.pod) {
             continue;
         }
         if let Some(guard) = &conn.guard {

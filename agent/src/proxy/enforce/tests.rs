@@ -11,15 +11,8 @@ use crate::{
     identity::{Identity, ca},
     netns::Netns,
     policy::{PolicySet, parse_yaml},
-    proxy::{
-        connections::{NewConnection, Registration},
-        pod::PodRecord,
-        steering::Steering,
-    },
-    telemetry::{
-        access::Direction,
-        metrics::{Metrics, Party, Reporter, TcpLabels},
-    },
+    proxy::{connections::Registration, pod::PodRecord, steering::Steering},
+    telemetry::metrics::Metrics,
     workloads::{WorkloadSet, directory::Directory},
 };
 
@@ -80,6 +73,8 @@ fn policies(yaml: &str) -> Arc<PolicySet> {
 fn arrival(transport: Transport) -> Arrival {
     let hbone = transport == Transport::Hbone;
     Arrival {
+        id: 0,
+        started: std::time::Instant::now(),
         transport,
         src: "198.19.1.12:40000".parse().unwrap(),
         dst: "198.19.1.11:8080".parse().unwrap(),
@@ -90,25 +85,15 @@ fn arrival(transport: Transport) -> Arrival {
 }
 
 impl Fixture {
-    /// Registers a connection as `destination::serve` does.
+    /// Registers a connection as `inbound::serve` does.
     fn connect(&self, arrival: &Arrival) -> (Registration<'_>, Arc<Guard>) {
-        let guard = Guard::new(&self.pod, arrival);
-        let registration = self.shared.connections.register(NewConnection {
-            pod: self.pod.key.clone(),
-            direction: Direction::Inbound,
-            transport: arrival.transport,
-            src: arrival.src,
-            dst: arrival.dst,
-            peer_identity: arrival.peer.as_ref().map(|p| p.to_string()),
-            labels: TcpLabels::new(
-                Reporter::Destination,
-                Party::unknown(),
-                Party::unknown(),
-                false,
-            ),
-            guard: Some(guard.clone()),
-        });
-        (registration, guard)
+        let arrival = Arrival {
+            id: self.shared.connections.next_id(),
+            ..arrival.clone()
+        };
+        let guard = Guard::new(&self.pod, &arrival);
+        let new = arrival.registration(&self.pod, guard.clone());
+        (self.shared.connections.register(new), guard)
     }
 
     /// `outrider_refusals_total` for `shop/web`, inbound, `reason` (0 when absent).

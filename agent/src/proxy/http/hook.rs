@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use tokio_util::sync::CancellationToken;
 
 use super::InvalidRequest;
+use crate::telemetry::facts::ResponseFlags;
 
 /// Policy and telemetry for the requests of one proxied connection. Usually one value
 /// per connection (holding the peer's identity and shared tables), behind an `Arc`;
@@ -176,12 +177,12 @@ pub enum Failure {
 
 impl Failure {
     /// Envoy's response flag (as in Istio's access logs and `response_flags` label).
-    pub fn response_flag(self) -> &'static str {
+    pub fn flags(self) -> ResponseFlags {
         match self {
-            Self::UpstreamReset => "UC",
-            Self::UpstreamProtocol => "UPE",
-            Self::DownstreamReset => "DC",
-            Self::Revoked => "DENY",
+            Self::UpstreamReset => ResponseFlags::UpstreamReset,
+            Self::UpstreamProtocol => ResponseFlags::UpstreamProtocol,
+            Self::DownstreamReset => ResponseFlags::DownstreamReset,
+            Self::Revoked => ResponseFlags::Deny,
         }
     }
 
@@ -220,6 +221,8 @@ impl Report {
 
     /// Envoy's response flags: `-` when none.
     pub fn response_flags(&self) -> &'static str {
-        self.failure.map_or("-", Failure::response_flag)
+        self.failure
+            .map_or(ResponseFlags::None, Failure::flags)
+            .as_str()
     }
 }

@@ -37,14 +37,16 @@ where
 {
     fn execute(&self, stream: F) {
         let slot = Arc::new(OnceLock::new());
-        tokio::spawn(STREAM.scope(
+        // In the connection's span (hyper asks from within the connection's task).
+        let stream = STREAM.scope(
             slot.clone(),
             Revocable {
                 stream,
                 slot,
                 revoked: None,
             },
-        ));
+        );
+        tokio::spawn(tracing::Instrument::in_current_span(stream));
     }
 }
 

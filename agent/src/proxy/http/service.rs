@@ -217,7 +217,7 @@ impl<H: Hook + ?Sized> Shared<H> {
                 b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             )
         };
-        tracing::debug!(error = %err, %status, flag = failure.response_flag(), "request failed");
+        tracing::debug!(error = %err, %status, flag = failure.flags().as_str(), "request failed");
         let mut response = plain(status, Bytes::from_static(text), head, None);
         // Report now: the failure is known, and the body's end would report none.
         let sent = if head { 0 } else { text.len() as u64 };

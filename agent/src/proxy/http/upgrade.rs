@@ -49,7 +49,7 @@ impl Upgrades {
 
     /// Runs the splice of an upgraded connection.
     pub(super) fn spawn(&self, splice: impl Future<Output = ()> + Send + 'static) {
-        let task = tokio::spawn(splice);
+        let task = tokio::spawn(tracing::Instrument::in_current_span(splice));
         if let Ok(mut slot) = self.abort.lock() {
             *slot = Some(task.abort_handle());
         }

@@ -48,10 +48,10 @@ fn authority_and_host() {
 
 #[test]
 fn response_flags() {
-    assert_eq!(Failure::UpstreamReset.response_flag(), "UC");
-    assert_eq!(Failure::UpstreamProtocol.response_flag(), "UPE");
-    assert_eq!(Failure::DownstreamReset.response_flag(), "DC");
-    assert_eq!(Failure::Revoked.response_flag(), "DENY");
+    assert_eq!(Failure::UpstreamReset.flags().as_str(), "UC");
+    assert_eq!(Failure::UpstreamProtocol.flags().as_str(), "UPE");
+    assert_eq!(Failure::DownstreamReset.flags().as_str(), "DC");
+    assert_eq!(Failure::Revoked.flags().as_str(), "DENY");
     assert!(!Failure::DownstreamReset.is_upstream());
     assert!(!Failure::Revoked.is_upstream());
     let Verdict::Deny { status, body } = Verdict::rbac_denied() else {

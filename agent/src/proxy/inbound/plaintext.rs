@@ -6,14 +6,18 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::{
-    authorize, deliver,
-    destination::{self, Arrival},
-    pod::{self, PodProxy},
+    super::{
+        authorize, deliver,
+        error::Refusal,
+        pod::{self, PodProxy},
+    },
+    Arrival,
 };
 use crate::{
-    telemetry::{access::Transport, refusals::Reason},
+    telemetry::{facts::Transport, refusals::Reason},
     workloads::MtlsMode,
 };
 
@@ -21,52 +25,58 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodProxy>) {
     pod::accept_loop(listener, pod, "inbound", handle).await;
 }
 
+/// One plaintext arrival, in its own span (pod, connection id).
 async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
+    let id = pod.shared.connections.next_id();
+    let span = tracing::info_span!("inbound", pod = %pod.key, id);
+    arrive(client, peer, pod, id).instrument(span).await;
+}
+
+async fn arrive(client: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>, id: u64) {
     let started = Instant::now();
     let Ok(dst) = pod.shared.steering.inbound_dst(&client) else {
-        return super::reset(client);
+        return super::super::reset(client);
     };
     let strict = pod.mtls() == MtlsMode::Strict;
     let probe = strict && pod.owns(dst.ip()) && kubelet_probe(&pod, peer, dst).await;
     let arrival = Arrival {
+        id,
         transport: Transport::Plaintext,
         src: peer,
         dst,
         peer: None,
         service: None,
         kubelet_probe: probe,
+        started,
     };
-    let refuse = |client, why: Reason, reason: String| {
-        super::reset(client);
-        destination::log_refused(&pod, &arrival, started.elapsed(), why, reason);
+    let refuse = |client, refusal: Refusal| {
+        super::super::reset(client);
+        super::refuse(&pod, &arrival, &refusal);
     };
     if !pod.owns(dst.ip()) {
         // Reached the listener directly (not through sk_lookup): nothing to deliver.
-        return refuse(
-            client,
-            Reason::NotThePods,
-            format!("{dst} is not an address of the pod"),
-        );
+        let reason = format!("{dst} is not an address of the pod");
+        return refuse(client, Refusal::new(Reason::NotThePods, reason));
     }
     if strict && !probe {
-        return refuse(
-            client,
-            Reason::StrictPlaintext,
-            "plaintext refused: the namespace requires mutual TLS (strict)".into(),
-        );
+        let reason = "plaintext refused: the namespace requires mutual TLS (strict)";
+        return refuse(client, Refusal::new(Reason::StrictPlaintext, reason));
     }
     if !authorize::needs_http(&pod) {
         let peer = authorize::Peer {
             identity: None,
             ip: peer.ip(),
         };
-        if let Err(reason) = authorize::check(&pod, peer, dst.port(), None) {
-            return refuse(client, Reason::Policy, reason);
+        if let Err(denial) = authorize::check(&pod, peer, dst.port(), None) {
+            return refuse(client, denial);
         }
     }
     match deliver::to_app(&pod, peer, dst, deliver::Via::Plaintext).await {
-        Ok(app) => destination::serve(&pod, arrival, client, app, started).await,
-        Err(err) => refuse(client, Reason::AppUnreachable, err.to_string()),
+        Ok(app) => super::serve(&pod, arrival, client, app).await,
+        Err(err) => refuse(
+            client,
+            Refusal::new(Reason::AppUnreachable, err.to_string()),
+        ),
     }
 }
 
