@@ -3,7 +3,7 @@
 //! runs until SIGTERM or SIGINT. It first takes over from a running agent, if there is
 //! one (`restart`), and serves the same to the next; having handed over, it drains.
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{
         Arc,
@@ -249,8 +249,28 @@ async fn drain(shared: &Shared, config: &Config, term: &mut tokio::signal::unix:
 }
 
 /// The workload source the config names: the file, Kubernetes (once it has listed the
-/// cluster), or both merged (the file's entries win).
+/// cluster), or both merged (the file's entries win); then, whatever the source, this
+/// node's pods named by UID get their sandboxes found on the node.
 async fn workload_source(
+    config: &Config,
+    kube: Option<kube::Client>,
+) -> anyhow::Result<watch::Receiver<Arc<WorkloadSet>>> {
+    let cgroup_root = crate::dataplane::cgroup::resolve_attach(&config.cgroup)?;
+    let proc_root = config
+        .workloads
+        .kubernetes
+        .as_ref()
+        .map_or_else(|| PathBuf::from("/proc"), |k8s| k8s.proc_root.clone());
+    let finder = workloads::sandbox::Finder::new(cgroup_root, proc_root);
+    let sandboxes = workloads::sandboxes::Sandboxes::new(config.node_name.clone(), finder);
+    Ok(workloads::sandboxes::follow(
+        source(config, kube).await?,
+        sandboxes,
+    ))
+}
+
+/// Who runs in the cluster, as the configured sources say.
+async fn source(
     config: &Config,
     kube: Option<kube::Client>,
 ) -> anyhow::Result<watch::Receiver<Arc<WorkloadSet>>> {
@@ -260,16 +280,10 @@ async fn workload_source(
         .file
         .clone()
         .map(|f| workloads::file::watch(f, interval));
-    let (Some(k8s), Some(client)) = (&config.workloads.kubernetes, kube) else {
+    let (Some(_), Some(client)) = (&config.workloads.kubernetes, kube) else {
         return file.context("no workload source");
     };
-    let cgroup_root = crate::dataplane::cgroup::resolve_attach(&config.cgroup)?;
-    let (from_k8s, mut synced) = kubernetes::watch(
-        client,
-        config.node_name.clone(),
-        &cgroup_root,
-        &k8s.proc_root,
-    );
+    let (from_k8s, mut synced) = kubernetes::watch(client);
     tracing::info!(
         "waiting for the Kubernetes API's namespaces, pods, Services and EndpointSlices"
     );

@@ -28,7 +28,7 @@ use crate::{
         admission::{Admission, accept_loop},
         peer::{self, PeerInfo},
     },
-    workloads::{Mode, Workload, WorkloadSet, kubernetes::sandbox::pod_uid_from_cgroup_path},
+    workloads::{Mode, Workload, WorkloadSet, sandbox::pod_uid_from_cgroup_path},
 };
 
 /// HTTP/2 keepalive on the socket, as the admin socket's: a sidecar that stops

@@ -11,7 +11,7 @@
 //!     uid: 6f1c…
 //!     serviceAccount: web
 //!     ips: [198.19.1.10, "fd6f:7264:1::10"]
-//!     netns: /run/netns/web
+//!     netns: /run/netns/web   # omitted: found on the node by uid (`sandboxes`)
 //!     cgroup: /sys/fs/cgroup/kubepods/web
 //!     mode: node          # node (default) | none
 //!     node: node-a        # where it runs; other nodes' pods are destinations only
@@ -98,7 +98,15 @@ pub(crate) fn validate(set: &WorkloadSet, file: &Path) -> Result<(), WorkloadFil
         if w.service_account.is_empty() {
             return Err(invalid(index, "serviceAccount: must not be empty".into()));
         }
-        if !w.netns.is_absolute() {
+        if w.netns.as_os_str().is_empty() {
+            if w.uid.is_empty() {
+                return Err(invalid(
+                    index,
+                    "netns: required without a uid (by which the agent finds the pod's sandbox)"
+                        .into(),
+                ));
+            }
+        } else if !w.netns.is_absolute() {
             return Err(invalid(
                 index,
                 format!("netns: {} is not an absolute path", w.netns.display()),

@@ -1,11 +1,15 @@
 //! Who runs in the mesh and which pods are enrolled: the workload model, the sources that
 //! produce it (`file`: a local YAML file, watched; `kubernetes`: the API server's
-//! namespaces, pods, Services and EndpointSlices, watched), and the cluster-wide view the proxy
-//! looks destinations up in (`directory`). Enrollment consumes the latest [`WorkloadSet`]
-//! and never looks at where it came from.
+//! namespaces, pods, Services and EndpointSlices, watched), where this node's pods run
+//! (`sandboxes`, for every source: a pod's network namespace and cgroup found by its UID,
+//! with `sandbox`), and the cluster-wide view the proxy looks destinations up in
+//! (`directory`). Enrollment consumes the latest [`WorkloadSet`] and never looks at where
+//! it came from.
 pub mod directory;
 pub mod file;
 pub mod kubernetes;
+pub mod sandbox;
+pub mod sandboxes;
 pub mod service;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
@@ -87,6 +91,9 @@ pub struct Workload {
     #[serde(default)]
     pub ips: Vec<IpAddr>,
     /// The pod's network namespace, e.g. `/var/run/netns/cni-…` or `/proc/<pid>/ns/net`.
+    /// Empty: not known yet — for a pod of this node in node mode named by `uid`, the
+    /// agent finds it on the node (`sandboxes`).
+    #[serde(default)]
     pub netns: PathBuf,
     /// The pod's cgroup (informational here; capture is by network namespace).
     #[serde(default)]

@@ -6,22 +6,15 @@
 //! Services and their slices), and publishes the cluster as a [`WorkloadSet`], changes
 //! arriving together as one set. A namespace labelled `outrider.io/mode=node` enrolls
 //! its pods; a pod's `outrider.io/mode` annotation (`none|node|sidecar`) overrides it.
-//! Every pod is a destination; this node's pods in node mode also need their sandbox —
-//! network namespace and cgroup, found from the pod UID (`sandbox`) and retried every
-//! 50 ms while the sandbox starts, so enrollment follows within a second of the pod
-//! getting its IP. Every Service is published with the endpoints of its EndpointSlices
-//! (conditions and ports per endpoint).
+//! Every pod is a destination, named with its UID; where this node's pods run (their
+//! sandboxes) is found by `workloads::sandboxes`, as for every source. Every Service is
+//! published with the endpoints of its EndpointSlices (conditions and ports per
+//! endpoint).
 pub mod cache;
 pub mod records;
-pub mod sandbox;
 pub mod services;
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -37,15 +30,12 @@ use tokio::sync::watch;
 
 use self::{
     cache::Cache,
-    records::{Meshing, NamespaceRecord, PodRecord},
-    sandbox::{Finder, Sandbox},
+    records::{NamespaceRecord, PodRecord},
     services::SliceRecord,
 };
 use super::WorkloadSet;
 use crate::config::KubernetesSourceConfig;
 
-/// How often sandboxes still missing are looked for.
-const SANDBOX_RETRY: Duration = Duration::from_millis(50);
 /// Changes arriving together are published as one set.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -72,15 +62,10 @@ pub async fn client(config: &KubernetesSourceConfig) -> anyhow::Result<Client> {
 
 /// What the source follows.
 struct State {
-    node: String,
     namespaces: Cache<String, NamespaceRecord>,
     pods: Cache<(String, String), PodRecord>,
     services: Cache<(String, String), super::Service>,
     slices: Cache<(String, String), SliceRecord>,
-    sandboxes: HashMap<String, Sandbox>,
-    /// Sandboxes that could not be found for a reason that will not pass, reported once.
-    reported: HashSet<String>,
-    finder: Finder,
 }
 
 impl State {
@@ -92,46 +77,6 @@ impl State {
             && self.slices.synced()
     }
 
-    /// This node's pods in node mode without a sandbox yet.
-    fn missing_sandboxes(&self) -> Vec<(String, String)> {
-        self.pods
-            .items()
-            .values()
-            .filter(|p| p.node.as_deref() == Some(self.node.as_str()))
-            .filter(|p| p.meshing(self.namespaces.items()) == Meshing::Node)
-            .filter(|p| !self.sandboxes.contains_key(&p.uid))
-            .map(|p| (p.uid.clone(), format!("{}/{}", p.namespace, p.name)))
-            .collect()
-    }
-
-    /// Looks for missing sandboxes; true when one was found.
-    fn find_sandboxes(&mut self) -> bool {
-        let mut found = false;
-        for (uid, pod) in self.missing_sandboxes() {
-            match self.finder.find(&uid) {
-                Ok(sandbox) => {
-                    tracing::debug!(%pod, %uid, netns = %sandbox.netns.display(), "pod sandbox found");
-                    self.sandboxes.insert(uid, sandbox);
-                    found = true;
-                }
-                Err(e) if e.is_retryable() => {}
-                Err(error) => {
-                    if self.reported.insert(uid.clone()) {
-                        tracing::warn!(%pod, %uid, %error, "cannot find the pod's sandbox; will retry");
-                    }
-                }
-            }
-        }
-        found
-    }
-
-    /// Forgets sandboxes of pods that are gone (or replaced: a new UID).
-    fn prune_sandboxes(&mut self) {
-        let live: HashSet<&str> = self.pods.items().values().map(|p| p.uid.as_str()).collect();
-        self.sandboxes.retain(|uid, _| live.contains(uid.as_str()));
-        self.reported.retain(|uid| live.contains(uid.as_str()));
-    }
-
     fn on_namespace(&mut self, event: watcher::Event<Namespace>) -> bool {
         self.namespaces.apply(
             event,
@@ -141,15 +86,11 @@ impl State {
     }
 
     fn on_pod(&mut self, event: watcher::Event<Pod>) -> bool {
-        let changed = self.pods.apply(
+        self.pods.apply(
             event,
             |p| cache::key_of(&p.metadata),
             PodRecord::from_object,
-        );
-        if changed {
-            self.prune_sandboxes();
-        }
-        changed
+        )
     }
 
     fn on_service(&mut self, event: watcher::Event<Service>) -> bool {
@@ -171,7 +112,7 @@ impl State {
     fn set(&self) -> WorkloadSet {
         WorkloadSet {
             services: services::services(self.services.items(), self.slices.items()),
-            ..records::workload_set(self.namespaces.items(), self.pods.items(), &self.sandboxes)
+            ..records::workload_set(self.namespaces.items(), self.pods.items())
         }
     }
 }
@@ -179,23 +120,14 @@ impl State {
 /// Follows the cluster through `client`. The first set is published once namespaces,
 /// pods, Services and EndpointSlices are all listed (until then the receiver holds an empty set and
 /// `synced` is false); await [`wait_synced`] before enrolling.
-pub fn watch(
-    client: Client,
-    node: String,
-    cgroup_root: &Path,
-    proc_root: &Path,
-) -> (watch::Receiver<Arc<WorkloadSet>>, watch::Receiver<bool>) {
+pub fn watch(client: Client) -> (watch::Receiver<Arc<WorkloadSet>>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(Arc::new(WorkloadSet::default()));
     let (synced_tx, synced_rx) = watch::channel(false);
     let mut state = State {
-        node,
         namespaces: Cache::default(),
         pods: Cache::default(),
         services: Cache::default(),
         slices: Cache::default(),
-        sandboxes: HashMap::new(),
-        reported: HashSet::new(),
-        finder: Finder::new(cgroup_root.to_path_buf(), proc_root.to_path_buf()),
     };
     let namespaces = watcher(
         Api::<Namespace>::all(client.clone()),
@@ -220,8 +152,6 @@ pub fn watch(
         let mut services = std::pin::pin!(services);
         let mut slices = std::pin::pin!(slices);
         let mut dirty = false;
-        let mut retry = tokio::time::interval(SANDBOX_RETRY);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut errors = 0u64;
         loop {
             let synced = state.synced();
@@ -246,10 +176,8 @@ pub fn watch(
                     Some(Err(error)) => report(&mut errors, "endpointslices", &error),
                     None => return,
                 },
-                _ = retry.tick(), if synced => dirty |= state.find_sandboxes(),
                 _ = tokio::time::sleep(DEBOUNCE), if dirty && synced => {
                     dirty = false;
-                    state.find_sandboxes();
                     let set = state.set();
                     if **tx.borrow() != set {
                         tracing::debug!(workloads = set.workloads.len(), "workloads from Kubernetes");

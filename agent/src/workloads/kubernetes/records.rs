@@ -9,7 +9,6 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
-use super::sandbox::Sandbox;
 use crate::workloads::{
     Mode, MtlsMode, NamespaceSettings, PodPort, SourceIp, Workload, WorkloadSet,
 };
@@ -191,13 +190,11 @@ fn named_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<PodPort> {
         .collect()
 }
 
-/// The workload set of the cluster as this node's agent needs it. Pods of this node in
-/// node mode carry their sandbox (network namespace, cgroup) once found; until then
-/// their netns is empty and enrollment waits for it.
+/// The workload set of the cluster as this node's agent needs it. Pods come with their
+/// UID and no sandbox: `workloads::sandboxes` finds where this node's run.
 pub fn workload_set(
     namespaces: &HashMap<String, NamespaceRecord>,
     pods: &HashMap<(String, String), PodRecord>,
-    sandboxes: &HashMap<String, Sandbox>,
 ) -> WorkloadSet {
     let mut workloads: Vec<Workload> = pods
         .values()
@@ -207,7 +204,6 @@ pub fn workload_set(
                 Meshing::Sidecar => Mode::Sidecar,
                 Meshing::None => Mode::None,
             };
-            let sandbox = sandboxes.get(&p.uid);
             Workload {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
@@ -216,8 +212,8 @@ pub fn workload_set(
                 service_account: p.service_account.clone(),
                 labels: p.labels.clone(),
                 ips: p.ips.clone(),
-                netns: sandbox.map(|s| s.netns.clone()).unwrap_or_default(),
-                cgroup: sandbox.map(|s| s.cgroup.clone()),
+                netns: Default::default(),
+                cgroup: None,
                 mode,
                 ports: p.ports.clone(),
             }
@@ -281,7 +277,7 @@ mod tests {
             .filter_map(PodRecord::from_object)
             .map(|p| ((p.namespace.clone(), p.name.clone()), p))
             .collect();
-        workload_set(&namespaces, &pods, &HashMap::new())
+        workload_set(&namespaces, &pods)
     }
 
     #[test]
