@@ -73,13 +73,55 @@ enum Want {
     Error(&'static str),
 }
 
+/// Busy endpoints: five live connections each.
+const BUSY_A: &[(&str, usize)] = &[("198.19.1.11", 5)];
+const BUSY_B: &[(&str, usize)] = &[("198.19.2.11", 5)];
+const BUSY_A6: &[(&str, usize)] = &[("fd6f:7264:1::11", 5)];
+
+/// Routes each case with every seed (with two endpoints, two choices always see both)
+/// and checks its first target or its error.
+fn check(cases: &[Case]) {
+    let dir = directory();
+    for (case, node, dst, active, affinity, want) in cases {
+        let loads = FakeLoads {
+            active: active
+                .iter()
+                .map(|(ip, n)| (ip.parse().unwrap(), *n))
+                .collect(),
+            affinity: affinity.map(|ip| ip.parse().unwrap()),
+        };
+        let src = Source {
+            node: Some(node),
+            ip: "198.19.1.12".parse().unwrap(),
+        };
+        for seed in 0..8 {
+            let got = route(
+                src,
+                dst.parse().unwrap(),
+                &dir,
+                &loads,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            match (want, got) {
+                (Want::First(addr, mesh), Ok(route)) => {
+                    let first = &route.targets()[0];
+                    assert_eq!(first.addr.to_string(), *addr, "{case}");
+                    assert_eq!(first.mesh.is_some(), *mesh, "{case}");
+                }
+                (Want::Error(text), Err(err)) => {
+                    assert!(err.to_string().contains(text), "{case}: {err}")
+                }
+                (_, got) => panic!("{case}: got {got:?}"),
+            }
+        }
+    }
+}
+
+/// Pods dialed directly (in the mesh or not), unknown addresses, a headless Service's pod IPs.
 #[test]
-fn routes_by_table() {
+fn addresses_that_are_not_a_services_cluster_ip_go_where_they_were_dialed() {
     use Want::*;
-    let busy_a: &'static [(&str, usize)] = &[("198.19.1.11", 5)];
-    let busy_b: &'static [(&str, usize)] = &[("198.19.2.11", 5)];
-    let busy_a6: &'static [(&str, usize)] = &[("fd6f:7264:1::11", 5)];
-    let cases: &[Case] = &[
+    check(&[
         (
             "pod in the mesh, dialed directly",
             "node-a",
@@ -112,11 +154,19 @@ fn routes_by_table() {
             None,
             First("198.19.1.11:80", true),
         ),
+    ]);
+}
+
+/// A Service's cluster IP (IPv4, IPv6, IPv4-mapped): its endpoints on the resolved target port, the less loaded first; a port it does not declare is no route.
+#[test]
+fn a_cluster_ip_becomes_the_least_loaded_endpoint_on_the_target_port() {
+    use Want::*;
+    check(&[
         (
             "named targetPort resolved per pod (b less loaded)",
             "node-a",
             "10.96.0.10:80",
-            busy_a,
+            BUSY_A,
             None,
             First("198.19.2.11:8081", true),
         ),
@@ -124,7 +174,7 @@ fn routes_by_table() {
             "named targetPort resolved per pod (a less loaded)",
             "node-a",
             "10.96.0.10:80",
-            busy_b,
+            BUSY_B,
             None,
             First("198.19.1.11:8080", true),
         ),
@@ -132,7 +182,7 @@ fn routes_by_table() {
             "IPv6 cluster IP: IPv6 endpoints",
             "node-a",
             "[fd00:96::10]:80",
-            busy_a6,
+            BUSY_A6,
             None,
             First("[fd6f:7264:2::11]:8081", true),
         ),
@@ -140,7 +190,7 @@ fn routes_by_table() {
             "IPv4-mapped cluster IP",
             "node-a",
             "[::ffff:10.96.0.10]:80",
-            busy_b,
+            BUSY_B,
             None,
             First("198.19.1.11:8080", true),
         ),
@@ -152,11 +202,19 @@ fn routes_by_table() {
             None,
             Error("service web.shop.svc.cluster.local has no port 81"),
         ),
+    ]);
+}
+
+/// `internalTrafficPolicy: Local` and `sessionAffinity: ClientIP`.
+#[test]
+fn traffic_policy_and_session_affinity_choose_the_endpoint() {
+    use Want::*;
+    check(&[
         (
             "Local: only this node's endpoint, however loaded",
             "node-b",
             "10.96.0.11:80",
-            busy_b,
+            BUSY_B,
             None,
             First("198.19.2.11:8080", true),
         ),
@@ -172,7 +230,7 @@ fn routes_by_table() {
             "ClientIP: the remembered endpoint, however loaded",
             "node-a",
             "10.96.0.12:80",
-            busy_b,
+            BUSY_B,
             Some("198.19.2.11"),
             First("198.19.2.11:8080", true),
         ),
@@ -180,7 +238,7 @@ fn routes_by_table() {
             "ClientIP: a remembered endpoint gone is forgotten",
             "node-a",
             "10.96.0.12:80",
-            busy_b,
+            BUSY_B,
             Some("198.19.9.9"),
             First("198.19.1.11:8080", true),
         ),
@@ -188,10 +246,18 @@ fn routes_by_table() {
             "affinity ignored without ClientIP",
             "node-a",
             "10.96.0.10:80",
-            busy_b,
+            BUSY_B,
             Some("198.19.2.11"),
             First("198.19.1.11:8080", true),
         ),
+    ]);
+}
+
+/// Endpoints outside the mesh, terminating ones, none at all.
+#[test]
+fn endpoint_conditions_and_the_mesh_decide_how_an_endpoint_is_reached() {
+    use Want::*;
+    check(&[
         (
             "endpoint outside the mesh: plaintext to it",
             "node-a",
@@ -212,7 +278,7 @@ fn routes_by_table() {
             "ready wins over terminating, however loaded",
             "node-a",
             "10.96.0.15:80",
-            busy_b,
+            BUSY_B,
             None,
             First("198.19.2.11:8080", true),
         ),
@@ -224,40 +290,7 @@ fn routes_by_table() {
             None,
             Error("service empty.shop.svc.cluster.local port 80 has no ready endpoint"),
         ),
-    ];
-    let dir = directory();
-    for (case, node, dst, active, affinity, want) in cases {
-        let loads = FakeLoads {
-            active: active
-                .iter()
-                .map(|(ip, n)| (ip.parse().unwrap(), *n))
-                .collect(),
-            affinity: affinity.map(|ip| ip.parse().unwrap()),
-        };
-        let src = Source {
-            node: Some(node),
-            ip: "198.19.1.12".parse().unwrap(),
-        };
-        // Every seed: with two endpoints, two choices always see both.
-        for seed in 0..8 {
-            let got = route(
-                src,
-                dst.parse().unwrap(),
-                &dir,
-                &loads,
-                &mut StdRng::seed_from_u64(seed),
-            );
-            match (want, got) {
-                (First(addr, mesh), Ok(route)) => {
-                    let first = &route.targets()[0];
-                    assert_eq!(first.addr.to_string(), *addr, "{case}");
-                    assert_eq!(first.mesh.is_some(), *mesh, "{case}");
-                }
-                (Error(text), Err(err)) => assert!(err.to_string().contains(text), "{case}: {err}"),
-                (_, got) => panic!("{case}: got {got:?}"),
-            }
-        }
-    }
+    ]);
 }
 
 #[test]
