@@ -30,11 +30,11 @@ use wire::Message;
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One pod's listening sockets, in [`crate::proxy::pod::LISTENER_ORDER`].
+/// One pod's listening sockets, each with its name (see `proxy::listeners`).
 pub struct PodSockets {
     pub key: String,
     pub netns_cookie: u64,
-    pub listeners: Vec<OwnedFd>,
+    pub listeners: Vec<(String, OwnedFd)>,
 }
 
 /// What a starting agent took over.
@@ -90,24 +90,31 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
     loop {
         let (message, fds) = wire::recv(&stream).with_context(|| failed("receiving"))?;
         match message {
-            Message::Pod { key, netns_cookie } => {
-                if fds.len() != crate::proxy::pod::LISTENER_ORDER.len() {
-                    let reason = format!("pod {key} came with {} sockets", fds.len());
-                    let _ = wire::send(
-                        &stream,
-                        &Message::Refused {
-                            reason: reason.clone(),
-                        },
-                        &[],
-                    );
-                    anyhow::bail!(failed(&reason));
-                }
+            Message::Pod {
+                key,
+                netns_cookie,
+                listeners,
+            } => {
+                let listeners = match wire::name_listeners(listeners, fds) {
+                    Ok(listeners) => listeners,
+                    Err(reason) => {
+                        let reason = format!("pod {key}: {reason}");
+                        let _ = wire::send(
+                            &stream,
+                            &Message::Refused {
+                                reason: reason.clone(),
+                            },
+                            &[],
+                        );
+                        anyhow::bail!(failed(&reason));
+                    }
+                };
                 inherited.pods.insert(
                     netns_cookie,
                     PodSockets {
                         key,
                         netns_cookie,
-                        listeners: fds,
+                        listeners,
                     },
                 );
             }
