@@ -75,7 +75,7 @@ pub async fn serve<S>(
     };
     let settings = http::Settings {
         normalize: Some(pod.shared.escaped_slashes),
-        ..Default::default()
+        ..pod.shared.http.clone()
     };
     let result = relay(client, app, pod.shared.buffer_bytes, hook, settings).await;
     access::log_connection(&conn, id.as_str(), started.elapsed(), result.err());

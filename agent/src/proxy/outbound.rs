@@ -136,10 +136,10 @@ async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     let buffer = shared.buffer_bytes;
     let result = match dialed {
         Ok((_, Upstream::Tunnel(stream, _))) => {
-            relay(app, stream, buffer, hook, Default::default()).await
+            relay(app, stream, buffer, hook, shared.http.clone()).await
         }
         Ok((_, Upstream::Plain(upstream))) => {
-            relay(app, upstream, buffer, hook, Default::default()).await
+            relay(app, upstream, buffer, hook, shared.http.clone()).await
         }
         Err((_, err)) => {
             // Refuse the app's connection as the destination refused ours.

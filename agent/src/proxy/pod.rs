@@ -48,6 +48,13 @@ pub struct Shared {
     pub outbound_port: u16,
     pub backlog: u32,
     pub connect_timeout: Duration,
+    /// How long a tunnel's TLS handshake may take, both ends (`proxy.hbone`).
+    pub tls_handshake_timeout: Duration,
+    /// Each pod's tunnel pool and the tunnels' HTTP/2 settings (`proxy.hbone`).
+    pub pool: PoolConfig,
+    /// Protocol detection and HTTP proxying (`proxy.http`), without normalizing (see
+    /// `escaped_slashes`).
+    pub http: super::http::Settings,
     pub buffer_bytes: usize,
     /// Connections each of a pod's listeners holds at once (`proxy.maxConnectionsPerListener`).
     pub max_connections_per_listener: usize,
@@ -102,6 +109,11 @@ impl Shared {
             outbound_port: config.capture.outbound_port,
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
+            tls_handshake_timeout: Duration::from_millis(
+                config.proxy.hbone.tls_handshake_timeout_ms,
+            ),
+            pool: PoolConfig::from_config(&config.proxy.hbone),
+            http: super::http::Settings::from_config(&config.proxy.http),
             buffer_bytes: config.proxy.buffer_bytes,
             max_connections_per_listener: config.proxy.max_connections_per_listener,
             escaped_slashes: config.proxy.http.escaped_slashes,
@@ -169,12 +181,13 @@ impl PodProxy {
     }
 
     pub fn new(workload: Workload, id: SpiffeId, netns: Arc<Netns>, shared: Arc<Shared>) -> Self {
+        let pool = Pool::new(shared.pool.clone());
         Self {
             key: workload.key().to_string(),
             record: ArcSwap::from_pointee(PodRecord { workload, id }),
             netns,
             shared,
-            pool: Pool::new(PoolConfig::default()),
+            pool,
             delivery: PodDelivery::default(),
         }
     }
@@ -286,5 +299,63 @@ pub async fn accept_loop<F, Fut>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ca;
+
+    #[test]
+    fn the_proxy_takes_its_tuning_from_the_config() {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.identity.ca_dir = ca_dir.path().join("ca");
+        ca::init(&config.identity.ca_dir, &ca::InitOptions::default()).unwrap();
+        config.proxy.hbone.max_streams_per_connection = 7;
+        config.proxy.hbone.idle_timeout_ms = 1234;
+        config.proxy.hbone.tls_handshake_timeout_ms = 2500;
+        config.proxy.hbone.stream_window_bytes = 1 << 20;
+        config.proxy.hbone.keepalive_timeout_ms = 800;
+        config.proxy.http.detect.first_byte_timeout_ms = 300;
+        config.proxy.http.max_head_bytes = 9000;
+        config.proxy.http.deny_drain_timeout_ms = 50;
+        let identity = crate::identity::Identity::from_config(&config.identity).unwrap();
+        let shared = Arc::new(Shared::new(
+            &config,
+            Steering::Redirect,
+            Directory::new("cluster.local"),
+            identity,
+            None,
+            Arc::new(Metrics::default()),
+        ));
+        assert_eq!(shared.tls_handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            shared.http.detect.first_byte_timeout,
+            Duration::from_millis(300)
+        );
+        assert_eq!(shared.http.max_buf_size, 9000);
+        assert_eq!(shared.http.deny_drain_timeout, Duration::from_millis(50));
+        assert_eq!(shared.http.normalize, None);
+        let id = shared.identity.workload_id("shop", "web").unwrap();
+        let workload: Workload = serde_yaml_ng::from_str(
+            "{namespace: shop, name: web, uid: u1, serviceAccount: web, ips: [10.0.0.1], netns: /proc/self/ns/net}",
+        )
+        .unwrap();
+        let pod = PodProxy::new(
+            workload,
+            id,
+            Arc::new(Netns::current().unwrap()),
+            shared.clone(),
+        );
+        let pool = pod.pool.config();
+        assert_eq!(pool.max_streams_per_connection, 7);
+        assert_eq!(pool.idle_timeout, Duration::from_millis(1234));
+        assert_eq!(pool.settings.stream_window, 1 << 20);
+        assert_eq!(pool.settings.keepalive_timeout, Duration::from_millis(800));
+        // Untouched keys keep today's values.
+        assert_eq!(pool.dial_timeout, Duration::from_secs(10));
+        assert_eq!(pool.settings.max_frame_size, 256 * 1024);
     }
 }

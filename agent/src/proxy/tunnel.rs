@@ -32,10 +32,6 @@ use crate::{
     telemetry::{access::Transport, metrics::ServiceName, refusals::Reason},
 };
 
-/// How long a peer has to finish its TLS handshake (a slow client cannot hold the
-/// listener's resources for long).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Tunnels of one pod are pooled by the pod's own identity (a tunnel keeps the
 /// certificate it was opened with: after a change of service account, new connections
 /// open new tunnels), the destination's identity and IP.
@@ -109,7 +105,7 @@ async fn dial(
     let tcp = super::connect_with_timeout(socket, addr, shared.connect_timeout).await?;
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        shared.tls_handshake_timeout,
         TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp),
     )
     .await
@@ -153,8 +149,9 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     // handshake).
     let id = pod.record().id.clone();
     let manager = pod.shared.identity.manager();
+    let handshake_timeout = pod.shared.tls_handshake_timeout;
     if manager.cert(&id).is_none() {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, manager.ready(&id)).await {
+        match tokio::time::timeout(handshake_timeout, manager.ready(&id)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return refused(format!("no certificate: {err}")),
             Err(_) => return refused(format!("no certificate for {id} yet")),
@@ -165,12 +162,12 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         Err(err) => return refused(format!("no server configuration: {err}")),
     };
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+    let tls = match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(tcp))
         .await
     {
         Err(_) => {
             return refused(format!(
-                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+                "TLS handshake not finished within {handshake_timeout:?}"
             ));
         }
         Ok(Err(err)) => return refused(tls_error(peer, &err).to_string()),
