@@ -129,39 +129,24 @@ pub fn attach_to_cgroup(
         let name = entry.name;
         let link = pins.link(name);
         let single = CgroupAttachMode::Single;
+        // Loads and pins the program as a `$ty`, then attaches it by a pinned link with
+        // `attach(cgroup, $args…)` (each aya type has its own `attach`).
+        macro_rules! load_and_attach {
+            ($ty:ty, $($arg:expr),+) => {{
+                let p: &mut $ty = program(ebpf, name)?;
+                p.load().map_err(prog_err(name))?;
+                let fd = pin_program(pins, name, p.fd().map_err(prog_err(name))?)?;
+                attach_pinned(name, &link, &fd, cgroup_id, || {
+                    let id = p.attach(cgroup, $($arg),+).map_err(|e| e.to_string())?;
+                    FdLink::try_from(p.take_link(id).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())
+                })?
+            }};
+        }
         let reuse = match entry.hook {
-            Hook::SockAddr => {
-                let p: &mut CgroupSockAddr = program(ebpf, name)?;
-                p.load().map_err(prog_err(name))?;
-                let fd = pin_program(pins, name, p.fd().map_err(prog_err(name))?)?;
-                attach_pinned(name, &link, &fd, cgroup_id, || {
-                    let id = p.attach(cgroup, single).map_err(|e| e.to_string())?;
-                    FdLink::try_from(p.take_link(id).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())
-                })?
-            }
-            Hook::SockOps => {
-                let p: &mut SockOps = program(ebpf, name)?;
-                p.load().map_err(prog_err(name))?;
-                let fd = pin_program(pins, name, p.fd().map_err(prog_err(name))?)?;
-                attach_pinned(name, &link, &fd, cgroup_id, || {
-                    let id = p.attach(cgroup, single).map_err(|e| e.to_string())?;
-                    FdLink::try_from(p.take_link(id).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())
-                })?
-            }
-            Hook::Skb(attach_type) => {
-                let p: &mut CgroupSkb = program(ebpf, name)?;
-                p.load().map_err(prog_err(name))?;
-                let fd = pin_program(pins, name, p.fd().map_err(prog_err(name))?)?;
-                attach_pinned(name, &link, &fd, cgroup_id, || {
-                    let id = p
-                        .attach(cgroup, attach_type, single)
-                        .map_err(|e| e.to_string())?;
-                    FdLink::try_from(p.take_link(id).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())
-                })?
-            }
+            Hook::SockAddr => load_and_attach!(CgroupSockAddr, single),
+            Hook::SockOps => load_and_attach!(SockOps, single),
+            Hook::Skb(attach_type) => load_and_attach!(CgroupSkb, attach_type, single),
             Hook::SkLookup => {
                 return Err(DataplaneError::Attach {
                     name,

@@ -79,6 +79,17 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
         }
     };
     let failed = |what: &str| format!("taking over from the agent on {}: {what}", path.display());
+    // Calls the hand-over off, telling the running agent why.
+    let refuse = |stream: &UnixStream, reason: String| {
+        let _ = wire::send(
+            stream,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+            &[],
+        );
+        anyhow::anyhow!(failed(&reason))
+    };
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     let take = Message::Take {
@@ -97,17 +108,7 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
             } => {
                 let listeners = match wire::name_listeners(listeners, fds) {
                     Ok(listeners) => listeners,
-                    Err(reason) => {
-                        let reason = format!("pod {key}: {reason}");
-                        let _ = wire::send(
-                            &stream,
-                            &Message::Refused {
-                                reason: reason.clone(),
-                            },
-                            &[],
-                        );
-                        anyhow::bail!(failed(&reason));
-                    }
+                    Err(reason) => return Err(refuse(&stream, format!("pod {key}: {reason}"))),
                 };
                 inherited.pods.insert(
                     netns_cookie,
@@ -121,17 +122,7 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
             Message::Metrics => inherited.metrics = fds.into_iter().next(),
             Message::End => break,
             Message::Refused { reason } => anyhow::bail!(failed(&format!("refused: {reason}"))),
-            other => {
-                let reason = format!("unexpected {other:?}");
-                let _ = wire::send(
-                    &stream,
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                    &[],
-                );
-                anyhow::bail!(failed(&reason));
-            }
+            other => return Err(refuse(&stream, format!("unexpected {other:?}"))),
         }
     }
     wire::send(&stream, &Message::Ack, &[]).with_context(|| failed("acknowledging"))?;
