@@ -101,6 +101,7 @@ pub struct PodCounters {
 }
 
 /// Program names (the kernel keeps 15 characters; these fit, so leaks are easy to spot).
+/// What each attaches to, and how, is the agent's table `dataplane::programs::PROGRAMS`.
 pub const PROG_CONNECT4: &str = "or_connect4";
 pub const PROG_CONNECT6: &str = "or_connect6";
 pub const PROG_SOCKOPS: &str = "or_sockops";
@@ -109,16 +110,6 @@ pub const PROG_BIND6: &str = "or_bind6";
 pub const PROG_SK_LOOKUP: &str = "or_sk_lookup";
 pub const PROG_SKB_INGRESS: &str = "or_skb_ingress";
 pub const PROG_SKB_EGRESS: &str = "or_skb_egress";
-/// The programs attached to the pods' cgroup (`sk_lookup` attaches per pod instead).
-pub const CGROUP_PROGRAMS: [&str; 7] = [
-    PROG_CONNECT4,
-    PROG_CONNECT6,
-    PROG_BIND4,
-    PROG_BIND6,
-    PROG_SOCKOPS,
-    PROG_SKB_INGRESS,
-    PROG_SKB_EGRESS,
-];
 /// `sock_ops` on the kubelet's cgroup only (`capture.kubeletCgroup`), never the pods'.
 pub const PROG_KUBELET_OPS: &str = "or_kubelet_ops";
 /// Every program of ours starts with this.

@@ -216,7 +216,10 @@ pub struct ProxyConfig {
     /// Default 32768: above what a busy pod holds (the load tests hold 10,000 from one
     /// pod), below what would exhaust the agent's descriptors on its own.
     pub max_connections_per_listener: usize,
-    /// HTTP requests arriving at an enrolled pod.
+    /// Tunnels between pods: pooling and HTTP/2 settings.
+    pub hbone: HboneConfig,
+    /// HTTP: requests arriving at an enrolled pod, protocol detection, HTTP/1 and
+    /// HTTP/2 tuning.
     pub http: HttpProxyConfig,
 }
 
@@ -227,20 +230,155 @@ impl Default for ProxyConfig {
             buffer_bytes: 256 * 1024,
             backlog: 1024,
             max_connections_per_listener: 32768,
+            hbone: HboneConfig::default(),
             http: HttpProxyConfig::default(),
+        }
+    }
+}
+
+/// Tunnels between pods (HBONE: HTTP/2 `CONNECT` over mutual TLS, to `:15008`): how a
+/// pod's tunnels are pooled, and the HTTP/2 settings of their connections, the same at
+/// both ends (see `proxy::hbone`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HboneConfig {
+    /// Streams one tunnel connection carries at once before another is dialed (also
+    /// capped by what the server allows). Default 100, as ztunnel and Go's HTTP/2: the
+    /// spec's recommended minimum.
+    pub max_streams_per_connection: usize,
+    /// A tunnel connection without streams for this long is closed. Default 60000 ms.
+    pub idle_timeout_ms: u64,
+    /// How long dialing a tunnel (TCP connect and TLS handshake) may take; connections
+    /// waiting on the same dial wait no longer. Default 10000 ms.
+    pub dial_timeout_ms: u64,
+    /// How long a peer has to finish its TLS handshake, both ends (a slow client cannot
+    /// hold the listener's resources for long); also how long a new tunnel waits for the
+    /// pod's first certificate. Default 10000 ms.
+    pub tls_handshake_timeout_ms: u64,
+    /// How long the HTTP/2 handshake (preface and SETTINGS) may take. Default 10000 ms.
+    pub h2_handshake_timeout_ms: u64,
+    /// Bytes a peer may send on one stream before we release them by reading
+    /// (SETTINGS_INITIAL_WINDOW_SIZE). Default 4 MiB: several times the bandwidth-delay
+    /// product of a 10 Gbit/s link at in-cluster round-trip times, so one stream is never
+    /// window bound; also the most a stream whose consumer stalls can make us hold.
+    pub stream_window_bytes: u32,
+    /// Bytes a peer may send on the whole connection before we release them. Default
+    /// 16 MiB (4 × the stream window): a few bulk streams run at full speed together and a
+    /// stalled stream cannot take the whole connection's window and block the others.
+    pub connection_window_bytes: u32,
+    /// The largest DATA frame we accept (SETTINGS_MAX_FRAME_SIZE; the peer sends up to
+    /// this). Default 256 KiB: bigger frames than the 16 KiB minimum cut per-frame work
+    /// (on loopback, 16 KiB frames cost a third of a bulk stream's throughput; 256 KiB and
+    /// 1 MiB measure alike), but a frame holds the connection while it is written, so the
+    /// other streams wait behind it: 256 KiB keeps that to a quarter of ztunnel's 1 MiB.
+    pub max_frame_bytes: u32,
+    /// Most bytes one stream queues inside h2 ahead of the socket; writes wait beyond it.
+    /// Default 1 MiB: a writer stays ahead of the connection task without holding much
+    /// per stream.
+    pub max_send_buffer_bytes: usize,
+    /// Most bytes taken from one write into a stream (a DATA chunk). Default 1 MiB.
+    pub max_write_chunk_bytes: usize,
+    /// Streams a server lets a client open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Default 200, above the pools of ztunnel and our own (100 each).
+    pub max_concurrent_streams: u32,
+    /// Largest header block accepted. CONNECT requests are small; default 64 KiB is
+    /// generous.
+    pub max_header_list_bytes: u32,
+    /// How often each end of a tunnel connection PINGs the other. Default 5000 ms.
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection (and its streams) is
+    /// ended: a peer that went away is noticed within interval + timeout. Default 5000 ms.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for HboneConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 100,
+            idle_timeout_ms: 60_000,
+            dial_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            h2_handshake_timeout_ms: 10_000,
+            stream_window_bytes: 4 * 1024 * 1024,
+            connection_window_bytes: 16 * 1024 * 1024,
+            max_frame_bytes: 256 * 1024,
+            max_send_buffer_bytes: 1024 * 1024,
+            max_write_chunk_bytes: 1024 * 1024,
+            max_concurrent_streams: 200,
+            max_header_list_bytes: 64 * 1024,
+            keepalive_interval_ms: 5000,
+            keepalive_timeout_ms: 5000,
         }
     }
 }
 
 /// How the destination's agent treats the HTTP requests it checks and forwards (their
 /// paths are normalized before policy, and the app gets the normalized path; see
-/// `proxy::http::path`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// `proxy::http::path`), how the HTTP ends of a proxied connection are tuned, and how
+/// long protocol detection waits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HttpProxyConfig {
     /// What a path holding an encoded `/` or `\` (`%2F`, `%5C`, any case) gets, as
     /// Envoy's `path_with_escaped_slashes_action`. Default `reject-request` (400).
     pub escaped_slashes: EscapedSlashes,
+    /// Telling HTTP from opaque TCP by the client's first bytes.
+    pub detect: DetectConfig,
+    /// HTTP/1: a client must send a request's head within this time (also bounds idle
+    /// keep-alive connections between requests). Default 30000 ms.
+    pub header_read_timeout_ms: u64,
+    /// HTTP/1: the most bytes buffered for one message head, both ends (at least 8192,
+    /// hyper's floor). Default 400 KiB (hyper's default).
+    pub max_head_bytes: usize,
+    /// HTTP/2: the most concurrent streams a client may open. Default 256.
+    pub max_concurrent_streams: u32,
+    /// HTTP/1: a denied request's body is read and dropped up to this many bytes so the
+    /// connection can carry the next request; a larger body closes the connection.
+    /// Default 64 KiB.
+    pub deny_drain_bytes: usize,
+    /// HTTP/1: how long draining a denied request's body may take. Default 1000 ms.
+    pub deny_drain_timeout_ms: u64,
+}
+
+impl Default for HttpProxyConfig {
+    fn default() -> Self {
+        Self {
+            escaped_slashes: EscapedSlashes::default(),
+            detect: DetectConfig::default(),
+            header_read_timeout_ms: 30_000,
+            max_head_bytes: 400 * 1024,
+            max_concurrent_streams: 256,
+            deny_drain_bytes: 64 * 1024,
+            deny_drain_timeout_ms: 1000,
+        }
+    }
+}
+
+/// How protocol detection waits for a client's first bytes (see `proxy::http::detect`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// How long to wait for the client's first byte before calling the connection
+    /// opaque: the only delay a server-first protocol can see, and only when its server
+    /// stays silent too (a banner ends detection at once). Default 100 ms.
+    pub first_byte_timeout_ms: u64,
+    /// Once the client has spoken, how long (from the start) it may take to send enough
+    /// bytes to decide (e.g. `GE`, a pause, then `T / HTTP/1.1`); after it: opaque.
+    /// Default 2000 ms.
+    pub timeout_ms: u64,
+    /// The most client bytes read while deciding (at least 64). A request line still well
+    /// formed at this length is taken for HTTP/1. Default 16 KiB.
+    pub max_bytes: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            first_byte_timeout_ms: 100,
+            timeout_ms: 2000,
+            max_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// Envoy's `path_with_escaped_slashes_action`, less the redirect: what to do with `%2F`
@@ -638,6 +776,147 @@ impl Config {
         if self.sidecar.preface_timeout_ms == 0 {
             return Err(invalid("sidecar.prefaceTimeoutMs", "must not be 0"));
         }
+        self.validate_tuning(&invalid)
+    }
+
+    /// `proxy.hbone.*` and `proxy.http.*`: durations between 1 ms and a day, sizes
+    /// within what HTTP/2 and hyper accept.
+    fn validate_tuning(
+        &self,
+        invalid: &dyn Fn(&'static str, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        const DAY_MS: u64 = 86_400_000;
+        /// HTTP/2's largest window (RFC 9113 §6.9.1) and frame (§6.5.2).
+        const MAX_WINDOW: u64 = (1 << 31) - 1;
+        const MAX_FRAME: u64 = (1 << 24) - 1;
+        let (h, http) = (&self.proxy.hbone, &self.proxy.http);
+        let as_u64 = |n: usize| n as u64;
+        let checks: [(&'static str, u64, u64, u64); 21] = [
+            ("proxy.hbone.idleTimeoutMs", h.idle_timeout_ms, 1, DAY_MS),
+            ("proxy.hbone.dialTimeoutMs", h.dial_timeout_ms, 1, DAY_MS),
+            (
+                "proxy.hbone.tlsHandshakeTimeoutMs",
+                h.tls_handshake_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.hbone.h2HandshakeTimeoutMs",
+                h.h2_handshake_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.hbone.keepaliveIntervalMs",
+                h.keepalive_interval_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.hbone.keepaliveTimeoutMs",
+                h.keepalive_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.hbone.maxStreamsPerConnection",
+                as_u64(h.max_streams_per_connection),
+                1,
+                MAX_WINDOW,
+            ),
+            (
+                "proxy.hbone.maxConcurrentStreams",
+                u64::from(h.max_concurrent_streams),
+                1,
+                MAX_WINDOW,
+            ),
+            (
+                "proxy.hbone.streamWindowBytes",
+                u64::from(h.stream_window_bytes),
+                65_535,
+                MAX_WINDOW,
+            ),
+            (
+                "proxy.hbone.connectionWindowBytes",
+                u64::from(h.connection_window_bytes),
+                65_535,
+                MAX_WINDOW,
+            ),
+            (
+                "proxy.hbone.maxFrameBytes",
+                u64::from(h.max_frame_bytes),
+                16_384,
+                MAX_FRAME,
+            ),
+            (
+                "proxy.hbone.maxSendBufferBytes",
+                as_u64(h.max_send_buffer_bytes),
+                1024,
+                u64::from(u32::MAX),
+            ),
+            (
+                "proxy.hbone.maxWriteChunkBytes",
+                as_u64(h.max_write_chunk_bytes),
+                1024,
+                u64::from(u32::MAX),
+            ),
+            (
+                "proxy.hbone.maxHeaderListBytes",
+                u64::from(h.max_header_list_bytes),
+                1024,
+                u64::from(u32::MAX),
+            ),
+            (
+                "proxy.http.detect.firstByteTimeoutMs",
+                http.detect.first_byte_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.http.detect.timeoutMs",
+                http.detect.timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.http.detect.maxBytes",
+                as_u64(http.detect.max_bytes),
+                64,
+                1 << 20,
+            ),
+            (
+                "proxy.http.headerReadTimeoutMs",
+                http.header_read_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "proxy.http.maxHeadBytes",
+                as_u64(http.max_head_bytes),
+                8192,
+                u64::from(u32::MAX),
+            ),
+            (
+                "proxy.http.maxConcurrentStreams",
+                u64::from(http.max_concurrent_streams),
+                1,
+                MAX_WINDOW,
+            ),
+            (
+                "proxy.http.denyDrainTimeoutMs",
+                http.deny_drain_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+        ];
+        for (field, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    field,
+                    &format!("must be between {min} and {max}, not {value}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -767,5 +1046,103 @@ mod tests {
         let (_d, path) = write("instance: a\n");
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("cgroup.attach"), "{err}");
+    }
+
+    #[test]
+    fn tuning_defaults_are_todays_constants() {
+        let (_d, path) = write("cgroup: {attach: /x}\n");
+        let config = Config::load(&path).unwrap();
+        let (h, http) = (&config.proxy.hbone, &config.proxy.http);
+        assert_eq!(h.max_streams_per_connection, 100);
+        assert_eq!((h.idle_timeout_ms, h.dial_timeout_ms), (60_000, 10_000));
+        assert_eq!(h.tls_handshake_timeout_ms, 10_000);
+        assert_eq!(h.stream_window_bytes, 4 << 20);
+        assert_eq!(h.connection_window_bytes, 16 << 20);
+        assert_eq!(h.max_frame_bytes, 256 << 10);
+        assert_eq!(
+            (h.keepalive_interval_ms, h.keepalive_timeout_ms),
+            (5000, 5000)
+        );
+        assert_eq!(
+            (http.detect.first_byte_timeout_ms, http.detect.timeout_ms),
+            (100, 2000)
+        );
+        assert_eq!(http.header_read_timeout_ms, 30_000);
+        assert_eq!(http.max_head_bytes, 400 << 10);
+    }
+
+    #[test]
+    fn tuning_is_read_from_nested_keys() {
+        let (_d, path) = write(
+            "cgroup: {attach: /x}\nproxy:\n  connectTimeoutMs: 700\n  hbone: {maxStreamsPerConnection: 7, tlsHandshakeTimeoutMs: 1500}\n  http:\n    escapedSlashes: keep-unchanged\n    maxHeadBytes: 9000\n    detect: {firstByteTimeoutMs: 250}\n",
+        );
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.proxy.connect_timeout_ms, 700);
+        assert_eq!(config.proxy.hbone.max_streams_per_connection, 7);
+        assert_eq!(config.proxy.hbone.tls_handshake_timeout_ms, 1500);
+        assert_eq!(config.proxy.hbone.idle_timeout_ms, 60_000);
+        assert_eq!(config.proxy.http.max_head_bytes, 9000);
+        assert_eq!(config.proxy.http.detect.first_byte_timeout_ms, 250);
+        assert_eq!(config.proxy.http.detect.timeout_ms, 2000);
+        assert_eq!(
+            config.proxy.http.escaped_slashes,
+            EscapedSlashes::KeepUnchanged
+        );
+    }
+
+    #[test]
+    fn zero_or_absurd_tuning_names_its_key() {
+        for (setting, field) in [
+            ("hbone: {idleTimeoutMs: 0}", "proxy.hbone.idleTimeoutMs"),
+            (
+                "hbone: {tlsHandshakeTimeoutMs: 0}",
+                "proxy.hbone.tlsHandshakeTimeoutMs",
+            ),
+            (
+                "hbone: {dialTimeoutMs: 86400001}",
+                "proxy.hbone.dialTimeoutMs",
+            ),
+            (
+                "hbone: {maxStreamsPerConnection: 0}",
+                "proxy.hbone.maxStreamsPerConnection",
+            ),
+            ("hbone: {maxFrameBytes: 1024}", "proxy.hbone.maxFrameBytes"),
+            (
+                "hbone: {maxFrameBytes: 16777216}",
+                "proxy.hbone.maxFrameBytes",
+            ),
+            (
+                "hbone: {streamWindowBytes: 2147483648}",
+                "proxy.hbone.streamWindowBytes",
+            ),
+            (
+                "hbone: {maxWriteChunkBytes: 0}",
+                "proxy.hbone.maxWriteChunkBytes",
+            ),
+            (
+                "http: {detect: {firstByteTimeoutMs: 0}}",
+                "proxy.http.detect.firstByteTimeoutMs",
+            ),
+            (
+                "http: {detect: {maxBytes: 10}}",
+                "proxy.http.detect.maxBytes",
+            ),
+            ("http: {maxHeadBytes: 100}", "proxy.http.maxHeadBytes"),
+            (
+                "http: {maxConcurrentStreams: 0}",
+                "proxy.http.maxConcurrentStreams",
+            ),
+        ] {
+            let (_d, path) = write(&format!("cgroup: {{attach: /x}}\nproxy: {{{setting}}}\n"));
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{field}: must be between")),
+                "{setting}: {err}"
+            );
+        }
+        // The sidecar reads the same keys, checked the same way.
+        let (_d, path) = write("proxy: {hbone: {keepaliveTimeoutMs: 0}}\n");
+        let err = Config::load_sidecar(&path).unwrap_err().to_string();
+        assert!(err.contains("proxy.hbone.keepaliveTimeoutMs"), "{err}");
     }
 }

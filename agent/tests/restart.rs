@@ -340,8 +340,11 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
     reap(pid, Duration::from_secs(10));
     let (ok, _) = tb.echo("shop/client", db, "no agent");
     assert!(!ok, "traffic flowed with no agent under fail-closed");
-    let kubelet = [agent_ebpf::PROG_KUBELET_OPS];
-    for link in agent_ebpf::CGROUP_PROGRAMS.iter().chain(&kubelet) {
+    let links = outrider::dataplane::programs::PROGRAMS
+        .iter()
+        .filter(|p| p.target != outrider::dataplane::programs::Target::PodNetns)
+        .map(|p| p.name);
+    for link in links {
         assert!(
             pins.join("links").join(link).exists(),
             "{link} is not pinned"

@@ -1,22 +1,20 @@
-//! Per-pod traffic counters: the `cgroup_skb` ingress and egress programs, attached to
-//! the pods' cgroup, and their per-CPU map indexed by pod id. They count what crosses an
+//! Per-pod traffic counters: the per-CPU map indexed by pod id that the `cgroup_skb`
+//! ingress and egress programs fill (attached to the pods' cgroup with the others:
+//! `programs`). They count what crosses an
 //! enrolled pod's network interface — loopback never — whoever's socket it is: the app's
 //! own (also traffic that bypasses the agent: excluded ports and CIDRs) and the agent's
 //! sockets inside the pod, provided the agent's cgroup is below the attach cgroup (as
 //! the agent's pod is below `kubepods`). See [`PodCounters`] for what a packet and a
 //! byte are.
-use std::{fs::File, path::Path};
+use std::path::Path;
 
-use agent_ebpf::{MAP_POD_COUNTERS, MAX_PODS, PROG_SKB_EGRESS, PROG_SKB_INGRESS, PodCounters};
+use agent_ebpf::{MAP_POD_COUNTERS, MAX_PODS, PodCounters};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, PerCpuValues},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, links::FdLink},
 };
 
-use super::{
-    DataplaneError, attach_pinned, map_err, pin_program, pins::Pins, prog_err, program, take_map,
-};
+use super::{DataplaneError, map_err, take_map};
 
 pub struct CounterTable {
     map: PerCpuArray<MapData, PodCounters>,
@@ -25,42 +23,16 @@ pub struct CounterTable {
 }
 
 impl CounterTable {
-    /// Loads both programs, attaches them to `cgroup` (the attach cgroup at `path`, with
-    /// its id) by pinned links and takes their map. Also returns how many pinned links
-    /// were reused.
+    /// Takes the counters' map; `path` is the attach cgroup, below which the agent's own
+    /// cgroup should lie (else what it carries for pods is not counted: warned).
     pub fn load(
         ebpf: &mut Ebpf,
-        pins: &Pins,
-        (cgroup, cgroup_id): (&File, u64),
         path: &Path,
         agent_cgroup: Option<&Path>,
-    ) -> Result<(Self, usize), DataplaneError> {
-        // The map first: the programs count as soon as they are attached.
+    ) -> Result<Self, DataplaneError> {
         let map = PerCpuArray::try_from(take_map(ebpf, MAP_POD_COUNTERS)?)
             .map_err(map_err(MAP_POD_COUNTERS))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
-        let mut reused = 0;
-        for (name, attach_type) in [
-            (PROG_SKB_INGRESS, CgroupSkbAttachType::Ingress),
-            (PROG_SKB_EGRESS, CgroupSkbAttachType::Egress),
-        ] {
-            let program: &mut CgroupSkb = program(ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let fd = pin_program(pins, name, program.fd().map_err(prog_err(name))?)?;
-            reused += usize::from(attach_pinned(
-                name,
-                &pins.link(name),
-                &fd,
-                cgroup_id,
-                || {
-                    let id = program
-                        .attach(cgroup, attach_type, CgroupAttachMode::Single)
-                        .map_err(|e| e.to_string())?;
-                    let link = program.take_link(id).map_err(|e| e.to_string())?;
-                    FdLink::try_from(link).map_err(|e| e.to_string())
-                },
-            )?);
-        }
         match agent_cgroup {
             Some(own) if own.starts_with(path) => {}
             own => tracing::warn!(
@@ -70,7 +42,7 @@ impl CounterTable {
                  miss what the agent itself carries for pods (steered connections, tunnels)"
             ),
         }
-        Ok((Self { map, cpus }, reused))
+        Ok(Self { map, cpus })
     }
 
     /// The pod's counters, summed over CPUs.

@@ -12,17 +12,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use agent_ebpf::{FAMILY_V4, FAMILY_V6, MAP_KUBELET_CONNS, PROG_KUBELET_OPS, ProbeKey};
+use agent_ebpf::{FAMILY_V4, FAMILY_V6, MAP_KUBELET_CONNS, ProbeKey};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, MapError},
-    programs::{CgroupAttachMode, SockOps, links::FdLink},
 };
 
-use super::{
-    DataplaneError, attach_pinned, cgroup, map_err, pin_program, pins::Pins, prog_err, program,
-    take_map,
-};
+use super::{DataplaneError, cgroup, map_err, pins::Pins, programs, take_map};
 use crate::config::Config;
 
 /// The kubelet's live connections; cheap to clone.
@@ -99,17 +95,9 @@ pub fn load(
     };
     let cgroup = File::open(&path).map_err(open_err)?;
     let cgroup_id = cgroup.metadata().map_err(open_err)?.ino();
-    let name = PROG_KUBELET_OPS;
-    let ops: &mut SockOps = program(ebpf, name)?;
-    ops.load().map_err(prog_err(name))?;
-    let fd = pin_program(pins, name, ops.fd().map_err(prog_err(name))?)?;
-    let reused = attach_pinned(name, &pins.link(name), &fd, cgroup_id, || {
-        let id = ops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| e.to_string())?;
-        let link = ops.take_link(id).map_err(|e| e.to_string())?;
-        FdLink::try_from(link).map_err(|e| e.to_string())
-    })?;
+    let reused =
+        programs::attach_to_cgroup(ebpf, pins, programs::Target::Kubelet, (&cgroup, cgroup_id))?
+            > 0;
     tracing::info!(kubelet_cgroup = %path.display(), "the kubelet's connections are recorded: strict pods serve its probes");
     Ok((Some(ProbeTable(Arc::new(Mutex::new(map)))), reused))
 }

@@ -9,6 +9,7 @@ mod counters;
 mod inbound;
 mod kubelet;
 pub mod pins;
+pub mod programs;
 
 use std::{
     fs::File,
@@ -28,7 +29,7 @@ use aya::{
         Array, HashMap, MapData,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramFd, SockOps, links::FdLink},
+    programs::{ProgramFd, links::FdLink},
 };
 use ipnet::IpNet;
 
@@ -184,13 +185,6 @@ pub struct Dataplane {
     ebpf: Ebpf,
 }
 
-const CONNECT_PROGRAMS: [&str; 4] = [
-    agent_ebpf::PROG_CONNECT4,
-    agent_ebpf::PROG_CONNECT6,
-    agent_ebpf::PROG_BIND4,
-    agent_ebpf::PROG_BIND6,
-];
-
 impl Dataplane {
     /// Loads the programs, fills the settings maps, and attaches to the pods' cgroup —
     /// reusing what an earlier agent pinned: its maps, state and all, and its links, which
@@ -251,54 +245,17 @@ impl Dataplane {
                 source,
             })?
             .ino();
-        let mut reused = 0;
-        for name in CONNECT_PROGRAMS {
-            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let fd = pin_program(&pins, name, program.fd().map_err(prog_err(name))?)?;
-            reused += usize::from(attach_pinned(
-                name,
-                &pins.link(name),
-                &fd,
-                cgroup_id,
-                || {
-                    let id = program
-                        .attach(&cgroup, CgroupAttachMode::Single)
-                        .map_err(|e| e.to_string())?;
-                    let link = program.take_link(id).map_err(|e| e.to_string())?;
-                    FdLink::try_from(link).map_err(|e| e.to_string())
-                },
-            )?);
-        }
-        let name = agent_ebpf::PROG_SOCKOPS;
-        let sockops: &mut SockOps = program(&mut ebpf, name)?;
-        sockops.load().map_err(prog_err(name))?;
-        let fd = pin_program(&pins, name, sockops.fd().map_err(prog_err(name))?)?;
-        reused += usize::from(attach_pinned(
-            name,
-            &pins.link(name),
-            &fd,
-            cgroup_id,
-            || {
-                let id = sockops
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| e.to_string())?;
-                let link = sockops.take_link(id).map_err(|e| e.to_string())?;
-                FdLink::try_from(link).map_err(|e| e.to_string())
-            },
-        )?);
+        let mut reused = programs::attach_to_cgroup(
+            &mut ebpf,
+            &pins,
+            programs::Target::Pods,
+            (&cgroup, cgroup_id),
+        )?;
 
         let agent_cgroup = cgroup::own_cgroup(&config.cgroup)
             .ok()
             .and_then(|p| p.canonicalize().ok());
-        let (counters, counters_reused) = CounterTable::load(
-            &mut ebpf,
-            &pins,
-            (&cgroup, cgroup_id),
-            &attach,
-            agent_cgroup.as_deref(),
-        )?;
-        reused += counters_reused;
+        let counters = CounterTable::load(&mut ebpf, &attach, agent_cgroup.as_deref())?;
         let (kubelet, kubelet_reused) = kubelet::load(&mut ebpf, &pins, config, &attach)?;
         reused += usize::from(kubelet_reused);
 
@@ -316,12 +273,7 @@ impl Dataplane {
             HashMap::try_from(take_map(&mut ebpf, MAP_POLICY_DENY)?)
                 .map_err(map_err(MAP_POLICY_DENY))?;
         let denied = policy_deny.keys().filter_map(|k| k.ok()).collect();
-        let mut programs: Vec<&str> = agent_ebpf::CGROUP_PROGRAMS.to_vec();
-        programs.push(agent_ebpf::PROG_SK_LOOKUP);
-        if kubelet.is_some() {
-            programs.push(agent_ebpf::PROG_KUBELET_OPS);
-        }
-        pins.prune(&programs);
+        pins.prune(&programs::in_force(kubelet.is_some()));
         tracing::info!(
             cgroup = %attach.display(),
             agent_cgroup_id,

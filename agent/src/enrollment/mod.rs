@@ -39,7 +39,8 @@ use crate::{
     policy::{DestinationRef, KernelDenial, PolicySet, SourcePod},
     proxy::{
         self, PodListeners, PodProxy, Shared,
-        pod::{Fd, PodRecord},
+        listeners::{Fd, ListenerKind},
+        pod::PodRecord,
     },
     restart::{HandoverRequest, PodSockets},
     telemetry::{
@@ -512,7 +513,8 @@ impl Enrollment {
             .remove(&netns.cookie())
             .map(|pod| pod.listeners);
         let took_over = inherited.is_some();
-        let listeners = proxy::pod::start(pod.clone(), inherited).map_err(|e| e.to_string())?;
+        let listeners =
+            proxy::listeners::start(pod.clone(), inherited).map_err(|e| e.to_string())?;
         let adopted = self.dataplane.adoptable().get(&netns.cookie()).copied();
         let pod_id = match adopted {
             Some(id) => id,
@@ -523,8 +525,8 @@ impl Enrollment {
             netns: &**netns,
             netns_cookie: netns.cookie(),
             ips: &workload.ips,
-            listener_v4: &Fd(listeners.inbound_fds.0),
-            listener_v6: &Fd(listeners.inbound_fds.1),
+            listener_v4: &Fd(listeners.fd(ListenerKind::InboundV4)),
+            listener_v6: &Fd(listeners.fd(ListenerKind::InboundV6)),
         };
         if let Err(e) = self.dataplane.attach_inbound(inbound) {
             if adopted.is_none() {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod hbone;
 pub mod http;
 pub mod inbound;
+pub mod listeners;
 pub mod outbound;
 pub mod pod;
 pub mod probes;
@@ -36,7 +37,8 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::net::{TcpSocket, TcpStream};
 
-pub use pod::{PodListeners, PodProxy, Shared};
+pub use listeners::PodListeners;
+pub use pod::{PodProxy, Shared};
 
 /// `socket.connect(dst)` within `timeout`, with errors that name the destination.
 pub async fn connect_with_timeout(

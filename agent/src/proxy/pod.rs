@@ -1,20 +1,16 @@
 //! One enrolled pod as the proxy sees it: who it is (key, and its record: labels, IPs,
 //! ports, identity — swapped whole when the workload source changes it, so a connection
 //! sees one version and the next one the new), where its sockets are made (its network
-//! namespace), what the whole agent shares with it, and its listeners — outbound `127.0.0.1/[::1]:15001`, inbound plaintext
-//! `127.0.0.1/[::1]:15006` (reached through the `sk_lookup` program), and the tunnel
-//! `0.0.0.0/[::]:15008`. Dropping [`PodListeners`] closes them; accepted connections run
-//! on to their end.
+//! namespace), what the whole agent shares with it, and the accept loop its listeners
+//! share (the listeners themselves, by kind: `listeners`).
 use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd, RawFd},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::net::TcpListener;
 
 use super::{
     balance::Balancer,
@@ -52,6 +48,13 @@ pub struct Shared {
     pub outbound_port: u16,
     pub backlog: u32,
     pub connect_timeout: Duration,
+    /// How long a tunnel's TLS handshake may take, both ends (`proxy.hbone`).
+    pub tls_handshake_timeout: Duration,
+    /// Each pod's tunnel pool and the tunnels' HTTP/2 settings (`proxy.hbone`).
+    pub pool: PoolConfig,
+    /// Protocol detection and HTTP proxying (`proxy.http`), without normalizing (see
+    /// `escaped_slashes`).
+    pub http: super::http::Settings,
     pub buffer_bytes: usize,
     /// Connections each of a pod's listeners holds at once (`proxy.maxConnectionsPerListener`).
     pub max_connections_per_listener: usize,
@@ -106,6 +109,11 @@ impl Shared {
             outbound_port: config.capture.outbound_port,
             backlog: config.proxy.backlog,
             connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
+            tls_handshake_timeout: Duration::from_millis(
+                config.proxy.hbone.tls_handshake_timeout_ms,
+            ),
+            pool: PoolConfig::from_config(&config.proxy.hbone),
+            http: super::http::Settings::from_config(&config.proxy.http),
             buffer_bytes: config.proxy.buffer_bytes,
             max_connections_per_listener: config.proxy.max_connections_per_listener,
             escaped_slashes: config.proxy.http.escaped_slashes,
@@ -173,12 +181,13 @@ impl PodProxy {
     }
 
     pub fn new(workload: Workload, id: SpiffeId, netns: Arc<Netns>, shared: Arc<Shared>) -> Self {
+        let pool = Pool::new(shared.pool.clone());
         Self {
             key: workload.key().to_string(),
             record: ArcSwap::from_pointee(PodRecord { workload, id }),
             netns,
             shared,
-            pool: Pool::new(PoolConfig::default()),
+            pool,
             delivery: PodDelivery::default(),
         }
     }
@@ -245,144 +254,6 @@ impl PodProxy {
     }
 }
 
-/// A pod's listeners, in the order the hand-over to a new agent sends them.
-pub const LISTENER_ORDER: [&str; 6] = [
-    "outbound-v4",
-    "outbound-v6",
-    "inbound-v4",
-    "inbound-v6",
-    "tunnel-v4",
-    "tunnel-v6",
-];
-
-/// A pod's running listeners.
-pub struct PodListeners {
-    tasks: Vec<JoinHandle<()>>,
-    /// Every listener's descriptor, in [`LISTENER_ORDER`]; valid while `self` lives.
-    fds: [RawFd; 6],
-    /// The inbound plaintext listeners' descriptors (IPv4, IPv6), for the kernel's
-    /// SockMap; valid while `self` lives.
-    pub inbound_fds: (RawFd, RawFd),
-}
-
-impl PodListeners {
-    /// Duplicates of every listener, in [`LISTENER_ORDER`], for a new agent.
-    pub fn duplicate(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
-        self.fds
-            .iter()
-            .map(|fd| {
-                // SAFETY: the listeners are open while `self` lives (its tasks own them).
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned()
-            })
-            .collect()
-    }
-}
-
-impl Drop for PodListeners {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// A raw descriptor as the SockMap API wants it.
-pub struct Fd(pub RawFd);
-
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Opens all of the pod's listeners inside its namespace and starts accepting; or, with
-/// `inherited` (a previous agent's, in [`LISTENER_ORDER`]), accepts on those — when they
-/// are listening where this agent would listen, else they are closed and new ones made.
-pub fn start(
-    pod: Arc<PodProxy>,
-    inherited: Option<Vec<std::os::fd::OwnedFd>>,
-) -> io::Result<PodListeners> {
-    let s = &pod.shared;
-    let v4 = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let v6 = |port| SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-    let [inbound_v4, inbound_v6] = s.steering.inbound_listen(INBOUND_PORT);
-    let wanted = [
-        v4(s.outbound_port),
-        v6(s.outbound_port),
-        inbound_v4,
-        inbound_v6,
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, TUNNEL_PORT)),
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, TUNNEL_PORT)),
-    ];
-    let listeners = match inherited.map(|fds| adopt(&wanted, fds)) {
-        Some(Ok(listeners)) => listeners,
-        Some(Err(reason)) => {
-            tracing::warn!(pod = %pod.key, %reason, "not using the previous agent's listeners");
-            bind_all(&pod, &wanted)?
-        }
-        None => bind_all(&pod, &wanted)?,
-    };
-    let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
-    let fds: [RawFd; 6] = fds
-        .try_into()
-        .map_err(|_| io::Error::other("a pod has six listeners"))?;
-    let inbound_fds = (fds[2], fds[3]);
-    let mut tasks = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        tasks.push(match i {
-            0 | 1 => tokio::spawn(super::outbound::serve(listener, pod.clone())),
-            2 | 3 => tokio::spawn(super::inbound::plaintext::serve(listener, pod.clone())),
-            _ => tokio::spawn(super::inbound::tunnel::serve(listener, pod.clone())),
-        });
-    }
-    Ok(PodListeners {
-        tasks,
-        fds,
-        inbound_fds,
-    })
-}
-
-fn bind_all(pod: &PodProxy, wanted: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let s = &pod.shared;
-    wanted
-        .iter()
-        .map(|addr| {
-            let std = pod.netns.listen(*addr, s.backlog, s.mark).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listen on {addr} in {}: {e}", pod.netns.path().display()),
-                )
-            })?;
-            TcpListener::from_std(std)
-        })
-        .collect()
-}
-
-/// The inherited sockets as listeners, if each is a TCP listener on its wanted address.
-fn adopt(
-    wanted: &[SocketAddr],
-    fds: Vec<std::os::fd::OwnedFd>,
-) -> Result<Vec<TcpListener>, String> {
-    if fds.len() != wanted.len() {
-        return Err(format!("{} sockets, not {}", fds.len(), wanted.len()));
-    }
-    fds.into_iter()
-        .zip(wanted)
-        .map(|(fd, want)| {
-            let std = std::net::TcpListener::from(fd);
-            let local = std.local_addr().map_err(|e| e.to_string())?;
-            let listening =
-                nix::sys::socket::getsockopt(&std, nix::sys::socket::sockopt::AcceptConn)
-                    .unwrap_or(false);
-            if local != *want || !listening {
-                return Err(format!("a socket on {local} where {want} is wanted"));
-            }
-            std.set_nonblocking(true).map_err(|e| e.to_string())?;
-            TcpListener::from_std(std).map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
 /// Accepts forever, handing each connection to `handle`, at most
 /// `proxy.maxConnectionsPerListener` at once: more are reset at accept, logged (a line
 /// per power of two) and counted as refusals of `direction` (`inbound` | `outbound`).
@@ -428,5 +299,63 @@ pub async fn accept_loop<F, Fut>(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ca;
+
+    #[test]
+    fn the_proxy_takes_its_tuning_from_the_config() {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.identity.ca_dir = ca_dir.path().join("ca");
+        ca::init(&config.identity.ca_dir, &ca::InitOptions::default()).unwrap();
+        config.proxy.hbone.max_streams_per_connection = 7;
+        config.proxy.hbone.idle_timeout_ms = 1234;
+        config.proxy.hbone.tls_handshake_timeout_ms = 2500;
+        config.proxy.hbone.stream_window_bytes = 1 << 20;
+        config.proxy.hbone.keepalive_timeout_ms = 800;
+        config.proxy.http.detect.first_byte_timeout_ms = 300;
+        config.proxy.http.max_head_bytes = 9000;
+        config.proxy.http.deny_drain_timeout_ms = 50;
+        let identity = crate::identity::Identity::from_config(&config.identity).unwrap();
+        let shared = Arc::new(Shared::new(
+            &config,
+            Steering::Redirect,
+            Directory::new("cluster.local"),
+            identity,
+            None,
+            Arc::new(Metrics::default()),
+        ));
+        assert_eq!(shared.tls_handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            shared.http.detect.first_byte_timeout,
+            Duration::from_millis(300)
+        );
+        assert_eq!(shared.http.max_buf_size, 9000);
+        assert_eq!(shared.http.deny_drain_timeout, Duration::from_millis(50));
+        assert_eq!(shared.http.normalize, None);
+        let id = shared.identity.workload_id("shop", "web").unwrap();
+        let workload: Workload = serde_yaml_ng::from_str(
+            "{namespace: shop, name: web, uid: u1, serviceAccount: web, ips: [10.0.0.1], netns: /proc/self/ns/net}",
+        )
+        .unwrap();
+        let pod = PodProxy::new(
+            workload,
+            id,
+            Arc::new(Netns::current().unwrap()),
+            shared.clone(),
+        );
+        let pool = pod.pool.config();
+        assert_eq!(pool.max_streams_per_connection, 7);
+        assert_eq!(pool.idle_timeout, Duration::from_millis(1234));
+        assert_eq!(pool.settings.stream_window, 1 << 20);
+        assert_eq!(pool.settings.keepalive_timeout, Duration::from_millis(800));
+        // Untouched keys keep today's values.
+        assert_eq!(pool.dial_timeout, Duration::from_secs(10));
+        assert_eq!(pool.settings.max_frame_size, 256 * 1024);
     }
 }

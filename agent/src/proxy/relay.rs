@@ -17,7 +17,7 @@ use super::{
     copy::{self, Abort},
     enforce::Guard,
     error::{Error, Refusal},
-    http::{self, DetectSettings, Hook, InvalidRequest, Report, RequestInfo, Verdict},
+    http::{self, Hook, InvalidRequest, Report, RequestInfo, Verdict},
 };
 use crate::telemetry::{
     facts::{Direction, RequestFacts, ResponseFlags},
@@ -144,7 +144,7 @@ where
     U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
 {
     let conn = hook.conn.clone();
-    let detected = http::detect(client, upstream, &DetectSettings::default()).await;
+    let detected = http::detect(client, upstream, &settings.detect).await;
     match detected.protocol.http() {
         None => {
             let (mut client, mut upstream) = (detected.client, detected.app);

@@ -30,11 +30,11 @@ use wire::Message;
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One pod's listening sockets, in [`crate::proxy::pod::LISTENER_ORDER`].
+/// One pod's listening sockets, each with its name (see `proxy::listeners`).
 pub struct PodSockets {
     pub key: String,
     pub netns_cookie: u64,
-    pub listeners: Vec<OwnedFd>,
+    pub listeners: Vec<(String, OwnedFd)>,
 }
 
 /// What a starting agent took over.
@@ -79,6 +79,17 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
         }
     };
     let failed = |what: &str| format!("taking over from the agent on {}: {what}", path.display());
+    // Calls the hand-over off, telling the running agent why.
+    let refuse = |stream: &UnixStream, reason: String| {
+        let _ = wire::send(
+            stream,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+            &[],
+        );
+        anyhow::anyhow!(failed(&reason))
+    };
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     let take = Message::Take {
@@ -90,41 +101,28 @@ fn take_over_blocking(path: &Path) -> anyhow::Result<Option<Inherited>> {
     loop {
         let (message, fds) = wire::recv(&stream).with_context(|| failed("receiving"))?;
         match message {
-            Message::Pod { key, netns_cookie } => {
-                if fds.len() != crate::proxy::pod::LISTENER_ORDER.len() {
-                    let reason = format!("pod {key} came with {} sockets", fds.len());
-                    let _ = wire::send(
-                        &stream,
-                        &Message::Refused {
-                            reason: reason.clone(),
-                        },
-                        &[],
-                    );
-                    anyhow::bail!(failed(&reason));
-                }
+            Message::Pod {
+                key,
+                netns_cookie,
+                listeners,
+            } => {
+                let listeners = match wire::name_listeners(listeners, fds) {
+                    Ok(listeners) => listeners,
+                    Err(reason) => return Err(refuse(&stream, format!("pod {key}: {reason}"))),
+                };
                 inherited.pods.insert(
                     netns_cookie,
                     PodSockets {
                         key,
                         netns_cookie,
-                        listeners: fds,
+                        listeners,
                     },
                 );
             }
             Message::Metrics => inherited.metrics = fds.into_iter().next(),
             Message::End => break,
             Message::Refused { reason } => anyhow::bail!(failed(&format!("refused: {reason}"))),
-            other => {
-                let reason = format!("unexpected {other:?}");
-                let _ = wire::send(
-                    &stream,
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                    &[],
-                );
-                anyhow::bail!(failed(&reason));
-            }
+            other => return Err(refuse(&stream, format!("unexpected {other:?}"))),
         }
     }
     wire::send(&stream, &Message::Ack, &[]).with_context(|| failed("acknowledging"))?;

@@ -123,10 +123,11 @@ fn session_blocking(
         .map_err(|_| refuse("this agent's enrollment has stopped".into()))?;
     let sent = (|| {
         for pod in &pods {
-            let fds: Vec<_> = pod.listeners.iter().map(|fd| fd.as_raw_fd()).collect();
+            let fds: Vec<_> = pod.listeners.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
             let message = Message::Pod {
                 key: pod.key.clone(),
                 netns_cookie: pod.netns_cookie,
+                listeners: Some(pod.listeners.iter().map(|(name, _)| name.clone()).collect()),
             };
             wire::send(&stream, &message, &fds)?;
         }

@@ -13,17 +13,37 @@ use serde::{Deserialize, Serialize};
 
 /// Largest message body accepted: far above what the protocol sends.
 const MAX_BODY: usize = 64 * 1024;
-/// Most descriptors one message carries.
-pub const MAX_FDS: usize = 8;
+/// Most descriptors one message carries: room for a pod's listeners of kinds to come
+/// (an agent from before named listeners received at most 8).
+pub const MAX_FDS: usize = 64;
+
+/// The names of a pod's listeners from an agent from before named listeners, whose `Pod`
+/// messages carry exactly these six descriptors, in this order, and no names.
+pub const UNNAMED_LISTENERS: [&str; 6] = [
+    "outbound-v4",
+    "outbound-v6",
+    "inbound-v4",
+    "inbound-v6",
+    "tunnel-v4",
+    "tunnel-v6",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Message {
     /// New agent → running agent: hand your sockets over.
     Take { version: String, pid: u32 },
-    /// Running agent → new agent: one pod's listeners, descriptors in
-    /// [`crate::proxy::pod::LISTENER_ORDER`].
-    Pod { key: String, netns_cookie: u64 },
+    /// Running agent → new agent: one pod's listeners, a descriptor for each of
+    /// `listeners` (their names, see `proxy::listeners`), in that order. Without
+    /// `listeners` (an agent from before named listeners): [`UNNAMED_LISTENERS`]. An agent
+    /// from before named listeners ignores the field and takes the descriptors in its
+    /// fixed order, which the first six kinds keep.
+    Pod {
+        key: String,
+        netns_cookie: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listeners: Option<Vec<String>>,
+    },
     /// Running agent → new agent: the metrics endpoint's listener (one descriptor).
     Metrics,
     /// Running agent → new agent: that was all.
@@ -37,6 +57,15 @@ pub enum Message {
 }
 
 pub fn send(stream: &UnixStream, message: &Message, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "hand-over: {} descriptors in one message, at most {MAX_FDS}",
+                fds.len()
+            ),
+        ));
+    }
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     let mut frame = (body.len() as u32).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
@@ -104,6 +133,23 @@ pub fn recv(stream: &UnixStream) -> io::Result<(Message, Vec<OwnedFd>)> {
     Ok((message, fds))
 }
 
+/// A `Pod` message's descriptors with their names: `names` as sent, or
+/// [`UNNAMED_LISTENERS`] from an agent that sends none. An error when the counts differ.
+pub fn name_listeners(
+    names: Option<Vec<String>>,
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<(String, OwnedFd)>, String> {
+    let names = names.unwrap_or_else(|| UNNAMED_LISTENERS.map(String::from).to_vec());
+    if names.len() != fds.len() {
+        return Err(format!(
+            "{} sockets for {} listener names",
+            fds.len(),
+            names.len()
+        ));
+    }
+    Ok(names.into_iter().zip(fds).collect())
+}
+
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("hand-over: {what}"))
 }
@@ -119,6 +165,7 @@ mod tests {
         let message = Message::Pod {
             key: "shop/web".into(),
             netns_cookie: 42,
+            listeners: Some(vec!["outbound-v4".into(), "dns-v4".into()]),
         };
         send(&a, &message, &[file.as_raw_fd(), file.as_raw_fd()]).unwrap();
         let (got, fds) = recv(&b).unwrap();
@@ -137,6 +184,88 @@ mod tests {
         let (end, none) = recv(&b).unwrap();
         assert_eq!(end, Message::End);
         assert!(none.is_empty());
+    }
+
+    fn files(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| OwnedFd::from(tempfile::tempfile().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn named_listeners_round_trip_with_their_descriptors() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let sent = files(3);
+        let names = vec![
+            "tunnel-v4".to_string(),
+            "dns-v4".into(),
+            "outbound-v6".into(),
+        ];
+        let message = Message::Pod {
+            key: "shop/web".into(),
+            netns_cookie: 7,
+            listeners: Some(names.clone()),
+        };
+        let raw: Vec<RawFd> = sent.iter().map(|f| f.as_raw_fd()).collect();
+        send(&a, &message, &raw).unwrap();
+        let (got, fds) = recv(&b).unwrap();
+        assert_eq!(got, message);
+        let Message::Pod { listeners, .. } = got else {
+            unreachable!()
+        };
+        let named = name_listeners(listeners, fds).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let ino = |fd: &OwnedFd| {
+            std::fs::File::from(fd.try_clone().unwrap())
+                .metadata()
+                .unwrap()
+                .ino()
+        };
+        for ((name, fd), (want_name, want_fd)) in named.iter().zip(names.iter().zip(&sent)) {
+            assert_eq!(name, want_name);
+            assert_eq!(ino(fd), ino(want_fd), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pod_message_without_names_is_the_unnamed_order() {
+        // What an agent from before named listeners sends.
+        let old = br#"{"type":"pod","key":"shop/web","netns_cookie":9}"#;
+        let message: Message = serde_json::from_slice(old).unwrap();
+        let Message::Pod { listeners, .. } = message else {
+            panic!("{message:?}")
+        };
+        assert_eq!(listeners, None);
+        let named = name_listeners(listeners, files(6)).unwrap();
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, UNNAMED_LISTENERS);
+        let err = name_listeners(None, files(5)).unwrap_err();
+        assert!(err.contains("5 sockets for 6"), "{err}");
+        let err = name_listeners(Some(vec!["tunnel-v4".into()]), files(2)).unwrap_err();
+        assert!(err.contains("2 sockets for 1"), "{err}");
+    }
+
+    #[test]
+    fn an_agent_before_names_reads_a_named_pod_message() {
+        // Its `Pod` had no `listeners`, and unknown fields are ignored: it reads this.
+        #[derive(Deserialize, Debug, PartialEq)]
+        #[serde(tag = "type", rename_all = "camelCase")]
+        enum Old {
+            Pod { key: String, netns_cookie: u64 },
+        }
+        let message = Message::Pod {
+            key: "shop/web".into(),
+            netns_cookie: 3,
+            listeners: Some(UNNAMED_LISTENERS.map(String::from).to_vec()),
+        };
+        let old: Old = serde_json::from_slice(&serde_json::to_vec(&message).unwrap()).unwrap();
+        assert_eq!(
+            old,
+            Old::Pod {
+                key: "shop/web".into(),
+                netns_cookie: 3
+            }
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let netns = Arc::new(Netns::current()?);
     let pod = Arc::new(PodProxy::new(workload, id, netns, shared.clone()));
     let _listeners =
-        proxy::pod::start(pod.clone(), None).context("opening the sidecar's listeners")?;
+        proxy::listeners::start(pod.clone(), None).context("opening the sidecar's listeners")?;
     let ready = Arc::new(AtomicBool::new(false));
     let flush = shared.clone();
     let _endpoint = endpoint::start(

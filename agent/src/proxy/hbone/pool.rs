@@ -21,35 +21,43 @@ use tokio::{
 };
 use tracing::Instrument;
 
+use crate::config::HboneConfig;
+
 use super::{
     ConnectRequest, H2Stream, HboneError, Settings,
     client::{self, Client, ConnState, Slot},
 };
 
-/// How a [`Pool`] behaves.
+/// How a [`Pool`] behaves, from `proxy.hbone` (where each default is given).
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Streams one connection carries at once before another is dialed (also capped by
-    /// what the server allows).
+    /// what the server allows; `maxStreamsPerConnection`).
     pub max_streams_per_connection: usize,
-    /// A connection without streams for this long is closed.
+    /// A connection without streams for this long is closed (`idleTimeoutMs`).
     pub idle_timeout: Duration,
     /// How long the caller's dial function (TCP connect and TLS handshake) may take;
-    /// callers waiting on the same dial wait no longer.
+    /// callers waiting on the same dial wait no longer (`dialTimeoutMs`).
     pub dial_timeout: Duration,
     /// HTTP/2 settings of the connections.
     pub settings: Settings,
 }
 
+impl PoolConfig {
+    pub fn from_config(c: &HboneConfig) -> Self {
+        Self {
+            max_streams_per_connection: c.max_streams_per_connection,
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            dial_timeout: Duration::from_millis(c.dial_timeout_ms),
+            settings: Settings::from_config(c),
+        }
+    }
+}
+
+/// `proxy.hbone`'s defaults.
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self {
-            // As ztunnel and Go's HTTP/2; the spec's recommended minimum.
-            max_streams_per_connection: 100,
-            idle_timeout: Duration::from_secs(60),
-            dial_timeout: Duration::from_secs(10),
-            settings: Settings::default(),
-        }
+        Self::from_config(&HboneConfig::default())
     }
 }
 

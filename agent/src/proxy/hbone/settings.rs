@@ -1,8 +1,11 @@
 //! The HTTP/2 settings of tunnel connections, the same at both ends, and why.
 use std::time::Duration;
 
-/// HTTP/2 tuning of a tunnel connection. The defaults suit bulk transfers between nodes
-/// while bounding what one stream can make us buffer.
+use crate::config::HboneConfig;
+
+/// HTTP/2 tuning of a tunnel connection, from `proxy.hbone` (where each default is
+/// given, with its reason). The defaults suit bulk transfers between nodes while
+/// bounding what one stream can make us buffer.
 ///
 /// Whatever the settings, set `TCP_NODELAY` on the TCP socket under a tunnel, at both
 /// ends: HTTP/2 sends small frames (WINDOW_UPDATE, SETTINGS acks, HEADERS) that Nagle's
@@ -11,54 +14,56 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Bytes a peer may send on one stream before we release them by reading
-    /// (SETTINGS_INITIAL_WINDOW_SIZE). 4 MiB: several times the bandwidth-delay product of
-    /// a 10 Gbit/s link at in-cluster round-trip times, so one stream is never window
-    /// bound; also the most a stream whose consumer stalls can make us hold.
+    /// (SETTINGS_INITIAL_WINDOW_SIZE; `streamWindowBytes`).
     pub stream_window: u32,
-    /// Bytes a peer may send on the whole connection before we release them. 4 × the
-    /// stream window, so a few bulk streams run at full speed together and a stalled
-    /// stream cannot take the whole connection's window and block the others.
+    /// Bytes a peer may send on the whole connection before we release them
+    /// (`connectionWindowBytes`).
     pub connection_window: u32,
     /// The largest DATA frame we accept (SETTINGS_MAX_FRAME_SIZE; the peer sends up to
-    /// this). 256 KiB: bigger frames than the 16 KiB default cut per-frame work (on
-    /// loopback, 16 KiB frames cost a third of a bulk stream's throughput; 256 KiB and
-    /// 1 MiB measure alike), but a frame is only delivered once whole and holds the
-    /// connection while it is written, so the other streams of a connection wait behind
-    /// it: 256 KiB keeps that to a quarter of ztunnel's 1 MiB. (TLS records stay 16 KiB
-    /// either way.)
+    /// this; `maxFrameBytes`). A frame is only delivered once whole and holds the
+    /// connection while it is written. (TLS records stay 16 KiB either way.)
     pub max_frame_size: u32,
-    /// Most bytes one stream queues inside h2 ahead of the socket; writes wait beyond it.
-    /// 1 MiB keeps a writer ahead of the connection task without holding much per stream.
+    /// Most bytes one stream queues inside h2 ahead of the socket; writes wait beyond it
+    /// (`maxSendBufferBytes`).
     pub max_send_buffer: usize,
-    /// Most bytes taken from one `poll_write` (a DATA chunk).
+    /// Most bytes taken from one `poll_write` (a DATA chunk; `maxWriteChunkBytes`).
     pub max_write_chunk: usize,
-    /// Streams a server lets a client open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-    /// 200, above the pools of ztunnel and of our own [`Pool`](super::Pool) (100 each).
+    /// Streams a server lets a client open at once (SETTINGS_MAX_CONCURRENT_STREAMS;
+    /// `maxConcurrentStreams`), above what our own [`Pool`](super::Pool) opens.
     pub max_concurrent_streams: u32,
-    /// Largest header block accepted. CONNECT requests are small; this is generous.
+    /// Largest header block accepted (`maxHeaderListBytes`).
     pub max_header_list_size: u32,
-    /// How long the HTTP/2 handshake (preface and SETTINGS) may take.
+    /// How long the HTTP/2 handshake (preface and SETTINGS) may take
+    /// (`h2HandshakeTimeoutMs`).
     pub handshake_timeout: Duration,
-    /// How often each end PINGs the other (see `keepalive`).
+    /// How often each end PINGs the other (see `keepalive`; `keepaliveIntervalMs`).
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered before the connection (and its streams) is
-    /// ended: a peer that went away is noticed within interval + timeout.
+    /// ended: a peer that went away is noticed within interval + timeout
+    /// (`keepaliveTimeoutMs`).
     pub keepalive_timeout: Duration,
 }
 
+impl Settings {
+    pub fn from_config(c: &HboneConfig) -> Self {
+        Self {
+            stream_window: c.stream_window_bytes,
+            connection_window: c.connection_window_bytes,
+            max_frame_size: c.max_frame_bytes,
+            max_send_buffer: c.max_send_buffer_bytes,
+            max_write_chunk: c.max_write_chunk_bytes,
+            max_concurrent_streams: c.max_concurrent_streams,
+            max_header_list_size: c.max_header_list_bytes,
+            handshake_timeout: Duration::from_millis(c.h2_handshake_timeout_ms),
+            keepalive_interval: Duration::from_millis(c.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(c.keepalive_timeout_ms),
+        }
+    }
+}
+
+/// `proxy.hbone`'s defaults.
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
-            max_send_buffer: 1024 * 1024,
-            max_write_chunk: 1024 * 1024,
-            max_concurrent_streams: 200,
-            max_header_list_size: 64 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(5),
-            keepalive_timeout: Duration::from_secs(5),
-        }
+        Self::from_config(&HboneConfig::default())
     }
 }

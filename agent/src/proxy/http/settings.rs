@@ -1,10 +1,12 @@
 //! The knobs of the HTTP layer: how long and how far protocol detection looks
-//! ([`DetectSettings`]) and how the HTTP/1 and HTTP/2 ends are tuned ([`Settings`]).
+//! ([`DetectSettings`]) and how the HTTP/1 and HTTP/2 ends are tuned ([`Settings`]), from
+//! `proxy.http` (where each default is given).
 use std::time::Duration;
 
 use super::path::EscapedSlashes;
+use crate::config::{DetectConfig, HttpProxyConfig};
 
-/// How protocol detection waits for the client's first bytes.
+/// How protocol detection waits for the client's first bytes (`proxy.http.detect`).
 #[derive(Clone, Debug)]
 pub struct DetectSettings {
     /// How long to wait for the client's first byte before calling the connection
@@ -19,20 +21,29 @@ pub struct DetectSettings {
     pub max_bytes: usize,
 }
 
-impl Default for DetectSettings {
-    fn default() -> Self {
+impl DetectSettings {
+    pub fn from_config(c: &DetectConfig) -> Self {
         Self {
-            first_byte_timeout: Duration::from_millis(100),
-            timeout: Duration::from_secs(2),
-            max_bytes: 16 * 1024,
+            first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
+            timeout: Duration::from_millis(c.timeout_ms),
+            max_bytes: c.max_bytes,
         }
     }
 }
 
-/// HTTP proxying: the server end (towards the client) and the client end (towards the
-/// app) of one proxied connection.
+/// `proxy.http.detect`'s defaults.
+impl Default for DetectSettings {
+    fn default() -> Self {
+        Self::from_config(&DetectConfig::default())
+    }
+}
+
+/// HTTP proxying: protocol detection, then the server end (towards the client) and the
+/// client end (towards the app) of one proxied connection.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// How the connection's protocol is told.
+    pub detect: DetectSettings,
     /// HTTP/1: a client must send a request's head within this time (also bounds idle
     /// keep-alive connections between requests).
     pub header_read_timeout: Duration,
@@ -56,15 +67,25 @@ pub struct Settings {
 /// hyper's floor for `max_buf_size`.
 pub(super) const MIN_BUF_SIZE: usize = 8 * 1024;
 
-impl Default for Settings {
-    fn default() -> Self {
+impl Settings {
+    /// The settings of `proxy.http`, without normalizing (the destination's side sets
+    /// `normalize` from `escapedSlashes`).
+    pub fn from_config(c: &HttpProxyConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
-            max_buf_size: 400 * 1024,
-            max_concurrent_streams: 256,
-            deny_drain_bytes: 64 * 1024,
-            deny_drain_timeout: Duration::from_secs(1),
+            detect: DetectSettings::from_config(&c.detect),
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            max_buf_size: c.max_head_bytes,
+            max_concurrent_streams: c.max_concurrent_streams,
+            deny_drain_bytes: c.deny_drain_bytes,
+            deny_drain_timeout: Duration::from_millis(c.deny_drain_timeout_ms),
             normalize: None,
         }
+    }
+}
+
+/// `proxy.http`'s defaults.
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_config(&HttpProxyConfig::default())
     }
 }

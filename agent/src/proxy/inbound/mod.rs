@@ -112,7 +112,7 @@ where
     let hook = RequestHook::new(conn, pod.shared.connections.recorder(), Some(guard));
     let settings = http::Settings {
         normalize: Some(pod.shared.escaped_slashes),
-        ..Default::default()
+        ..pod.shared.http.clone()
     };
     let result = relay(client, app, pod.shared.buffer_bytes, hook, settings).await;
     // 3. record

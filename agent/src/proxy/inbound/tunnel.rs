@@ -21,7 +21,7 @@ use super::{
         authorize, deliver,
         error::{Error, Refusal},
         hbone::{self, H2Stream, Handler, Inbound},
-        outbound::tunnel::{HANDSHAKE_TIMEOUT, tls_error},
+        outbound::tunnel::tls_error,
         pod::{self, PodProxy},
     },
     Arrival,
@@ -57,8 +57,9 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
     // handshake).
     let id = pod.record().id.clone();
     let manager = pod.shared.identity.manager();
+    let handshake_timeout = pod.shared.tls_handshake_timeout;
     if manager.cert(&id).is_none() {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, manager.ready(&id)).await {
+        match tokio::time::timeout(handshake_timeout, manager.ready(&id)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return refused(format!("no certificate: {err}")),
             Err(_) => return refused(format!("no certificate for {id} yet")),
@@ -69,12 +70,12 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
         Err(err) => return refused(format!("no server configuration: {err}")),
     };
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+    let tls = match tokio::time::timeout(handshake_timeout, TlsAcceptor::from(config).accept(tcp))
         .await
     {
         Err(_) => {
             return refused(format!(
-                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+                "TLS handshake not finished within {handshake_timeout:?}"
             ));
         }
         Ok(Err(err)) => return refused(tls_error(peer, &err).to_string()),

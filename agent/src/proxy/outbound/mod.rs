@@ -118,10 +118,10 @@ async fn proxy(app: TcpStream, peer: SocketAddr, pod: &PodProxy, id: u64) {
             let buffer = shared.buffer_bytes;
             match upstream {
                 Upstream::Tunnel(stream, _) => {
-                    relay(app, stream, buffer, hook, Default::default()).await
+                    relay(app, stream, buffer, hook, shared.http.clone()).await
                 }
                 Upstream::Plain(upstream) => {
-                    relay(app, upstream, buffer, hook, Default::default()).await
+                    relay(app, upstream, buffer, hook, shared.http.clone()).await
                 }
             }
         }

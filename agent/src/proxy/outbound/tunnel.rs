@@ -6,7 +6,6 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    time::Duration,
 };
 
 use rustls::pki_types::ServerName;
@@ -20,10 +19,6 @@ use super::super::{
     pod::{PodProxy, TUNNEL_PORT},
 };
 use crate::identity::{SpiffeId, TlsFailure};
-
-/// How long a peer has to finish its TLS handshake (a slow peer cannot hold the
-/// listener's resources for long).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tunnels of one pod are pooled by the pod's own identity (a tunnel keeps the
 /// certificate it was opened with: after a change of service account, new connections
@@ -103,7 +98,7 @@ async fn dial(
         .map_err(Error::Connect)?;
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        shared.tls_handshake_timeout,
         TlsConnector::from(config).connect(ServerName::IpAddress(ip.into()), tcp),
     )
     .await
