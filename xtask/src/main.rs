@@ -62,7 +62,8 @@ enum Cmd {
         #[arg(long, value_name = "V")]
         version: Option<String>,
     },
-    /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
+    /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml)
+    /// with `outrider-testbed codegen`.
     Codegen,
     /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
     Test {
@@ -138,8 +139,19 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of the agent; returns the path of `outrider`.
-pub fn build_agent() -> anyhow::Result<PathBuf> {
-    run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "outrider"]))?;
-    Ok(root().join("target/release/outrider"))
+/// `cargo build --release` of the product's binaries (`outrider`, `outriderctl`) and the
+/// tooling's (`outrider-testbed`), all into one directory, where `outrider-testbed` finds
+/// the agent it starts; returns the path of `outrider-testbed` (`with_file_name` gives
+/// the others).
+pub fn build_tools() -> anyhow::Result<PathBuf> {
+    run(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "-p",
+        "outrider",
+        "-p",
+        "outrider-testbed",
+        "--bins",
+    ]))?;
+    Ok(root().join("target/release/outrider-testbed"))
 }
