@@ -62,6 +62,27 @@ enum Cmd {
         #[arg(long, value_name = "V")]
         version: Option<String>,
     },
+    /// Build the binaries, then run `outrider-testbed testbed ARGS…`: the testbed's verbs
+    /// and flags, e.g. `cargo xtask testbed up --spec S --state DIR --agents`.
+    #[command(disable_help_flag = true)]
+    Testbed {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Build the binaries, then run `outrider-testbed loadgen ARGS…` (the load generator).
+    #[command(disable_help_flag = true)]
+    Loadgen {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
     /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml)
     /// with `outrider-testbed codegen`.
     Codegen,
@@ -96,6 +117,8 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Demo => setup::run().and_then(|()| demo::run()),
         Cmd::Codegen => codegen::run(),
+        Cmd::Testbed { args } => tooling("testbed", &args),
+        Cmd::Loadgen { args } => tooling("loadgen", &args),
         Cmd::Image { version } => {
             setup::run().and_then(|()| image::run(version.as_deref()).map(|_| ()))
         }
@@ -135,6 +158,21 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `outrider-testbed COMMAND ARGS…`, built first, in the caller's directory (its paths
+/// are the caller's); fails as it fails.
+fn tooling(command: &str, args: &[String]) -> anyhow::Result<()> {
+    let tools = build_tools()?;
+    let status = Command::new(&tools)
+        .arg(command)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", tools.display()))?;
+    if !status.success() {
+        bail!("outrider-testbed {command} failed ({status})");
     }
     Ok(())
 }
