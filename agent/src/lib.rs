@@ -10,17 +10,17 @@
 //! `sidecar` is the same proxy run as a classic per-pod sidecar, and the node agent's
 //! service for it. `restart` hands a running agent's sockets to its successor.
 //! `netns` is where sockets are made.
-pub mod admin;
+pub(crate) mod admin;
 pub mod agent;
-pub mod capabilities;
+pub(crate) mod capabilities;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
-pub mod enrollment;
+pub(crate) mod enrollment;
 pub mod identity;
 pub mod image;
 pub mod limits;
-pub mod logging;
+pub(crate) mod logging;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
@@ -29,13 +29,13 @@ pub mod proxy;
 #[cfg(test)]
 mod raw_h2;
 pub mod restart;
-pub mod rtnetlink;
+pub(crate) mod rtnetlink;
 pub mod sidecar;
-pub mod sysctl;
+pub(crate) mod sysctl;
 pub mod telemetry;
-pub mod unix_socket;
+pub(crate) mod unix_socket;
 pub mod wait_enrolled;
-pub mod watch;
+pub(crate) mod watch;
 pub mod workloads;
 pub mod yaml;
 

@@ -438,11 +438,6 @@ impl Metrics {
         }
         to_prometheus_text(&open_metrics)
     }
-
-    /// The registry, for metrics other modules add (kernel counters).
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4: counter families take their samples'

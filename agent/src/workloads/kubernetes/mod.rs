@@ -277,7 +277,7 @@ pub fn watch(
 }
 
 /// Waits until the source has listed the cluster once.
-pub async fn wait_synced(synced: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn wait_synced(synced: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     synced
         .wait_for(|s| *s)
         .await
