@@ -1,5 +1,7 @@
-//! Outrider's node agent as a library: the `outrider` binary (`main.rs`) is its command
-//! line; benchmarks and tests reach the parts through here.
+//! Outrider's node agent as a library: the `outrider` binary (`main.rs`) and
+//! `outriderctl` (`bin/outriderctl.rs`) are its command lines; the tooling
+//! (`outrider-testbed`: testbed, load generator, fuzzing, benchmark, end-to-end tests)
+//! reaches the parts through the public items here, and this crate never depends on it.
 //!
 //! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
 //! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
@@ -7,38 +9,33 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `sidecar` is the same proxy run as a classic per-pod sidecar, and the node agent's
 //! service for it. `restart` hands a running agent's sockets to its successor.
-//! `netns` is where sockets are made; `testbed` builds the playground the
-//! tests, the demo and people use.
-pub mod admin;
+//! `netns` is where sockets are made.
+pub(crate) mod admin;
 pub mod agent;
-pub mod capabilities;
+pub(crate) mod capabilities;
 pub mod config;
 pub mod ctl;
 pub mod dataplane;
-pub mod enrollment;
-#[doc(hidden)]
-pub mod fuzzing;
+pub(crate) mod enrollment;
 pub mod identity;
 pub mod image;
 pub mod limits;
-pub mod loadgen;
-pub mod logging;
+pub(crate) mod logging;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
-/// Tests only: a raw HTTP/2 client, shared with the end-to-end tests.
+/// Tests only: a raw HTTP/2 client, shared with the end-to-end tests
+/// (`testbed/tests/support` includes this file too).
 #[cfg(test)]
-#[path = "../tests/support/raw_h2.rs"]
 mod raw_h2;
 pub mod restart;
-pub mod rtnetlink;
+pub(crate) mod rtnetlink;
 pub mod sidecar;
-pub mod sysctl;
+pub(crate) mod sysctl;
 pub mod telemetry;
-pub mod testbed;
-pub mod unix_socket;
+pub(crate) mod unix_socket;
 pub mod wait_enrolled;
-pub mod watch;
+pub(crate) mod watch;
 pub mod workloads;
 pub mod yaml;
 

@@ -7,7 +7,7 @@
 //! operator sets (systemd's `LimitNOFILE`, the container runtime's default).
 
 /// The soft limit on open files in force.
-pub fn open_files() -> std::io::Result<u64> {
+pub(crate) fn open_files() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

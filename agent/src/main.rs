@@ -1,13 +1,13 @@
-//! `outrider`: the node agent, and the testbed that builds nodes and pods on one machine.
-//! The command line only; the parts live in the library (`lib.rs`).
+//! `outrider`: the node agent's commands, what the image ships (the tooling, testbed and
+//! load generator included, is `outrider-testbed`, in `testbed/`). The command line only;
+//! the parts live in the library (`lib.rs`).
 //!
 //! Data flows one way through the modules: `workloads` (who runs here) → `enrollment`
 //! (per-pod set-up) → `dataplane` (kernel programs and maps) + `proxy` (in-pod listeners,
 //! copying) → `telemetry` (access logs). `identity` gives enrolled service accounts their
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
-//! `netns` is where sockets are made; `testbed` builds the playground the tests, the demo
-//! and people use.
-use outrider::{agent, identity, sidecar, testbed, wait_enrolled};
+//! `netns` is where sockets are made.
+use outrider::{agent, identity, sidecar, wait_enrolled};
 
 use std::path::PathBuf;
 
@@ -57,21 +57,6 @@ enum Command {
     /// Manage the mesh's built-in certificate authority.
     #[command(subcommand)]
     Ca(identity::cli::CaCommand),
-    /// Build, use and remove a local mesh of nodes and pods (network namespaces, cgroups).
-    #[command(subcommand)]
-    Testbed(testbed::TestbedCommand),
-    /// Generate and measure TCP load (the benchmark's workload).
-    #[command(subcommand)]
-    Loadgen(outrider::loadgen::LoadgenCommand),
-    /// Print files generated from the agent's types (`cargo xtask codegen` writes them).
-    #[command(subcommand, hide = true)]
-    Codegen(CodegenCommand),
-}
-
-#[derive(Subcommand)]
-enum CodegenCommand {
-    /// The AuthorizationPolicy CustomResourceDefinition, as YAML.
-    Crd,
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,12 +74,6 @@ fn main() -> std::process::ExitCode {
             timeout_seconds,
         } => wait_enrolled::run(port, std::time::Duration::from_secs(timeout_seconds)),
         Command::Ca(cmd) => identity::cli::run(cmd),
-        Command::Testbed(cmd) => testbed::run(cmd),
-        Command::Loadgen(cmd) => outrider::loadgen::run(cmd),
-        Command::Codegen(CodegenCommand::Crd) => {
-            print!("{}", outrider::policy::crd::crd_yaml());
-            Ok(std::process::ExitCode::SUCCESS)
-        }
     };
     match result {
         Ok(code) => code,

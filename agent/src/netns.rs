@@ -118,7 +118,7 @@ impl Netns {
         })
     }
 
-    pub fn cookie(&self) -> u64 {
+    pub(crate) fn cookie(&self) -> u64 {
         self.cookie
     }
 
@@ -197,7 +197,7 @@ impl AsFd for Netns {
 }
 
 /// The network-namespace cookie of the namespace `socket` lives in.
-pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
+pub(crate) fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, a u64 out-buffer of the length we pass.

@@ -7,7 +7,7 @@
 use std::{
     ffi::CString,
     fs::File,
-    io::{self, Read, Write},
+    io::{self, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::OnceLock,
 };
@@ -96,8 +96,11 @@ pub fn write(netns: &Netns, name: &str, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("sysctl {name} = {value}: {e}")))
 }
 
-/// The value of the sysctl `name` in `netns`, trimmed.
+/// The value of the sysctl `name` in `netns`, trimmed (the tests read back what
+/// [`write`] set; the agent only writes).
+#[cfg(test)]
 pub fn read(netns: &Netns, name: &str) -> io::Result<String> {
+    use std::io::Read;
     let mut file = netns
         .enter(|| open(name, false))
         .map_err(|e| io::Error::new(e.kind(), format!("sysctl {name}: {e}")))?;

@@ -50,7 +50,7 @@ pub fn from_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, YamlE
 /// Where a serde_yaml_ng error is (line and column, from 1) when it says, and its
 /// reason without the location: serde_yaml_ng starts its message with the field path
 /// (`workloads[2].ips[0]: …`) and ends it with " at line L column C", said apart here.
-pub fn location_and_reason(err: &serde_yaml_ng::Error) -> (Option<(usize, usize)>, String) {
+pub(crate) fn location_and_reason(err: &serde_yaml_ng::Error) -> (Option<(usize, usize)>, String) {
     let mut reason = err.to_string();
     if let Some(cut) = reason.find(" at line ") {
         reason.truncate(cut);

@@ -1,3 +1,3 @@
 #![no_main]
-//! See `outrider::fuzzing::policy`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider::fuzzing::policy(data));
+//! See `outrider_testbed::fuzzing::policy`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider_testbed::fuzzing::policy(data));

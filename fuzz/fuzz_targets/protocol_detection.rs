@@ -1,3 +1,3 @@
 #![no_main]
-//! See `outrider::fuzzing::protocol_detection`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider::fuzzing::protocol_detection(data));
+//! See `outrider_testbed::fuzzing::protocol_detection`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider_testbed::fuzzing::protocol_detection(data));

@@ -1,3 +1,3 @@
 #![no_main]
-//! See `outrider::fuzzing::workload_file`.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider::fuzzing::workload_file(data));
+//! See `outrider_testbed::fuzzing::workload_file`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| outrider_testbed::fuzzing::workload_file(data));

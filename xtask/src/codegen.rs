@@ -1,5 +1,6 @@
 //! `cargo xtask codegen`: regenerates the files derived from the agent's Rust types, by
-//! building `outrider` and running its hidden `outrider codegen …` commands. Today one
+//! building the tooling's `outrider-testbed` (not the product binary: the agent ships no
+//! code generator) and running its hidden `outrider-testbed codegen …` commands. Today one
 //! file: `deploy/base/authorizationpolicy-crd.yaml`, the AuthorizationPolicy
 //! CustomResourceDefinition (from `agent/src/policy/model.rs`; a unit test in
 //! `agent/src/policy/crd.rs` fails when it is stale).
@@ -7,23 +8,23 @@ use std::{fs, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::{build_agent, root};
+use crate::{build_tools, root};
 
 /// Where the definition goes, from the workspace root.
 const CRD_FILE: &str = "deploy/base/authorizationpolicy-crd.yaml";
 
 pub fn run() -> anyhow::Result<()> {
-    let outrider = build_agent()?;
-    eprintln!("xtask: $ {} codegen crd", outrider.display());
-    let output = Command::new(&outrider)
+    let tools = build_tools()?;
+    eprintln!("xtask: $ {} codegen crd", tools.display());
+    let output = Command::new(&tools)
         .args(["codegen", "crd"])
         .current_dir(root())
         .output()
-        .with_context(|| format!("cannot start {}", outrider.display()))?;
+        .with_context(|| format!("cannot start {}", tools.display()))?;
     if !output.status.success() {
         bail!(
             "{} codegen crd failed ({}): {}",
-            outrider.display(),
+            tools.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );

@@ -14,10 +14,10 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::{build_agent, root};
+use crate::{build_tools, root};
 
 struct Demo {
-    outrider: PathBuf,
+    tools: PathBuf,
     state: PathBuf,
     server: Option<Child>,
 }
@@ -29,7 +29,7 @@ impl Drop for Demo {
             let _ = server.wait();
         }
         eprintln!("xtask: tearing the testbed down");
-        let _ = Command::new(&self.outrider)
+        let _ = Command::new(&self.tools)
             .args(["testbed", "down", "--state"])
             .arg(&self.state)
             .status();
@@ -37,17 +37,17 @@ impl Drop for Demo {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let outrider = build_agent()?;
+    let tools = build_tools()?;
     let work = std::env::temp_dir().join(format!("outrider-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let state = work.join("state");
     let mut demo = Demo {
-        outrider: outrider.clone(),
+        tools: tools.clone(),
         state: state.clone(),
         server: None,
     };
     println!("\n== Bringing up 2 nodes × 2 pods, one agent per node");
-    let status = Command::new(&outrider)
+    let status = Command::new(&tools)
         .args(["testbed", "up", "--agents", "--spec"])
         .arg(root().join("xtask/demo/spec.yaml"))
         .arg("--state")
@@ -80,7 +80,7 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::write(site.join("index.html"), "hello from shop/web\n")?;
     println!("\n== shop/web (node-a) serves HTTP on :8080");
     demo.server = Some(
-        Command::new(&outrider)
+        Command::new(&tools)
             .args(["testbed", "exec", "--state"])
             .arg(&state)
             .args([
@@ -100,7 +100,7 @@ pub fn run() -> anyhow::Result<()> {
             .context("starting the HTTP server")?,
     );
 
-    wait_listening(&outrider, &state, "shop/web", 8080)?;
+    wait_listening(&tools, &state, "shop/web", 8080)?;
     let web4 = ip("shop/web", "ipv4")?;
     let web6 = ip("shop/web", "ipv6")?;
     let (vip4, vip6) = cluster_ips(&testbed, "shop", "web")?;
@@ -167,12 +167,12 @@ pub fn run() -> anyhow::Result<()> {
         .context("starting tcpdump")?;
     std::thread::sleep(Duration::from_millis(700));
     for (pod, where_, url) in &requests {
-        let body = curl(&outrider, &state, pod, url)?;
+        let body = curl(&tools, &state, pod, url)?;
         println!("  {pod:<12} ({where_:<20}) GET {url:<32} → {}", body.trim());
     }
     println!("  ... and the shop/web Service by its cluster IPs:");
     for (pod, where_, url) in &service_requests {
-        let body = curl(&outrider, &state, pod, url)?;
+        let body = curl(&tools, &state, pod, url)?;
         println!("  {pod:<12} ({where_:<20}) GET {url:<32} → {}", body.trim());
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -299,7 +299,7 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "\n== What node-a's agent says through its admin API (outriderctl workloads; services; certs)"
     );
-    let ctl = outrider.with_file_name("outriderctl");
+    let ctl = tools.with_file_name("outriderctl");
     let socket = state.join("node-a/admin.sock");
     for args in [&["workloads"][..], &["services"][..], &["certs"][..]] {
         let status = Command::new(&ctl)
@@ -338,8 +338,8 @@ fn cluster_ips(testbed: &Value, namespace: &str, name: &str) -> anyhow::Result<(
     }
 }
 
-fn curl(outrider: &Path, state: &Path, pod: &str, url: &str) -> anyhow::Result<String> {
-    let out = Command::new(outrider)
+fn curl(tools: &Path, state: &Path, pod: &str, url: &str) -> anyhow::Result<String> {
+    let out = Command::new(tools)
         .args(["testbed", "exec", "--state"])
         .arg(state)
         .args([pod, "--", "curl", "-sS", "--max-time", "5", url])
@@ -355,11 +355,11 @@ fn curl(outrider: &Path, state: &Path, pod: &str, url: &str) -> anyhow::Result<S
 
 /// Waits until something listens on TCP `port` in `pod` (reading /proc/net/tcp6 from
 /// inside the pod, whose network namespace it shows).
-fn wait_listening(outrider: &Path, state: &Path, pod: &str, port: u16) -> anyhow::Result<()> {
+fn wait_listening(tools: &Path, state: &Path, pod: &str, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let wanted = format!(":{port:04X}");
     loop {
-        let out = Command::new(outrider)
+        let out = Command::new(tools)
             .args(["testbed", "exec", "--state"])
             .arg(state)
             .args([pod, "--", "cat", "/proc/net/tcp6"])

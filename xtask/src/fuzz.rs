@@ -3,10 +3,10 @@
 //! in one process each (one core). Installs cargo-fuzz first if it is missing.
 //!
 //! Each target starts from its seeds (`fuzz/corpus/<target>/`, kept in the repository) and
-//! the inputs kept from earlier crashes (`agent/tests/fuzz_regressions/<target>/`); what it
+//! the inputs kept from earlier crashes (`testbed/tests/fuzz_regressions/<target>/`); what it
 //! learns goes to `fuzz/target/corpus/<target>/` (not kept). A crash leaves its input in
 //! `fuzz/artifacts/<target>/`: fix the bug, then keep the input in
-//! `agent/tests/fuzz_regressions/<target>/`, where the agent's unit tests replay it.
+//! `testbed/tests/fuzz_regressions/<target>/`, where the tooling's unit tests replay it (`testbed/src/fuzzing.rs`).
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -40,7 +40,7 @@ pub fn run(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {
         cmd.args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
             .arg(&work)
             .arg(root.join("fuzz/corpus").join(target));
-        let kept = root.join("agent/tests/fuzz_regressions").join(target);
+        let kept = root.join("testbed/tests/fuzz_regressions").join(target);
         if kept.is_dir() {
             cmd.arg(kept);
         }

@@ -62,7 +62,29 @@ enum Cmd {
         #[arg(long, value_name = "V")]
         version: Option<String>,
     },
-    /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml).
+    /// Build the binaries, then run `outrider-testbed testbed ARGS…`: the testbed's verbs
+    /// and flags, e.g. `cargo xtask testbed up --spec S --state DIR --agents`.
+    #[command(disable_help_flag = true)]
+    Testbed {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Build the binaries, then run `outrider-testbed loadgen ARGS…` (the load generator).
+    #[command(disable_help_flag = true)]
+    Loadgen {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// Regenerate the files derived from Rust types (deploy/base/authorizationpolicy-crd.yaml)
+    /// with `outrider-testbed codegen`.
     Codegen,
     /// Set up, then run every test: formatting, clippy, unit and end-to-end tests.
     Test {
@@ -95,6 +117,8 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Demo => setup::run().and_then(|()| demo::run()),
         Cmd::Codegen => codegen::run(),
+        Cmd::Testbed { args } => tooling("testbed", &args),
+        Cmd::Loadgen { args } => tooling("loadgen", &args),
         Cmd::Image { version } => {
             setup::run().and_then(|()| image::run(version.as_deref()).map(|_| ()))
         }
@@ -138,8 +162,34 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of the agent; returns the path of `outrider`.
-pub fn build_agent() -> anyhow::Result<PathBuf> {
-    run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "outrider"]))?;
-    Ok(root().join("target/release/outrider"))
+/// `outrider-testbed COMMAND ARGS…`, built first, in the caller's directory (its paths
+/// are the caller's); fails as it fails.
+fn tooling(command: &str, args: &[String]) -> anyhow::Result<()> {
+    let tools = build_tools()?;
+    let status = Command::new(&tools)
+        .arg(command)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", tools.display()))?;
+    if !status.success() {
+        bail!("outrider-testbed {command} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo build --release` of the product's binaries (`outrider`, `outriderctl`) and the
+/// tooling's (`outrider-testbed`), all into one directory, where `outrider-testbed` finds
+/// the agent it starts; returns the path of `outrider-testbed` (`with_file_name` gives
+/// the others).
+pub fn build_tools() -> anyhow::Result<PathBuf> {
+    run(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "-p",
+        "outrider",
+        "-p",
+        "outrider-testbed",
+        "--bins",
+    ]))?;
+    Ok(root().join("target/release/outrider-testbed"))
 }

@@ -25,7 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",   // promtool, which checks the agent's metrics exposition
     "python3-venv", // the venv of the manifest checkers and gRPC clients (see PYTHON_TOOLS)
     "buildah",      // cargo xtask image: builds the image FROM scratch, no daemon
-    "podman",       // runs the image in the end-to-end tests (agent/tests/image.rs)
+    "podman",       // runs the image in the end-to-end tests (testbed/tests/image.rs)
     "runc",         // podman's runtime here (crun refuses the hybrid cgroup layout)
     "binutils",     // strip: the image's binaries without debug information
 ];
@@ -34,7 +34,7 @@ const APT_PACKAGES: &[&str] = &[
 /// versions are not packaged there): the tools that check the Kubernetes manifests (see
 /// manifests.rs), and gRPC's C core as Python users get it — grpcio, with protoc for stubs
 /// (grpcio-tools), health and reflection — for the admin API's interop test
-/// (agent/tests/admin_grpcio.rs).
+/// (testbed/tests/admin_grpcio.rs).
 const PYTHON_TOOLS: &[&str] = &[
     "kubernetes-validate==1.37.0",
     "checkov==3.3.30",

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::{
     bench::{procfs, testbed::Bed},
-    build_agent,
+    build_tools,
 };
 
 const SPEC: &str = "# cargo xtask soak: clients on node-a, servers on node-b
@@ -132,9 +132,9 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     if minutes == 0 || minutes > MAX_MINUTES {
         bail!("--minutes must be in 1..={MAX_MINUTES}");
     }
-    let outrider = build_agent()?;
+    let tools = build_tools()?;
     let work = std::env::temp_dir().join(format!("outrider-soak-{}", std::process::id()));
-    let result = soak(&outrider, &work, Duration::from_secs(minutes * 60));
+    let result = soak(&tools, &work, Duration::from_secs(minutes * 60));
     match &result {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&work);
@@ -147,11 +147,9 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     result
 }
 
-fn soak(outrider: &Path, work: &Path, length: Duration) -> anyhow::Result<()> {
-    let mut bed = Bed::up(outrider, SPEC, work)?;
-    let exe = outrider
-        .to_str()
-        .context("the outrider path is not UTF-8")?;
+fn soak(tools: &Path, work: &Path, length: Duration) -> anyhow::Result<()> {
+    let mut bed = Bed::up(tools, SPEC, work)?;
+    let exe = tools.to_str().context("the outrider path is not UTF-8")?;
     let listen = format!("0.0.0.0:{PORT}");
     for server in ["soak/plain", "soak/mtls"] {
         bed.spawn(server, &[exe, "loadgen", "server", "--listen", &listen])?;

@@ -1,21 +1,25 @@
 //! `cargo xtask test`: formatting, clippy, the Kubernetes manifests, the container images
 //! (release, and one with another version string for the upgrade test), then every test — unit tests and the privileged
-//! end-to-end tests that build testbeds — and finally a check that no namespace, cgroup or
+//! end-to-end tests that build testbeds (`testbed/tests/`, run by `outrider-testbed`
+//! against the product binaries `outrider` and `outriderctl`, built here first: the tests
+//! refuse a missing or stale one) — and finally a check that no namespace, cgroup or
 //! kernel program of this run is left behind.
 use std::process::Command;
 
-use crate::{build_agent, image, manifests, root, run as sh};
+use crate::{build_tools, image, manifests, root, run as sh};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cargo = env!("CARGO");
     sh(Command::new(cargo).args(["fmt", "--all", "--", "--check"]))?;
     sh(Command::new(cargo).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     manifests::run(&root().join("deploy"))?;
-    // The images the end-to-end tests run (agent/tests/image.rs): one built with another
+    // The images the end-to-end tests run (testbed/tests/image.rs): one built with another
     // version string first (it rebuilds the agent with OUTRIDER_VERSION), then the
-    // release's from the release build the tests use too.
+    // release's from the release build the tests use too: `outrider` and `outriderctl`,
+    // which `outrider-testbed`'s tests run but cargo does not build for them (no package
+    // may depend on the tooling's, so the tooling's tests cannot have cargo build them).
     let next = image::run(Some(&format!("{}-next", env!("CARGO_PKG_VERSION"))))?;
-    let outrider = build_agent()?;
+    let tools = build_tools()?;
     let release = image::run(None)?;
     // Every testbed of this run carries the tag, so the leftover check finds only ours.
     let nanos = std::time::SystemTime::now()
@@ -31,7 +35,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .env("OUTRIDER_TEST_IMAGE_NEXT", &next.local)
         .env_remove("OUTRIDER_VERSION"));
     let leftovers =
-        sh(Command::new(&outrider).args(["testbed", "leftovers", "--prefix", &format!("or{tag}")]));
+        sh(Command::new(&tools).args(["testbed", "leftovers", "--prefix", &format!("or{tag}")]));
     tests?;
     leftovers
 }

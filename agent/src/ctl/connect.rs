@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 /// The default admin socket of the agent.
-pub const DEFAULT_SOCKET: &str = "/run/outrider/admin.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/outrider/admin.sock";
 
 /// The flags that say where the agent is.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,7 +76,7 @@ pub struct GivenOnCommandLine {
 }
 
 impl GivenOnCommandLine {
-    pub fn from_matches(matches: &clap::ArgMatches) -> Self {
+    pub(crate) fn from_matches(matches: &clap::ArgMatches) -> Self {
         let cli = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
         GivenOnCommandLine {
             socket: cli("socket"),
@@ -89,7 +89,7 @@ impl GivenOnCommandLine {
 impl Target {
     /// TCP when an address is given (unless only the socket is on the command line),
     /// else the socket.
-    pub fn choose(args: ConnectArgs, given: GivenOnCommandLine) -> Result<Target> {
+    pub(crate) fn choose(args: ConnectArgs, given: GivenOnCommandLine) -> Result<Target> {
         let addr = args.addr.filter(|a| !a.trim().is_empty());
         // `--socket` on the command line beats an address from the environment.
         let Some(addr) = addr.filter(|_| given.addr || !given.socket) else {

@@ -83,7 +83,7 @@ pub struct ConnectionEventView {
     pub missed: Option<u64>,
 }
 
-pub fn direction_name(direction: i32) -> &'static str {
+pub(crate) fn direction_name(direction: i32) -> &'static str {
     match Direction::try_from(direction) {
         Ok(Direction::Outbound) => "outbound",
         Ok(Direction::Inbound) => "inbound",
@@ -92,7 +92,7 @@ pub fn direction_name(direction: i32) -> &'static str {
     }
 }
 
-pub fn transport_name(transport: i32) -> &'static str {
+pub(crate) fn transport_name(transport: i32) -> &'static str {
     match Transport::try_from(transport) {
         Ok(Transport::Plaintext) => "plaintext",
         Ok(Transport::Hbone) => "hbone",
@@ -101,7 +101,7 @@ pub fn transport_name(transport: i32) -> &'static str {
     }
 }
 
-pub fn kind_name(kind: i32) -> &'static str {
+pub(crate) fn kind_name(kind: i32) -> &'static str {
     match Kind::try_from(kind) {
         Ok(Kind::Open) => "open",
         Ok(Kind::Close) => "close",

@@ -28,7 +28,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A byte rate as [`bytes`] of its rounded value (`1.2MiB`; the column says `/s`).
-pub fn byte_rate(per_second: f64) -> String {
+pub(crate) fn byte_rate(per_second: f64) -> String {
     bytes(per_second.max(0.0).round() as u64)
 }
 
@@ -61,13 +61,13 @@ pub fn span(span: std::time::Duration) -> String {
 
 /// How long ago `timestamp` (RFC 3339) was, as [`duration`]; `-` when empty, the text as
 /// given when it does not parse, `0s` when it lies in the future (clock skew).
-pub fn age(timestamp: &str, now: OffsetDateTime) -> String {
+pub(crate) fn age(timestamp: &str, now: OffsetDateTime) -> String {
     relative(timestamp, now, |seconds| duration(seconds.max(0) as u64))
 }
 
 /// How long until `timestamp` (RFC 3339), as [`duration`]; `past` once it has passed;
 /// `-` when empty, the text as given when it does not parse.
-pub fn time_left(timestamp: &str, now: OffsetDateTime, past: &str) -> String {
+pub(crate) fn time_left(timestamp: &str, now: OffsetDateTime, past: &str) -> String {
     relative(timestamp, now, |seconds| {
         if seconds >= 0 {
             past.to_string()
@@ -78,7 +78,7 @@ pub fn time_left(timestamp: &str, now: OffsetDateTime, past: &str) -> String {
 }
 
 /// `timestamp (5m3s ago)` / `timestamp (in 23h59m)` for key/value listings.
-pub fn with_relative(timestamp: &str, now: OffsetDateTime) -> String {
+pub(crate) fn with_relative(timestamp: &str, now: OffsetDateTime) -> String {
     if timestamp.is_empty() {
         return String::new();
     }
@@ -107,7 +107,7 @@ fn relative(timestamp: &str, now: OffsetDateTime, show: impl FnOnce(i64) -> Stri
 }
 
 /// Reads an RFC 3339 timestamp (`2025-01-02T03:04:05Z`, `…05.123456789+02:00`).
-pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
     let raw = text.as_bytes();
     let number = |from: usize, to: usize| -> Option<u32> {
         let digits = text.get(from..to)?;

@@ -26,7 +26,7 @@ use super::output::{Format, OutputArg};
 
 /// The image of both containers unless `--image` says otherwise: the release's image, the
 /// one the DaemonSet uses (see `crate::image`).
-pub const DEFAULT_IMAGE: &str = crate::image::REFERENCE;
+pub(crate) const DEFAULT_IMAGE: &str = crate::image::REFERENCE;
 const VERSION: &str = crate::VERSION;
 
 const INIT: &str = "outrider-init";

@@ -37,13 +37,13 @@ impl OutputArg {
     }
 
     /// The global flag: `table`, `json` or `yaml`.
-    pub fn format_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
+    pub(crate) fn format_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
         use clap::builder::TypedValueParser;
         clap::builder::EnumValueParser::<Format>::new().map(OutputArg::Format)
     }
 
     /// `inject -o FILE`.
-    pub fn file_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
+    pub(crate) fn file_parser() -> impl clap::builder::TypedValueParser<Value = OutputArg> {
         use clap::builder::TypedValueParser;
         clap::builder::PathBufValueParser::new().map(OutputArg::File)
     }
@@ -66,7 +66,7 @@ impl Table {
     }
 
     /// A listing of `Key:  value` lines, the values aligned.
-    pub fn key_values() -> Self {
+    pub(crate) fn key_values() -> Self {
         Table::default()
     }
 
@@ -79,7 +79,7 @@ impl Table {
         self.row([format!("{key}:"), value.into()]);
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let lines: Vec<&Vec<String>> = self.header.iter().chain(&self.rows).collect();
         let columns = lines.iter().map(|l| l.len()).max().unwrap_or(0);
         let cell = |line: &Vec<String>, column: usize| -> String {
@@ -124,7 +124,7 @@ pub fn write(out: &mut dyn Write, text: &str) -> Result<()> {
 }
 
 /// `view` as pretty JSON, as YAML, or as the text `table` makes of it.
-pub fn render<T: Serialize>(
+pub(crate) fn render<T: Serialize>(
     format: Format,
     view: &T,
     table: impl FnOnce(&T) -> String,
@@ -142,7 +142,7 @@ pub fn render<T: Serialize>(
 
 /// One item of a stream: a line of compact JSON, a `---` YAML document, or the text
 /// `line` makes of it.
-pub fn render_item<T: Serialize>(
+pub(crate) fn render_item<T: Serialize>(
     format: Format,
     view: &T,
     line: impl FnOnce(&T) -> String,
@@ -162,7 +162,7 @@ pub fn render_item<T: Serialize>(
 }
 
 /// `yes` / `no`.
-pub fn yes_no(value: bool) -> &'static str {
+pub(crate) fn yes_no(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
 }
 

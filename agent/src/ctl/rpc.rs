@@ -7,7 +7,7 @@ use anyhow::Result;
 use tonic::{Code, Status};
 
 /// Awaits a unary call for at most `timeout`; the error names the call (`what`, the RPC).
-pub async fn unary<T>(
+pub(crate) async fn unary<T>(
     what: &str,
     timeout: Duration,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
@@ -24,7 +24,7 @@ pub async fn unary<T>(
 
 /// `<call>: <code in words>: <message>`; for PERMISSION_DENIED it says that the agent
 /// refused this caller, for UNIMPLEMENTED that the agent lacks the call.
-pub fn status_error(what: &str, status: &Status) -> anyhow::Error {
+pub(crate) fn status_error(what: &str, status: &Status) -> anyhow::Error {
     let mut text = format!("{what}: {}", code_words(status.code()));
     match status.code() {
         Code::PermissionDenied => text.push_str(": the agent refused this caller"),
@@ -40,7 +40,7 @@ pub fn status_error(what: &str, status: &Status) -> anyhow::Error {
 }
 
 /// The gRPC code in lower-case words (`not found`, `invalid argument`).
-pub fn code_words(code: Code) -> &'static str {
+pub(crate) fn code_words(code: Code) -> &'static str {
     match code {
         Code::Ok => "ok",
         Code::Cancelled => "cancelled",

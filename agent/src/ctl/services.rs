@@ -96,7 +96,7 @@ pub struct EndpointView {
     pub ports: BTreeMap<String, u32>,
 }
 
-pub fn traffic_policy_name(policy: i32) -> &'static str {
+pub(crate) fn traffic_policy_name(policy: i32) -> &'static str {
     match InternalTrafficPolicy::try_from(policy) {
         Ok(InternalTrafficPolicy::Cluster) => "Cluster",
         Ok(InternalTrafficPolicy::Local) => "Local",
@@ -105,7 +105,7 @@ pub fn traffic_policy_name(policy: i32) -> &'static str {
     }
 }
 
-pub fn affinity_name(affinity: i32) -> &'static str {
+pub(crate) fn affinity_name(affinity: i32) -> &'static str {
     match SessionAffinity::try_from(affinity) {
         Ok(SessionAffinity::None) => "None",
         Ok(SessionAffinity::ClientIp) => "ClientIP",
@@ -114,7 +114,7 @@ pub fn affinity_name(affinity: i32) -> &'static str {
     }
 }
 
-pub fn endpoint_state_name(state: i32) -> &'static str {
+pub(crate) fn endpoint_state_name(state: i32) -> &'static str {
     match EndpointState::try_from(state) {
         Ok(EndpointState::Ready) => "ready",
         Ok(EndpointState::Terminating) => "terminating",
@@ -173,7 +173,7 @@ impl From<Service> for ServiceView {
 }
 
 /// The Services, ordered by namespace and name.
-pub fn list_view(services: Vec<Service>) -> ServiceListView {
+pub(crate) fn list_view(services: Vec<Service>) -> ServiceListView {
     let mut services: Vec<ServiceView> = services.into_iter().map(Into::into).collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     ServiceListView { services }

@@ -103,7 +103,7 @@ fn per_second(before: u64, now: u64, seconds: f64) -> Option<f64> {
 }
 
 /// The rows of the frame between samples `before` and `now`.
-pub fn frame(before: &Sample, now: &Sample) -> Vec<TopPodView> {
+pub(crate) fn frame(before: &Sample, now: &Sample) -> Vec<TopPodView> {
     let seconds = now.at.saturating_duration_since(before.at).as_secs_f64();
     let mut rows: Vec<TopPodView> = now
         .pods

@@ -99,7 +99,7 @@ impl From<WorkloadCounters> for CountersView {
     }
 }
 
-pub fn mode_name(mode: i32) -> &'static str {
+pub(crate) fn mode_name(mode: i32) -> &'static str {
     match Mode::try_from(mode) {
         Ok(Mode::Node) => "node",
         Ok(Mode::None) => "none",
@@ -109,7 +109,7 @@ pub fn mode_name(mode: i32) -> &'static str {
     }
 }
 
-pub fn state_name(state: i32) -> &'static str {
+pub(crate) fn state_name(state: i32) -> &'static str {
     match EnrollmentState::try_from(state) {
         Ok(EnrollmentState::Enrolled) => "enrolled",
         Ok(EnrollmentState::Failed) => "failed",
@@ -145,7 +145,7 @@ impl From<Workload> for WorkloadView {
 }
 
 /// The pods, ordered by namespace and name.
-pub fn list_view(workloads: Vec<Workload>) -> WorkloadListView {
+pub(crate) fn list_view(workloads: Vec<Workload>) -> WorkloadListView {
     let mut workloads: Vec<WorkloadView> = workloads.into_iter().map(Into::into).collect();
     workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     WorkloadListView { workloads }

@@ -580,13 +580,6 @@ impl Enrollment {
         }
     }
 
-    /// Logs every enrolled pod's traffic counters (target `counters`, one line a pod).
-    pub fn log_counters(&self) {
-        for (key, pod) in &self.pods {
-            self.log_pod_counters(key, pod.pod_id);
-        }
-    }
-
     /// Logs the kernel's traffic counters of one pod: what crossed its network interface
     /// since it was enrolled (see `agent_ebpf::PodCounters`).
     fn log_pod_counters(&self, key: &WorkloadKey, pod_id: u32) {

@@ -17,11 +17,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use super::{error::IdentityError, x509};
 
 /// File names `ca init` writes and the agent reads first.
-pub const CERT_FILE: &str = "ca.crt";
-pub const KEY_FILE: &str = "ca.key";
+pub(crate) const CERT_FILE: &str = "ca.crt";
+pub(crate) const KEY_FILE: &str = "ca.key";
 /// A `kubernetes.io/tls` Secret's names, accepted too.
-pub const TLS_CERT_FILE: &str = "tls.crt";
-pub const TLS_KEY_FILE: &str = "tls.key";
+pub(crate) const TLS_CERT_FILE: &str = "tls.crt";
+pub(crate) const TLS_KEY_FILE: &str = "tls.key";
 
 /// How far a new root is backdated, for nodes whose clocks lag.
 const ROOT_BACKDATE: Duration = Duration::from_secs(3600);
@@ -106,7 +106,7 @@ pub fn generate(
 }
 
 /// A positive 128-bit serial (top bit clear, so the DER integer needs no padding).
-pub fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
@@ -319,12 +319,12 @@ fn pick_files(dir: &Path) -> Result<(PathBuf, PathBuf), IdentityError> {
 }
 
 /// The Kubernetes Secret the DaemonSet mounts as `identity.caDir` (see deploy/).
-pub const K8S_SECRET_NAME: &str = "outrider-ca";
-pub const K8S_SECRET_NAMESPACE: &str = "outrider-system";
+pub(crate) const K8S_SECRET_NAME: &str = "outrider-ca";
+pub(crate) const K8S_SECRET_NAMESPACE: &str = "outrider-system";
 
 /// A Secret manifest `outrider-ca` in `outrider-system` (type Opaque) holding the CA
 /// as `ca.crt` and `ca.key`, base64 as Secrets' `data` requires: for `kubectl apply -f`.
-pub fn k8s_secret_manifest(cert_pem: &[u8], key_pem: &[u8]) -> String {
+pub(crate) fn k8s_secret_manifest(cert_pem: &[u8], key_pem: &[u8]) -> String {
     format!(
         "# The mesh's root CA, made by `outrider ca init`. It holds the CA's PRIVATE KEY:\n\
          # `kubectl apply -f` it, then delete this file; never commit it.\n\
@@ -347,7 +347,11 @@ pub fn k8s_secret_manifest(cert_pem: &[u8], key_pem: &[u8]) -> String {
 
 /// Writes [`k8s_secret_manifest`] of the CA in `ca_dir` to `path` with mode 0600
 /// (through a temporary file, then a rename). Refuses to replace `path` unless `force`.
-pub fn write_k8s_secret(ca_dir: &Path, path: &Path, force: bool) -> Result<(), IdentityError> {
+pub(crate) fn write_k8s_secret(
+    ca_dir: &Path,
+    path: &Path,
+    force: bool,
+) -> Result<(), IdentityError> {
     if !force && fs::symlink_metadata(path).is_ok() {
         return Err(IdentityError::CaExists {
             path: path.to_path_buf(),

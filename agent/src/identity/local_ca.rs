@@ -38,11 +38,11 @@ pub struct LocalCa {
 impl LocalCa {
     /// Reads the CA directory and proves the CA works by signing and verifying a probe
     /// certificate; any problem names the file.
-    pub fn from_dir(dir: &Path, trust_domain: &str) -> Result<Self, IdentityError> {
+    pub(crate) fn from_dir(dir: &Path, trust_domain: &str) -> Result<Self, IdentityError> {
         Self::from_root(ca::load(dir)?, trust_domain)
     }
 
-    pub fn from_root(root: RootCa, trust_domain: &str) -> Result<Self, IdentityError> {
+    pub(crate) fn from_root(root: RootCa, trust_domain: &str) -> Result<Self, IdentityError> {
         let cert_path = root.cert_path.clone();
         let problem = |problem: String| IdentityError::CaFile {
             path: cert_path.clone(),

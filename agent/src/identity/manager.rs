@@ -54,11 +54,11 @@ impl CertManager {
     }
 
     /// Who signs: the sidecars' service signs with it too.
-    pub fn signer(&self) -> &Arc<dyn Signer> {
+    pub(crate) fn signer(&self) -> &Arc<dyn Signer> {
         &self.signer
     }
 
-    pub fn trust(&self) -> &TrustBundle {
+    pub(crate) fn trust(&self) -> &TrustBundle {
         &self.trust
     }
 
@@ -119,7 +119,7 @@ impl CertManager {
         }
     }
 
-    pub fn is_managed(&self, id: &SpiffeId) -> bool {
+    pub(crate) fn is_managed(&self, id: &SpiffeId) -> bool {
         self.entries().contains_key(id)
     }
 
@@ -159,7 +159,7 @@ impl CertManager {
     }
 
     /// Every managed identity, sorted.
-    pub fn snapshot(&self) -> Vec<CertStatus> {
+    pub(crate) fn snapshot(&self) -> Vec<CertStatus> {
         let mut all: Vec<CertStatus> = self
             .entries()
             .iter()

@@ -105,7 +105,7 @@ impl Identity {
     }
 
     /// See [`tls::server_config`].
-    pub fn server_config(&self, id: &SpiffeId) -> Result<Arc<ServerConfig>, IdentityError> {
+    pub(crate) fn server_config(&self, id: &SpiffeId) -> Result<Arc<ServerConfig>, IdentityError> {
         tls::server_config(&self.manager, id)
     }
 

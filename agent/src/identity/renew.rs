@@ -61,7 +61,7 @@ pub struct RenewPolicy {
 
 impl RenewPolicy {
     /// 1 s doubling up to 1 min.
-    pub fn with_ttl(ttl: Duration) -> Self {
+    pub(crate) fn with_ttl(ttl: Duration) -> Self {
         Self {
             ttl,
             retry_initial: Duration::from_secs(1),
@@ -82,7 +82,7 @@ pub enum MintError {
 
 /// Makes a key, has it signed and checks the result: the leaf carries our key and
 /// exactly our SPIFFE ID, is valid now and chains to the trust bundle.
-pub async fn mint(
+pub(crate) async fn mint(
     signer: &dyn Signer,
     trust: &TrustBundle,
     id: &SpiffeId,

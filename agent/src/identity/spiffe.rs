@@ -160,7 +160,7 @@ impl FromStr for SpiffeId {
 }
 
 /// SPIFFE: a trust domain is lowercase letters, digits, '.', '-' and '_'.
-pub fn check_trust_domain(td: &str) -> Result<(), String> {
+pub(crate) fn check_trust_domain(td: &str) -> Result<(), String> {
     if td.is_empty() {
         return Err("empty trust domain".to_string());
     }

@@ -21,12 +21,16 @@ pub fn ca(trust_domain: &str) -> LocalCa {
     LocalCa::from_root(root, trust_domain).unwrap()
 }
 
-pub fn trust_for(ca: &LocalCa, trust_domain: &str) -> TrustBundle {
+pub(crate) fn trust_for(ca: &LocalCa, trust_domain: &str) -> TrustBundle {
     TrustBundle::new(trust_domain, &[ca.root().clone()]).unwrap()
 }
 
 /// A manager signing with `ca`, retrying fast.
-pub fn manager_with(ca: &Arc<LocalCa>, trust_domain: &str, ttl: Duration) -> Arc<CertManager> {
+pub(crate) fn manager_with(
+    ca: &Arc<LocalCa>,
+    trust_domain: &str,
+    ttl: Duration,
+) -> Arc<CertManager> {
     let policy = RenewPolicy {
         ttl,
         retry_initial: Duration::from_millis(100),

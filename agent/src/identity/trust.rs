@@ -95,7 +95,7 @@ enum LiveRoots {
 }
 
 /// rustls' `ring` provider, made once.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -165,7 +165,7 @@ impl TrustBundle {
     }
 
     /// The root certificates (DER).
-    pub fn root_certificates(&self) -> &[CertificateDer<'static>] {
+    pub(crate) fn root_certificates(&self) -> &[CertificateDer<'static>] {
         &self.root_ders
     }
 
@@ -173,7 +173,7 @@ impl TrustBundle {
         &self.trust_domain
     }
 
-    pub fn provider(&self) -> &Arc<CryptoProvider> {
+    pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
     }
 
@@ -204,7 +204,7 @@ impl TrustBundle {
     /// webpki: `end_entity` (with `intermediates`) chains to one of our roots valid at
     /// `now`, is valid at `now` itself and may serve (serverAuth). No name check: SPIFFE
     /// IDs are checked apart.
-    pub fn verify_server_chain(
+    pub(crate) fn verify_server_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -226,7 +226,7 @@ impl TrustBundle {
     }
 
     /// webpki, client side: like [`Self::verify_server_chain`] with clientAuth.
-    pub fn verify_client_chain(
+    pub(crate) fn verify_client_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],

@@ -97,7 +97,7 @@ impl CompiledPolicy {
     }
 
     /// The index of the first rule that matches.
-    pub fn first_match(&self, request: &Request<'_>) -> Option<usize> {
+    pub(crate) fn first_match(&self, request: &Request<'_>) -> Option<usize> {
         if let Some(ports) = &self.ports
             && !ports.contains(request.port)
         {
@@ -141,7 +141,7 @@ impl CompiledRule {
             && self.source_matches(&request.source)
     }
 
-    pub fn source_matches(&self, source: &Source<'_>) -> bool {
+    pub(crate) fn source_matches(&self, source: &Source<'_>) -> bool {
         self.from.is_empty() || self.from.iter().any(|s| s.matches(source))
     }
 }
@@ -214,7 +214,7 @@ impl OperationMatcher {
         }
     }
 
-    pub fn port_matches(&self, port: u16) -> bool {
+    pub(crate) fn port_matches(&self, port: u16) -> bool {
         self.ports.as_ref().is_none_or(|p| p.contains(port))
             && !self.not_ports.as_ref().is_some_and(|p| p.contains(port))
     }

@@ -103,7 +103,7 @@ impl Index {
     /// Calls `f` with every bucket that may hold a policy selecting the workload: the root
     /// namespace's, then the workload namespace's. A bucket can also hold policies whose
     /// selector wants more labels: check [`CompiledPolicy::selects`].
-    pub fn visit<B>(
+    pub(crate) fn visit<B>(
         &self,
         namespace: &str,
         labels: &BTreeMap<String, String>,

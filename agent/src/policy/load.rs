@@ -17,7 +17,7 @@ use super::{
 impl PolicySet {
     /// Reads every policy file of `dir` and compiles them (see [`PolicySet::compile`]).
     /// A missing or unreadable directory is an error naming it; so is any invalid file.
-    pub fn load_dir(
+    pub(crate) fn load_dir(
         dir: &Path,
         trust_domain: &str,
         root_namespace: &str,
@@ -28,7 +28,7 @@ impl PolicySet {
     /// What [`PolicySet::load_dir`] would give after `changes` to the directory's files:
     /// `(path, Some(text))` writes a file, `(path, None)` removes one. Nothing on disk
     /// changes; the admin API checks a change with it before making it.
-    pub fn load_dir_with(
+    pub(crate) fn load_dir_with(
         dir: &Path,
         trust_domain: &str,
         root_namespace: &str,

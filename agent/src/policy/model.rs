@@ -255,7 +255,7 @@ impl Operation {
     }
 
     /// Whether it uses a field that only HTTP requests have.
-    pub fn has_http_fields(&self) -> bool {
+    pub(crate) fn has_http_fields(&self) -> bool {
         !(self.methods.is_empty()
             && self.not_methods.is_empty()
             && self.paths.is_empty()
@@ -267,7 +267,7 @@ impl Operation {
 
 impl Rule {
     /// Whether any operation uses a field that only HTTP requests have.
-    pub fn has_http_fields(&self) -> bool {
+    pub(crate) fn has_http_fields(&self) -> bool {
         self.to
             .iter()
             .flatten()

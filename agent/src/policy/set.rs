@@ -67,7 +67,7 @@ impl PolicySet {
 
     /// Checks and compiles policies that each say where they came from (e.g. a
     /// directory's and the Kubernetes API's together).
-    pub fn from_parts(
+    pub(crate) fn from_parts(
         items: Vec<(AuthorizationPolicy, Origin)>,
         trust_domain: &str,
         root_namespace: &str,
@@ -135,7 +135,7 @@ impl PolicySet {
     }
 
     /// The policies with where each came from, sorted by `namespace/name`.
-    pub fn with_origins(&self) -> impl Iterator<Item = (&AuthorizationPolicy, &Origin)> {
+    pub(crate) fn with_origins(&self) -> impl Iterator<Item = (&AuthorizationPolicy, &Origin)> {
         self.sources.iter().zip(&self.origins)
     }
 
@@ -157,7 +157,7 @@ impl PolicySet {
         &self.trust_domain
     }
 
-    pub fn root_namespace(&self) -> &str {
+    pub(crate) fn root_namespace(&self) -> &str {
         &self.root_namespace
     }
 }

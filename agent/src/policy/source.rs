@@ -18,7 +18,7 @@ use crate::config::Config;
 
 /// The policies of `policy.dir`, followed live. Invalid policies at start stop the agent
 /// (it would otherwise enforce something nobody wrote).
-pub fn from_dir(config: &Config) -> anyhow::Result<watch::Receiver<Arc<PolicySet>>> {
+pub(crate) fn from_dir(config: &Config) -> anyhow::Result<watch::Receiver<Arc<PolicySet>>> {
     let td = config.identity.trust_domain.clone();
     let root = config.policy.root_namespace.clone();
     let Some(dir) = config.policy.dir.clone() else {
@@ -38,7 +38,7 @@ pub fn from_dir(config: &Config) -> anyhow::Result<watch::Receiver<Arc<PolicySet
 
 /// The directory's policies and the cluster's `AuthorizationPolicy` resources together.
 /// The first set is published once the resources are listed.
-pub async fn with_kubernetes(
+pub(crate) async fn with_kubernetes(
     config: &Config,
     client: Client,
     mut dir: watch::Receiver<Arc<PolicySet>>,

@@ -19,7 +19,7 @@ use super::{
 };
 
 /// The cluster domain when none is configured (Kubernetes' default).
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub(crate) const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// What the proxy needs to know about a destination pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Destination {
 
 impl Destination {
     /// In the mesh: reachable through its agent's tunnel (any node).
-    pub fn in_mesh(&self) -> bool {
+    pub(crate) fn in_mesh(&self) -> bool {
         matches!(self.mode, Mode::Node | Mode::Sidecar)
     }
 
@@ -67,14 +67,6 @@ impl EndpointState {
             EndpointState::NotServing
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointState::Ready => "ready",
-            EndpointState::Terminating => "terminating",
-            EndpointState::NotServing => "not-serving",
-        }
-    }
 }
 
 /// One endpoint address of a Service, resolved.
@@ -92,7 +84,7 @@ pub struct ResolvedEndpoint {
 
 impl ResolvedEndpoint {
     /// In the mesh: reached through the tunnel, its identity required.
-    pub fn in_mesh(&self) -> bool {
+    pub(crate) fn in_mesh(&self) -> bool {
         self.pod.as_ref().is_some_and(|p| p.in_mesh())
     }
 
@@ -125,7 +117,7 @@ impl ResolvedService {
     }
 
     /// True when `ip` is one of this Service's endpoints.
-    pub fn has_endpoint(&self, ip: IpAddr) -> bool {
+    pub(crate) fn has_endpoint(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.endpoints.iter().any(|e| e.ip == ip)
     }
@@ -244,22 +236,18 @@ impl Directory {
     }
 
     /// The Service whose cluster IP is `ip`, if any.
-    pub fn service_at(&self, ip: IpAddr) -> Option<Arc<ResolvedService>> {
+    pub(crate) fn service_at(&self, ip: IpAddr) -> Option<Arc<ResolvedService>> {
         self.snapshot.load().by_vip.get(&canonical(ip)).cloned()
     }
 
     /// The Service named `fqdn` (`name.namespace.svc.<cluster domain>`), if any.
-    pub fn service_named(&self, fqdn: &str) -> Option<Arc<ResolvedService>> {
+    pub(crate) fn service_named(&self, fqdn: &str) -> Option<Arc<ResolvedService>> {
         self.snapshot.load().by_name.get(fqdn).cloned()
     }
 
     /// Every Service, sorted by namespace and name.
     pub fn services(&self) -> Vec<Arc<ResolvedService>> {
         self.snapshot.load().services.clone()
-    }
-
-    pub fn cluster_domain(&self) -> &str {
-        &self.cluster_domain
     }
 }
 
@@ -363,7 +351,7 @@ fn destination(w: &Workload, set: &WorkloadSet) -> Destination {
 }
 
 /// IPv4-mapped IPv6 addresses are the IPv4 address.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

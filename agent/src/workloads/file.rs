@@ -72,7 +72,7 @@ impl WorkloadSet {
 }
 
 /// Checks a parsed set; errors name `file` (the testbed's spec reuses it for its Services).
-pub(crate) fn validate(set: &WorkloadSet, file: &Path) -> Result<(), WorkloadFileError> {
+pub fn validate(set: &WorkloadSet, file: &Path) -> Result<(), WorkloadFileError> {
     let invalid = |index, reason: String| WorkloadFileError::Invalid {
         file: file.to_path_buf(),
         index,
@@ -307,7 +307,7 @@ fn is_label_value(v: &str) -> bool {
 }
 
 /// A container port name (IANA_SVC_NAME): at most 15 of a-z, 0-9 and '-', with a letter.
-pub(crate) fn is_port_name(s: &str) -> bool {
+pub fn is_port_name(s: &str) -> bool {
     is_dns_label(s) && s.len() <= 15 && s.bytes().any(|b| b.is_ascii_lowercase())
 }
 

@@ -67,7 +67,7 @@ pub enum SandboxError {
 impl SandboxError {
     /// True when the pod's sandbox may simply not be there yet (no cgroup, or no process
     /// in it): trying again later can succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         matches!(self, Self::NoCgroup { .. } | Self::NoProcess { .. })
     }
 
@@ -221,7 +221,7 @@ fn collect_pids(cgroup: &Path, depth: usize, out: &mut Vec<u32>) -> Result<(), S
 /// The pod UID (with dashes) in a cgroup path, or in a line of `/proc/<pid>/cgroup`
 /// (`0::/kubepods.slice/…`, `4:memory:/kubepods/…`); `None` when the path is not inside
 /// a pod's cgroup.
-pub fn pod_uid_from_cgroup_path(path: &str) -> Option<String> {
+pub(crate) fn pod_uid_from_cgroup_path(path: &str) -> Option<String> {
     let path = match path.splitn(3, ':').collect::<Vec<_>>()[..] {
         [_, _, path] => path,
         _ => path,

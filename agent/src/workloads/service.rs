@@ -185,11 +185,6 @@ impl Service {
     pub fn fqdn(&self, cluster_domain: &str) -> String {
         fqdn(&self.namespace, &self.name, cluster_domain)
     }
-
-    /// The port the Service declares as `port`, if any.
-    pub fn port(&self, port: u16) -> Option<&ServicePort> {
-        self.ports.iter().find(|p| p.port == port)
-    }
 }
 
 /// `name.namespace.svc.<cluster domain>`.

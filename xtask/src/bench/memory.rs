@@ -56,7 +56,7 @@ fn settle() {
 }
 
 pub fn measure(
-    outrider: &Path,
+    tools: &Path,
     ctl: &Path,
     settings: &Settings,
     work: &Path,
@@ -64,7 +64,7 @@ pub fn measure(
     let max = settings.memory_steps.iter().copied().max().unwrap_or(0);
     let mut node = Vec::new();
     {
-        let bed = Bed::up(outrider, &spec(max, "none"), &work.join("memory-node"))?;
+        let bed = Bed::up(tools, &spec(max, "none"), &work.join("memory-node"))?;
         let agent = bed.agent_pid("node-a")?;
         settle();
         let idle = procfs::rss_bytes(agent)?;
@@ -105,11 +105,7 @@ pub fn measure(
     let agent_with_sidecars;
     {
         eprintln!("xtask: bench: memory: sidecar mode, {max} pods");
-        let bed = Bed::up(
-            outrider,
-            &spec(max, "sidecar"),
-            &work.join("memory-sidecar"),
-        )?;
+        let bed = Bed::up(tools, &spec(max, "sidecar"), &work.join("memory-sidecar"))?;
         let pids = bed.sidecar_pids();
         if pids.len() != max {
             bail!("{} sidecars running, {max} expected", pids.len());

@@ -16,7 +16,7 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::{build_agent, root};
+use crate::{build_tools, root};
 
 /// How long and how hard each measurement runs.
 pub struct Settings {
@@ -40,17 +40,17 @@ impl Settings {
 }
 
 pub fn run(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let outrider = build_agent()?;
+    let tools = build_tools()?;
     // Measured from here: the build is cargo's business.
     let started = Instant::now();
-    let ctl = outrider.with_file_name("outriderctl");
+    let ctl = tools.with_file_name("outriderctl");
     let out = out.unwrap_or_else(|| root().join("target/bench"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let work = std::env::temp_dir().join(format!("outrider-bench-{}", std::process::id()));
     let settings = Settings::new(quick);
     let result = (|| -> anyhow::Result<Value> {
-        let modes = traffic::measure(&outrider, &settings, &work)?;
-        let memory = memory::measure(&outrider, &ctl, &settings, &work)?;
+        let modes = traffic::measure(&tools, &settings, &work)?;
+        let memory = memory::measure(&tools, &ctl, &settings, &work)?;
         let targets = report::targets(&modes, &memory);
         Ok(json!({
             "schema": "outrider-bench/1",

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 pub struct Bed {
-    pub outrider: PathBuf,
+    pub tools: PathBuf,
     pub state: PathBuf,
     json: Value,
     children: Vec<Child>,
@@ -23,7 +23,7 @@ impl Drop for Bed {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new(&self.outrider)
+        let _ = Command::new(&self.tools)
             .args(["testbed", "down", "--state"])
             .arg(&self.state)
             .stdout(Stdio::null())
@@ -33,22 +33,22 @@ impl Drop for Bed {
 
 impl Bed {
     /// `testbed up --agents` of `spec` in `dir` (created; must not hold a testbed).
-    pub fn up(outrider: &Path, spec: &str, dir: &Path) -> anyhow::Result<Bed> {
+    pub fn up(tools: &Path, spec: &str, dir: &Path) -> anyhow::Result<Bed> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let spec_path = dir.join("spec.yaml");
         std::fs::write(&spec_path, spec)?;
         let state = dir.join("state");
         let started = Instant::now();
-        let out = Command::new(outrider)
+        let out = Command::new(tools)
             .args(["testbed", "up", "--agents", "--spec"])
             .arg(&spec_path)
             .arg("--state")
             .arg(&state)
             .output()
-            .context("running outrider testbed up")?;
+            .context("running outrider-testbed testbed up")?;
         // From here on, Drop tears down whatever was made.
         let mut bed = Bed {
-            outrider: outrider.to_path_buf(),
+            tools: tools.to_path_buf(),
             state: state.clone(),
             json: Value::Null,
             children: Vec::new(),
@@ -164,7 +164,7 @@ impl Bed {
 
     /// A `testbed` subcommand on this testbed, e.g. `["enroll", "ns/pod"]`.
     pub fn exec_testbed(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.outrider);
+        let mut cmd = Command::new(&self.tools);
         cmd.arg("testbed")
             .arg(args[0])
             .arg("--state")
@@ -175,7 +175,7 @@ impl Bed {
 
     /// A command that runs `args` inside `pod`.
     pub fn exec(&self, pod: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.outrider);
+        let mut cmd = Command::new(&self.tools);
         cmd.args(["testbed", "exec", "--state"])
             .arg(&self.state)
             .arg(pod)

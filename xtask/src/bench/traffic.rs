@@ -1,5 +1,5 @@
 //! The traffic half of the benchmark: one testbed with a client pod per mode on node-a
-//! and a server pod per mode on node-b, and our load generator (`outrider loadgen`) on
+//! and a server pod per mode on node-b, and our load generator (`outrider-testbed loadgen`) on
 //! both ends. Every mode is measured in the same run, one after the other for each kind
 //! of load, so that the machine's drift affects them alike:
 //!
@@ -121,7 +121,7 @@ fn client(bed: &Bed, mode: &Mode, settings: &Settings, extra: &[&str]) -> anyhow
     let duration = settings.duration_s.to_string();
     let warmup = settings.warmup_s.to_string();
     let mut args = vec![
-        bed.outrider
+        bed.tools
             .to_str()
             .context("the outrider path is not UTF-8")?,
         "loadgen",
@@ -163,11 +163,9 @@ fn latency(report: &Value) -> Value {
 }
 
 /// Measures every mode; one JSON object per mode, in [`MODES`] order.
-pub fn measure(outrider: &Path, settings: &Settings, work: &Path) -> anyhow::Result<Vec<Value>> {
-    let mut bed = Bed::up(outrider, SPEC, &work.join("traffic"))?;
-    let exe = outrider
-        .to_str()
-        .context("the outrider path is not UTF-8")?;
+pub fn measure(tools: &Path, settings: &Settings, work: &Path) -> anyhow::Result<Vec<Value>> {
+    let mut bed = Bed::up(tools, SPEC, &work.join("traffic"))?;
+    let exe = tools.to_str().context("the outrider path is not UTF-8")?;
     let listen = format!("0.0.0.0:{PORT}");
     for server in ["bench/s-direct", "bench/s-node", "bench/s-sidecar"] {
         bed.spawn(server, &[exe, "loadgen", "server", "--listen", &listen])?;

@@ -131,7 +131,7 @@ const RESERVED_WORDS: &[&str] = &[
 /// Whether `text` written plain (unquoted) reads back as this string in YAML 1.1 and
 /// 1.2 alike. Deliberately narrow: names, paths, image references, flags, quantities
 /// (`16Mi`), words separated by single spaces; everything else is quoted.
-pub fn plain_is_exact(text: &str) -> bool {
+pub(crate) fn plain_is_exact(text: &str) -> bool {
     let bytes = text.as_bytes();
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
         return false;

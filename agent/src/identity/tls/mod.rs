@@ -21,16 +21,18 @@ use rustls::{
 };
 
 #[allow(unused_imports)]
-pub use peer::{PeerIdentityError, TlsFailure, peer_identity, spiffe_id_of};
+pub(crate) use peer::spiffe_id_of;
+#[allow(unused_imports)]
+pub use peer::{PeerIdentityError, TlsFailure, peer_identity};
 
 use super::{error::IdentityError, manager::CertManager, spiffe::SpiffeId};
 
 /// The one application protocol of a tunnel (HTTP/2 CONNECT).
-pub const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// For the tunnel listener of the workload `id`: presents `id`'s current certificate,
 /// requires a client certificate chained to our roots from our trust domain.
-pub fn server_config(
+pub(crate) fn server_config(
     manager: &Arc<CertManager>,
     id: &SpiffeId,
 ) -> Result<Arc<ServerConfig>, IdentityError> {
@@ -100,7 +102,8 @@ impl ClientConfigs {
         Ok(config)
     }
 
-    pub fn cached(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

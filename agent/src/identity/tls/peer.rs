@@ -51,7 +51,7 @@ impl PeerIdentityError {
 }
 
 /// The SPIFFE ID of a certificate: exactly one URI SAN, a well-formed workload ID.
-pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, PeerIdentityError> {
+pub(crate) fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, PeerIdentityError> {
     let facts = x509::facts(cert).map_err(PeerIdentityError::Unreadable)?;
     match facts.uris.as_slice() {
         [] => Err(PeerIdentityError::NoSpiffeId),
@@ -113,12 +113,12 @@ pub enum TlsFailure {
 impl TlsFailure {
     /// Classifies an error from tokio-rustls' `accept`/`connect` (or a later read).
     /// `None` if it is not a TLS error (e.g. the connection was reset).
-    pub fn from_io(err: &io::Error) -> Option<Self> {
+    pub(crate) fn from_io(err: &io::Error) -> Option<Self> {
         let inner = err.get_ref()?.downcast_ref::<rustls::Error>()?;
         Some(Self::from_rustls(inner))
     }
 
-    pub fn from_rustls(err: &rustls::Error) -> Self {
+    pub(crate) fn from_rustls(err: &rustls::Error) -> Self {
         use rustls::Error as E;
         match err {
             E::NoCertificatesPresented => Self::NoCertificate,

@@ -50,20 +50,6 @@ impl<S> Prefixed<S> {
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The bytes not yet replayed and the stream (a pending end-of-stream or error is
-    /// dropped).
-    pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 
 /// The key of a namespaced object: `(namespace, name)`.
-pub fn key_of(meta: &ObjectMeta) -> (String, String) {
+pub(crate) fn key_of(meta: &ObjectMeta) -> (String, String) {
     (
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
@@ -80,7 +80,7 @@ impl<K: Eq + Hash, V: PartialEq> Cache<K, V> {
 
 impl<K, V> Cache<K, V> {
     /// True once a first list has completed.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         self.synced
     }
 

@@ -205,7 +205,7 @@ pub fn watch(client: Client) -> (watch::Receiver<Arc<WorkloadSet>>, watch::Recei
 }
 
 /// Waits until the source has listed the cluster once.
-pub async fn wait_synced(synced: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn wait_synced(synced: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     synced
         .wait_for(|s| *s)
         .await

@@ -14,13 +14,13 @@ use crate::workloads::{
 };
 
 /// The namespace label that enrolls its pods, and the pod annotation that overrides it.
-pub const MODE_KEY: &str = "outrider.io/mode";
+pub(crate) const MODE_KEY: &str = "outrider.io/mode";
 /// The namespace label choosing its mTLS mode: `strict` or `permissive` (default).
-pub const MTLS_KEY: &str = "outrider.io/mtls";
+pub(crate) const MTLS_KEY: &str = "outrider.io/mtls";
 
 /// The namespace label choosing where deliveries to its pods come from: `client`
 /// (default: the client's IP) or `loopback` (127.0.0.6).
-pub const SOURCE_IP_KEY: &str = "outrider.io/source-ip";
+pub(crate) const SOURCE_IP_KEY: &str = "outrider.io/source-ip";
 
 /// How a namespace or pod asks to be meshed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct NamespaceRecord {
 }
 
 impl NamespaceRecord {
-    pub fn from_object(ns: &Namespace) -> (String, Self) {
+    pub(crate) fn from_object(ns: &Namespace) -> (String, Self) {
         let name = ns.metadata.name.clone().unwrap_or_default();
         let labels = ns.metadata.labels.as_ref();
         let get = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
@@ -109,7 +109,7 @@ pub struct PodRecord {
 impl PodRecord {
     /// The record of a pod that can take part in the mesh: `None` for pods on the host
     /// network (their IP is the node's), finished pods, and pods without an IP yet.
-    pub fn from_object(pod: &Pod) -> Option<Self> {
+    pub(crate) fn from_object(pod: &Pod) -> Option<Self> {
         let meta = &pod.metadata;
         let spec = pod.spec.as_ref()?;
         let status = pod.status.as_ref()?;
@@ -166,7 +166,7 @@ impl PodRecord {
     }
 
     /// The annotation, else the namespace's label, else not meshed.
-    pub fn meshing(&self, namespaces: &HashMap<String, NamespaceRecord>) -> Meshing {
+    pub(crate) fn meshing(&self, namespaces: &HashMap<String, NamespaceRecord>) -> Meshing {
         self.meshing
             .or_else(|| namespaces.get(&self.namespace).and_then(|n| n.meshing))
             .unwrap_or(Meshing::None)

@@ -22,11 +22,11 @@ use crate::workloads::service::{
 };
 
 /// The EndpointSlice label naming its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The record of a Service: the model's [`Service`] without endpoints (they come from
 /// its slices). `None` for an ExternalName Service and an object without a name.
-pub fn service_record(svc: &core::Service) -> Option<Service> {
+pub(crate) fn service_record(svc: &core::Service) -> Option<Service> {
     let spec = svc.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
@@ -88,7 +88,7 @@ pub struct SliceRecord {
 
 /// The record of an EndpointSlice: `None` for one that names no Service or lists
 /// FQDNs rather than IP addresses.
-pub fn slice_record(slice: &discovery::EndpointSlice) -> Option<SliceRecord> {
+pub(crate) fn slice_record(slice: &discovery::EndpointSlice) -> Option<SliceRecord> {
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
         return None;
     }
@@ -193,7 +193,7 @@ pub fn services(
 
 /// Logs (at debug) each Service that changed between two published sets: its cluster
 /// IPs and how many of its endpoints are ready.
-pub fn log_changes(before: &[Service], after: &[Service]) {
+pub(crate) fn log_changes(before: &[Service], after: &[Service]) {
     let old: HashMap<ServiceKey, &Service> = before.iter().map(|s| (s.key(), s)).collect();
     for svc in after {
         let key = svc.key();
