@@ -154,6 +154,8 @@ where
                 let facts = &conn.facts;
                 hook.recorder
                     .refused(&facts.pod, facts.direction.as_str(), refusal.why);
+                // Its reason reaches the admin API's closed event, as any closing's does.
+                conn.close(refusal.failure());
                 return Err(Error::Refused(refusal));
             }
             copy::bidirectional(
