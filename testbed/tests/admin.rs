@@ -13,19 +13,13 @@ use std::{
 };
 
 use outrider_proto::admin::v1::{self as pb, admin_client::AdminClient};
-use support::Testbed;
+use support::{Testbed, specs};
 use tonic::{Code, transport::Channel};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+/// The two-node testbed with shop/outsider beside the client.
+fn spec() -> String {
+    specs::client_and_db(&[specs::outsider()], &[])
+}
 
 /// A gRPC channel to the agent listening on the unix socket `path` (outriderctl's dialer).
 async fn channel(path: &Path) -> Channel {
@@ -95,9 +89,71 @@ async fn wait_workload(
     }
 }
 
+/// ListCertificates on `a` (node-a): the one certificate of `w` (shop/client), and the
+/// root, whose fingerprint is the CA file's.
+async fn assert_certificates(tb: &Testbed, a: &mut AdminClient<Channel>, w: &pb::Workload) {
+    let certs = a
+        .list_certificates(pb::ListCertificatesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(certs.trust_domain, "cluster.local");
+    assert_eq!(certs.certificates.len(), 1, "{certs:?}");
+    let cert = &certs.certificates[0];
+    assert_eq!(cert.identity, w.identity);
+    assert_eq!(cert.pods, 1);
+    assert_eq!(cert.not_after, w.certificate_expiry);
+    assert_eq!(cert.fingerprint_sha256.len(), 64);
+    assert!(cert.renew_at < cert.not_after && cert.not_before < cert.renew_at);
+    assert_eq!(certs.roots.len(), 1);
+    assert!(
+        certs.roots[0].subject.contains("Outrider"),
+        "{:?}",
+        certs.roots
+    );
+    // The root's fingerprint is the CA file's.
+    let ca = std::fs::read_to_string(tb.state.ca_dir.join("ca.crt")).unwrap();
+    let der = pem::parse(ca).unwrap().into_contents();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(certs.roots[0].fingerprint_sha256, hex);
+}
+
+/// SetLogLevel changes the level, GetLogLevel reads it back, an empty level resets it.
+async fn assert_log_level_is_set_read_back_and_reset(a: &mut AdminClient<Channel>) {
+    let level = a
+        .get_log_level(pb::GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(level.level, "info");
+    let set = a
+        .set_log_level(pb::SetLogLevelRequest {
+            level: "info,outrider::identity=debug".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.level, "info,outrider::identity=debug");
+    let now = a
+        .get_log_level(pb::GetLogLevelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.level, set.level);
+    let reset = a
+        .set_log_level(pb::SetLogLevelRequest {
+            level: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.level, "info");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workloads_version_config_certificates_and_log_level() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let mut a = client(&tb, "node-a").await;
 
     let version = a
@@ -172,66 +228,15 @@ async fn workloads_version_config_certificates_and_log_level() {
         tb.admin_socket("node-a").display().to_string()
     );
 
-    let certs = a
-        .list_certificates(pb::ListCertificatesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(certs.trust_domain, "cluster.local");
-    assert_eq!(certs.certificates.len(), 1, "{certs:?}");
-    let cert = &certs.certificates[0];
-    assert_eq!(cert.identity, w.identity);
-    assert_eq!(cert.pods, 1);
-    assert_eq!(cert.not_after, w.certificate_expiry);
-    assert_eq!(cert.fingerprint_sha256.len(), 64);
-    assert!(cert.renew_at < cert.not_after && cert.not_before < cert.renew_at);
-    assert_eq!(certs.roots.len(), 1);
-    assert!(
-        certs.roots[0].subject.contains("Outrider"),
-        "{:?}",
-        certs.roots
-    );
-    // The root's fingerprint is the CA file's.
-    let ca = std::fs::read_to_string(tb.state.ca_dir.join("ca.crt")).unwrap();
-    let der = pem::parse(ca).unwrap().into_contents();
-    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(certs.roots[0].fingerprint_sha256, hex);
+    assert_certificates(&tb, &mut a, &w).await;
 
     // Log level: changed, read back, and a debug line appears; reset restores it.
-    let level = a
-        .get_log_level(pb::GetLogLevelRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(level.level, "info");
-    let set = a
-        .set_log_level(pb::SetLogLevelRequest {
-            level: "info,outrider::identity=debug".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(set.level, "info,outrider::identity=debug");
-    let now = a
-        .get_log_level(pb::GetLogLevelRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(now.level, set.level);
-    let reset = a
-        .set_log_level(pb::SetLogLevelRequest {
-            level: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reset.level, "info");
+    assert_log_level_is_set_read_back_and_reset(&mut a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_listed_and_streamed_with_their_bytes() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let mut a = client(&tb, "node-a").await;
     let mut b = client(&tb, "node-b").await;
     let _sink = sink(&tb);
@@ -339,57 +344,23 @@ async fn wait_reachable(tb: &Testbed, want: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policies_are_applied_enforced_listed_and_deleted() {
-    let tb = Testbed::up(SPEC, true);
-    let mut a = client(&tb, "node-a").await;
-    let mut b = client(&tb, "node-b").await;
-    let _sink = sink(&tb);
-    let deny = "apiVersion: security.outrider.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: deny-7000, namespace: data}
-spec:
-  action: DENY
-  rules: [{to: [{operation: {ports: [\"7000\"]}}]}]
-";
-    let dry = b
-        .apply_policies(pb::ApplyPoliciesRequest {
-            yaml: deny.into(),
-            dry_run: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(dry.applied[0].outcome, "created");
-    assert!(
-        b.list_policies(pb::ListPoliciesRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .policies
-            .is_empty(),
-        "a dry run changes nothing"
-    );
+/// ApplyPolicies on `c` with `yaml`; panics if the call fails.
+async fn apply(
+    c: &mut AdminClient<Channel>,
+    yaml: &str,
+    dry_run: bool,
+) -> pb::ApplyPoliciesResponse {
+    c.apply_policies(pb::ApplyPoliciesRequest {
+        yaml: yaml.into(),
+        dry_run,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("ApplyPolicies (dry run {dry_run}): {s}"))
+    .into_inner()
+}
 
-    let applied = b
-        .apply_policies(pb::ApplyPoliciesRequest {
-            yaml: deny.into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(applied.applied.len(), 1);
-    assert_eq!(
-        (
-            applied.applied[0].namespace.as_str(),
-            applied.applied[0].name.as_str(),
-            applied.applied[0].outcome.as_str()
-        ),
-        ("data", "deny-7000", "created")
-    );
-    // In force on return, on the node that applied it; node-a follows the same
-    // directory (the testbed shares it) and refuses in the client's kernel.
+/// ListPolicies on `b` (namespace data) shows deny-7000 alone, applied through the API.
+async fn assert_listed_as_applied_by_admin(b: &mut AdminClient<Channel>) {
     let policies = b
         .list_policies(pb::ListPoliciesRequest {
             namespace: "data".into(),
@@ -407,18 +378,11 @@ spec:
         "{:?}",
         policies[0].source
     );
-    wait_reachable(&tb, false).await;
-    let again = b
-        .apply_policies(pb::ApplyPoliciesRequest {
-            yaml: deny.into(),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(again.applied[0].outcome, "unchanged");
+}
 
-    // Invalid: refused with where and why; nothing changes.
+/// A port out of range and YAML that does not parse are refused as invalid, the first
+/// with where and why.
+async fn assert_invalid_policies_are_refused(b: &mut AdminClient<Channel>, deny: &str) {
     let bad = deny.replace("\"7000\"", "\"70000\"");
     let status = b
         .apply_policies(pb::ApplyPoliciesRequest {
@@ -441,8 +405,15 @@ spec:
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
 
-    // A policy from an operator's file cannot be deleted through the API.
+/// A policy from an operator's file in the policy directory cannot be deleted through
+/// the API (FailedPrecondition naming the file); the file is removed afterwards.
+async fn assert_operator_policy_is_not_deleted(
+    tb: &Testbed,
+    b: &mut AdminClient<Channel>,
+    deny: &str,
+) {
     std::fs::write(
         tb.state.policy_dir.join("ops.yaml"),
         deny.replace("deny-7000", "ops-deny"),
@@ -470,6 +441,55 @@ spec:
         status.message()
     );
     std::fs::remove_file(tb.state.policy_dir.join("ops.yaml")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_applied_enforced_listed_and_deleted() {
+    let tb = Testbed::up(&spec(), true);
+    let mut a = client(&tb, "node-a").await;
+    let mut b = client(&tb, "node-b").await;
+    let _sink = sink(&tb);
+    let deny = "apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-7000, namespace: data}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: [\"7000\"]}}]}]
+";
+    let dry = apply(&mut b, deny, true).await;
+    assert_eq!(dry.applied[0].outcome, "created");
+    assert!(
+        b.list_policies(pb::ListPoliciesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .policies
+            .is_empty(),
+        "a dry run changes nothing"
+    );
+
+    let applied = apply(&mut b, deny, false).await;
+    assert_eq!(applied.applied.len(), 1);
+    assert_eq!(
+        (
+            applied.applied[0].namespace.as_str(),
+            applied.applied[0].name.as_str(),
+            applied.applied[0].outcome.as_str()
+        ),
+        ("data", "deny-7000", "created")
+    );
+    // In force on return, on the node that applied it; node-a follows the same
+    // directory (the testbed shares it) and refuses in the client's kernel.
+    assert_listed_as_applied_by_admin(&mut b).await;
+    wait_reachable(&tb, false).await;
+    let again = apply(&mut b, deny, false).await;
+    assert_eq!(again.applied[0].outcome, "unchanged");
+
+    // Invalid: refused with where and why; nothing changes.
+    assert_invalid_policies_are_refused(&mut b, deny).await;
+
+    // A policy from an operator's file cannot be deleted through the API.
+    assert_operator_policy_is_not_deleted(&tb, &mut b, deny).await;
 
     // Deleted: out of force on return; the client reaches db again.
     b.delete_policy(pb::DeletePolicyRequest {
@@ -504,7 +524,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_code_and_say_what_is_wrong() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let mut a = client(&tb, "node-a").await;
 
     let status = a
@@ -597,7 +617,7 @@ async fn reflection_and_health_are_served() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let channel = channel(&tb.admin_socket("node-a")).await;
 
     let mut health = HealthClient::new(channel.clone());
@@ -700,14 +720,10 @@ fn row<'t>(table: &'t str, a: &str, b: &str) -> Vec<&'t str> {
         .unwrap_or_else(|| panic!("no row {a} {b} in\n{table}"))
 }
 
-#[test]
-fn outriderctl_shows_every_area_as_tables_json_and_yaml() {
-    let tb = Testbed::up(SPEC, true);
+/// `outriderctl workloads` as a table with aligned columns, as JSON and YAML (the same),
+/// and one workload by name.
+fn assert_workloads_shown(tb: &Testbed) {
     let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
-
-    let version = ctl(&["version"]);
-    assert!(version.contains("node-a"), "{version}");
-
     let table = ctl(&["workloads"]);
     assert_eq!(
         columns(&table),
@@ -760,9 +776,13 @@ fn outriderctl_shows_every_area_as_tables_json_and_yaml() {
     let one = ctl(&["workloads", "get", "shop/client", "-o", "json"]);
     let one: serde_json::Value = serde_json::from_str(&one).unwrap();
     assert_eq!(one["name"], "client");
+}
 
-    // Traffic, then connections, counters and top.
-    let _sink = sink(&tb);
+/// With a connection from shop/client to data/db held open: `outriderctl connections`
+/// lists it (table and JSON), and `top` shows the client sending while data flows.
+fn assert_connections_and_top_shown(tb: &Testbed) {
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
+    let _sink = sink(tb);
     let db = tb.pod("data/db").ipv4;
     let mut held = tb.spawn_piped(
         "shop/client",
@@ -846,8 +866,12 @@ fn outriderctl_shows_every_area_as_tables_json_and_yaml() {
         client_top[4].ends_with("KiB") || client_top[4].ends_with("MiB"),
         "the client sent ~1.3 MiB/s: {client_top:?}\n{top}"
     );
+}
 
-    // Policies: apply from a file, list, get, delete.
+/// `outriderctl policies`: apply from a file (dry run, then for real), list, get,
+/// delete, delete again (not found), and an invalid file refused saying where.
+fn assert_policies_applied_listed_and_deleted(tb: &Testbed) {
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
     let file = tb.dir().join("deny.yaml");
     std::fs::write(
         &file,
@@ -901,6 +925,23 @@ spec:
         err.contains("invalid argument") && err.contains("ports[0]"),
         "{err}"
     );
+}
+
+#[test]
+fn outriderctl_shows_every_area_as_tables_json_and_yaml() {
+    let tb = Testbed::up(&spec(), true);
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
+
+    let version = ctl(&["version"]);
+    assert!(version.contains("node-a"), "{version}");
+
+    assert_workloads_shown(&tb);
+
+    // Traffic, then connections, counters and top.
+    assert_connections_and_top_shown(&tb);
+
+    // Policies: apply from a file, list, get, delete.
+    assert_policies_applied_listed_and_deleted(&tb);
 
     let certs = ctl(&["certs"]);
     let c = row(&certs, "spiffe://cluster.local/ns/shop/sa/client", "1");
@@ -966,49 +1007,10 @@ fn write_services(tb: &Testbed) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_are_listed_with_their_endpoints_by_the_api_and_outriderctl() {
-    let tb = Testbed::up(SPEC, true);
+/// `outriderctl services -o json`: db by selector with both its addresses in the mesh,
+/// legacy with its listed endpoints, sorted by IP, each in its state.
+fn assert_services_json(tb: &Testbed) {
     let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
-    assert_eq!(
-        ctl(&["services"]),
-        "NAMESPACE  NAME  CLUSTER-IPS  PORTS  ENDPOINTS  MESH\n"
-    );
-    write_services(&tb);
-    // The agent polls its workload file.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let table = loop {
-        let table = ctl(&["services"]);
-        if table.lines().count() == 3 {
-            break table;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the services never showed:\n{table}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        columns(&table),
-        [
-            "NAMESPACE",
-            "NAME",
-            "CLUSTER-IPS",
-            "PORTS",
-            "ENDPOINTS",
-            "MESH"
-        ]
-    );
-    // db's two addresses, both in the mesh; legacy: one ready of three, the client in it.
-    assert_eq!(
-        row(&table, "data", "db")[2..],
-        ["10.96.0.10,fd00:96::10", "6379→redis/TCP", "2/2", "2"]
-    );
-    assert_eq!(
-        row(&table, "shop", "legacy")[2..],
-        ["10.96.0.11", "5432→5432/TCP", "1/3", "1"]
-    );
-
     let (db, client_pod, outsider) = (
         tb.pod("data/db"),
         tb.pod("shop/client"),
@@ -1071,6 +1073,89 @@ async fn services_are_listed_with_their_endpoints_by_the_api_and_outriderctl() {
     ];
     expected.sort_by_key(|e| e.0.parse::<std::net::IpAddr>().unwrap());
     assert_eq!(endpoints, expected, "sorted by IP");
+}
+
+/// GetService and ListServices through a generated client: db as outriderctl showed it,
+/// a bad namespace refused, and node-b (whose workload file has none) listing none.
+async fn assert_services_through_the_api(tb: &Testbed) {
+    let mut a = client(tb, "node-a").await;
+    let got = a
+        .get_service(pb::GetServiceRequest {
+            namespace: "data".into(),
+            name: "db".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.cluster_ips, ["10.96.0.10", "fd00:96::10"]);
+    assert_eq!(got.endpoints_in_mesh, 2);
+    let bad = a
+        .list_services(pb::ListServicesRequest {
+            namespace: "Not_A_Namespace".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("namespace: "),
+        "{}",
+        bad.message()
+    );
+    // node-b's workload file has none: each agent shows what its own source says.
+    let mut b = client(tb, "node-b").await;
+    let none = b
+        .list_services(pb::ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.services.is_empty(), "{none:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_listed_with_their_endpoints_by_the_api_and_outriderctl() {
+    let tb = Testbed::up(&spec(), true);
+    let ctl = |args: &[&str]| tb.ctl_ok("node-a", args);
+    assert_eq!(
+        ctl(&["services"]),
+        "NAMESPACE  NAME  CLUSTER-IPS  PORTS  ENDPOINTS  MESH\n"
+    );
+    write_services(&tb);
+    // The agent polls its workload file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let table = ctl(&["services"]);
+        if table.lines().count() == 3 {
+            break table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the services never showed:\n{table}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        columns(&table),
+        [
+            "NAMESPACE",
+            "NAME",
+            "CLUSTER-IPS",
+            "PORTS",
+            "ENDPOINTS",
+            "MESH"
+        ]
+    );
+    // db's two addresses, both in the mesh; legacy: one ready of three, the client in it.
+    assert_eq!(
+        row(&table, "data", "db")[2..],
+        ["10.96.0.10,fd00:96::10", "6379→redis/TCP", "2/2", "2"]
+    );
+    assert_eq!(
+        row(&table, "shop", "legacy")[2..],
+        ["10.96.0.11", "5432→5432/TCP", "1/3", "1"]
+    );
+
+    assert_services_json(&tb);
+    let client_pod = tb.pod("shop/client");
 
     let shop: serde_json::Value =
         serde_json::from_str(&ctl(&["services", "-n", "shop", "-o", "json"])).unwrap();
@@ -1106,37 +1191,7 @@ async fn services_are_listed_with_their_endpoints_by_the_api_and_outriderctl() {
     );
 
     // The API itself: the same through a generated client, and its checks.
-    let mut a = client(&tb, "node-a").await;
-    let got = a
-        .get_service(pb::GetServiceRequest {
-            namespace: "data".into(),
-            name: "db".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.cluster_ips, ["10.96.0.10", "fd00:96::10"]);
-    assert_eq!(got.endpoints_in_mesh, 2);
-    let bad = a
-        .list_services(pb::ListServicesRequest {
-            namespace: "Not_A_Namespace".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), Code::InvalidArgument);
-    assert!(
-        bad.message().starts_with("namespace: "),
-        "{}",
-        bad.message()
-    );
-    // node-b's workload file has none: each agent shows what its own source says.
-    let mut b = client(&tb, "node-b").await;
-    let none = b
-        .list_services(pb::ListServicesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(none.services.is_empty(), "{none:?}");
+    assert_services_through_the_api(&tb).await;
 }
 
 /// Runs outriderctl as the user `nobody`.
@@ -1158,7 +1213,7 @@ fn ctl_as_nobody(socket: &Path) -> std::process::Output {
 #[test]
 fn callers_without_permission_are_refused_with_a_clear_message() {
     use std::os::unix::fs::PermissionsExt;
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let socket = tb.admin_socket("node-a");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -1252,13 +1307,14 @@ fn tcp_requires_a_client_certificate_from_the_client_ca() {
         &[("rogue", "extendedKeyUsage=clientAuth\n")],
     );
     let p = |f: &str| dir.join(f).display().to_string();
-    let spec = format!(
-        "{SPEC}agent:\n  admin:\n    tcp: {{addr: \"0.0.0.0:15010\", certFile: {}, keyFile: {}, clientCaFile: {}}}\n",
+    let with_tcp = format!(
+        "{}agent:\n  admin:\n    tcp: {{addr: \"0.0.0.0:15010\", certFile: {}, keyFile: {}, clientCaFile: {}}}\n",
+        spec(),
         p("server.crt"),
         p("server.key"),
         p("admin-ca.crt")
     );
-    let tb = Testbed::up(&spec, true);
+    let tb = Testbed::up(&with_tcp, true);
     // From a pod outside the mesh, to its node's address.
     let ctl = |cert: &str, key: &str| {
         tb.exec(

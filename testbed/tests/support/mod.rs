@@ -17,6 +17,7 @@ pub mod binaries;
 pub mod podman;
 #[path = "../../../agent/src/raw_h2.rs"]
 pub mod raw_h2;
+pub mod specs;
 pub mod traffic;
 
 use std::{
