@@ -17,20 +17,16 @@ use std::{
 
 use outrider::identity::{ca, x509};
 use serde_json::Value;
-use support::{Testbed, outrider};
+use support::{Testbed, outrider, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-      - {namespace: data, name: cart, serviceAccount: cart}
-";
+/// The two-node testbed with shop/web and shop/outsider beside the client, data/cart
+/// beside db.
+fn spec() -> String {
+    specs::client_and_db(
+        &[specs::meshed("shop/web"), specs::outsider()],
+        &[specs::meshed("data/cart")],
+    )
+}
 
 /// Open descriptors of a node's agent.
 fn agent_fds(tb: &Testbed, node: &str) -> usize {
@@ -42,7 +38,7 @@ fn agent_fds(tb: &Testbed, node: &str) -> usize {
 
 #[test]
 fn a_destination_pod_removed_mid_stream_ends_the_connection_with_an_error() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let cart = tb.pod("data/cart").clone();
     let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
@@ -113,7 +109,7 @@ fn a_destination_pod_removed_mid_stream_ends_the_connection_with_an_error() {
 
 #[test]
 fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_nothing() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     // A backlog that holds the burst: with socat's default (5) the app itself drops
     // handshakes, and the agent's deliveries then wait out TCP's retries (left to issue 9:
@@ -196,7 +192,7 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
 
 #[test]
 fn an_upstream_reset_reaches_the_client_as_a_reset() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let cart = tb.pod("data/cart").clone();
     let _cart = tb.tcp_server("data/cart", 7000, "EXEC:cat");
@@ -331,9 +327,53 @@ fn an_agent_given_an_expired_ca_refuses_to_start_naming_the_ca_and_its_expiry() 
     );
 }
 
+/// node-a's agent logs when its CA expires (`not_after`), and warns that it expires soon.
+fn assert_ca_expiry_announced(tb: &Testbed, not_after: &str) {
+    let loaded = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
+        v["fields"]["message"] == "identity: CA loaded"
+    });
+    assert_eq!(loaded["fields"]["ca_not_after"], not_after);
+    let warned = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
+        v["level"] == "WARN"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the CA certificate expires within"))
+    });
+    assert_eq!(warned["fields"]["ca_not_after"], not_after);
+}
+
+/// node-b's certificates (admin API): none outlives the CA, which expires at `not_after`.
+fn assert_no_certificate_outlives_the_ca(tb: &Testbed, not_after: &str) {
+    let certs: Value =
+        serde_json::from_str(&tb.ctl_ok("node-b", &["certs", "-o", "json"])).unwrap();
+    assert_eq!(certs["roots"][0]["notAfter"], not_after, "{certs}");
+    let leaves = certs["certificates"].as_array().unwrap();
+    assert!(!leaves.is_empty(), "{certs}");
+    for leaf in leaves {
+        let leaf_not_after = leaf["notAfter"].as_str().unwrap();
+        // RFC 3339 in UTC with the same layout: text order is time order.
+        assert!(leaf_not_after <= not_after, "{leaf} outlives {not_after}");
+    }
+}
+
+/// After the expiry (log lines after `mark_b`), node-b's agent refuses to present db's
+/// expired certificate, saying when it expired.
+fn assert_expired_certificate_not_presented(tb: &Testbed, mark_b: usize, not_after: &str) {
+    let refused = tb.wait_log_after("node-b", mark_b, Duration::from_secs(5), |v: &Value| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired and was not renewed"))
+    });
+    assert_eq!(
+        refused["fields"]["identity"], "spiffe://cluster.local/ns/data/sa/db",
+        "{refused}"
+    );
+    assert_eq!(refused["fields"]["expired_at"], not_after, "{refused}");
+}
+
 #[test]
 fn a_ca_that_expires_ends_meshed_connections_cleanly_says_why_and_plaintext_carries_on() {
-    let mut tb = Testbed::up(SPEC, false);
+    let mut tb = Testbed::up(&spec(), false);
     // A CA with 40 s left: the agents start with it, issue certificates, then it expires.
     let ca_dir = tb.state.ca_dir.clone();
     let ca_cert = ca_dir.join("ca.crt").display().to_string();
@@ -348,35 +388,13 @@ fn a_ca_that_expires_ends_meshed_connections_cleanly_says_why_and_plaintext_carr
     let _outsider = tb.tcp_server("shop/outsider", 7000, "EXEC:cat");
 
     // The agent says when its CA expires, and that certificates are cut short to it.
-    let loaded = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
-        v["fields"]["message"] == "identity: CA loaded"
-    });
-    assert_eq!(loaded["fields"]["ca_not_after"], not_after.as_str());
-    let warned = tb.wait_log("node-a", Duration::from_secs(5), |v: &Value| {
-        v["level"] == "WARN"
-            && v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("the CA certificate expires within"))
-    });
-    assert_eq!(warned["fields"]["ca_not_after"], not_after.as_str());
+    assert_ca_expiry_announced(&tb, &not_after);
 
     // Before: the mesh works, and no certificate outlives the CA (admin API).
     let to_cart = SocketAddr::new(cart.ipv4.into(), 7000);
     let (ok, back) = tb.echo("shop/web", to_cart, "before");
     assert!(ok && back == "before", "{back:?}");
-    let certs: Value =
-        serde_json::from_str(&tb.ctl_ok("node-b", &["certs", "-o", "json"])).unwrap();
-    assert_eq!(certs["roots"][0]["notAfter"], not_after.as_str(), "{certs}");
-    let leaves = certs["certificates"].as_array().unwrap();
-    assert!(!leaves.is_empty(), "{certs}");
-    for leaf in leaves {
-        let leaf_not_after = leaf["notAfter"].as_str().unwrap();
-        // RFC 3339 in UTC with the same layout: text order is time order.
-        assert!(
-            leaf_not_after <= not_after.as_str(),
-            "{leaf} outlives {not_after}"
-        );
-    }
+    assert_no_certificate_outlives_the_ca(&tb, &not_after);
 
     // Wait the CA out.
     let left = expires
@@ -408,20 +426,7 @@ fn a_ca_that_expires_ends_meshed_connections_cleanly_says_why_and_plaintext_carr
     assert!(took < Duration::from_secs(3), "{took:?}");
     // The destination does not present its expired certificate (so the source, whose
     // own is expired too, never gets as far as presenting its).
-    let refused = tb.wait_log_after("node-b", mark_b, Duration::from_secs(5), |v: &Value| {
-        v["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("expired and was not renewed"))
-    });
-    assert_eq!(
-        refused["fields"]["identity"], "spiffe://cluster.local/ns/data/sa/db",
-        "{refused}"
-    );
-    assert_eq!(
-        refused["fields"]["expired_at"],
-        not_after.as_str(),
-        "{refused}"
-    );
+    assert_expired_certificate_not_presented(&tb, mark_b, &not_after);
     // Why, naming the CA and its expiry: renewal is refused by the expired CA.
     for node in ["node-a", "node-b"] {
         let why = tb.wait_log(node, Duration::from_secs(5), |v: &Value| {
@@ -457,20 +462,9 @@ const FLOOD_IDLE: usize = 400;
 const FLOOD_GARBAGE: usize = 100;
 const FLOOD_CALLS: usize = 200;
 
-#[test]
-fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_every_descriptor() {
-    let tb = Testbed::up(SPEC, true);
-    let web = tb.pod("shop/web").clone();
-    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
-    let dst = SocketAddr::new(web.ipv4.into(), 7000);
-    let (ok, _) = tb.echo("shop/client", dst, "warm");
-    assert!(ok);
-    tb.ctl_ok("node-a", &["version"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let before = agent_fds(&tb, "node-a");
-    let socket = tb.admin_socket("node-a");
-
-    // Idle connections (never a byte), then connections sending garbage, all held.
+/// Opens, on the admin `socket`, FLOOD_IDLE idle connections and FLOOD_GARBAGE sending
+/// garbage, and holds them (60 s, or until killed); returns once all are open.
+fn hold_admin_flood(socket: &Path) -> (std::process::Child, impl BufRead) {
     let flood = format!(
         "import socket, os, time\n\
          held = []\n\
@@ -494,14 +488,21 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), format!("held {}", FLOOD_IDLE + FLOOD_GARBAGE));
+    (flooder, out)
+}
+
+/// While the flood is held: FLOOD_CALLS rapid calls from 4 callers are all answered,
+/// meshed echoes to `dst` and an operator's call answer promptly, and node-a's agent's
+/// descriptors (sampled every 20 ms) stay bounded above `before`.
+fn assert_bounded_and_serving_under_flood(tb: &Testbed, dst: SocketAddr, before: usize) {
     // The agent's descriptors, sampled every 20 ms while the flood lasts.
     let sampling = std::sync::atomic::AtomicBool::new(true);
-    let peak = std::sync::atomic::AtomicUsize::new(agent_fds(&tb, "node-a"));
+    let peak = std::sync::atomic::AtomicUsize::new(agent_fds(tb, "node-a"));
     std::thread::scope(|s| {
         s.spawn(|| {
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 peak.fetch_max(
-                    agent_fds(&tb, "node-a"),
+                    agent_fds(tb, "node-a"),
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 std::thread::sleep(Duration::from_millis(20));
@@ -558,26 +559,28 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
             "{peak} descriptors open at the peak, {before} before, limit {max}"
         );
     });
-    // Connections that never sent the HTTP/2 preface are closed after its timeout (5 s,
-    // SECURITY.md), long before the flood ends (60 s).
+}
+
+/// Waits (up to 10 s, polling every `interval`) until node-a's agent holds at most two
+/// descriptors more than `before`; panics with `what` otherwise. Returns how many it holds.
+fn wait_agent_fds_back(tb: &Testbed, before: usize, interval: Duration, what: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = agent_fds(&tb, "node-a");
+        let now = agent_fds(tb, "node-a");
         if now <= before + 2 {
-            break;
+            return now;
         }
         assert!(
             Instant::now() < deadline,
-            "idle connections still held: {before} before, {now} now"
+            "{what}: {before} before, {now} now"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(interval);
     }
-    let pid = tb.node("node-a").agent.as_ref().unwrap().pid;
-    assert!(
-        Path::new(&format!("/proc/{pid}")).exists(),
-        "the agent died"
-    );
-    // The operator is told, in a few lines rather than one per connection.
+}
+
+/// The operator is told of the flood in a few WARN lines (the limit, how many were
+/// evicted) rather than one per connection.
+fn assert_flood_logged_in_a_few_lines(tb: &Testbed) {
     let shed: Vec<Value> = tb
         .agent_log("node-a")
         .into_iter()
@@ -599,43 +602,61 @@ fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_ev
         shed.len(),
         last["fields"]
     );
+}
+
+#[test]
+fn a_flooded_admin_socket_keeps_the_agent_and_the_mesh_serving_and_gives_back_every_descriptor() {
+    let tb = Testbed::up(&spec(), true);
+    let web = tb.pod("shop/web").clone();
+    let _web = tb.tcp_server("shop/web", 7000, "EXEC:cat");
+    let dst = SocketAddr::new(web.ipv4.into(), 7000);
+    let (ok, _) = tb.echo("shop/client", dst, "warm");
+    assert!(ok);
+    tb.ctl_ok("node-a", &["version"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = agent_fds(&tb, "node-a");
+    let socket = tb.admin_socket("node-a");
+
+    // Idle connections (never a byte), then connections sending garbage, all held.
+    let (mut flooder, _flooder_out) = hold_admin_flood(&socket);
+    assert_bounded_and_serving_under_flood(&tb, dst, before);
+    // Connections that never sent the HTTP/2 preface are closed after its timeout (5 s,
+    // SECURITY.md), long before the flood ends (60 s).
+    wait_agent_fds_back(
+        &tb,
+        before,
+        Duration::from_millis(200),
+        "idle connections still held",
+    );
+    let pid = tb.node("node-a").agent.as_ref().unwrap().pid;
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent died"
+    );
+    // The operator is told, in a few lines rather than one per connection.
+    assert_flood_logged_in_a_few_lines(&tb);
 
     // Once the flood goes, every descriptor is back, and everything still answers.
     let _ = flooder.kill();
     let _ = flooder.wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = agent_fds(&tb, "node-a");
-        if now <= before + 2 {
-            eprintln!("descriptors after the flood: {now} ({before} before)");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "descriptors not given back: {before} before, {now} now"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let now = wait_agent_fds_back(
+        &tb,
+        before,
+        Duration::from_millis(100),
+        "descriptors not given back",
+    );
+    eprintln!("descriptors after the flood: {now} ({before} before)");
     tb.ctl_ok("node-a", &["version"]);
     let (ok, _) = tb.echo("shop/client", dst, "after");
     assert!(ok);
 }
 
 /// A testbed whose agents let each of a pod's listeners hold 16 connections.
-const LIMITED: &str = "
-agent:
-  proxy: {maxConnectionsPerListener: 16}
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web}
-      - {namespace: shop, name: flooder, serviceAccount: flooder}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+fn limited() -> String {
+    let node_a = ["shop/web", "shop/flooder"].map(specs::meshed);
+    let node_a = [&node_a[..], &[specs::outsider()]].concat();
+    specs::client_and_db(&node_a, &[]) + "agent:\n  proxy: {maxConnectionsPerListener: 16}\n"
+}
 
 /// Opens `count` connections from `pod` to `dst`, each sending a byte, holds them for a
 /// second, and then says how many were reset — by then, or already in `connect()` or
@@ -685,7 +706,7 @@ fn refusals(tb: &Testbed, node: &str, pod: &str, direction: &str) -> u64 {
 
 #[test]
 fn a_flood_of_one_pods_listeners_stops_at_its_limit_and_starves_no_other_pod() {
-    let tb = Testbed::up(LIMITED, true);
+    let tb = Testbed::up(&limited(), true);
     let web = tb.pod("shop/web").clone();
     let client = tb.pod("shop/client").clone();
     let db = tb.pod("data/db").clone();
