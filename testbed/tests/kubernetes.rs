@@ -15,29 +15,24 @@ use serde_json::Value;
 use support::{
     Testbed,
     apiserver::{self, FakeApiServer, Kind},
+    specs,
 };
 
 const API: &str = "127.0.0.1:16443";
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: pinned, serviceAccount: pinned}
-      - {namespace: tools, name: debug, serviceAccount: debug}
-  - name: node-b
-    pods:
-      - {namespace: shop, name: web, serviceAccount: web}
-agent:
-  workloads:
-    kubernetes: {apiServer: \"http://127.0.0.1:16443\"}
-";
+/// shop/client, shop/pinned and tools/debug on node-a, shop/web on node-b; agents that
+/// follow the API server at [`API`] (the section ends with the agent's settings).
+fn spec() -> String {
+    let node_a = ["shop/client", "shop/pinned", "tools/debug"].map(specs::meshed);
+    let node_b = [specs::meshed("shop/web")];
+    specs::nodes(&[("node-a", &node_a), ("node-b", &node_b)])
+        + "agent:\n  workloads:\n    kubernetes: {apiServer: \"http://127.0.0.1:16443\"}\n"
+}
 
 /// A testbed whose agents follow `api` (serving in every node), with the namespaces
 /// `shop` and `tools` (unlabelled) and every pod known to it.
 fn testbed(api: &FakeApiServer, annotations: &[(&str, &[(&str, &str)])]) -> Testbed {
-    testbed_of(SPEC, api, annotations)
+    testbed_of(&spec(), api, annotations)
 }
 
 fn testbed_of(spec: &str, api: &FakeApiServer, annotations: &[(&str, &[(&str, &str)])]) -> Testbed {
@@ -81,6 +76,45 @@ fn wait_state(tb: &Testbed, node: &str, pod: &str, state: &str) -> Duration {
     }
 }
 
+/// `outrider wait-enrolled` (the init container's wait), running, ends within 2 s of
+/// the enrollment, successfully, saying the node agent listens.
+fn assert_wait_enrolled_succeeds(mut waiting: support::Background) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        if let Some(status) = waiting.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wait-enrolled still waits after enrollment"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let waited = waiting.output();
+    assert!(status.success(), "{waited}");
+    assert!(
+        waited.contains("enrolled: the node agent listens"),
+        "{waited}"
+    );
+}
+
+/// Once web (node-b) is enrolled too, shop/client reaches it through the tunnel (node-a's
+/// access line says hbone).
+fn assert_client_reaches_web_through_the_tunnel(tb: &Testbed) {
+    wait_state(tb, "node-b", "shop/web", "enrolled");
+    let web = tb.pod("shop/web").ipv4;
+    let _server = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
+    let out = tb.exec(
+        "shop/client",
+        &["socat", "-t3", "STDIO", &format!("TCP4:{web}:7000")],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let log = tb.wait_log("node-a", Duration::from_secs(5), |l| {
+        l["target"] == "access" && l["fields"]["pod"] == "shop/client"
+    });
+    assert_eq!(log["fields"]["transport"], "hbone", "{log}");
+}
+
 #[test]
 fn labelling_a_namespace_enrolls_its_pods_and_unlabelling_unenrolls_them() {
     let api = FakeApiServer::new();
@@ -111,23 +145,7 @@ fn labelling_a_namespace_enrolls_its_pods_and_unlabelling_unenrolls_them() {
         took < Duration::from_secs(1),
         "enrollment took {took:?} after the label"
     );
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let status = loop {
-        if let Some(status) = waiting.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wait-enrolled still waits after enrollment"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let waited = waiting.output();
-    assert!(status.success(), "{waited}");
-    assert!(
-        waited.contains("enrolled: the node agent listens"),
-        "{waited}"
-    );
+    assert_wait_enrolled_succeeds(waiting);
     let client = workload(&tb, "node-a", "shop/client");
     assert_eq!(
         client["identity"],
@@ -146,18 +164,7 @@ fn labelling_a_namespace_enrolls_its_pods_and_unlabelling_unenrolls_them() {
         "{log}"
     );
     // Capture works: the client reaches web (node-b) through the tunnel.
-    wait_state(&tb, "node-b", "shop/web", "enrolled");
-    let web = tb.pod("shop/web").ipv4;
-    let _server = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
-    let out = tb.exec(
-        "shop/client",
-        &["socat", "-t3", "STDIO", &format!("TCP4:{web}:7000")],
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    let log = tb.wait_log("node-a", Duration::from_secs(5), |l| {
-        l["target"] == "access" && l["fields"]["pod"] == "shop/client"
-    });
-    assert_eq!(log["fields"]["transport"], "hbone", "{log}");
+    assert_client_reaches_web_through_the_tunnel(&tb);
 
     // Unlabelled: unenrolled.
     api.apply(Kind::Namespace, apiserver::namespace("shop", &[]));
@@ -377,8 +384,11 @@ fn wait_service(
 fn endpoint_slice_changes_are_followed_within_a_second() {
     let api = FakeApiServer::new();
     // The source logs each Service it publishes at debug.
-    let spec = format!("{SPEC}  log: {{level: \"info,outrider::workloads::kubernetes=debug\"}}\n");
-    let tb = testbed_of(&spec, &api, &[]);
+    let debug = format!(
+        "{}  log: {{level: \"info,outrider::workloads::kubernetes=debug\"}}\n",
+        spec()
+    );
+    let tb = testbed_of(&debug, &api, &[]);
     let web = tb.pod("shop/web").clone();
     let client = tb.pod("shop/client").clone();
     let ports = || serde_json::json!([{"name": "http", "port": 7000, "protocol": "TCP"}]);
