@@ -5,33 +5,27 @@ mod support;
 
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use support::{Testbed, access, outrider};
+use support::{Testbed, access, outrider, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-      - {namespace: secure, name: vault, serviceAccount: vault}
-namespaces:
-  secure: {mtls: strict}
-";
+/// The two-node testbed with shop/web and shop/outsider beside the client, and
+/// secure/vault, in a strict namespace, beside db.
+fn spec() -> String {
+    specs::client_and_db(
+        &[specs::meshed("shop/web"), specs::outsider()],
+        &[specs::meshed("secure/vault")],
+    ) + &specs::strict(&["secure"])
+}
 
 const TD: &str = "spiffe://cluster.local";
 
 #[test]
 fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
 
@@ -103,7 +97,7 @@ fn cross_node_traffic_is_tls_on_the_wire_and_carries_identities() {
 
 #[test]
 fn same_node_traffic_between_enrolled_pods_goes_through_the_tunnel() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let _echo = tb.tcp_server("shop/web", 7000, "EXEC:cat");
     let dst = SocketAddr::new(web.ipv6.into(), 7000);
@@ -123,9 +117,59 @@ fn same_node_traffic_between_enrolled_pods_goes_through_the_tunnel() {
     );
 }
 
+/// Plaintext to `to_vault` from node-b's network namespace but outside the kubelet's
+/// cgroup (a host-network pod, a node-local process) is reset: nothing comes back.
+fn assert_plaintext_from_the_node_is_reset(tb: &Testbed, to_vault: SocketAddr) {
+    let node = tb.node("node-b").clone();
+    let from_node = format!(
+        "printf ping | nsenter --net={} socat -t5 -T5 STDIO TCP4:{to_vault}",
+        node.netns.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &from_node])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "plaintext from the node outside the kubelet's cgroup"
+    );
+}
+
+/// The outsider's plaintext to `to_vault`, SNATed by node-b to its own address (NodePort
+/// or LoadBalancer with externalTrafficPolicy: Cluster, hairpin), is refused as strict.
+fn assert_natted_plaintext_is_refused(tb: &Testbed, to_vault: SocketAddr) {
+    let node = tb.node("node-b").clone();
+    let vault = tb.pod("secure/vault").clone();
+    let snat = format!(
+        "nsenter --net={} iptables -t nat -I POSTROUTING -s {} -d {} -j SNAT --to-source {}",
+        node.netns.display(),
+        tb.pod("shop/outsider").ipv4,
+        vault.ipv4,
+        node.ipv4
+    );
+    let out = Command::new("sh").args(["-c", &snat]).output().unwrap();
+    assert!(out.status.success(), "{snat}: {out:?}");
+    let (ok, back) = tb.echo("shop/outsider", to_vault, "natted");
+    assert!(!ok || back.is_empty(), "NATed plaintext served: {back:?}");
+    let natted = tb.wait_log("node-b", Duration::from_secs(5), |v| {
+        access(v, "inbound", to_vault)
+            && v["fields"]["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{}:", node.ipv4)))
+    });
+    assert!(
+        natted["fields"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("strict"),
+        "{natted}"
+    );
+}
+
 #[test]
 fn strict_refuses_plaintext_and_permissive_serves_it() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let vault = tb.pod("secure/vault").clone();
     let db = tb.pod("data/db").clone();
     let _v = tb.tcp_server("secure/vault", 7000, "EXEC:cat");
@@ -190,47 +234,11 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
 
     // The node's own address is no pass: from the node's network namespace but outside
     // the kubelet's cgroup (a host-network pod, a node-local process) plaintext is reset.
-    let node = tb.node("node-b").clone();
-    let from_node = format!(
-        "printf ping | nsenter --net={} socat -t5 -T5 STDIO TCP4:{to_vault}",
-        node.netns.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &from_node])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "",
-        "plaintext from the node outside the kubelet's cgroup"
-    );
+    assert_plaintext_from_the_node_is_reset(&tb, to_vault);
     // Nor is traffic the node NATs to its own address (NodePort or LoadBalancer with
     // externalTrafficPolicy: Cluster, hairpin): the outsider's plaintext, SNATed by
     // node-b to its address, arrives from the node's address and is reset.
-    let snat = format!(
-        "nsenter --net={} iptables -t nat -I POSTROUTING -s {} -d {} -j SNAT --to-source {}",
-        node.netns.display(),
-        tb.pod("shop/outsider").ipv4,
-        vault.ipv4,
-        node.ipv4
-    );
-    let out = Command::new("sh").args(["-c", &snat]).output().unwrap();
-    assert!(out.status.success(), "{snat}: {out:?}");
-    let (ok, back) = tb.echo("shop/outsider", to_vault, "natted");
-    assert!(!ok || back.is_empty(), "NATed plaintext served: {back:?}");
-    let natted = tb.wait_log("node-b", Duration::from_secs(5), |v| {
-        access(v, "inbound", to_vault)
-            && v["fields"]["src"]
-                .as_str()
-                .is_some_and(|s| s.starts_with(&format!("{}:", node.ipv4)))
-    });
-    assert!(
-        natted["fields"]["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("strict"),
-        "{natted}"
-    );
+    assert_natted_plaintext_is_refused(&tb, to_vault);
     // Each refusal counted and logged once: the outsider, the node, the NATed outsider.
     let refused_lines = tb
         .agent_log("node-b")
@@ -254,30 +262,9 @@ enum Attempt<'a> {
     Shell(&'a str),
 }
 
-#[test]
-fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
-    let tb = Testbed::up(SPEC, true);
-    let db = tb.pod("data/db").clone();
-    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
-    let tunnel = format!("{}:15008", db.ipv4);
-    let work = tb.dir().join("certs");
-
-    // A long-lived meshed connection that must survive everything below.
-    let mut conn = tb.spawn_piped(
-        "shop/client",
-        &["socat", "STDIO", &format!("TCP4:{}:7000", db.ipv4)],
-    );
-    let mut stdin = conn.child.stdin.take().unwrap();
-    let mut stdout = std::io::BufReader::new(conn.child.stdout.take().unwrap());
-    let mut roundtrip = |text: &str| {
-        use std::io::{BufRead, Write};
-        stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line, format!("{text}\n"));
-    };
-    roundtrip("before");
-
+/// Certificate directories in `work` for shop/client's identity: one from a rogue CA,
+/// one from the mesh's CA but expired.
+fn bad_client_certificates(tb: &Testbed, work: &Path) -> (PathBuf, PathBuf) {
     let issue = |ca: &Path, out: &str, extra: &[&str]| {
         let status = Command::new(outrider())
             .args(["ca", "issue", "--ca"])
@@ -305,6 +292,63 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
         "expired",
         &["--ttl-seconds", "60", "--backdate-seconds", "7200"],
     );
+    (rogue, expired)
+}
+
+/// The source side refuses a destination whose certificate is not the identity the
+/// workload source names: node-a is told that db runs as another service account.
+fn assert_wrong_identity_refused_by_the_source(tb: &Testbed) {
+    let db = tb.pod("data/db").clone();
+    let workloads = tb.node("node-a").agent.clone().unwrap().workloads;
+    let text = std::fs::read_to_string(&workloads).unwrap();
+    std::fs::write(
+        &workloads,
+        text.replace("serviceAccount: db", "serviceAccount: impostor"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let dst = SocketAddr::new(db.ipv6.into(), 7000);
+    let (ok, back) = tb.echo("shop/client", dst, "to an impostor?");
+    assert!(
+        !ok || back.is_empty(),
+        "a wrong identity must be refused, got {back:?}"
+    );
+    let line = tb.wait_log("node-a", Duration::from_secs(5), |v| {
+        access(v, "outbound", dst)
+    });
+    let error = line["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("wrong peer identity"), "{line}");
+    assert!(
+        error.contains("/sa/impostor") && error.contains("/sa/db"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
+    let tb = Testbed::up(&spec(), true);
+    let db = tb.pod("data/db").clone();
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let tunnel = format!("{}:15008", db.ipv4);
+    let work = tb.dir().join("certs");
+
+    // A long-lived meshed connection that must survive everything below.
+    let mut conn = tb.spawn_piped(
+        "shop/client",
+        &["socat", "STDIO", &format!("TCP4:{}:7000", db.ipv4)],
+    );
+    let mut stdin = conn.child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(conn.child.stdout.take().unwrap());
+    let mut roundtrip = |text: &str| {
+        use std::io::{BufRead, Write};
+        stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("{text}\n"));
+    };
+    roundtrip("before");
+
+    let (rogue, expired) = bad_client_certificates(&tb, &work);
 
     let tls_client = |cert: Option<&Path>| {
         let mut args = vec![
@@ -359,37 +403,13 @@ fn bad_peers_are_refused_with_a_clear_log_line_and_others_carry_on() {
         "{metrics}"
     );
 
-    // The source side refuses a destination whose certificate is not the identity the
-    // workload source names: tell node-a that db runs as another service account.
-    let workloads = tb.node("node-a").agent.clone().unwrap().workloads;
-    let text = std::fs::read_to_string(&workloads).unwrap();
-    std::fs::write(
-        &workloads,
-        text.replace("serviceAccount: db", "serviceAccount: impostor"),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
-    let dst = SocketAddr::new(db.ipv6.into(), 7000);
-    let (ok, back) = tb.echo("shop/client", dst, "to an impostor?");
-    assert!(
-        !ok || back.is_empty(),
-        "a wrong identity must be refused, got {back:?}"
-    );
-    let line = tb.wait_log("node-a", Duration::from_secs(5), |v| {
-        access(v, "outbound", dst)
-    });
-    let error = line["fields"]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("wrong peer identity"), "{line}");
-    assert!(
-        error.contains("/sa/impostor") && error.contains("/sa/db"),
-        "{line}"
-    );
+    assert_wrong_identity_refused_by_the_source(&tb);
     roundtrip("after");
 }
 
 #[test]
 fn two_hundred_short_connections_reuse_few_tunnels() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
     let script = format!(
@@ -456,8 +476,8 @@ fn the_agent_refuses_to_start_without_its_ca() {
 
 #[test]
 fn certificates_rotate_under_continuous_traffic_without_losing_bytes() {
-    let spec = format!("{SPEC}agent:\n  identity: {{certTtlSeconds: 20}}\n");
-    let tb = Testbed::up(&spec, true);
+    let short_lived = format!("{}agent:\n  identity: {{certTtlSeconds: 20}}\n", spec());
+    let tb = Testbed::up(&short_lived, true);
     let db = tb.pod("data/db").clone();
     let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
     // For 36 s (three renewals at a 10 s half life): one long connection echoing a block
@@ -578,18 +598,9 @@ async fn echo_over(stream: &mut outrider::proxy::hbone::H2Stream, text: &str) ->
     String::from_utf8(back).unwrap()
 }
 
-#[test]
-fn a_forged_forwarded_header_decides_nothing_and_reserved_ports_are_refused() {
-    use outrider::proxy::hbone::ConnectRequest;
-    let tb = Testbed::up(SPEC, true);
-    let db = tb.pod("data/db").clone();
+/// A policy by which db admits web's IP only; returns once node-b's agent loaded it.
+fn admit_only_web_into_db(tb: &Testbed) {
     let web = tb.pod("shop/web").clone();
-    let outsider = tb.pod("shop/outsider").clone();
-    let vault = tb.pod("secure/vault").clone();
-    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
-    let app = SocketAddr::new(db.ipv4.into(), 7000);
-
-    // db admits web's IP only.
     let mark = tb.log_mark("node-b");
     std::fs::write(
         tb.state.policy_dir.join("by-ip.yaml"),
@@ -611,6 +622,50 @@ spec:
     tb.wait_log_after("node-b", mark, Duration::from_secs(5), |v| {
         v["fields"]["message"] == "policies loaded"
     });
+}
+
+/// node-b's metrics: six reserved ports and one policy refusal for db, and db's
+/// connections opened from web, none from vault (whom a `forwarded` header claimed).
+fn assert_db_counts_refusals_and_names_web_not_vault(tb: &Testbed) {
+    let metrics = tb.scrape("node-b");
+    let refusals = |reason| support::refusals(&metrics, "data/db", "inbound", reason);
+    assert_eq!(refusals("reserved_port"), 6, "{metrics}");
+    assert_eq!(refusals("policy"), 1, "{metrics}");
+    let opened: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains(r#"reporter="destination""#)
+                && l.contains(r#"destination_workload="db""#)
+        })
+        .collect();
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains(r#"source_workload="web""#)),
+        "{opened:#?}"
+    );
+    assert!(
+        !opened
+            .iter()
+            .any(|l| l.contains(r#"source_workload="vault""#)),
+        "{opened:#?}"
+    );
+}
+
+#[test]
+fn a_forged_forwarded_header_decides_nothing_and_reserved_ports_are_refused() {
+    use outrider::proxy::hbone::ConnectRequest;
+    let tb = Testbed::up(&spec(), true);
+    let db = tb.pod("data/db").clone();
+    let web = tb.pod("shop/web").clone();
+    let outsider = tb.pod("shop/outsider").clone();
+    let vault = tb.pod("secure/vault").clone();
+    let _echo = tb.tcp_server("data/db", 7000, "EXEC:cat");
+    let app = SocketAddr::new(db.ipv4.into(), 7000);
+
+    // db admits web's IP only.
+    admit_only_web_into_db(&tb);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -674,28 +729,5 @@ spec:
         assert_eq!(echo_over(&mut fresh.unwrap(), "fresh\n").await, "fresh\n");
     });
 
-    let metrics = tb.scrape("node-b");
-    let refusals = |reason| support::refusals(&metrics, "data/db", "inbound", reason);
-    assert_eq!(refusals("reserved_port"), 6, "{metrics}");
-    assert_eq!(refusals("policy"), 1, "{metrics}");
-    let opened: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"destination_workload="db""#)
-        })
-        .collect();
-    assert!(
-        opened
-            .iter()
-            .any(|l| l.contains(r#"source_workload="web""#)),
-        "{opened:#?}"
-    );
-    assert!(
-        !opened
-            .iter()
-            .any(|l| l.contains(r#"source_workload="vault""#)),
-        "{opened:#?}"
-    );
+    assert_db_counts_refusals_and_names_web_not_vault(&tb);
 }
