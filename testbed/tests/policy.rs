@@ -14,20 +14,17 @@ use std::{
 };
 
 use serde_json::Value;
-use support::Testbed;
+use support::{Testbed, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: other, serviceAccount: other}
-      - {namespace: shop, name: web, serviceAccount: web}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+/// The two-node testbed with shop/other, shop/web and shop/outsider beside the client.
+fn spec() -> String {
+    let node_a = [
+        specs::meshed("shop/other"),
+        specs::meshed("shop/web"),
+        specs::outsider(),
+    ];
+    specs::client_and_db(&node_a, &[])
+}
 
 const CLIENT: &str = "cluster.local/ns/shop/sa/client";
 
@@ -90,22 +87,12 @@ fn denial(tb: &Testbed, node: &str, mark: usize, dst: SocketAddr) -> Value {
     })
 }
 
-#[test]
-fn l4_policies_by_principal_namespace_ip_block_and_port_with_deny_first() {
-    let tb = Testbed::up(SPEC, true);
-    let web = tb.pod("shop/web").clone();
-    let other = tb.pod("shop/other").clone();
-    let _a = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
-    let _b = tb.tcp_server("shop/web", 7001, "SYSTEM:echo hi");
-    let to_7000 = SocketAddr::new(web.ipv4.into(), 7000);
-    let to_7001 = SocketAddr::new(web.ipv6.into(), 7001);
-    for pod in ["shop/client", "shop/other", "shop/outsider"] {
-        assert!(reaches(&tb, pod, to_7000), "no policy: {pod} is allowed");
-    }
-
-    // ALLOW: only the client's identity, only port 7000.
+/// An ALLOW policy for the client's principal on port 7000 only, applied within a
+/// second: the client reaches web's 7000 and nothing else; other principals and
+/// plaintext are denied, and the denial says no ALLOW policy matched.
+fn allow_only_the_client_on_7000(tb: &Testbed, to_7000: SocketAddr, to_7001: SocketAddr) {
     let took = apply(
-        &tb,
+        tb,
         "allow.yaml",
         &format!(
             "
@@ -127,22 +114,22 @@ spec:
     );
     let mark = tb.log_mark("node-a");
     assert!(
-        reaches(&tb, "shop/client", to_7000),
+        reaches(tb, "shop/client", to_7000),
         "the client's principal is allowed on 7000"
     );
     assert!(
-        !reaches(&tb, "shop/client", to_7001),
+        !reaches(tb, "shop/client", to_7001),
         "port 7001 is not allowed"
     );
     assert!(
-        !reaches(&tb, "shop/other", to_7000),
+        !reaches(tb, "shop/other", to_7000),
         "another principal is not allowed"
     );
     assert!(
-        !reaches(&tb, "shop/outsider", to_7000),
+        !reaches(tb, "shop/outsider", to_7000),
         "plaintext has no principal"
     );
-    let line = denial(&tb, "node-a", mark, to_7001);
+    let line = denial(tb, "node-a", mark, to_7001);
     assert!(
         line["fields"]["error"]
             .as_str()
@@ -150,6 +137,60 @@ spec:
             .contains("no ALLOW policy matched"),
         "{line}"
     );
+}
+
+/// A DENY policy by namespace and IP block (other's IP within shop) and by `notNamespaces`
+/// on 7001: other is denied, the client allowed on both ports, plaintext denied on 7001.
+fn deny_by_namespace_and_ip_block(tb: &Testbed, to_7000: SocketAddr, to_7001: SocketAddr) {
+    let other = tb.pod("shop/other").clone();
+    apply(
+        tb,
+        "ns.yaml",
+        &format!(
+            "
+apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: by-namespace-and-ip, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{namespaces: ['shop'], ipBlocks: ['{}/32']}}}}]
+  - from: [{{source: {{notNamespaces: ['shop']}}}}]
+    to: [{{operation: {{ports: ['7001']}}}}]
+",
+            other.ipv4
+        ),
+    );
+    assert!(
+        !reaches(tb, "shop/other", to_7000),
+        "shop namespace from other's IP is denied"
+    );
+    assert!(
+        reaches(tb, "shop/client", to_7000),
+        "shop namespace from another IP is allowed"
+    );
+    assert!(
+        !reaches(tb, "shop/outsider", to_7001),
+        "no namespace (plaintext) is not 'shop'"
+    );
+    assert!(reaches(tb, "shop/client", to_7001));
+}
+
+#[test]
+fn l4_policies_by_principal_namespace_ip_block_and_port_with_deny_first() {
+    let tb = Testbed::up(&spec(), true);
+    let web = tb.pod("shop/web").clone();
+    let _a = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
+    let _b = tb.tcp_server("shop/web", 7001, "SYSTEM:echo hi");
+    let to_7000 = SocketAddr::new(web.ipv4.into(), 7000);
+    let to_7001 = SocketAddr::new(web.ipv6.into(), 7001);
+    for pod in ["shop/client", "shop/other", "shop/outsider"] {
+        assert!(reaches(&tb, pod, to_7000), "no policy: {pod} is allowed");
+    }
+
+    // ALLOW: only the client's identity, only port 7000.
+    allow_only_the_client_on_7000(&tb, to_7000, to_7001);
 
     // DENY wins over ALLOW.
     apply(
@@ -186,43 +227,12 @@ spec:
     remove(&tb, "allow.yaml");
 
     // By namespace and IP block, with `not` forms.
-    apply(
-        &tb,
-        "ns.yaml",
-        &format!(
-            "
-apiVersion: security.outrider.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: by-namespace-and-ip, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  action: DENY
-  rules:
-  - from: [{{source: {{namespaces: ['shop'], ipBlocks: ['{}/32']}}}}]
-  - from: [{{source: {{notNamespaces: ['shop']}}}}]
-    to: [{{operation: {{ports: ['7001']}}}}]
-",
-            other.ipv4
-        ),
-    );
-    assert!(
-        !reaches(&tb, "shop/other", to_7000),
-        "shop namespace from other's IP is denied"
-    );
-    assert!(
-        reaches(&tb, "shop/client", to_7000),
-        "shop namespace from another IP is allowed"
-    );
-    assert!(
-        !reaches(&tb, "shop/outsider", to_7001),
-        "no namespace (plaintext) is not 'shop'"
-    );
-    assert!(reaches(&tb, "shop/client", to_7001));
+    deny_by_namespace_and_ip_block(&tb, to_7000, to_7001);
 }
 
 #[test]
 fn http_requests_are_allowed_or_denied_one_by_one_and_audit_logs() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let _http = http_server(&tb, "shop/web", 8080);
     apply(
@@ -274,61 +284,22 @@ spec:
         codes, "200 1\n403 0\n200 0\n",
         "per-request decisions on one kept-alive connection"
     );
-    let out = tb.exec(
-        "shop/client",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            &format!("{base}/public/index.html"),
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "403",
-        "POST is not allowed"
-    );
-    let out = tb.exec(
-        "shop/other",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{base}/public/index.html"),
-        ],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "403",
-        "another principal is not allowed"
-    );
+    let public = format!("{base}/public/index.html");
+    let (status, body) = curl(&tb, "shop/client", &["-X", "POST"], &public);
+    assert_eq!(status, 403, "POST is not allowed: {body}");
+    let (status, body) = curl(&tb, "shop/other", &[], &public);
+    assert_eq!(status, 403, "another principal is not allowed: {body}");
     // HTTP/2 (prior knowledge) too, to an app that speaks it: Python's server does not,
     // and its closing the agent's HTTP/2 connection to it makes the agent end the
     // client's connection (GOAWAY), racing the request.
     let _h2 = tb.h2_server("shop/web", 8081, &tb.dir().join("site-8080"));
-    let out = tb.exec(
+    let (status, body) = curl(
+        &tb,
         "shop/client",
-        &[
-            "curl",
-            "-sS",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{}:8081/private.html", web.ipv4),
-        ],
+        &["--http2-prior-knowledge"],
+        &format!("http://{}:8081/private.html", web.ipv4),
     );
-    let code = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(code, "403", "HTTP/2 requests are checked too");
+    assert_eq!(status, 403, "HTTP/2 requests are checked too: {body}");
     // AUDIT: logged, not denied.
     let audit = tb.wait_log("node-a", Duration::from_secs(5), |v| {
         v["fields"]["message"] == "audit"
@@ -338,7 +309,7 @@ spec:
 
 #[test]
 fn pure_l4_denials_refuse_connect_in_the_source_kernel() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _e = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
@@ -405,7 +376,7 @@ spec:
 
 #[test]
 fn a_policy_change_closes_established_connections_it_now_denies() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _cat = tb.spawn(
         "data/db",
@@ -468,7 +439,7 @@ spec:
 
 #[test]
 fn an_invalid_policy_file_is_refused_with_its_location_and_the_previous_policies_stay() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let _e = tb.tcp_server("shop/web", 7000, "SYSTEM:echo hi");
     let dst = SocketAddr::new(web.ipv4.into(), 7000);
@@ -609,25 +580,19 @@ const HOSTILE_PATHS: &[(&str, u16)] = &[
     ("/public/%2e%2e;/private.html", 400),
 ];
 
-#[test]
-fn hostile_paths_never_reach_a_page_the_policy_denies_and_the_app_gets_the_checked_path() {
-    let tb = Testbed::up(SPEC, true);
-    let web = tb.pod("shop/web").clone();
-    let app = http_server(&tb, "shop/web", 8080);
-    let app2 = h2_server(&tb, "shop/web", 8081);
-    apply(&tb, "public.yaml", PUBLIC_ONLY);
-    let base = format!("http://{}:8080", web.ipv4);
-    let base2 = format!("http://{}:8081", web.ipv4);
-    let dst = SocketAddr::new(web.ipv4.into(), 8080);
+/// Sends each of [`HOSTILE_PATHS`] from the client over HTTP/1 (`base`) and HTTP/2
+/// (`base2`): each gets its status and never the private page. Returns how many were
+/// denied (403) and how many refused as invalid.
+fn try_hostile_paths(tb: &Testbed, base: &str, base2: &str) -> (u64, u64) {
     let (mut denied, mut invalid) = (0, 0);
     for &(path, expected) in HOSTILE_PATHS {
         for h2 in [false, true] {
             let (args, base): (&[&str], _) = if h2 {
-                (&["--http2-prior-knowledge"], &base2)
+                (&["--http2-prior-knowledge"], base2)
             } else {
-                (&[], &base)
+                (&[], base)
             };
-            let (status, body) = curl(&tb, "shop/client", args, &format!("{base}{path}"));
+            let (status, body) = curl(tb, "shop/client", args, &format!("{base}{path}"));
             assert_eq!(status, expected, "{path} (HTTP/2: {h2}): {body}");
             assert!(!body.contains("private page"), "{path}: {body}");
             match status {
@@ -636,6 +601,55 @@ fn hostile_paths_never_reach_a_page_the_policy_denies_and_the_app_gets_the_check
             }
         }
     }
+    (denied, invalid)
+}
+
+/// node-a counted `denied` policy and `invalid` invalid-path refusals, and logged each
+/// once; an invalid path's line names the pod, the peer, its identity and the reason.
+fn assert_refusals_counted_and_logged(tb: &Testbed, denied: u64, invalid: u64) {
+    assert_eq!(refusals(tb, "node-a", "policy"), denied);
+    assert_eq!(refusals(tb, "node-a", "invalid_path"), invalid);
+    let logged = tb
+        .agent_log("node-a")
+        .into_iter()
+        .filter(|v| v["fields"]["message"] == "request refused")
+        .collect::<Vec<_>>();
+    assert_eq!(logged.len() as u64, denied + invalid);
+    let line = logged
+        .iter()
+        .find(|v| v["fields"]["refusal"] == "invalid_path")
+        .unwrap();
+    assert_eq!(line["fields"]["pod"], "shop/web", "{line}");
+    assert_eq!(
+        line["fields"]["peer_identity"],
+        format!("spiffe://{CLIENT}"),
+        "{line}"
+    );
+    assert!(
+        line["fields"]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&client_ip(tb))),
+        "{line}"
+    );
+    assert!(
+        line["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("invalid path: ")),
+        "{line}"
+    );
+}
+
+#[test]
+fn hostile_paths_never_reach_a_page_the_policy_denies_and_the_app_gets_the_checked_path() {
+    let tb = Testbed::up(&spec(), true);
+    let web = tb.pod("shop/web").clone();
+    let app = http_server(&tb, "shop/web", 8080);
+    let app2 = h2_server(&tb, "shop/web", 8081);
+    apply(&tb, "public.yaml", PUBLIC_ONLY);
+    let base = format!("http://{}:8080", web.ipv4);
+    let base2 = format!("http://{}:8081", web.ipv4);
+    let dst = SocketAddr::new(web.ipv4.into(), 8080);
+    let (mut denied, mut invalid) = try_hostile_paths(&tb, &base, &base2);
     // Absolute-form targets are matched on their path.
     let (status, text) = raw(
         &tb,
@@ -709,36 +723,7 @@ fn hostile_paths_never_reach_a_page_the_policy_denies_and_the_app_gets_the_check
     );
     assert_eq!(nginx_paths(&app2), [expected], "{}", app2.output());
     // Each refusal counted, and logged once with the pod, the peer and the reason.
-    assert_eq!(refusals(&tb, "node-a", "policy"), denied);
-    assert_eq!(refusals(&tb, "node-a", "invalid_path"), invalid);
-    let logged = tb
-        .agent_log("node-a")
-        .into_iter()
-        .filter(|v| v["fields"]["message"] == "request refused")
-        .collect::<Vec<_>>();
-    assert_eq!(logged.len() as u64, denied + invalid);
-    let line = logged
-        .iter()
-        .find(|v| v["fields"]["refusal"] == "invalid_path")
-        .unwrap();
-    assert_eq!(line["fields"]["pod"], "shop/web", "{line}");
-    assert_eq!(
-        line["fields"]["peer_identity"],
-        format!("spiffe://{CLIENT}"),
-        "{line}"
-    );
-    assert!(
-        line["fields"]["peer"]
-            .as_str()
-            .is_some_and(|p| p.starts_with(&client_ip(&tb))),
-        "{line}"
-    );
-    assert!(
-        line["fields"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("invalid path: ")),
-        "{line}"
-    );
+    assert_refusals_counted_and_logged(&tb, denied, invalid);
 }
 
 fn client_ip(tb: &Testbed) -> String {
@@ -749,7 +734,7 @@ fn client_ip(tb: &Testbed) -> String {
 /// ignoring case; one form per README example.
 #[test]
 fn hosts_match_with_their_ports_as_istio_does() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let _app = http_server(&tb, "shop/web", 8080);
     let _app2 = h2_server(&tb, "shop/web", 8081);
@@ -832,16 +817,8 @@ spec:
 /// fail the same way there.
 #[test]
 fn a_sidecar_normalizes_paths_before_policy_too() {
-    let tb = Testbed::up(
-        "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web, mode: sidecar}
-",
-        true,
-    );
+    let node_a = [specs::meshed("shop/client"), specs::sidecar("shop/web")];
+    let tb = Testbed::up(&specs::nodes(&[("node-a", &node_a)]), true);
     let web = tb.pod("shop/web").clone();
     let app = http_server(&tb, "shop/web", 8080);
     let file = tb.dir().join("public.yaml");
