@@ -18,21 +18,15 @@ use std::{
 };
 
 use serde_json::Value;
-use support::Testbed;
+use support::{Testbed, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: secure, name: vault, serviceAccount: vault}
-      - {namespace: data, name: db, serviceAccount: db}
-namespaces:
-  secure: {mtls: strict}
-";
+/// shop/client and shop/outsider on node-a; secure/vault, in a strict namespace, and
+/// data/db on node-b.
+fn spec() -> String {
+    let node_a = [specs::meshed("shop/client"), specs::outsider()];
+    let node_b = [specs::meshed("secure/vault"), specs::meshed("data/db")];
+    specs::nodes(&[("node-a", &node_a), ("node-b", &node_b)]) + &specs::strict(&["secure"])
+}
 
 /// A server on port 7000 (IPv4 and IPv6) that prints each line it gets (`got <line>`)
 /// and answers every connection with `answer`.
@@ -82,20 +76,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[test]
-fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
-    let tb = Testbed::up(SPEC, true);
-    let vault = tb.pod("secure/vault").clone();
-    let answer = "VAULT-ANSWER-7f3a9c51e2";
-    let server = tb.spawn("secure/vault", &["python3", "-c", &line_server(answer)]);
-    tb.wait_listening("secure/vault", 7000);
-
-    // Everything on the strict pod's own link (its eth0: all it sends and receives),
-    // captured from the node's side of the pod's network namespace.
-    let pcap = tb.dir().join("vault.pcap");
+/// Starts tcpdump on eth0 of the network namespace `netns`, writing every TCP packet
+/// to `pcap` as it comes; returns once it listens.
+fn start_capture(tb: &Testbed, netns: &Path, pcap: &Path) -> std::process::Child {
     let tcpdump_log = tb.dir().join("tcpdump.log");
-    let mut capture = Command::new("nsenter")
-        .arg(format!("--net={}", vault.netns.display()))
+    let capture = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
         .args([
             "tcpdump",
             "-i",
@@ -106,7 +92,7 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
             "0",
             "-w",
         ])
-        .arg(&pcap)
+        .arg(pcap)
         .arg("tcp")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&tcpdump_log).unwrap())
@@ -120,6 +106,29 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
         assert!(Instant::now() < deadline, "tcpdump did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    capture
+}
+
+/// Stops a capture of [`start_capture`]: on SIGINT tcpdump writes what it holds and exits.
+fn stop_capture(mut capture: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &capture.id().to_string()])
+        .status();
+    let _ = capture.wait();
+}
+
+#[test]
+fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
+    let tb = Testbed::up(&spec(), true);
+    let vault = tb.pod("secure/vault").clone();
+    let answer = "VAULT-ANSWER-7f3a9c51e2";
+    let server = tb.spawn("secure/vault", &["python3", "-c", &line_server(answer)]);
+    tb.wait_listening("secure/vault", 7000);
+
+    // Everything on the strict pod's own link (its eth0: all it sends and receives),
+    // captured from the node's side of the pod's network namespace.
+    let pcap = tb.dir().join("vault.pcap");
+    let capture = start_capture(&tb, &vault.netns, &pcap);
 
     // Meshed clients: another node (IPv4 and IPv6) and the same node.
     let sends = [
@@ -154,11 +163,7 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
         "WIRE-CANARY-0a1b2c3d4e",
     );
     std::thread::sleep(Duration::from_millis(300));
-    // SIGINT: tcpdump writes what it holds and exits.
-    let _ = Command::new("kill")
-        .args(["-INT", &capture.id().to_string()])
-        .status();
-    let _ = capture.wait();
+    stop_capture(capture);
 
     // The app got every meshed marker, and not the outsider's…
     let received = server.output();
@@ -235,49 +240,10 @@ fn ec_scalar(pkcs8: &[u8]) -> Vec<u8> {
     pkcs8[at + 5..at + 5 + 32].to_vec()
 }
 
-#[test]
-fn private_keys_never_appear_in_logs_dumps_or_metrics() {
-    // Debug logging everywhere, and certificates renewed every 3 s so that minting and
-    // renewal are logged too.
-    let spec =
-        format!("{SPEC}agent:\n  log: {{level: debug}}\n  identity: {{certTtlSeconds: 6}}\n");
-    let tb = Testbed::up(&spec, true);
-    let vault = tb.pod("secure/vault").clone();
-    let db = tb.pod("data/db").clone();
-    let _vault = tb.tcp_server("secure/vault", 7000, "EXEC:cat");
-    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
-
-    // Traffic of every kind: cross-node and same-node tunnels, IPv4 and IPv6, plaintext
-    // served (permissive) and refused (strict).
-    for (pod, dst) in [
-        ("shop/client", SocketAddr::new(vault.ipv4.into(), 7000)),
-        ("shop/client", SocketAddr::new(db.ipv6.into(), 7000)),
-        ("data/db", SocketAddr::new(vault.ipv4.into(), 7000)),
-        ("shop/outsider", SocketAddr::new(db.ipv4.into(), 7000)),
-    ] {
-        let (ok, back) = tb.echo(pod, dst, "traffic");
-        assert!(ok && back == "traffic", "{pod} → {dst}: {back:?}");
-    }
-    let _ = tb.echo(
-        "shop/outsider",
-        SocketAddr::new(vault.ipv4.into(), 7000),
-        "refused",
-    );
-    // At least one renewal, logged at debug level.
-    for node in ["node-a", "node-b"] {
-        tb.wait_log(node, Duration::from_secs(10), |v: &Value| {
-            v["fields"]["message"] == "certificate renewed"
-        });
-        let debug = tb
-            .agent_log(node)
-            .iter()
-            .filter(|v| v["level"] == "DEBUG")
-            .count();
-        assert!(debug > 0, "{node} logs nothing at debug level");
-    }
-
-    // Every dump outriderctl offers, in every format, from both nodes; and /metrics.
-    let mut dumps: Vec<(String, Vec<u8>)> = Vec::new();
+/// Every dump outriderctl offers, in every format, from both nodes, and each node's
+/// /metrics: what it is, and its bytes.
+fn ctl_dumps_and_metrics(tb: &Testbed) -> Vec<(String, Vec<u8>)> {
+    let mut dumps = Vec::new();
     let commands: [&[&str]; 8] = [
         &["version"],
         &["workloads"],
@@ -319,11 +285,15 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
         assert!(!metrics.stdout.is_empty());
         dumps.push((format!("{node}: /metrics"), metrics.stdout));
     }
-    // Every file the testbed holds (agent logs, configs, background programs' output),
-    // except the CA directory itself.
-    let ca_dir = tb.state.ca_dir.clone();
+    dumps
+}
+
+/// Every file the testbed holds (agent logs, configs, background programs' output),
+/// except `ca_dir`: its path, and its bytes.
+fn testbed_files(tb: &Testbed, ca_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut dumps = Vec::new();
     let mut logs = Vec::new();
-    files(tb.dir(), &ca_dir, &mut logs);
+    files(tb.dir(), ca_dir, &mut logs);
     assert!(
         logs.iter()
             .any(|p| p.file_name().is_some_and(|n| n == "agent.log")),
@@ -337,10 +307,13 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
             Err(e) => panic!("{}: {e}", path.display()),
         }
     }
+    dumps
+}
 
-    // What would betray the CA's key: its PEM, any line of its base64, its DER, the
-    // private scalar raw, in hex (plain and colon-separated, as openssl prints it) and
-    // in base64.
+/// What would betray the key in `ca_dir`: its PEM, any line of its base64, its DER, the
+/// private scalar raw, in hex (plain and colon-separated, as openssl prints it) and in
+/// base64; each named.
+fn ca_key_forms(ca_dir: &Path) -> Vec<(String, Vec<u8>)> {
     let key_pem = std::fs::read_to_string(ca_dir.join("ca.key")).unwrap();
     let body: Vec<&str> = key_pem
         .lines()
@@ -380,6 +353,57 @@ fn private_keys_never_appear_in_logs_dumps_or_metrics() {
     for (i, line) in body.iter().enumerate() {
         needles.push((format!("line {i} of ca.key"), line.as_bytes().to_vec()));
     }
+    needles
+}
+
+#[test]
+fn private_keys_never_appear_in_logs_dumps_or_metrics() {
+    // Debug logging everywhere, and certificates renewed every 3 s so that minting and
+    // renewal are logged too.
+    let debug = format!(
+        "{}agent:\n  log: {{level: debug}}\n  identity: {{certTtlSeconds: 6}}\n",
+        spec()
+    );
+    let tb = Testbed::up(&debug, true);
+    let vault = tb.pod("secure/vault").clone();
+    let db = tb.pod("data/db").clone();
+    let _vault = tb.tcp_server("secure/vault", 7000, "EXEC:cat");
+    let _db = tb.tcp_server("data/db", 7000, "EXEC:cat");
+
+    // Traffic of every kind: cross-node and same-node tunnels, IPv4 and IPv6, plaintext
+    // served (permissive) and refused (strict).
+    for (pod, dst) in [
+        ("shop/client", SocketAddr::new(vault.ipv4.into(), 7000)),
+        ("shop/client", SocketAddr::new(db.ipv6.into(), 7000)),
+        ("data/db", SocketAddr::new(vault.ipv4.into(), 7000)),
+        ("shop/outsider", SocketAddr::new(db.ipv4.into(), 7000)),
+    ] {
+        let (ok, back) = tb.echo(pod, dst, "traffic");
+        assert!(ok && back == "traffic", "{pod} → {dst}: {back:?}");
+    }
+    let _ = tb.echo(
+        "shop/outsider",
+        SocketAddr::new(vault.ipv4.into(), 7000),
+        "refused",
+    );
+    // At least one renewal, logged at debug level.
+    for node in ["node-a", "node-b"] {
+        tb.wait_log(node, Duration::from_secs(10), |v: &Value| {
+            v["fields"]["message"] == "certificate renewed"
+        });
+        let debug = tb
+            .agent_log(node)
+            .iter()
+            .filter(|v| v["level"] == "DEBUG")
+            .count();
+        assert!(debug > 0, "{node} logs nothing at debug level");
+    }
+
+    // Every dump and file, searched for every form of the CA's key.
+    let mut dumps = ctl_dumps_and_metrics(&tb);
+    let ca_dir = tb.state.ca_dir.clone();
+    dumps.extend(testbed_files(&tb, &ca_dir));
+    let needles = ca_key_forms(&ca_dir);
     let mut scanned = 0;
     for (what, bytes) in &dumps {
         scanned += bytes.len();
@@ -433,7 +457,7 @@ fn presented_identity(tb: &Testbed, pod: &str, dst: SocketAddr) -> String {
 
 #[test]
 fn reserved_ports_cannot_be_bound_on_either_family_and_connections_to_them_are_not_steered() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let client = tb.pod("shop/client").clone();
     let db = tb.pod("data/db").clone();
     let ports = [15001, 15006, 15008, 15020, 15021, 15090];
