@@ -9,22 +9,19 @@ mod support;
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde_json::Value;
-use support::{Testbed, access, outrider};
+use support::{Testbed, access, outrider, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web, mode: sidecar}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db, mode: sidecar}
-      - {namespace: data, name: cart, serviceAccount: cart}
-namespaces:
-  data: {mtls: strict}
-";
+/// Node-mode and sidecar pods on both nodes: shop/client, shop/web (sidecar) and
+/// shop/outsider on node-a; data/db (sidecar) and data/cart on node-b, data strict.
+fn spec() -> String {
+    let node_a = [
+        specs::meshed("shop/client"),
+        specs::sidecar("shop/web"),
+        specs::outsider(),
+    ];
+    let node_b = [specs::sidecar("data/db"), specs::meshed("data/cart")];
+    specs::nodes(&[("node-a", &node_a), ("node-b", &node_b)]) + &specs::strict(&["data"])
+}
 
 const TD: &str = "spiffe://cluster.local";
 
@@ -58,19 +55,9 @@ fn identity(ns: &str, sa: &str) -> String {
     format!("{TD}/ns/{ns}/sa/{sa}")
 }
 
-#[test]
-fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
-    let tb = Testbed::up(SPEC, true);
-    let web = tb.pod("shop/web").clone();
-    let db = tb.pod("data/db").clone();
-    let cart = tb.pod("data/cart").clone();
-    let _servers = [
-        tb.tcp_server("shop/web", 7000, "EXEC:cat"),
-        tb.tcp_server("data/db", 7000, "EXEC:cat"),
-        tb.tcp_server("data/cart", 7000, "EXEC:cat"),
-    ];
-
-    // The init step's rules are in the sidecar pods, and only there.
+/// The init step's iptables rules are in the sidecar pod shop/web, and none in the
+/// node-mode shop/client.
+fn assert_init_rules_only_in_sidecar_pods(tb: &Testbed) {
     let rules = tb.sh("shop/web", "iptables -t nat -S");
     let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
     assert!(
@@ -83,6 +70,65 @@ fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
         "iptables -t nat -S | grep -c OUTRIDER || true",
     );
     assert_eq!(String::from_utf8_lossy(&none.stdout).trim(), "0");
+}
+
+/// Echo case `i` from `from` to `dst` comes back whole; both ends log it as carried by
+/// HBONE with the source's identity (namespace, service account) verified, and the
+/// source's log names the destination's.
+fn assert_echo_through_verified_tunnel(
+    tb: &Testbed,
+    i: usize,
+    from: &str,
+    dst: SocketAddr,
+    ((sns, ssa), (dns, dsa)): ((&str, &str), (&str, &str)),
+) {
+    let message = format!("sidecar-case-{i}");
+    let (ok, back) = tb.echo(from, dst, &message);
+    assert!(
+        ok && back == message,
+        "{from} → {dst}: came back as {back:?}"
+    );
+    let to = tb
+        .state
+        .pods
+        .iter()
+        .find(|p| p.ipv4 == dst.ip() || p.ipv6 == dst.ip())
+        .unwrap()
+        .key();
+    let out = wait_access(tb, from, "outbound", from, dst);
+    let f = &out["fields"];
+    assert_eq!(f["transport"], "hbone", "{from} → {dst}: {out}");
+    assert_eq!(f["src_identity"], identity(sns, ssa), "{out}");
+    assert_eq!(f["dst_identity"], identity(dns, dsa), "{out}");
+    let inb = wait_access(tb, &to, "inbound", from, dst);
+    let f = &inb["fields"];
+    assert_eq!(f["transport"], "hbone", "{from} → {dst}: {inb}");
+    assert_eq!(
+        f["src_identity"],
+        identity(sns, ssa),
+        "the destination verified the source: {inb}"
+    );
+    assert_eq!(
+        f["bytes_received"].as_u64(),
+        Some(message.len() as u64),
+        "{inb}"
+    );
+}
+
+#[test]
+fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
+    let tb = Testbed::up(&spec(), true);
+    let web = tb.pod("shop/web").clone();
+    let db = tb.pod("data/db").clone();
+    let cart = tb.pod("data/cart").clone();
+    let _servers = [
+        tb.tcp_server("shop/web", 7000, "EXEC:cat"),
+        tb.tcp_server("data/db", 7000, "EXEC:cat"),
+        tb.tcp_server("data/cart", 7000, "EXEC:cat"),
+    ];
+
+    // The init step's rules are in the sidecar pods, and only there.
+    assert_init_rules_only_in_sidecar_pods(&tb);
 
     // (source, destination address, source identity, destination identity)
     let cases = [
@@ -121,38 +167,8 @@ fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
             ("shop", "web"),
         ),
     ];
-    for (i, (from, dst, (sns, ssa), (dns, dsa))) in cases.into_iter().enumerate() {
-        let message = format!("sidecar-case-{i}");
-        let (ok, back) = tb.echo(from, dst, &message);
-        assert!(
-            ok && back == message,
-            "{from} → {dst}: came back as {back:?}"
-        );
-        let to = tb
-            .state
-            .pods
-            .iter()
-            .find(|p| p.ipv4 == dst.ip() || p.ipv6 == dst.ip())
-            .unwrap()
-            .key();
-        let out = wait_access(&tb, from, "outbound", from, dst);
-        let f = &out["fields"];
-        assert_eq!(f["transport"], "hbone", "{from} → {dst}: {out}");
-        assert_eq!(f["src_identity"], identity(sns, ssa), "{out}");
-        assert_eq!(f["dst_identity"], identity(dns, dsa), "{out}");
-        let inb = wait_access(&tb, &to, "inbound", from, dst);
-        let f = &inb["fields"];
-        assert_eq!(f["transport"], "hbone", "{from} → {dst}: {inb}");
-        assert_eq!(
-            f["src_identity"],
-            identity(sns, ssa),
-            "the destination verified the source: {inb}"
-        );
-        assert_eq!(
-            f["bytes_received"].as_u64(),
-            Some(message.len() as u64),
-            "{inb}"
-        );
+    for (i, (from, dst, source, destination)) in cases.into_iter().enumerate() {
+        assert_echo_through_verified_tunnel(&tb, i, from, dst, (source, destination));
     }
 
     // The node agent lists the sidecar pod in its mode and does not capture it.
@@ -167,9 +183,71 @@ fn sidecar_and_node_mode_pods_talk_both_ways_through_verified_tunnels() {
     assert_eq!(web_row["state"], "not-enrolled", "{web_row}");
 }
 
+/// Applies, on node-b's agent, a policy denying shop's client and web into data;
+/// returns once db's sidecar has it in force.
+fn deny_client_and_web_into_data(tb: &Testbed) {
+    let policy = tb.dir().join("deny.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: security.outrider.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: data}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client, cluster.local/ns/shop/sa/web]}}]}]
+",
+    )
+    .unwrap();
+    let file = policy.display().to_string();
+    tb.ctl_ok("node-b", &["policies", "apply", "-f", &file]);
+    tb.wait_sidecar_log("data/db", Duration::from_secs(5), |v| {
+        v["fields"]["message"] == "policies in force" && v["fields"]["policies"] == 1
+    });
+}
+
+/// db's sidecar serves its own metrics in the pod — the destination side of the client's
+/// connections (at least two) with the verified source principal — and its readiness.
+fn assert_sidecar_metrics_and_readiness(tb: &Testbed) {
+    let out = tb.exec(
+        "data/db",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15020/metrics",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        })
+        .unwrap_or_else(|| panic!("no destination-side sample in:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2.0, "{line}");
+    let ready = tb.exec(
+        "data/db",
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:15020/healthz/ready",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "200");
+}
+
 #[test]
 fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _server = tb.tcp_server("data/db", 7000, "EXEC:cat");
     let dst = SocketAddr::new(db.ipv4.into(), 7000);
@@ -220,23 +298,7 @@ fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
     assert!(ok && back == "meshed", "{back:?}");
 
     // A policy applied on node-b's agent reaches db's sidecar, which enforces it.
-    let policy = tb.dir().join("deny.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: security.outrider.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: deny-client, namespace: data}
-spec:
-  action: DENY
-  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client, cluster.local/ns/shop/sa/web]}}]}]
-",
-    )
-    .unwrap();
-    let file = policy.display().to_string();
-    tb.ctl_ok("node-b", &["policies", "apply", "-f", &file]);
-    tb.wait_sidecar_log("data/db", Duration::from_secs(5), |v| {
-        v["fields"]["message"] == "policies in force" && v["fields"]["policies"] == 1
-    });
+    deny_client_and_web_into_data(&tb);
     // From a sidecar: db's sidecar refuses it.
     let (ok, back) = tb.echo("shop/web", dst, "denied");
     assert!(
@@ -272,46 +334,12 @@ spec:
 
     // The sidecar's own metrics, in the pod, report the destination side with the
     // verified source principal.
-    let out = tb.exec(
-        "data/db",
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:15020/metrics",
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains("reporter=\"destination\"")
-                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
-                && l.contains("connection_security_policy=\"mutual_tls\"")
-        })
-        .unwrap_or_else(|| panic!("no destination-side sample in:\n{text}"));
-    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 2.0, "{line}");
-    let ready = tb.exec(
-        "data/db",
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:15020/healthz/ready",
-        ],
-    );
-    assert_eq!(String::from_utf8_lossy(&ready.stdout), "200");
+    assert_sidecar_metrics_and_readiness(&tb);
 }
 
 #[test]
 fn only_a_sidecar_pod_of_the_node_is_given_its_identity() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let config_a = tb.dir().join("node-a").join("agent.yaml");
     let config_a = config_a.display().to_string();
     let sidecar = |pod: Option<&str>| {
@@ -352,7 +380,7 @@ const SIDECAR_FLOOD: usize = 700;
 
 #[test]
 fn a_flooded_sidecar_socket_sheds_silent_connections_and_keeps_answering() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let socket = outrider_testbed::testbed::agents::sidecar_socket_path(tb.dir(), "node-a");
     let config_a = tb.dir().join("node-a").join("agent.yaml");
     let agent = tb.node("node-a").agent.as_ref().unwrap().pid;
@@ -427,7 +455,7 @@ fn a_flooded_sidecar_socket_sheds_silent_connections_and_keeps_answering() {
 fn a_sidecar_as_injected_runs_unprivileged_and_is_told_apart_by_its_user() {
     // What `outriderctl inject` sets up: rules that skip user 1337, and the sidecar as
     // that user without the capability to mark its sockets (--mark 0).
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let pid = web.sidecar_pid.expect("the testbed started web's sidecar");
     // The test is the testbed's subreaper: the sidecar ends as our child.
