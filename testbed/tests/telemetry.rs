@@ -12,18 +12,12 @@ use std::{
     time::Duration,
 };
 
-use support::Testbed;
+use support::{Testbed, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-      - {namespace: shop, name: web, serviceAccount: web}
-";
+/// The two-node testbed with shop/web beside db on node-b.
+fn spec() -> String {
+    specs::client_and_db(&[], &[specs::meshed("shop/web")])
+}
 
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
 
@@ -61,9 +55,81 @@ fn wait_sample(tb: &Testbed, node: &str, name: &str, labels: &[(&str, &str)], wa
     }
 }
 
+/// The kernel's per-pod counters saw the `n` bytes shop/client sent leave its
+/// interface: at least `n`, and less than 10% more.
+fn assert_kernel_counted_client_sent(tb: &Testbed, n: u64) {
+    let pod = [("namespace", "shop"), ("pod", "client")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let kernel = loop {
+        let text = tb.scrape("node-a");
+        match sample(&text, "outrider_pod_sent_bytes_total", &pod) {
+            Some(v) if v >= n as f64 => break v,
+            other if std::time::Instant::now() > deadline => {
+                panic!("outrider_pod_sent_bytes_total is {other:?}, want >= {n}\n{text}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(
+        kernel < n as f64 * 1.1,
+        "kernel counted {kernel} for {n} bytes of payload"
+    );
+}
+
+/// iperf3 from shop/client to data/db (IPv6), a control connection and a data one: its
+/// client reports what it sent and what the server read; the server may close before
+/// reading all that crossed, and bytes the agent wrote into the app's socket buffer
+/// count as moved, so node-b's count (`destination` labels) lies between the two.
+fn assert_iperf3_bytes_counted_by_the_destination(tb: &Testbed, destination: &[(&str, &str)]) {
+    let db = tb.pod("data/db").clone();
+    let _iperf = tb.spawn("data/db", &["iperf3", "-s", "-p", "5201"]);
+    tb.wait_listening("data/db", 5201);
+    let before = sample(
+        &tb.scrape("node-b"),
+        "istio_tcp_received_bytes_total",
+        destination,
+    )
+    .unwrap();
+    let out = tb.exec(
+        "shop/client",
+        &[
+            "iperf3",
+            "-c",
+            &db.ipv6.to_string(),
+            "-p",
+            "5201",
+            "-n",
+            "20M",
+            "-J",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["end"]["sum_sent"]["bytes"].as_f64().unwrap();
+    let received = report["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert_eq!(sent, 20.0 * 1024.0 * 1024.0, "{report}");
+    std::thread::sleep(Duration::from_millis(500));
+    let counted = sample(
+        &tb.scrape("node-b"),
+        "istio_tcp_received_bytes_total",
+        destination,
+    )
+    .unwrap()
+        - before;
+    // The control connection adds a few hundred bytes of JSON.
+    assert!(
+        counted >= received && counted <= sent + 4096.0,
+        "iperf3 sent {sent} and the server read {received}; the destination counted {counted}"
+    );
+}
+
 #[test]
 fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _sink = tb.spawn(
         "data/db",
@@ -133,70 +199,9 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
 
     // The kernel's per-pod counters saw the same bytes leave the client pod's interface
     // (inside TLS records and TCP/IP headers: a little more, never less).
-    let pod = [("namespace", "shop"), ("pod", "client")];
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let kernel = loop {
-        let text = tb.scrape("node-a");
-        match sample(&text, "outrider_pod_sent_bytes_total", &pod) {
-            Some(v) if v >= N as f64 => break v,
-            other if std::time::Instant::now() > deadline => {
-                panic!("outrider_pod_sent_bytes_total is {other:?}, want >= {N}\n{text}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
-    assert!(
-        kernel < N as f64 * 1.1,
-        "kernel counted {kernel} for {N} bytes of payload"
-    );
+    assert_kernel_counted_client_sent(&tb, N);
 
-    // iperf3: a control connection, and a data connection. Its client reports what it
-    // sent and what the server read; the server may close before reading all that
-    // crossed, and bytes the agent wrote into the app's socket buffer count as moved, so
-    // the destination's count lies between the two.
-    let _iperf = tb.spawn("data/db", &["iperf3", "-s", "-p", "5201"]);
-    tb.wait_listening("data/db", 5201);
-    let before = sample(
-        &tb.scrape("node-b"),
-        "istio_tcp_received_bytes_total",
-        &destination,
-    )
-    .unwrap();
-    let out = tb.exec(
-        "shop/client",
-        &[
-            "iperf3",
-            "-c",
-            &db.ipv6.to_string(),
-            "-p",
-            "5201",
-            "-n",
-            "20M",
-            "-J",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sent = report["end"]["sum_sent"]["bytes"].as_f64().unwrap();
-    let received = report["end"]["sum_received"]["bytes"].as_f64().unwrap();
-    assert_eq!(sent, 20.0 * 1024.0 * 1024.0, "{report}");
-    std::thread::sleep(Duration::from_millis(500));
-    let counted = sample(
-        &tb.scrape("node-b"),
-        "istio_tcp_received_bytes_total",
-        &destination,
-    )
-    .unwrap()
-        - before;
-    // The control connection adds a few hundred bytes of JSON.
-    assert!(
-        counted >= received && counted <= sent + 4096.0,
-        "iperf3 sent {sent} and the server read {received}; the destination counted {counted}"
-    );
+    assert_iperf3_bytes_counted_by_the_destination(&tb, &destination);
 }
 
 /// An HTTP/1.1 server on raw sockets (`port` `download-size`): `GET` gets that many
@@ -272,24 +277,24 @@ fn curl_wire(tb: &Testbed, pod: &str, args: &[&str]) -> (f64, f64) {
     (sizes[0] + sizes[1], sizes[2] + sizes[3])
 }
 
-#[test]
-fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_opening() {
-    let tb = Testbed::up(SPEC, true);
-    let (db, web) = (tb.pod("data/db").clone(), tb.pod("shop/web").clone());
-    const RECEIVED: &str = "istio_tcp_received_bytes_total";
-    const SENT: &str = "istio_tcp_sent_bytes_total";
-    let labels = |reporter, workload| {
-        [
-            ("reporter", reporter),
-            ("source_workload", "client"),
-            ("destination_workload", workload),
-            ("request_protocol", "tcp"),
-            ("connection_security_policy", "mutual_tls"),
-        ]
-    };
+const RECEIVED: &str = "istio_tcp_received_bytes_total";
+const SENT: &str = "istio_tcp_sent_bytes_total";
 
-    // Presence: a connection that has not moved a byte yet has both series, at zero, on
-    // both reporters.
+/// The labels of shop/client's meshed TCP series to `workload` from `reporter`.
+fn byte_labels<'a>(reporter: &'a str, workload: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("reporter", reporter),
+        ("source_workload", "client"),
+        ("destination_workload", workload),
+        ("request_protocol", "tcp"),
+        ("connection_security_policy", "mutual_tls"),
+    ]
+}
+
+/// A connection from shop/client to shop/web that has not moved a byte yet has both
+/// byte series, at zero, on both reporters.
+fn assert_a_silent_connection_has_both_series_at_zero(tb: &Testbed) {
+    let web = tb.pod("shop/web").clone();
     let _silent_server = tb.spawn(
         "shop/web",
         &[
@@ -306,15 +311,18 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
     );
     let silent_client = tb.spawn("shop/client", &["python3", "-c", &script]);
     for (node, reporter) in [("node-a", "source"), ("node-b", "destination")] {
-        let l = labels(reporter, "web");
-        let text = wait_sample(&tb, node, "istio_tcp_connections_opened_total", &l, 1.0);
+        let l = byte_labels(reporter, "web");
+        let text = wait_sample(tb, node, "istio_tcp_connections_opened_total", &l, 1.0);
         assert_eq!(sample(&text, RECEIVED, &l), Some(0.0), "{node}:\n{text}");
         assert_eq!(sample(&text, SENT, &l), Some(0.0), "{node}:\n{text}");
     }
     drop(silent_client);
+}
 
-    // Plain TCP: a known-size upload and a known-size download (sizes differ, so a swap
-    // shows).
+/// Plain TCP from shop/client to data/db: a known-size upload and a known-size download
+/// (sizes differ, so a swap shows); received is client → server, sent server → client.
+fn assert_tcp_bytes_counted_in_istios_direction(tb: &Testbed) {
+    let db = tb.pod("data/db").clone();
     const TCP_UP: u64 = 1_000_000;
     const TCP_DOWN: u64 = 700_000;
     let payload = tb.dir().join("download.bin");
@@ -358,8 +366,8 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
         TCP_DOWN.to_string()
     );
     for (node, reporter) in [("node-a", "source"), ("node-b", "destination")] {
-        let l = labels(reporter, "db");
-        let text = wait_sample(&tb, node, "istio_tcp_connections_closed_total", &l, 2.0);
+        let l = byte_labels(reporter, "db");
+        let text = wait_sample(tb, node, "istio_tcp_connections_closed_total", &l, 2.0);
         assert_eq!(
             sample(&text, RECEIVED, &l),
             Some(TCP_UP as f64),
@@ -371,10 +379,43 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
             "{node}: sent is server → client\n{text}"
         );
     }
+}
 
-    // HTTP: a known-size upload (POST) and download (GET). The source counts what the
-    // client's socket carried (as curl reports it), the destination what the server's
-    // did (as the server reports it): heads included either way.
+/// What a [`WIRE_SERVER`] read and wrote on its sockets over its first `requests`
+/// requests (it prints a line each), summed.
+fn wire_server_totals(server: &mut support::Background, requests: usize) -> (f64, f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        server.assert_running();
+        let lines: Vec<(f64, f64)> = server
+            .output()
+            .lines()
+            .filter_map(|l| {
+                let (r, w) = l.split_once(' ')?;
+                Some((r.parse().ok()?, w.parse().ok()?))
+            })
+            .collect();
+        if lines.len() == requests {
+            return lines
+                .iter()
+                .fold((0.0, 0.0), |(r, w), (lr, lw)| (r + lr, w + lw));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server: {}",
+            server.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// HTTP from shop/client to shop/web: a known-size upload (POST) and download (GET). The
+/// source counts what the client's socket carried (as curl reports it), the destination
+/// what the server's did (as the server reports it): heads included either way. Three
+/// connections closed by then, the silent one of
+/// [`assert_a_silent_connection_has_both_series_at_zero`] included.
+fn assert_http_bytes_counted_with_their_heads(tb: &Testbed) {
+    let web = tb.pod("shop/web").clone();
     const HTTP_UP: u64 = 1_000_000;
     const HTTP_DOWN: u64 = 700_000;
     let mut server = tb.spawn(
@@ -387,7 +428,7 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
     let data = format!("@{}", upload.display());
     let base = format!("http://{}:8080", web.ipv4);
     let up = curl_wire(
-        &tb,
+        tb,
         "shop/client",
         &[
             "-H",
@@ -397,42 +438,20 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
             &format!("{base}/upload"),
         ],
     );
-    let down = curl_wire(&tb, "shop/client", &[&format!("{base}/download")]);
+    let down = curl_wire(tb, "shop/client", &[&format!("{base}/download")]);
     let client_wire = (up.0 + down.0, up.1 + down.1);
     assert!(
         client_wire.0 > HTTP_UP as f64 && client_wire.1 > HTTP_DOWN as f64,
         "{client_wire:?}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let server_wire = loop {
-        server.assert_running();
-        let lines: Vec<(f64, f64)> = server
-            .output()
-            .lines()
-            .filter_map(|l| {
-                let (r, w) = l.split_once(' ')?;
-                Some((r.parse().ok()?, w.parse().ok()?))
-            })
-            .collect();
-        if lines.len() == 2 {
-            break lines
-                .iter()
-                .fold((0.0, 0.0), |(r, w), (lr, lw)| (r + lr, w + lw));
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server: {}",
-            server.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let server_wire = wire_server_totals(&mut server, 2);
     for (node, reporter, wire) in [
         ("node-a", "source", client_wire),
         ("node-b", "destination", server_wire),
     ] {
-        let l = labels(reporter, "web");
+        let l = byte_labels(reporter, "web");
         // The silent connection and the two requests' connections.
-        let text = wait_sample(&tb, node, "istio_tcp_connections_closed_total", &l, 3.0);
+        let text = wait_sample(tb, node, "istio_tcp_connections_closed_total", &l, 3.0);
         assert_eq!(
             (sample(&text, RECEIVED, &l), sample(&text, SENT, &l)),
             (Some(wire.0), Some(wire.1)),
@@ -455,8 +474,25 @@ fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_openi
 }
 
 #[test]
+fn byte_counters_have_istios_direction_count_http_heads_and_exist_from_the_opening() {
+    let tb = Testbed::up(&spec(), true);
+    // Presence: a connection that has not moved a byte yet has both series, at zero, on
+    // both reporters.
+    assert_a_silent_connection_has_both_series_at_zero(&tb);
+
+    // Plain TCP: a known-size upload and a known-size download (sizes differ, so a swap
+    // shows).
+    assert_tcp_bytes_counted_in_istios_direction(&tb);
+
+    // HTTP: a known-size upload (POST) and download (GET). The source counts what the
+    // client's socket carried (as curl reports it), the destination what the server's
+    // did (as the server reports it): heads included either way.
+    assert_http_bytes_counted_with_their_heads(&tb);
+}
+
+#[test]
 fn http_requests_are_counted_by_status_code_from_both_reporters() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let web = tb.pod("shop/web").clone();
     let site = tb.dir().join("site");
     std::fs::create_dir_all(&site).unwrap();
@@ -522,7 +558,7 @@ fn http_requests_are_counted_by_status_code_from_both_reporters() {
 
 #[test]
 fn a_server_first_protocol_works_through_capture() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     // The server speaks first (as SMTP, MySQL do), then echoes.
     let _server = tb.spawn(
@@ -563,7 +599,7 @@ fn a_server_first_protocol_works_through_capture() {
 
 #[test]
 fn the_exposition_passes_promtool() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _sink = tb.spawn(
         "data/db",
@@ -627,7 +663,7 @@ spec:
 /// refused it; the source was refused its tunnel stream with 403). Opened series keep `-`.
 #[test]
 fn failed_connections_are_closed_with_istios_response_flags() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _server = tb.tcp_server("data/db", 7000, "EXEC:cat");
     let closed = |reporter, flag| {
