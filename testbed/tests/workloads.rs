@@ -12,21 +12,14 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Testbed, traffic};
+use support::{Testbed, specs, traffic};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-agent:
-  capture:
-    excludePorts: [7400]
-    excludeCidrs: ['198.19.2.0/24']
-";
+/// The two-node testbed, its agents excluding port 7400 and node-b's pod network from
+/// capture.
+fn spec() -> String {
+    specs::client_and_db(&[], &[])
+        + "agent:\n  capture:\n    excludePorts: [7400]\n    excludeCidrs: ['198.19.2.0/24']\n"
+}
 
 fn connect(tb: &Testbed, pod: &str, dst: SocketAddr) {
     let target = support::socat_target(dst);
@@ -53,7 +46,7 @@ fn wait_captured(tb: &Testbed, dst: SocketAddr) -> Value {
 
 #[test]
 fn excluded_cidrs_and_ports_pass_untouched() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _a = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
     let _b = tb.tcp_server("data/db", 7400, "SYSTEM:echo hi");
@@ -72,7 +65,7 @@ fn excluded_cidrs_and_ports_pass_untouched() {
 
 #[test]
 fn a_bad_workload_file_is_reported_and_the_running_set_stays() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     let _server = tb.tcp_server("data/db", 7000, "SYSTEM:echo hi");
     let workloads = tb.node("node-a").agent.clone().unwrap().workloads;
@@ -146,18 +139,18 @@ fn a_bad_workload_file_is_reported_and_the_running_set_stays() {
     });
 }
 
-const STRICT_SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: secure, name: vault, serviceAccount: vault, labels: {app: vault, tier: gold}, ports: [{name: echo, containerPort: 7000}]}
-namespaces:
-  secure: {mtls: strict}
-services:
+/// shop/client and shop/outsider on node-a; on node-b secure/vault, strict, labelled and
+/// with a named port its Service targets; agents that read their workload file every
+/// 20 ms.
+fn strict_spec() -> String {
+    let node_a = [specs::meshed("shop/client"), specs::outsider()];
+    let vault = "{namespace: secure, name: vault, serviceAccount: vault, labels: {app: vault, tier: gold}, ports: [{name: echo, containerPort: 7000}]}";
+    specs::nodes(&[("node-a", &node_a), ("node-b", &[vault.to_string()])])
+        + &specs::strict(&["secure"])
+        + STRICT_REST
+}
+
+const STRICT_REST: &str = "services:
   - {namespace: secure, name: vault, selector: {tier: gold}, ports: [{name: echo, port: 80, targetPort: echo}]}
 agent:
   workloads: {pollIntervalMs: 20}
@@ -214,9 +207,71 @@ fn said(tb: &Testbed, node: &str, mark: usize, message: &str, pod: &str) -> usiz
         .count()
 }
 
+/// Flips secure/vault's labels (`tier`, and `app`, which a policy selects on) in node-b's
+/// workload file every 10 ms for `how_long`, then writes the original back; returns how
+/// many flips were written.
+fn flip_vault_labels(tb: &Testbed, how_long: Duration) -> usize {
+    let original = tb.workload_file("node-b");
+    let labels = |app: &str, tier: &str| -> BTreeMap<String, String> {
+        [("app", app), ("tier", tier)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let states = [
+        labels("vault", "silver"),
+        labels("vault-b", "silver"),
+        labels("vault-b", "gold"),
+        labels("vault", "gold"),
+    ];
+    let started = Instant::now();
+    let mut flips = 0;
+    while started.elapsed() < how_long {
+        let next = states[flips % states.len()].clone();
+        edit_pod(tb, "node-b", "secure/vault", |w| w.labels = next);
+        flips += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tb.write_workload_file("node-b", &original);
+    flips
+}
+
+/// Of the attack (`outsider`, a tight loop of plaintext) not one connection reached the
+/// app; of the meshed traffic (`meshed`, short connections and a long one) none failed.
+/// Returns how many attacks there were.
+fn assert_no_plaintext_in_and_the_mesh_unbroken(outsider: &Value, meshed: &Value) -> usize {
+    let attacks = traffic::attempts(outsider);
+    let through: Vec<_> = attacks.iter().filter(|a| a.error.is_none()).collect();
+    assert!(
+        attacks.len() >= 50,
+        "a tight loop: {} attempts",
+        attacks.len()
+    );
+    assert!(
+        through.is_empty(),
+        "{} of {} plaintext connections reached the strict pod's app (first at {:.3}s)",
+        through.len(),
+        attacks.len(),
+        through[0].at
+    );
+    let mesh = traffic::attempts(meshed);
+    let failed: Vec<_> = mesh.iter().filter(|a| a.error.is_some()).collect();
+    assert!(mesh.len() >= 50, "{} meshed connections", mesh.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} meshed connections failed, first: {:?}",
+        failed.len(),
+        mesh.len(),
+        failed.first().map(|a| (&a.at, &a.target, &a.error))
+    );
+    assert!(meshed["long_error"].is_null(), "{meshed}");
+    assert!(meshed["long_blocks"].as_u64().unwrap() >= 20, "{meshed}");
+    attacks.len()
+}
+
 #[test]
 fn relabelling_a_strict_pod_under_attack_lets_no_plaintext_in_and_keeps_meshed_traffic() {
-    let tb = Testbed::up(STRICT_SPEC, true);
+    let tb = Testbed::up(&strict_spec(), true);
     let vault = tb.pod("secure/vault").clone();
     let _echo = tb.tcp_server("secure/vault", 7000, "EXEC:cat");
     // A policy that selects the pod by `app`: the flips below make it apply and not.
@@ -258,57 +313,11 @@ spec:
         "shop/outsider",
         &["python3", "-c", &traffic::traffic(&targets, 3, 0, false)],
     );
-    let original = tb.workload_file("node-b");
-    let labels = |app: &str, tier: &str| -> BTreeMap<String, String> {
-        [("app", app), ("tier", tier)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let states = [
-        labels("vault", "silver"),
-        labels("vault-b", "silver"),
-        labels("vault-b", "gold"),
-        labels("vault", "gold"),
-    ];
-    let started = Instant::now();
-    let mut flips = 0;
-    while started.elapsed() < Duration::from_millis(2500) {
-        let next = states[flips % states.len()].clone();
-        edit_pod(&tb, "node-b", "secure/vault", |w| w.labels = next);
-        flips += 1;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    tb.write_workload_file("node-b", &original);
+    let flips = flip_vault_labels(&tb, Duration::from_millis(2500));
 
     let meshed = traffic::finish(meshed);
     let outsider = traffic::finish(outsider);
-    let attacks = traffic::attempts(&outsider);
-    let through: Vec<_> = attacks.iter().filter(|a| a.error.is_none()).collect();
-    assert!(
-        attacks.len() >= 50,
-        "a tight loop: {} attempts",
-        attacks.len()
-    );
-    assert!(
-        through.is_empty(),
-        "{} of {} plaintext connections reached the strict pod's app (first at {:.3}s)",
-        through.len(),
-        attacks.len(),
-        through[0].at
-    );
-    let mesh = traffic::attempts(&meshed);
-    let failed: Vec<_> = mesh.iter().filter(|a| a.error.is_some()).collect();
-    assert!(mesh.len() >= 50, "{} meshed connections", mesh.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} meshed connections failed, first: {:?}",
-        failed.len(),
-        mesh.len(),
-        failed.first().map(|a| (&a.at, &a.target, &a.error))
-    );
-    assert!(meshed["long_error"].is_null(), "{meshed}");
-    assert!(meshed["long_blocks"].as_u64().unwrap() >= 20, "{meshed}");
+    let attacks = assert_no_plaintext_in_and_the_mesh_unbroken(&outsider, &meshed);
 
     // The agent saw the flips and applied each in place: never out of the kernel maps.
     let updates = said(
@@ -332,12 +341,12 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(5);
     let refused = loop {
         let refused = metric(&tb.scrape("node-b"), refusals) - refused_before;
-        if refused >= attacks.len() as f64 || Instant::now() > deadline {
+        if refused >= attacks as f64 || Instant::now() > deadline {
             break refused;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(refused, attacks.len() as f64, "refusals counted");
+    assert_eq!(refused, attacks as f64, "refusals counted");
 
     // The same enrollment: since, and kernel counters that went on growing.
     let after = workload_view(&tb, "node-b", "secure/vault");
@@ -352,9 +361,32 @@ spec:
     }
 }
 
+/// In both nodes' workload files, vault's first (named) port becomes 7001 and the
+/// Services list no endpoints (so they follow the pods' ports); returns once each agent
+/// loaded its file.
+fn move_vaults_named_port_to_7001(tb: &Testbed) {
+    for node in ["node-a", "node-b"] {
+        let mut set = tb.workload_file(node);
+        for svc in &mut set.services {
+            svc.endpoints = None;
+        }
+        let w = set
+            .workloads
+            .iter_mut()
+            .find(|w| w.name == "vault")
+            .unwrap();
+        w.ports[0].container_port = 7001;
+        let node_mark = tb.log_mark(node);
+        tb.write_workload_file(node, &set);
+        tb.wait_log_after(node, node_mark, Duration::from_secs(5), |v| {
+            v["fields"]["message"] == "workload file loaded"
+        });
+    }
+}
+
 #[test]
 fn a_label_a_policy_selects_and_a_named_port_take_effect_on_the_next_connection() {
-    let tb = Testbed::up(STRICT_SPEC, true);
+    let tb = Testbed::up(&strict_spec(), true);
     let vault = tb.pod("secure/vault").clone();
     let _seven = tb.tcp_server("secure/vault", 7000, "SYSTEM:echo seven");
     let _eight = tb.tcp_server("secure/vault", 7001, "SYSTEM:echo eight");
@@ -415,23 +447,7 @@ spec:
     // client's agent resolves the Service (from the pod's ports: endpoints not listed).
     let vip = SocketAddr::new(tb.cluster_ip("secure/vault", false), 80);
     assert_eq!(reaches(vip), "seven");
-    for node in ["node-a", "node-b"] {
-        let mut set = tb.workload_file(node);
-        for svc in &mut set.services {
-            svc.endpoints = None;
-        }
-        let w = set
-            .workloads
-            .iter_mut()
-            .find(|w| w.name == "vault")
-            .unwrap();
-        w.ports[0].container_port = 7001;
-        let node_mark = tb.log_mark(node);
-        tb.write_workload_file(node, &set);
-        tb.wait_log_after(node, node_mark, Duration::from_secs(5), |v| {
-            v["fields"]["message"] == "workload file loaded"
-        });
-    }
+    move_vaults_named_port_to_7001(&tb);
     tb.wait_log_after("node-b", mark2, Duration::from_secs(5), |v| {
         v["fields"]["message"] == "pod record updated in place"
             && v["fields"]["changed"]
