@@ -17,21 +17,14 @@ use nix::{
 };
 use serde_json::Value;
 use support::{
-    Testbed, access,
+    Testbed, access, specs,
     traffic::{Attempt, attempts, finish, traffic},
 };
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: web, serviceAccount: web}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+/// The two-node testbed with shop/web and shop/outsider beside the client.
+fn spec() -> String {
+    specs::client_and_db(&[specs::meshed("shop/web"), specs::outsider()], &[])
+}
 
 /// Echo servers on port 7000 in shop/web (node-a) and data/db (node-b): their addresses,
 /// and the servers (stopped when dropped).
@@ -94,7 +87,7 @@ fn upgrade(tb: &mut Testbed, node: &str) -> (u32, Child) {
 
 #[test]
 fn an_upgrade_under_continuous_traffic_fails_no_request_and_cuts_no_connection() {
-    let mut tb = Testbed::up(SPEC, true);
+    let mut tb = Testbed::up(&spec(), true);
     let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
@@ -197,7 +190,7 @@ fn outage(all: &[Attempt]) -> (usize, f64) {
 
 #[test]
 fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
-    let mut tb = Testbed::up(SPEC, true);
+    let mut tb = Testbed::up(&spec(), true);
     let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
@@ -271,8 +264,8 @@ fn after_a_crash_fail_closed_refuses_at_once_until_an_agent_is_back() {
 
 #[test]
 fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
-    let spec = format!("{SPEC}agent:\n  capture: {{failPolicy: fail-open}}\n");
-    let mut tb = Testbed::up(&spec, true);
+    let fail_open = format!("{}agent:\n  capture: {{failPolicy: fail-open}}\n", spec());
+    let mut tb = Testbed::up(&fail_open, true);
     let (web, db, _servers) = echo_servers(&tb);
     let load = tb.spawn(
         "shop/client",
@@ -311,7 +304,7 @@ fn after_a_crash_fail_open_lets_traffic_flow_unmeshed_until_an_agent_is_back() {
 
 #[test]
 fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let (_, db, _servers) = echo_servers(&tb);
     let config = tb.node("node-a").agent.as_ref().unwrap().config.clone();
     let cleanup = || {
@@ -364,7 +357,7 @@ fn cleanup_takes_capture_away_but_not_from_a_running_agent() {
 
 #[test]
 fn a_restart_with_a_changed_config_reconciles_the_pinned_state() {
-    let mut tb = Testbed::up(SPEC, true);
+    let mut tb = Testbed::up(&spec(), true);
     let (_, db, _servers) = echo_servers(&tb);
     let old = agent_pid(&tb, "node-a");
     signal(old, Signal::SIGKILL);

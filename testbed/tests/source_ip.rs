@@ -15,23 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::Testbed;
+use support::{Testbed, specs};
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: outsider, enrolled: false}
-      - {namespace: shop, name: side, serviceAccount: side, mode: sidecar}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-      - {namespace: data, name: neighbor, serviceAccount: neighbor}
-      - {namespace: legacy, name: old, serviceAccount: old}
-namespaces:
-  legacy: {sourceIp: loopback}
-";
+/// The two-node testbed with shop/outsider and shop/side (sidecar) beside the client;
+/// data/neighbor and legacy/old beside db, legacy delivering from loopback.
+fn spec() -> String {
+    let node_a = [specs::outsider(), specs::sidecar("shop/side")];
+    let node_b = ["data/neighbor", "legacy/old"].map(specs::meshed);
+    specs::client_and_db(&node_a, &node_b) + "namespaces:\n  legacy: {sourceIp: loopback}\n"
+}
 
 /// The port where the pods' servers answer each connection with its peer's address.
 const WHO: u16 = 7001;
@@ -154,7 +146,7 @@ impl LinkCapture {
 
 #[test]
 fn the_app_sees_the_client_pods_ip_from_every_kind_of_client_and_nothing_leaves_its_link() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let [db4, db6] = pod_ips(&tb, "data/db");
     let _server = who_am_i_server(&tb, "data/db");
 
@@ -215,7 +207,7 @@ fn the_app_sees_the_client_pods_ip_from_every_kind_of_client_and_nothing_leaves_
 
 #[test]
 fn a_restart_under_traffic_keeps_the_client_ip_and_unenrolling_takes_the_way_back_away() {
-    let mut tb = Testbed::up(SPEC, true);
+    let mut tb = Testbed::up(&spec(), true);
     let [db4, db6] = pod_ips(&tb, "data/db");
     let [c4, c6] = pod_ips(&tb, "shop/client");
     let [o4, _] = pod_ips(&tb, "shop/outsider");
@@ -289,7 +281,7 @@ fn a_restart_under_traffic_keeps_the_client_ip_and_unenrolling_takes_the_way_bac
 /// (the peer harness's clean-pod check caught the rule left behind).
 #[test]
 fn an_agent_stopped_with_none_taking_over_takes_the_ways_back_down() {
-    let tb = Testbed::up(SPEC, true);
+    let tb = Testbed::up(&spec(), true);
     let [db4, _] = pod_ips(&tb, "data/db");
     let [c4, _] = pod_ips(&tb, "shop/client");
     let _server = who_am_i_server(&tb, "data/db");
@@ -316,24 +308,20 @@ fn an_agent_stopped_with_none_taking_over_takes_the_ways_back_down() {
     }
 }
 
-const SIDECAR_SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: shop, name: outsider, enrolled: false}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db, mode: sidecar}
-agent:
-  sidecar: {keepSourceIp: true}
-";
+/// shop/client and shop/outsider on node-a, data/db in sidecar mode on node-b; sidecars
+/// that keep the client's IP.
+fn sidecar_spec() -> String {
+    let node_a = [specs::meshed("shop/client"), specs::outsider()];
+    let node_b = [specs::sidecar("data/db")];
+    specs::nodes(&[("node-a", &node_a), ("node-b", &node_b)])
+        + "agent:\n  sidecar: {keepSourceIp: true}\n"
+}
 
 #[test]
 fn a_sidecar_with_keep_source_ip_delivers_from_the_client_ip_too() {
     // As `outriderctl inject --keep-source-ip` sets a pod up: `sidecar-init
     // --keep-source-ip` (CONNMARK and the rule), the proxy with NET_ADMIN.
-    let tb = Testbed::up(SIDECAR_SPEC, true);
+    let tb = Testbed::up(&sidecar_spec(), true);
     let [db4, db6] = pod_ips(&tb, "data/db");
     let _server = who_am_i_server(&tb, "data/db");
     let capture = LinkCapture::start(&tb, "data/db");
