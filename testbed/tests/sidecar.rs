@@ -270,18 +270,9 @@ fn a_sidecar_enforces_strict_mtls_and_the_node_agents_policies() {
             && v["fields"]["transport"] == "plaintext"
             && v["fields"]["error"].is_null()
     });
-    let node = tb.node("node-b").clone();
     // The same from node-b's network namespace, outside the kubelet's cgroup, is not.
-    let from_node = format!(
-        "printf plain | nsenter --net={} socat -t5 -T5 STDIO TCP4:{dst}",
-        node.netns.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &from_node])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        tb.echo_from_node("node-b", dst, "plain"),
         "",
         "plaintext from the node"
     );

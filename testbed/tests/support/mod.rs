@@ -150,6 +150,22 @@ impl Testbed {
         )
     }
 
+    /// Sends `message` in plaintext to `dst` from `node`'s network namespace but outside
+    /// its kubelet's cgroup (as a host-network pod or a node-local process would); returns
+    /// what came back.
+    pub fn echo_from_node(&self, node: &str, dst: std::net::SocketAddr, message: &str) -> String {
+        let script = format!(
+            "printf '%s' '{message}' | nsenter --net={} socat -t5 -T5 STDIO {}",
+            self.node(node).netns.display(),
+            socat_target(dst)
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("cannot run socat in the node");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A socat TCP server in `pod` on `port`, IPv4 and IPv6, handing each connection to
     /// `handler` (a socat address: `EXEC:cat`, `SYSTEM:echo hi`, …); returns once it
     /// listens.
