@@ -13,7 +13,7 @@
 //! refuses. Unknown fields are pruned by the apiserver rather than refused.
 use kube::{CustomResourceExt, ResourceExt};
 
-pub use super::model::AuthorizationPolicyResource;
+use super::model::AuthorizationPolicyResource;
 use super::{model::AuthorizationPolicy, validate};
 
 /// The first line of the generated file.
