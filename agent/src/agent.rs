@@ -38,7 +38,8 @@ use crate::{
 
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
-    let log = logging::init(&config.log)?;
+    // Declared before the runtime, so dropped after it: the runtime's last lines go out.
+    let (log, _flush) = logging::init(&config.log)?;
     crate::capabilities::require("the node agent", crate::capabilities::AGENT)?;
     netns::init().context("recording the agent's own network namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

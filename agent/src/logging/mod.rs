@@ -1,13 +1,18 @@
-//! Log set-up: tracing to stderr, as text for people or JSON lines for machines.
-//! `RUST_LOG` overrides the configured filter; the admin API changes it at run time
-//! through [`LogControl`].
-use std::sync::Arc;
+//! Log set-up: tracing to stderr, as text for people (coloured on a terminal only) or
+//! JSON lines for machines, written by a thread of its own ([`writer`]). `RUST_LOG`
+//! overrides the configured filter; the admin API changes it at run time through
+//! [`LogControl`].
+use std::{io::IsTerminal, sync::Arc};
 
 use tracing_subscriber::{
     EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
 
 use crate::config::{LogConfig, LogFormat};
+
+mod writer;
+
+pub use writer::Flush;
 
 /// Reads and changes the log filter in force.
 #[derive(Clone)]
@@ -47,7 +52,9 @@ impl LogControl {
     }
 }
 
-pub fn init(config: &LogConfig) -> anyhow::Result<LogControl> {
+/// Starts logging. Keep the [`Flush`] until the process ends: dropping it writes the
+/// lines still waiting.
+pub fn init(config: &LogConfig) -> anyhow::Result<(LogControl, Flush)> {
     let spec = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => spec,
         _ => config.level.clone(),
@@ -61,19 +68,26 @@ pub fn init(config: &LogConfig) -> anyhow::Result<LogControl> {
     })?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    let (lines, flush) =
+        writer::start(std::io::stderr()).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
     // `try_init` also routes the `log` crate's records (aya's) into tracing.
     let result = match config.format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(lines),
+            )
             .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(fmt::layer().json().with_writer(lines))
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("logging: {e}"))?;
-    Ok(LogControl {
+    let control = LogControl {
         handle,
         initial: spec.clone().into(),
         current: Arc::new(std::sync::Mutex::new(spec)),
-    })
+    };
+    Ok((control, flush))
 }

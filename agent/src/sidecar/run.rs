@@ -71,7 +71,7 @@ pub fn run(args: &SidecarArgs) -> anyhow::Result<ExitCode> {
     if args.keep_source_ip {
         config.sidecar.keep_source_ip = true;
     }
-    let _log = logging::init(&config.log)?;
+    let (_log, _flush) = logging::init(&config.log)?;
     crate::netns::init().context("recording the sidecar's network namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.sidecar.threads)
