@@ -459,6 +459,32 @@ pub struct TelemetryConfig {
     /// first, and each next on a kept-alive connection) before it is closed. Default
     /// 10000 ms.
     pub request_timeout_ms: u64,
+    /// Which access lines are written (target `access`, at `info`; a failed
+    /// connection's at `warn`).
+    pub access_log: AccessLogConfig,
+}
+
+/// `telemetry.accessLog`: the defaults are Istio's: ztunnel writes a line per
+/// connection, and Istio installs with the per-request (Envoy) access log off
+/// (`meshConfig.accessLogFile` empty). Request metrics are kept either way.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// One line per connection as it ends or is refused. Default `true`.
+    pub connections: bool,
+    /// One line per HTTP request (method, path, status, bytes, duration). It costs about
+    /// a fifth of the agent's CPU per request (`docs/bench/profile.md`). Default
+    /// `false`.
+    pub requests: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            connections: true,
+            requests: false,
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -467,6 +493,7 @@ impl Default for TelemetryConfig {
             metrics_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 15020)),
             max_connections: 64,
             request_timeout_ms: 10_000,
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -990,6 +1017,19 @@ mod tests {
         assert!(err.contains("agent.yaml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("outboundPrt"), "{err}");
+    }
+
+    #[test]
+    fn access_lines_are_chosen_by_kind_and_a_misspelt_one_is_refused() {
+        let defaults = Config::default().telemetry.access_log;
+        assert!(defaults.connections && !defaults.requests);
+        let (_d, path) = write("cgroup: {attach: /x}\ntelemetry:\n  accessLog: {requests: true}\n");
+        let config = Config::load(&path).unwrap();
+        assert!(config.telemetry.access_log.requests);
+        assert!(config.telemetry.access_log.connections);
+        let (_d, path) = write("cgroup: {attach: /x}\ntelemetry:\n  accessLog: {request: true}\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("request"), "{err}");
     }
 
     #[test]

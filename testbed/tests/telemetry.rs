@@ -14,9 +14,13 @@ use std::{
 
 use support::{Testbed, specs};
 
-/// The two-node testbed with shop/web beside db on node-b.
+/// The two-node testbed with shop/web beside db on node-b; its agents write a line per
+/// HTTP request too (off by default).
 fn spec() -> String {
-    specs::client_and_db(&[], &[specs::meshed("shop/web")])
+    format!(
+        "{}agent:\n  telemetry: {{accessLog: {{requests: true}}}}\n",
+        specs::client_and_db(&[], &[specs::meshed("shop/web")])
+    )
 }
 
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{copy::Counters, enforce::Guard, error::Error};
+use crate::config::AccessLogConfig;
 use crate::telemetry::{
     facts::{ConnectionFacts, Direction, Ending, Failure},
     metrics::{ConnectionMetrics, Metrics, TcpLabels},
@@ -204,13 +205,13 @@ impl Drop for Registration<'_> {
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, access_log: AccessLogConfig) -> Self {
         Self {
             next: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
-            recorder: Recorder::new(metrics),
+            recorder: Recorder::new(metrics, access_log),
         }
     }
 
@@ -385,7 +386,7 @@ mod tests {
 
     #[test]
     fn connections_are_listed_while_they_live_and_can_be_closed_with_a_reason() {
-        let registry = Registry::new(Arc::default());
+        let registry = Registry::new(Arc::default(), Default::default());
         let a = registry.register(new(&registry, "shop/a"));
         {
             let _b = registry.register(new(&registry, "shop/b"));

@@ -119,7 +119,7 @@ impl Shared {
             escaped_slashes: config.proxy.http.escaped_slashes,
             reserved_ports: config.capture.reserved_ports.clone(),
             kubelet,
-            connections: Registry::new(metrics),
+            connections: Registry::new(metrics, config.telemetry.access_log),
             balancer: Default::default(),
             node: config.node_name.clone(),
             policy: ArcSwap::from_pointee(PolicySet::empty()),

@@ -226,7 +226,7 @@ mod tests {
     /// One HTTP/1 exchange, client app ⇄ relay ⇄ server app, on a connection of
     /// `direction`: what the apps' sockets carried, and the connection's counters.
     async fn exchange(direction: Direction) -> (Wire, u64, u64) {
-        let registry = Registry::new(Arc::default());
+        let registry = Registry::new(Arc::default(), Default::default());
         let reporter = match direction {
             Direction::Outbound => Reporter::Source,
             Direction::Inbound => Reporter::Destination,

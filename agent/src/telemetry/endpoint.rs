@@ -177,6 +177,7 @@ mod tests {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_connections,
             request_timeout_ms,
+            ..TelemetryConfig::default()
         };
         start(
             &config,

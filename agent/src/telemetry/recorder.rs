@@ -4,6 +4,8 @@
 //! of the proxy.
 use std::sync::Arc;
 
+use crate::config::AccessLogConfig;
+
 use super::{
     access,
     facts::{ConnectionFacts, Ending, RequestFacts},
@@ -12,14 +14,29 @@ use super::{
 };
 
 /// Records connections and requests into the agent's metrics and access log.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Recorder {
     metrics: Arc<Metrics>,
+    /// Which access lines are written.
+    access: AccessLogConfig,
+}
+
+/// Every access line on (the tests read them).
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new(
+            Arc::default(),
+            AccessLogConfig {
+                connections: true,
+                requests: true,
+            },
+        )
+    }
 }
 
 impl Recorder {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, access: AccessLogConfig) -> Self {
+        Self { metrics, access }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -42,7 +59,9 @@ impl Recorder {
         let flags = ending.failure.as_ref().map(|f| f.flags).unwrap_or_default();
         self.metrics
             .closed(conn, ending.bytes_sent, ending.bytes_received, flags);
-        access::connection(facts, Some(&conn.labels), ending);
+        if self.access.connections {
+            access::connection(facts, Some(&conn.labels), ending);
+        }
     }
 
     /// A connection refused before anything was copied (not registered): counted as a
@@ -62,11 +81,13 @@ impl Recorder {
                 self.metrics.opened(&conn);
                 self.closed(facts, &conn, ending);
             }
-            None => access::connection(facts, None, ending),
+            None if self.access.connections => access::connection(facts, None, ending),
+            None => {}
         }
     }
 
-    /// One HTTP request of a connection: Istio's request metrics and its access line.
+    /// One HTTP request of a connection: Istio's request metrics and, when
+    /// `telemetry.accessLog.requests` is on, its access line.
     pub fn request(
         &self,
         facts: &ConnectionFacts,
@@ -82,7 +103,9 @@ impl Recorder {
             request.request_bytes,
             request.response_bytes,
         );
-        access::request(facts, &conn.labels, request);
+        if self.access.requests {
+            access::request(facts, &conn.labels, request);
+        }
     }
 
     /// A connection or request refused at `pod` (`namespace/name`), which way it went
@@ -273,5 +296,78 @@ mod tests {
         assert!(line(&text, "istio_tcp_connections_opened_total{").ends_with(" 1"));
         let closed = line(&text, "istio_tcp_connections_closed_total{");
         assert!(closed.contains("response_flags=\"DENY\""), "{closed}");
+    }
+
+    #[test]
+    fn access_lines_off_are_not_written_and_the_metrics_still_count() {
+        let recorder = Recorder::new(
+            Arc::default(),
+            AccessLogConfig {
+                connections: false,
+                requests: false,
+            },
+        );
+        let conn = ConnectionMetrics::new(labels());
+        recorder.opened(&conn);
+        let request = RequestFacts {
+            method: "GET",
+            path: "/",
+            authority: "db.data",
+            protocol: "HTTP/1.1",
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 5,
+            duration: Duration::from_millis(1),
+            denied: false,
+            flags: ResponseFlags::None,
+        };
+        let ending = Ending {
+            bytes_sent: 40,
+            bytes_received: 60,
+            duration: Duration::from_millis(3),
+            failure: None,
+        };
+        let lines = logged(|| {
+            recorder.request(&facts(), &conn, &request);
+            recorder.closed(&facts(), &conn, &ending);
+            recorder.refused_connection(&facts(), None, Reason::Policy, &ending);
+        });
+        assert!(lines.is_empty(), "{lines:?}");
+        let text = recorder.metrics().encode();
+        assert!(
+            line(&text, "istio_requests_total{").ends_with(" 1"),
+            "{text}"
+        );
+        assert!(line(&text, "istio_tcp_connections_closed_total{").ends_with(" 1"));
+    }
+
+    #[test]
+    fn by_default_connections_are_logged_and_requests_are_not() {
+        let recorder = Recorder::new(Arc::default(), AccessLogConfig::default());
+        let conn = ConnectionMetrics::new(labels());
+        let request = RequestFacts {
+            method: "GET",
+            path: "/",
+            authority: "db.data",
+            protocol: "HTTP/1.1",
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 5,
+            duration: Duration::from_millis(1),
+            denied: false,
+            flags: ResponseFlags::None,
+        };
+        let ending = Ending {
+            bytes_sent: 40,
+            bytes_received: 60,
+            duration: Duration::from_millis(3),
+            failure: None,
+        };
+        let lines = logged(|| {
+            recorder.request(&facts(), &conn, &request);
+            recorder.closed(&facts(), &conn, &ending);
+        });
+        let messages: Vec<&Value> = lines.iter().map(|l| &l["fields"]["message"]).collect();
+        assert_eq!(messages, ["connection"], "{lines:?}");
     }
 }
