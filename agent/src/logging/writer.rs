@@ -1,7 +1,9 @@
 //! The log writer behind tracing: a formatted line is appended to a shared buffer and one
 //! thread of its own writes what gathered to stderr, so that a proxy thread logging an
-//! access line never waits on a `write` (ztunnel does the same). Under load many lines go
-//! out in one `write`; idle, a line goes out as soon as the thread wakes.
+//! access line never waits on a `write` — nor stalls when stderr's reader (the container
+//! runtime) does (ztunnel does the same). Woken by a line, the thread lets [`GATHER`]
+//! pass before writing, so that under load many lines go out in one `write` and one
+//! wake-up; a line is out within about that time.
 //!
 //! Nothing is dropped: when the buffer holds [`MAX_PENDING`] bytes (stderr slower than
 //! the lines come), a logging thread waits until the writer took them. [`Flush`], dropped
@@ -10,12 +12,16 @@ use std::{
     io::{self, Write},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use tracing_subscriber::fmt::MakeWriter;
 
 /// The most bytes waiting to be written before logging threads wait.
 pub const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+/// How long the writer gathers lines after the first wakes it.
+pub const GATHER: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 struct Pending {
@@ -79,6 +85,14 @@ fn start_with(
                             .wait(pending)
                             .unwrap_or_else(|p| p.into_inner());
                     }
+                    pending.closing
+                };
+                if !closing {
+                    // Loggers append meanwhile without waking anyone.
+                    std::thread::sleep(GATHER);
+                }
+                let closing = {
+                    let mut pending = writer.lock();
                     std::mem::swap(&mut batch, &mut pending.bytes);
                     pending.closing
                 };
