@@ -13,18 +13,14 @@ use serde_json::Value;
 use support::{
     Testbed, access,
     podman::{self, DAEMONSET_CAPS},
+    specs,
     traffic::{attempts, finish, traffic},
 };
 
-const SPEC: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+/// The two-node testbed: shop/client on node-a, data/db on node-b.
+fn spec() -> String {
+    specs::client_and_db(&[], &[])
+}
 
 /// An echo server in data/db on 7000, and its address.
 fn echo_server(tb: &Testbed) -> (SocketAddr, support::Background) {
@@ -58,7 +54,7 @@ fn started_version(tb: &Testbed, node: &str, mark: usize) -> String {
 fn the_image_runs_as_the_daemonset_runs_it_and_meshes_a_request_across_nodes() {
     let image = podman::image();
     podman::require(&image);
-    let tb = Testbed::up(SPEC, false);
+    let tb = Testbed::up(&spec(), false);
 
     // Without BPF, the agent says so and exits.
     let without_bpf: Vec<&str> = DAEMONSET_CAPS
@@ -200,7 +196,7 @@ fn an_upgrade_between_two_images_fails_no_request_and_cuts_no_connection() {
         .expect("a tagged image");
     assert_ne!(new_version, outrider::VERSION, "the two images must differ");
 
-    let tb = Testbed::up(SPEC, false);
+    let tb = Testbed::up(&spec(), false);
     let mut old_a = podman::start_agent(&tb, "node-a", &old_image, "old");
     let mut old_b = podman::start_agent(&tb, "node-b", &old_image, "old");
     let (db, _server) = echo_server(&tb);

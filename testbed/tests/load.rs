@@ -23,29 +23,22 @@ use std::{
 };
 
 use serde_json::Value;
-use support::Testbed;
+use support::{Testbed, specs};
 
 /// Client and server on different nodes: node-a's agent takes the app's connections and
 /// carries them over the mutual-TLS tunnel to node-b's, which delivers them to the app.
-const ACROSS: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-  - name: node-b
-    pods:
-      - {namespace: data, name: db, serviceAccount: db}
-";
+fn across() -> String {
+    specs::client_and_db(&[], &[])
+}
 
 /// Both on node-a: one agent holds both ends (the app's socket and the delivery), so two
 /// descriptors per connection.
-const SAME_NODE: &str = "
-nodes:
-  - name: node-a
-    pods:
-      - {namespace: shop, name: client, serviceAccount: client}
-      - {namespace: data, name: db, serviceAccount: db}
-";
+fn same_node() -> String {
+    specs::nodes(&[(
+        "node-a",
+        &[specs::meshed("shop/client"), specs::meshed("data/db")],
+    )])
+}
 
 const PORT: u16 = 9000;
 const CONNECTIONS: usize = 10_000;
@@ -433,7 +426,7 @@ fn ten_thousand_connections_across_nodes_over_mtls() {
         limit > CONNECTIONS + 2_000,
         "the hard limit on open files ({limit}) is too low for {CONNECTIONS} connections"
     );
-    hold(ACROSS, &["node-a", "node-b"], CONNECTIONS);
+    hold(&across(), &["node-a", "node-b"], CONNECTIONS);
 }
 
 #[test]
@@ -449,5 +442,5 @@ fn thousands_of_connections_within_one_node() {
             open_files_limit()
         );
     }
-    hold(SAME_NODE, &["node-a"], connections);
+    hold(&same_node(), &["node-a"], connections);
 }
