@@ -1029,7 +1029,10 @@ mod tests {
         assert!(config.telemetry.access_log.connections);
         let (_d, path) = write("cgroup: {attach: /x}\ntelemetry:\n  accessLog: {request: true}\n");
         let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("request"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("unknown field `request`"),
+            "{err}"
+        );
     }
 
     #[test]

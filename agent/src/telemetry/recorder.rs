@@ -21,19 +21,6 @@ pub struct Recorder {
     access: AccessLogConfig,
 }
 
-/// Every access line on (the tests read them).
-impl Default for Recorder {
-    fn default() -> Self {
-        Self::new(
-            Arc::default(),
-            AccessLogConfig {
-                connections: true,
-                requests: true,
-            },
-        )
-    }
-}
-
 impl Recorder {
     pub fn new(metrics: Arc<Metrics>, access: AccessLogConfig) -> Self {
         Self { metrics, access }
@@ -184,6 +171,43 @@ mod tests {
         }
     }
 
+    /// A recorder writing every access line (the tests read them).
+    fn every_line() -> Recorder {
+        Recorder::new(
+            Arc::default(),
+            AccessLogConfig {
+                connections: true,
+                requests: true,
+            },
+        )
+    }
+
+    /// A `GET /` answered 200 with 5 bytes.
+    fn ok_request() -> RequestFacts<'static> {
+        RequestFacts {
+            method: "GET",
+            path: "/",
+            authority: "db.data",
+            protocol: "HTTP/1.1",
+            status: 200,
+            request_bytes: 0,
+            response_bytes: 5,
+            duration: Duration::from_millis(1),
+            denied: false,
+            flags: ResponseFlags::None,
+        }
+    }
+
+    /// A connection that ended well, 40 bytes sent and 60 received.
+    fn clean_ending() -> Ending {
+        Ending {
+            bytes_sent: 40,
+            bytes_received: 60,
+            duration: Duration::from_millis(3),
+            failure: None,
+        }
+    }
+
     fn labels() -> TcpLabels {
         let party = |w: &str, ns: &str| Party {
             workload: w.into(),
@@ -206,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_failed_connection_is_one_warn_line_with_its_flags_and_a_closed_count() {
-        let recorder = Recorder::default();
+        let recorder = every_line();
         let conn = ConnectionMetrics::new(labels());
         recorder.opened(&conn);
         let ending = Ending {
@@ -244,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_request_is_counted_with_its_code_and_flags_and_logged_beside_its_connection() {
-        let recorder = Recorder::default();
+        let recorder = every_line();
         let conn = ConnectionMetrics::new(labels());
         let request = RequestFacts {
             method: "GET",
@@ -274,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_refused_arrival_counts_a_refusal_and_a_denied_connection() {
-        let recorder = Recorder::default();
+        let recorder = every_line();
         let facts = ConnectionFacts {
             direction: Direction::Inbound,
             ..facts()
@@ -309,24 +333,8 @@ mod tests {
         );
         let conn = ConnectionMetrics::new(labels());
         recorder.opened(&conn);
-        let request = RequestFacts {
-            method: "GET",
-            path: "/",
-            authority: "db.data",
-            protocol: "HTTP/1.1",
-            status: 200,
-            request_bytes: 0,
-            response_bytes: 5,
-            duration: Duration::from_millis(1),
-            denied: false,
-            flags: ResponseFlags::None,
-        };
-        let ending = Ending {
-            bytes_sent: 40,
-            bytes_received: 60,
-            duration: Duration::from_millis(3),
-            failure: None,
-        };
+        let request = ok_request();
+        let ending = clean_ending();
         let lines = logged(|| {
             recorder.request(&facts(), &conn, &request);
             recorder.closed(&facts(), &conn, &ending);
@@ -345,24 +353,8 @@ mod tests {
     fn by_default_connections_are_logged_and_requests_are_not() {
         let recorder = Recorder::new(Arc::default(), AccessLogConfig::default());
         let conn = ConnectionMetrics::new(labels());
-        let request = RequestFacts {
-            method: "GET",
-            path: "/",
-            authority: "db.data",
-            protocol: "HTTP/1.1",
-            status: 200,
-            request_bytes: 0,
-            response_bytes: 5,
-            duration: Duration::from_millis(1),
-            denied: false,
-            flags: ResponseFlags::None,
-        };
-        let ending = Ending {
-            bytes_sent: 40,
-            bytes_received: 60,
-            duration: Duration::from_millis(3),
-            failure: None,
-        };
+        let request = ok_request();
+        let ending = clean_ending();
         let lines = logged(|| {
             recorder.request(&facts(), &conn, &request);
             recorder.closed(&facts(), &conn, &ending);
