@@ -1,5 +1,5 @@
 //! `cargo xtask image [--version V]`: Outrider's container image, built here without a
-//! registry and without a Docker daemon. The release build's binaries (stripped), iptables
+//! registry and without a Docker daemon. The `dist` build's binaries (stripped), iptables
 //! for `sidecar-init` and the shared libraries they load (found with `ldd`) are put in a
 //! root directory, which buildah turns into an image `FROM scratch` (no base image can be
 //! pulled here). The image goes into the local store (shared by buildah and podman) as
@@ -43,18 +43,40 @@ pub struct Built {
     pub local: String,
 }
 
-/// Builds the image of `version` (default: the crate's, the release's).
-pub fn run(version: Option<&str>) -> anyhow::Result<Built> {
+/// The cargo profile whose binaries go into an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// `dist`: what ships (`cargo xtask image`, the `Containerfile`): the release build
+    /// with whole-program LTO (see `Cargo.toml`).
+    Dist,
+    /// `release`: the build the end-to-end tests run, for their own images. The same
+    /// code and packaging; a `dist` build would add minutes of linking per version.
+    Release,
+}
+
+impl Profile {
+    /// Its name for `cargo build --profile`, which is also its directory under `target/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dist => "dist",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// Builds the image of `version` (default: the crate's, the release's) from the
+/// binaries of `profile`.
+pub fn run(version: Option<&str>, profile: Profile) -> anyhow::Result<Built> {
     check_tools()?;
     if let Some(v) = version {
         check_version(v)?;
     }
     let release = env!("CARGO_PKG_VERSION");
     let version = version.unwrap_or(release).to_string();
-    build_binaries(version != release, &version)?;
+    build_binaries(profile, version != release, &version)?;
     let dir = root().join("target/image").join(&version);
     let rootfs = dir.join("rootfs");
-    assemble(&rootfs)?;
+    assemble(&rootfs, profile)?;
     let local = format!("{LOCAL_NAME}:{version}");
     let archive = root()
         .join("target/image")
@@ -109,11 +131,11 @@ fn check_version(v: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of the agent, with `OUTRIDER_VERSION` set for a version other
-/// than the release's (and unset otherwise, so the release build is reused).
-fn build_binaries(custom: bool, version: &str) -> anyhow::Result<()> {
+/// `cargo build --profile <profile>` of the agent, with `OUTRIDER_VERSION` set for a
+/// version other than the release's (and unset otherwise, so the build is reused).
+fn build_binaries(profile: Profile, custom: bool, version: &str) -> anyhow::Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "-p", "outrider"]);
+    cmd.args(["build", "--profile", profile.name(), "-p", "outrider"]);
     if custom {
         cmd.env("OUTRIDER_VERSION", version);
     } else {
@@ -123,13 +145,13 @@ fn build_binaries(custom: bool, version: &str) -> anyhow::Result<()> {
 }
 
 /// The image's root directory, made afresh.
-fn assemble(rootfs: &Path) -> anyhow::Result<()> {
+fn assemble(rootfs: &Path, profile: Profile) -> anyhow::Result<()> {
     if rootfs.exists() {
         std::fs::remove_dir_all(rootfs)
             .with_context(|| format!("cannot remove {}", rootfs.display()))?;
     }
     let inside = |path: &str| rootfs.join(path.trim_start_matches('/'));
-    let release = root().join("target/release");
+    let built = root().join("target").join(profile.name());
     let mut elves = Vec::new();
     for (binary, path) in layout::BINARIES {
         let dest = inside(path);
@@ -138,8 +160,8 @@ fn assemble(rootfs: &Path) -> anyhow::Result<()> {
             .arg("--strip-all")
             .arg("-o")
             .arg(&dest)
-            .arg(release.join(binary)))?;
-        elves.push(release.join(binary));
+            .arg(built.join(binary)))?;
+        elves.push(built.join(binary));
     }
     copy_file(Path::new(layout::XTABLES), &inside(layout::XTABLES))?;
     elves.push(PathBuf::from(layout::XTABLES));

@@ -52,7 +52,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10, value_name = "N")]
         minutes: u64,
     },
-    /// Set up, build the release, and build Outrider's container image from it (buildah,
+    /// Set up, build what ships (the `dist` profile: the release with whole-program LTO),
+    /// and build Outrider's container image from it (buildah,
     /// `FROM scratch`, no registry): loaded into the local image store as
     /// `outrider:<version>` and the manifests' reference, and written to
     /// target/image/outrider-<version>.tar (OCI archive).
@@ -120,7 +121,7 @@ fn main() -> ExitCode {
         Cmd::Testbed { args } => tooling("testbed", &args),
         Cmd::Loadgen { args } => tooling("loadgen", &args),
         Cmd::Image { version } => {
-            setup::run().and_then(|()| image::run(version.as_deref()).map(|_| ()))
+            setup::run().and_then(|()| image::run(version.as_deref(), image::Profile::Dist).map(|_| ()))
         }
         Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),

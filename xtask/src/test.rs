@@ -18,9 +18,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // release's from the release build the tests use too: `outrider` and `outriderctl`,
     // which `outrider-testbed`'s tests run but cargo does not build for them (no package
     // may depend on the tooling's, so the tooling's tests cannot have cargo build them).
-    let next = image::run(Some(&format!("{}-next", env!("CARGO_PKG_VERSION"))))?;
+    // Both from the `release` profile: what ships is the `dist` build of the same code,
+    // whose whole-program LTO would add minutes of linking per version here.
+    let next = image::run(
+        Some(&format!("{}-next", env!("CARGO_PKG_VERSION"))),
+        image::Profile::Release,
+    )?;
     let tools = build_tools()?;
-    let release = image::run(None)?;
+    let release = image::run(None, image::Profile::Release)?;
     // Every testbed of this run carries the tag, so the leftover check finds only ours.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

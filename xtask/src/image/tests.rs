@@ -73,9 +73,9 @@ fn the_containerfile_puts_every_file_where_xtask_puts_it() {
         assert!(copied.contains(path), "{path} is not copied: {copied:?}");
         assert!(
             text.contains(&format!(
-                "strip --strip-all -o /out/{binary} target/release/{binary}"
+                "strip --strip-all -o /out/{binary} target/dist/{binary}"
             )),
-            "{binary} is not the stripped release build"
+            "{binary} is not the stripped dist build"
         );
     }
     // The rest comes from the rootfs stage, copied whole to /.
