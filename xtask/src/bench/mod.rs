@@ -4,7 +4,12 @@
 //! (`traffic`), and what N pods cost in memory in each model (`memory`). Writes
 //! `DIR/bench.json`, `DIR/bench.md` (`report`) and `DIR/bench.svg` (`svg`); every figure
 //! is also given as a ratio to `direct` of the same run, never against a fixed number.
+//!
+//! `cargo xtask bench --ztunnel PATH` runs the peer harness instead, Outrider against
+//! ztunnel (`peer`, `peer_table`).
 mod memory;
+mod peer;
+mod peer_table;
 pub mod procfs;
 mod report;
 mod svg;
@@ -17,6 +22,8 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::{build_tools, root};
+
+pub use peer::{PeerOptions, run as run_peer};
 
 /// How long and how hard each measurement runs.
 pub struct Settings {
