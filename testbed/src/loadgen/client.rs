@@ -174,14 +174,15 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
         end: measure + opts.duration,
         begin,
     };
-    if opts.window_marks {
+    // Awaited below, so the end is marked even when the workers finish before its timer.
+    let marks = opts.window_marks.then(|| {
         tokio::spawn(async move {
             tokio::time::sleep_until(window.measure).await;
             eprintln!("{WINDOW_START}");
             tokio::time::sleep_until(window.end).await;
             eprintln!("{WINDOW_END}");
-        });
-    }
+        })
+    });
     let ctx = Arc::new(Ctx {
         opts: opts.clone(),
         addr,
@@ -214,6 +215,9 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
     let mut total = setup;
     while let Some(joined) = workers.join_next().await {
         total.merge(joined.context("a load worker failed")?);
+    }
+    if let Some(marks) = marks {
+        marks.await.context("the window marker failed")?;
     }
 
     if total.requests == 0 && total.errors > 0 {
