@@ -34,14 +34,33 @@ enum Cmd {
     /// Set up, build, and show capture on a two-node testbed.
     Demo,
     /// Set up, build, and benchmark node mode against sidecar mode and a direct
-    /// connection on the testbed; writes bench.json, bench.md and bench.svg.
+    /// connection on the testbed; writes bench.json, bench.md and bench.svg. With
+    /// --ztunnel, run the peer harness instead: Outrider against ztunnel (peer.md).
     Bench {
         /// Short loads (2 s each): under 3 minutes in all.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ztunnel")]
         quick: bool,
-        /// Where to write the results (default target/bench).
+        /// Where to write the results (default target/bench; with --ztunnel,
+        /// target/bench/peer).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// A ztunnel binary built with `--features testing`: run the peer harness on
+        /// direct, ztunnel-hbone, ztunnel-tcp, outrider-mtls and outrider-tcp.
+        #[arg(long, value_name = "PATH")]
+        ztunnel: Option<PathBuf>,
+        /// The peer harness's directory (default: ../shared/bench beside the repository).
+        #[arg(long, value_name = "DIR", requires = "ztunnel")]
+        peer_harness: Option<PathBuf>,
+        /// Peer harness: rounds of every test on every path.
+        #[arg(long, value_name = "N", default_value_t = 3, requires = "ztunnel")]
+        rounds: u32,
+        /// Peer harness: seconds per timed test.
+        #[arg(long, value_name = "S", default_value_t = 5, requires = "ztunnel")]
+        duration: u32,
+        /// Peer harness: the tests, comma-separated from latency,tput1,tput4,http,conn
+        /// (default: all).
+        #[arg(long, value_name = "LIST", requires = "ztunnel")]
+        tests: Option<String>,
     },
     /// Set up, build, and run mixed traffic through two nodes' agents for a while
     /// (request/response, bulk, connection churn, many connections at once; plaintext
@@ -123,7 +142,25 @@ fn main() -> ExitCode {
         Cmd::Image { version } => {
             setup::run().and_then(|()| image::run(version.as_deref(), image::Profile::Dist).map(|_| ()))
         }
-        Cmd::Bench { quick, out } => setup::run().and_then(|()| bench::run(quick, out)),
+        Cmd::Bench {
+            out,
+            ztunnel: Some(ztunnel),
+            peer_harness,
+            rounds,
+            duration,
+            tests,
+            ..
+        } => setup::run().and_then(|()| {
+            bench::run_peer(bench::PeerOptions {
+                ztunnel,
+                harness: peer_harness,
+                rounds,
+                duration,
+                tests,
+                out,
+            })
+        }),
+        Cmd::Bench { quick, out, .. } => setup::run().and_then(|()| bench::run(quick, out)),
         Cmd::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Cmd::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
         Cmd::Fuzz { target, seconds } => {

@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 use super::{
     histogram::Latency,
     pacer::Pacer,
-    protocol::{HEADER_LEN, Header, MAX_MESSAGE},
+    protocol::{
+        HEADER_LEN, Header, MAX_HTTP_HEAD, MAX_MESSAGE, http_head_end, http_request,
+        parse_http_response,
+    },
     report::{Mode, Report},
 };
 
@@ -63,7 +66,15 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Hold mode: cancelling it ends the hold before `duration` is up.
     pub release: CancellationToken,
+    /// Print [`WINDOW_START`] and [`WINDOW_END`] on stderr as the measured window starts
+    /// and ends (not in `hold` mode), for a caller that samples counters over it.
+    pub window_marks: bool,
 }
+
+/// The line `window_marks` prints as the measured window starts.
+pub const WINDOW_START: &str = "loadgen: measured window starts";
+/// The line `window_marks` prints as the measured window ends.
+pub const WINDOW_END: &str = "loadgen: measured window ends";
 
 impl ClientOptions {
     pub fn new(target: impl Into<String>, mode: Mode) -> Self {
@@ -77,6 +88,7 @@ impl ClientOptions {
             size: 1024,
             timeout: Duration::from_secs(5),
             release: CancellationToken::new(),
+            window_marks: false,
         }
     }
 
@@ -125,13 +137,14 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
     // Persistent connections are opened before the clock starts.
     let mut setup = Tally::default();
     let mut streams: Vec<Option<TcpStream>> = Vec::new();
-    if opts.mode == Mode::Rr || opts.mode == Mode::Bulk {
+    if matches!(opts.mode, Mode::Rr | Mode::Bulk | Mode::Http) {
         let header = match opts.mode {
-            Mode::Bulk => Header::Sink,
-            _ => Header::RequestResponse {
+            Mode::Bulk => Some(Header::Sink),
+            Mode::Http => None,
+            _ => Some(Header::RequestResponse {
                 size: opts.size,
                 exchanges: 0,
-            },
+            }),
         };
         let mut opening = JoinSet::new();
         for id in 0..opts.connections {
@@ -161,6 +174,15 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
         end: measure + opts.duration,
         begin,
     };
+    // Awaited below, so the end is marked even when the workers finish before its timer.
+    let marks = opts.window_marks.then(|| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window.measure).await;
+            eprintln!("{WINDOW_START}");
+            tokio::time::sleep_until(window.end).await;
+            eprintln!("{WINDOW_END}");
+        })
+    });
     let ctx = Arc::new(Ctx {
         opts: opts.clone(),
         addr,
@@ -183,11 +205,19 @@ pub async fn run(opts: ClientOptions) -> anyhow::Result<Report> {
                 workers.spawn(connect_worker(ctx.clone()));
             }
         }
+        Mode::Http => {
+            for stream in streams {
+                workers.spawn(http_worker(ctx.clone(), stream));
+            }
+        }
         Mode::Hold => unreachable!("hold mode returned above"),
     }
     let mut total = setup;
     while let Some(joined) = workers.join_next().await {
         total.merge(joined.context("a load worker failed")?);
+    }
+    if let Some(marks) = marks {
+        marks.await.context("the window marker failed")?;
     }
 
     if total.requests == 0 && total.errors > 0 {
@@ -269,11 +299,13 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// A connection with its header sent.
-async fn open(addr: SocketAddr, header: Header, wait: Duration) -> io::Result<TcpStream> {
+/// A connection with its header sent (HTTP: none).
+async fn open(addr: SocketAddr, header: Option<Header>, wait: Duration) -> io::Result<TcpStream> {
     let opening = async {
         let mut stream = connect(addr).await?;
-        stream.write_all(&header.encode()).await?;
+        if let Some(header) = header {
+            stream.write_all(&header.encode()).await?;
+        }
         Ok(stream)
     };
     timeout(wait, opening)
@@ -421,7 +453,7 @@ async fn rr_worker(ctx: Arc<Ctx>, id: usize, mut stream: Option<TcpStream>) -> T
         let result = timeout(ctx.opts.timeout, async {
             let s = match stream.as_mut() {
                 Some(s) => s,
-                None => stream.insert(open(ctx.addr, header, ctx.opts.timeout).await?),
+                None => stream.insert(open(ctx.addr, Some(header), ctx.opts.timeout).await?),
             };
             s.write_all(&request).await?;
             s.read_exact(&mut answer).await?;
@@ -457,6 +489,87 @@ async fn rr_worker(ctx: Arc<Ctx>, id: usize, mut stream: Option<TcpStream>) -> T
         close(s).await;
     }
     tally
+}
+
+/// HTTP/1.1 GETs on one keep-alive connection, closed loop (reopened after a failure).
+async fn http_worker(ctx: Arc<Ctx>, mut stream: Option<TcpStream>) -> Tally {
+    let window = ctx.window;
+    let request = http_request(&ctx.addr.to_string(), ctx.opts.size);
+    let mut buf = vec![0u8; 4096];
+    let mut tally = Tally::default();
+    loop {
+        let start = Instant::now();
+        if start >= window.end {
+            break;
+        }
+        let result = timeout(ctx.opts.timeout, async {
+            let s = match stream.as_mut() {
+                Some(s) => s,
+                None => stream.insert(connect(ctx.addr).await?),
+            };
+            s.write_all(&request).await?;
+            http_response(s, &mut buf).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(timed_out(ctx.opts.timeout)));
+        let done = Instant::now();
+        let measured = start >= window.measure;
+        match result {
+            Ok(body) => {
+                if measured {
+                    tally.requests += 1;
+                    tally.bytes += body;
+                    tally.latency.record(done - start);
+                }
+            }
+            Err(err) => {
+                if measured {
+                    tally.error(format!("HTTP request: {err}"));
+                }
+                stream = None;
+                sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    if let Some(s) = stream {
+        close(s).await;
+    }
+    tally
+}
+
+/// Reads one HTTP response (a 200 with a Content-Length) and returns its body's length.
+/// The client does not pipeline, so nothing may follow the body.
+async fn http_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<u64> {
+    let mut filled = 0;
+    let end = loop {
+        if let Some(end) = http_head_end(&buf[..filled]) {
+            break end;
+        }
+        if filled == buf.len() {
+            if buf.len() >= MAX_HTTP_HEAD {
+                return Err(io::Error::other("a response head over 16 KiB"));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    };
+    let length = parse_http_response(&buf[..end]).map_err(io::Error::other)?;
+    let mut left = length
+        .checked_sub((filled - end) as u64)
+        .ok_or_else(|| io::Error::other("the server sent more than the response"))?;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= n as u64;
+    }
+    Ok(length)
 }
 
 /// A new connection per exchange; the server closes first (exchanges = 1), so this
@@ -523,7 +636,7 @@ async fn bulk_worker(ctx: Arc<Ctx>, mut first: Option<TcpStream>) -> Tally {
         }
         let stream = match first.take() {
             Some(s) => Ok(s),
-            None => open(ctx.addr, Header::Sink, wait).await,
+            None => open(ctx.addr, Some(Header::Sink), wait).await,
         };
         let mut stream = match stream {
             Ok(s) => s,
@@ -612,7 +725,7 @@ async fn hold(opts: ClientOptions, addr: SocketAddr, named: &str) -> anyhow::Res
             let _permit = in_flight.acquire_owned().await;
             let begin = Instant::now();
             let result = timeout(wait, async {
-                let mut stream = open(addr, header, wait).await?;
+                let mut stream = open(addr, Some(header), wait).await?;
                 exchange(&mut stream, size).await?;
                 io::Result::Ok(stream)
             })

@@ -1,7 +1,8 @@
 //! `outrider-testbed loadgen`: the benchmark's TCP workload. One `server` (every mode on one
 //! port, see [`protocol`]) and a `client` that drives request/response (closed or open
-//! loop, latency corrected for coordinated omission), bulk streaming, or
-//! connection-per-request load, or holds many connections open at once (`hold`), and
+//! loop, latency corrected for coordinated omission), bulk streaming,
+//! connection-per-request load or HTTP/1.1 GETs over keep-alive connections (`http`), or
+//! holds many connections open at once (`hold`), and
 //! reports rates and latency percentiles, for people or as JSON ([`Report`]).
 //!
 //! Cheap by design, so the generator is not the bottleneck on a small machine: a
@@ -24,7 +25,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-pub use client::{ClientOptions, run as run_client};
+pub use client::{ClientOptions, WINDOW_END, WINDOW_START, run as run_client};
 pub use report::{LatencySummary, Mode, Report};
 pub use server::{ServerCounts, ServerStats, bind, serve};
 
@@ -61,7 +62,7 @@ pub struct ClientArgs {
     /// Unmeasured time before it, in seconds.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = seconds)]
     pub warmup: Duration,
-    /// Connections (rr, bulk, hold) or parallel workers (connect).
+    /// Connections (rr, bulk, http, hold) or parallel workers (connect).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub connections: usize,
     /// rr only: open loop at this many requests per second in total, evenly spaced and
@@ -69,7 +70,7 @@ pub struct ClientArgs {
     /// counts its latency from its scheduled time. Without it: closed loop.
     #[arg(long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
-    /// Request and response size in bytes (rr, connect).
+    /// Request and response size in bytes (rr, connect); http: the response body's.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     pub size: u32,
     /// A connect, exchange or write that takes longer fails, in seconds.
@@ -78,6 +79,10 @@ pub struct ClientArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Print "loadgen: measured window starts" and "… ends" on stderr as the measured
+    /// window starts and ends (not for hold), for a caller that samples counters over it.
+    #[arg(long)]
+    pub window_marks: bool,
     /// Runtime threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
@@ -107,6 +112,7 @@ pub fn run(cmd: LoadgenCommand) -> anyhow::Result<ExitCode> {
                 size: args.size,
                 timeout: args.timeout,
                 release: tokio_util::sync::CancellationToken::new(),
+                window_marks: args.window_marks,
             };
             let report = runtime(args.threads)?.block_on(async {
                 if hold {

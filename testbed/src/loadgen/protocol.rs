@@ -25,6 +25,14 @@
 //!
 //! Anything else (bad magic, version, mode or reserved bytes, a size out of range, a
 //! header cut short or that does not come in time) and the server closes without answering.
+//!
+//! HTTP/1.1 instead: a connection whose first 16 bytes start with `GET ` (any real request
+//! line and head is longer) is served as HTTP/1.1 with keep-alive. `GET /N` answers `200`
+//! with an N-byte body (N in 0..=[`MAX_MESSAGE`]); the connection stays open until the
+//! client closes it or sends `Connection: close`. Any other request head is answered
+//! `400` and closed. Request bodies are not supported. The client's `http` mode speaks it,
+//! and so does any HTTP client (`curl http://ADDR/1024`), so the load goes through a
+//! proxy's HTTP parsing as real HTTP would.
 
 /// `b"ORLG"`.
 pub const MAGIC: [u8; 4] = *b"ORLG";
@@ -121,9 +129,173 @@ impl Header {
     }
 }
 
+/// The first bytes of a request that makes a connection HTTP/1.1 (see the module doc).
+pub const HTTP_GET: &[u8; 4] = b"GET ";
+/// The longest request or response head either side accepts.
+pub const MAX_HTTP_HEAD: usize = 16 * 1024;
+
+/// What an HTTP request asks for: a body of `size` bytes, and whether to close after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub size: u32,
+    pub close: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("the head is not UTF-8")]
+    NotText,
+    #[error("bad request line {0:?} (expected \"GET /BYTES HTTP/1.1\")")]
+    RequestLine(String),
+    #[error("the request has a body (Content-Length {0})")]
+    RequestBody(String),
+    #[error("bad status line {0:?} (expected \"HTTP/1.1 200 …\")")]
+    StatusLine(String),
+    #[error("the response has no valid Content-Length")]
+    ContentLength,
+}
+
+/// Where a head ends (the index after its blank line), if `buf` holds all of it.
+pub fn http_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// A header's value in a head (name case-insensitive; the first occurrence).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Parses a request head (through its blank line).
+pub fn parse_http_request(head: &[u8]) -> Result<HttpRequest, HttpError> {
+    let head = std::str::from_utf8(head).map_err(|_| HttpError::NotText)?;
+    let line = head.split("\r\n").next().unwrap_or_default();
+    let bad = || HttpError::RequestLine(line.chars().take(80).collect());
+    let mut parts = line.split(' ');
+    let (Some("GET"), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(bad());
+    }
+    let size: u32 = target
+        .strip_prefix('/')
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n <= MAX_MESSAGE)
+        .ok_or_else(bad)?;
+    if let Some(length) = header(head, "content-length").filter(|l| *l != "0") {
+        return Err(HttpError::RequestBody(length.to_string()));
+    }
+    let connection = header(head, "connection");
+    let close = match version {
+        "HTTP/1.0" => !connection.is_some_and(|c| c.eq_ignore_ascii_case("keep-alive")),
+        _ => connection.is_some_and(|c| c.eq_ignore_ascii_case("close")),
+    };
+    Ok(HttpRequest { size, close })
+}
+
+/// The request the client sends for a `size`-byte body.
+pub fn http_request(host: &str, size: u32) -> Vec<u8> {
+    format!("GET /{size} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: outrider-loadgen\r\n\r\n")
+        .into_bytes()
+}
+
+/// The server's response head for a `size`-byte body.
+pub fn http_response_head(size: u32, close: bool) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes()
+}
+
+/// The answer to a request the server cannot serve; the server closes after it.
+pub const HTTP_BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Parses a response head (through its blank line): the body's length, if it is a 200.
+pub fn parse_http_response(head: &[u8]) -> Result<u64, HttpError> {
+    let head = std::str::from_utf8(head).map_err(|_| HttpError::NotText)?;
+    let line = head.split("\r\n").next().unwrap_or_default();
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next()) {
+        (Some("HTTP/1.1" | "HTTP/1.0"), Some("200")) => {}
+        _ => return Err(HttpError::StatusLine(line.chars().take(80).collect())),
+    }
+    header(head, "content-length")
+        .and_then(|l| l.parse().ok())
+        .ok_or(HttpError::ContentLength)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_requests_and_responses_parse_as_documented() {
+        let request = http_request("10.0.0.2:9000", 1024);
+        let end = http_head_end(&request).unwrap();
+        assert_eq!(end, request.len());
+        assert_eq!(http_head_end(&request[..end - 1]), None);
+        assert_eq!(
+            parse_http_request(&request),
+            Ok(HttpRequest {
+                size: 1024,
+                close: false
+            })
+        );
+        let closing = b"GET /0 HTTP/1.1\r\nconnection: Close\r\n\r\n";
+        assert_eq!(
+            parse_http_request(closing),
+            Ok(HttpRequest {
+                size: 0,
+                close: true
+            })
+        );
+        assert!(
+            parse_http_request(b"GET /7 HTTP/1.0\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET /x HTTP/1.1\r\n\r\n",
+            b"GET /-1 HTTP/1.1\r\n\r\n",
+            b"GET /99999999999 HTTP/1.1\r\n\r\n",
+            b"GET /1 HTTP/2\r\n\r\n",
+            b"GET /1 HTTP/1.1 extra\r\n\r\n",
+            b"POST /1 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_http_request(bad), Err(HttpError::RequestLine(_))),
+                "{}",
+                bad.escape_ascii()
+            );
+        }
+        assert_eq!(
+            parse_http_request(b"GET /1 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Err(HttpError::RequestBody("5".into()))
+        );
+        assert_eq!(
+            parse_http_response(&http_response_head(1024, false)),
+            Ok(1024)
+        );
+        let closing = String::from_utf8(http_response_head(3, true)).unwrap();
+        assert!(closing.contains("\r\nConnection: close\r\n"), "{closing}");
+        assert!(matches!(
+            parse_http_response(HTTP_BAD_REQUEST),
+            Err(HttpError::StatusLine(_))
+        ));
+        assert_eq!(
+            parse_http_response(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Err(HttpError::ContentLength)
+        );
+    }
 
     #[test]
     fn headers_round_trip_with_the_documented_layout() {

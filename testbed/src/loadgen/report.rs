@@ -14,6 +14,9 @@ pub enum Mode {
     Bulk,
     /// A new connection per request/response: connections per second.
     Connect,
+    /// HTTP/1.1 `GET /SIZE` on persistent (keep-alive) connections, closed loop: the
+    /// server answers `--size` bytes; requests per second through a proxy's HTTP path.
+    Http,
     /// Open `--connections` connections, one exchange on each, hold them all open for
     /// `--duration` (or until SIGINT/SIGTERM), then one more exchange on each and close:
     /// how many connections a path carries at once.
@@ -26,6 +29,7 @@ impl Mode {
             Mode::Rr => "rr",
             Mode::Bulk => "bulk",
             Mode::Connect => "connect",
+            Mode::Http => "http",
             Mode::Hold => "hold",
         }
     }
@@ -57,7 +61,7 @@ pub struct Report {
     /// `connect`); for `bulk`, from the window's start until the last count came back;
     /// for `hold`, the whole run (opening, holding, closing).
     pub duration_s: f64,
-    /// Completed requests (`rr`), connections (`connect`), acknowledged streams (`bulk`),
+    /// Completed requests (`rr`, `http`), connections (`connect`), acknowledged streams (`bulk`),
     /// connections held and verified at both ends (`hold`).
     pub requests: u64,
     /// Failed requests, connections or streams (refused, reset, cut short, timed out).
@@ -70,11 +74,11 @@ pub struct Report {
     #[serde(default)]
     pub unsent: u64,
     /// Payload bytes: both directions for `rr` and `connect`; for `bulk`, the bytes the
-    /// server acknowledged.
+    /// server acknowledged; for `http`, the response bodies.
     pub bytes: u64,
     pub throughput_bytes_per_s: f64,
     pub requests_per_s: f64,
-    /// Per request (`rr`, `connect`); for `hold`, per connection opened (connect and
+    /// Per request (`rr`, `http`, `connect`); for `hold`, per connection opened (connect and
     /// first exchange). `None` for `bulk`, or when nothing completed.
     pub latency_us: Option<LatencySummary>,
     /// The first error seen, if any.
@@ -109,6 +113,7 @@ impl fmt::Display for Report {
         let load = match (self.mode, self.rate) {
             (Mode::Bulk, _) => "64 KiB writes".to_string(),
             (Mode::Hold, _) => format!("held open, a {}-byte exchange at each end", self.size),
+            (Mode::Http, _) => format!("HTTP/1.1 keep-alive, {}-byte responses", self.size),
             (_, Some(rate)) => format!("open loop at {rate} req/s, {}-byte messages", self.size),
             (_, None) => format!("closed loop, {}-byte messages", self.size),
         };
@@ -121,7 +126,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "  measured    {:.3} s", self.duration_s)?;
         let what = match self.mode {
-            Mode::Rr => "requests",
+            Mode::Rr | Mode::Http => "requests",
             Mode::Bulk => "streams",
             Mode::Connect => "connections",
             Mode::Hold => "held",

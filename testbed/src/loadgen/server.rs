@@ -1,4 +1,5 @@
-//! The load generator's server: one port serves every mode of [`protocol`](super::protocol).
+//! The load generator's server: one port serves every mode of [`protocol`](super::protocol),
+//! and HTTP/1.1 `GET /N` with keep-alive.
 //! Each connection is a task; a bad header or a broken connection is counted and logged
 //! at debug, and the server goes on.
 use std::{
@@ -18,12 +19,17 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::protocol::{HEADER_LEN, Header, HeaderError};
+use super::protocol::{
+    HEADER_LEN, HTTP_BAD_REQUEST, HTTP_GET, Header, HeaderError, HttpError, MAX_HTTP_HEAD,
+    http_head_end, http_response_head, parse_http_request,
+};
 
 /// How long a new connection has to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read and write chunk for sink and source.
 const CHUNK: usize = 256 * 1024;
+/// What an HTTP response body is made of.
+const PAYLOAD_BYTE: u8 = 0x5a;
 
 /// What the server did so far; shared with the caller of [`serve`].
 #[derive(Debug, Default)]
@@ -42,7 +48,7 @@ pub struct ServerCounts {
     pub connections: u64,
     /// Connections that ended badly: bad header, reset, cut short.
     pub errors: u64,
-    /// Request/response answers sent.
+    /// Request/response answers and HTTP responses sent.
     pub exchanges: u64,
     /// Bytes received and acknowledged in sink mode.
     pub sink_bytes: u64,
@@ -116,6 +122,10 @@ enum ConnError {
     Header(#[from] HeaderError),
     #[error("no complete header within {} s", HEADER_TIMEOUT.as_secs())]
     HeaderTimeout,
+    #[error("HTTP: {0}")]
+    Http(#[from] HttpError),
+    #[error("HTTP: a request head over {MAX_HTTP_HEAD} bytes")]
+    HttpHeadTooLong,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -126,6 +136,9 @@ async fn handle(mut stream: TcpStream, stats: &ServerStats) -> Result<(), ConnEr
     tokio::time::timeout(HEADER_TIMEOUT, stream.read_exact(&mut header))
         .await
         .map_err(|_| ConnError::HeaderTimeout)??;
+    if header.starts_with(HTTP_GET) {
+        return http(&mut stream, &header, stats).await;
+    }
     match Header::decode(&header)? {
         Header::RequestResponse { size, exchanges } => {
             request_response(&mut stream, size as usize, exchanges, stats).await?
@@ -160,6 +173,58 @@ async fn request_response(
     }
     .await;
     stats.exchanges.fetch_add(u64::from(answered), Relaxed);
+    result
+}
+
+/// HTTP/1.1 keep-alive: answers each `GET /N` with N bytes until the client closes or
+/// asks to; anything else gets a 400 and the connection closes (counted as an error).
+async fn http(stream: &mut TcpStream, first: &[u8], stats: &ServerStats) -> Result<(), ConnError> {
+    let mut buf = first.to_vec();
+    let mut chunk = vec![0u8; 4096];
+    let mut body: Vec<u8> = Vec::new();
+    let mut answered: u64 = 0;
+    let result = async {
+        loop {
+            let end = loop {
+                if let Some(end) = http_head_end(&buf) {
+                    break end;
+                }
+                if buf.len() > MAX_HTTP_HEAD {
+                    return Err(ConnError::HttpHeadTooLong);
+                }
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    // A close between requests ends the connection; inside one, it is an error.
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let request = match parse_http_request(&buf[..end]) {
+                Ok(request) => request,
+                Err(err) => {
+                    stream.write_all(HTTP_BAD_REQUEST).await?;
+                    return Err(err.into());
+                }
+            };
+            buf.drain(..end);
+            body.resize(request.size as usize, PAYLOAD_BYTE);
+            let mut response = http_response_head(request.size, request.close);
+            response.extend_from_slice(&body);
+            stream.write_all(&response).await?;
+            answered += 1;
+            if request.close {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    stats.exchanges.fetch_add(answered, Relaxed);
+    if result.is_ok() {
+        stream.shutdown().await?;
+    }
     result
 }
 

@@ -269,6 +269,72 @@ async fn closed_without_answer(addr: SocketAddr, bytes: &[u8]) -> bool {
 }
 
 #[tokio::test]
+async fn http_mode_gets_bodies_of_the_size_over_keep_alive() {
+    let server = start_server();
+    let opts = ClientOptions {
+        connections: 3,
+        size: 1024,
+        ..options(server.addr, Mode::Http, 300)
+    };
+    let report = client::run(opts).await.unwrap();
+    assert!(report.requests > 50, "{report:?}");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.bytes, report.requests * 1024);
+    assert_ordered_percentiles(&report);
+    let counts = server.stats.counts();
+    // The probe's connection and the three kept alive: no connection per request.
+    assert_eq!(counts.connections, 4, "{counts:?}");
+    assert!(
+        counts.exchanges >= report.requests,
+        "{counts:?} vs {report:?}"
+    );
+    assert_eq!(counts.errors, 0, "{counts:?}");
+}
+
+#[tokio::test]
+async fn http_requests_the_server_cannot_serve_get_a_400_and_a_close() {
+    let server = start_server();
+    for (i, request) in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "case {i}: {}",
+            answer.escape_ascii()
+        );
+    }
+    // A good request then a close, on one connection: served, then closed cleanly.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /5 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(
+        text.contains("Content-Length: 5\r\n") && text.ends_with("\r\n\r\nZZ"),
+        "{text}"
+    );
+    let counts = server.stats.counts();
+    assert_eq!((counts.errors, counts.exchanges), (2, 2), "{counts:?}");
+}
+
+#[tokio::test]
 async fn bad_headers_are_closed_counted_and_others_still_served() {
     let server = start_server();
     let rr_header = |size: u32| {
@@ -279,8 +345,8 @@ async fn bad_headers_are_closed_counted_and_others_still_served() {
     let mut bad_version = rr_header(8);
     bad_version[4] = 9;
     let cases: Vec<Vec<u8>> = vec![
-        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-        b"ORLG".to_vec(), // cut short
+        b"PUT / HTTP/1.1\r\n\r\n".to_vec(), // HTTP, but not a GET
+        b"ORLG".to_vec(),                   // cut short
         bad_version,
         rr_header(0),
         rr_header(u32::MAX),

@@ -4,7 +4,12 @@
 //! (`traffic`), and what N pods cost in memory in each model (`memory`). Writes
 //! `DIR/bench.json`, `DIR/bench.md` (`report`) and `DIR/bench.svg` (`svg`); every figure
 //! is also given as a ratio to `direct` of the same run, never against a fixed number.
+//!
+//! `cargo xtask bench --ztunnel PATH` runs the peer harness instead, Outrider against
+//! ztunnel (`peer`, `peer_table`).
 mod memory;
+mod peer;
+mod peer_table;
 pub mod procfs;
 mod report;
 mod svg;
@@ -18,12 +23,16 @@ use serde_json::{Value, json};
 
 use crate::{build_tools, root};
 
+pub use peer::{PeerOptions, run as run_peer};
+
 /// How long and how hard each measurement runs.
 pub struct Settings {
     pub duration_s: u64,
     pub warmup_s: u64,
     pub rate_per_s: u64,
     pub size_bytes: u64,
+    /// Keep-alive connections of the HTTP load (as the peer harness's `wrk -c16`).
+    pub http_connections: usize,
     pub memory_steps: Vec<usize>,
 }
 
@@ -34,6 +43,7 @@ impl Settings {
             warmup_s: 1,
             rate_per_s: 1000,
             size_bytes: 1024,
+            http_connections: 16,
             memory_steps: vec![1, 10, 50, 200],
         }
     }
@@ -63,6 +73,7 @@ pub fn run(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
                 "warmup_s": settings.warmup_s,
                 "rate_per_s": settings.rate_per_s,
                 "size_bytes": settings.size_bytes,
+                "http_connections": settings.http_connections,
                 "memory_steps": settings.memory_steps,
             },
             "modes": modes,
@@ -115,20 +126,24 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|l| l.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
-    let commit = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .current_dir(root())
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     json!({
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "cpu_model": cpu_model,
         "cpus": cpus,
         "memory_gib": (mem_kb / 1024.0 / 1024.0).round(),
         "outrider_version": env!("CARGO_PKG_VERSION"),
-        "commit": commit,
+        "commit": commit(),
     })
+}
+
+/// The workspace's commit (`git describe --always --dirty`), empty if git cannot say.
+fn commit() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

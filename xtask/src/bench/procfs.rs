@@ -1,4 +1,5 @@
-//! What the benchmark reads about processes from /proc: CPU time and memory.
+//! What the benchmark reads about processes and the host from /proc: CPU time, memory and
+//! its peak (VmHWM, which it resets), and the host's busy CPU time.
 use anyhow::Context;
 
 /// Clock ticks per second of /proc/<pid>/stat's times (`getconf CLK_TCK`; 100 on Linux).
@@ -59,6 +60,44 @@ pub fn pss_bytes(pid: u32) -> anyhow::Result<u64> {
     kb_line(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
+/// The peak resident memory of `pid` since it started or since [`reset_peak_rss`].
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    kb_line(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+/// Resets `pid`'s VmHWM to its current RSS (`5` to /proc/PID/clear_refs), so that
+/// [`peak_rss_bytes`] reads the peak from now on.
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    std::fs::write(&path, "5").with_context(|| format!("writing 5 to {path}"))
+}
+
+/// Busy CPU seconds of the whole host since boot, all CPUs together: user, nice, system,
+/// irq and softirq time from /proc/stat (not idle, iowait or steal). Clients, servers,
+/// proxies and the kernel's work for them all count, as the peer harness counts them.
+pub fn host_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    busy_seconds(&stat, ticks_per_second())
+}
+
+fn busy_seconds(stat: &str, ticks: f64) -> anyhow::Result<f64> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("/proc/stat: {line:?}"))?;
+    // user nice system idle iowait irq softirq steal …
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+        anyhow::bail!("/proc/stat: too few fields in {line:?}");
+    };
+    Ok((user + nice + system + irq + softirq) / ticks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +115,29 @@ mod tests {
         assert!(rss > 1024 * 1024, "{rss}");
         let pss = pss_bytes(me).unwrap();
         assert!(pss > 0 && pss <= rss + 4096, "{pss} vs {rss}");
+        assert!(host_busy_seconds().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn the_peak_is_reset_to_the_current_size() {
+        // The only test of this process that resets its peak (they run in parallel).
+        let me = std::process::id();
+        // 64 MiB touched and freed: the peak stays up until reset.
+        let big = vec![1u8; 64 << 20];
+        assert!(big.iter().map(|b| u64::from(*b)).sum::<u64>() > 0);
+        drop(big);
+        let before = peak_rss_bytes(me).unwrap();
+        assert!(before >= rss_bytes(me).unwrap() + (32 << 20), "{before}");
+        reset_peak_rss(me).unwrap();
+        let after = peak_rss_bytes(me).unwrap();
+        assert!(after + (32 << 20) < before, "{after} vs {before}");
+    }
+
+    #[test]
+    fn busy_time_leaves_idle_iowait_and_steal_out() {
+        let stat = "cpu  100 10 50 9000 70 5 3 40 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(busy_seconds(stat, 100.0).unwrap(), 1.68);
+        assert!(busy_seconds("cpu  1 2 3\n", 100.0).is_err());
+        assert!(busy_seconds("intr 5\n", 100.0).is_err());
     }
 }

@@ -122,6 +122,81 @@ fn bytes(b: f64) -> String {
     }
 }
 
+/// `x` with `digits` decimals, and its ratio to `base` unless it is `direct`'s own.
+fn with_ratio(x: Option<f64>, base: Option<f64>, digits: usize, is_direct: bool) -> String {
+    match x {
+        Some(x) => format!(
+            "{x:.digits$}{}",
+            if is_direct {
+                String::new()
+            } else {
+                fmt_ratio(Some(x), base)
+            }
+        ),
+        None => "-".into(),
+    }
+}
+
+/// HTTP over keep-alive connections, and what a request and a new connection cost.
+fn per_op_table(modes: &[Value], direct: Option<&Value>, settings: &Value) -> String {
+    let mut md = format!(
+        "\nHTTP/1.1 `GET` over {} keep-alive connections, 1 closed loop each, responses of the size above. CPU per request (HTTP) and per new connection (the new-connections load), over the measured window: the proxies' (none for `direct`: no ratio), and the whole host's (clients, servers, proxies and the kernel; in parentheses its ratio to `direct`).\n\n",
+        settings["http_connections"]
+    );
+    md.push_str("| mode | HTTP req/s | HTTP p50 µs | HTTP p99 µs | proxy CPU µs/request | host CPU µs/request | proxy CPU µs/connection | host CPU µs/connection |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    for m in modes {
+        let is_direct = m["mode"] == "direct";
+        let cell = |p: &str, digits: usize| {
+            with_ratio(num(m, p), direct.and_then(|d| num(d, p)), digits, is_direct)
+        };
+        let plain = |p: &str| num(m, p).map_or("-".into(), |x| format!("{x:.1}"));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            m["mode"].as_str().unwrap_or("?"),
+            cell("/http_requests_per_s", 0),
+            cell("/http_latency_us/p50", 0),
+            cell("/http_latency_us/p99", 0),
+            plain("/proxy_cpu_us_per_request"),
+            cell("/host_cpu_us_per_request", 1),
+            plain("/proxy_cpu_us_per_connection"),
+            cell("/host_cpu_us_per_connection", 1),
+        ));
+    }
+    md
+}
+
+/// The loads whose peak proxy memory is recorded, as (key, column title).
+const PEAK_LOADS: [(&str, &str); 5] = [
+    ("latency_closed", "request/response"),
+    ("latency_fixed", "at fixed rate"),
+    ("bulk", "bulk"),
+    ("http", "HTTP"),
+    ("connect", "new connections"),
+];
+
+/// The proxies' peak memory in each load.
+fn peak_table(modes: &[Value]) -> String {
+    let mut md = String::from(
+        "\nPeak RSS of the mode's proxies during each load (their VmHWM summed, reset before the load; a node agent is counted whole, with what it holds for every pod of the testbed):\n\n| mode |",
+    );
+    for (_, title) in PEAK_LOADS {
+        md.push_str(&format!(" {title} |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(PEAK_LOADS.len()));
+    md.push('\n');
+    for m in modes {
+        md.push_str(&format!("| {} |", m["mode"].as_str().unwrap_or("?")));
+        for (key, _) in PEAK_LOADS {
+            let cell = num(m, &format!("/proxy_peak_rss_bytes/{key}")).map_or("-".into(), bytes);
+            md.push_str(&format!(" {cell} |"));
+        }
+        md.push('\n');
+    }
+    md
+}
+
 /// bench.md.
 pub fn markdown(report: &Value) -> String {
     let modes: Vec<Value> = report["modes"].as_array().cloned().unwrap_or_default();
@@ -180,6 +255,8 @@ pub fn markdown(report: &Value) -> String {
             num(m, "/proxy_cpu_s_per_gb").map_or("-".into(), |x| format!("{x:.2}")),
         ));
     }
+    md.push_str(&per_op_table(&modes, direct.as_ref(), &report["settings"]));
+    md.push_str(&peak_table(&modes));
     let mem = &report["memory"];
     md.push_str("\n| enrolled pods | node agent RSS | sidecars' RSS (sum) | node / sidecar | node agent PSS | sidecars' PSS (sum) |\n|---|---|---|---|---|---|\n");
     let sidecar = mem["sidecar"].as_array().cloned().unwrap_or_default();
@@ -221,4 +298,70 @@ pub fn markdown(report: &Value) -> String {
         ));
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cells of `table_head`'s table row for `mode`.
+    fn row(md: &str, table_head: &str, mode: &str) -> Vec<String> {
+        let table = md
+            .split_once(table_head)
+            .unwrap_or_else(|| panic!("no table {table_head} in\n{md}"))
+            .1;
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {mode} |")))
+            .unwrap_or_else(|| panic!("no row {mode} in\n{table}"));
+        line.split('|')
+            .map(|c| c.trim().to_string())
+            .skip(2)
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn http_cpu_per_op_and_peak_memory_are_tabled_against_direct() {
+        let report = json!({
+            "settings": {"http_connections": 16},
+            "modes": [
+                {"mode": "direct", "http_requests_per_s": 20000.0,
+                 "http_latency_us": {"p50": 500.0, "p99": 900.0},
+                 "proxy_cpu_us_per_request": null, "host_cpu_us_per_request": 50.0,
+                 "proxy_cpu_us_per_connection": null, "host_cpu_us_per_connection": 150.0,
+                 "proxy_peak_rss_bytes": {"latency_closed": null, "http": null}},
+                {"mode": "node-mtls", "http_requests_per_s": 5000.0,
+                 "http_latency_us": {"p50": 2000.0, "p99": 4500.0},
+                 "proxy_cpu_us_per_request": 120.5, "host_cpu_us_per_request": 175.0,
+                 "proxy_cpu_us_per_connection": 400.0, "host_cpu_us_per_connection": 600.0,
+                 "proxy_peak_rss_bytes": {"latency_closed": 40.0 * 1048576.0, "http": 42.5 * 1048576.0}},
+            ],
+        });
+        let md = markdown(&report);
+        assert!(md.contains("over 16 keep-alive connections"), "{md}");
+        let head = "| mode | HTTP req/s";
+        assert_eq!(
+            row(&md, head, "direct"),
+            ["20000", "500", "900", "-", "50.0", "-", "150.0"]
+        );
+        assert_eq!(
+            row(&md, head, "node-mtls"),
+            [
+                "5000 (0.25×)",
+                "2000 (4.00×)",
+                "4500 (5.00×)",
+                "120.5",
+                "175.0 (3.50×)",
+                "400.0",
+                "600.0 (4.00×)"
+            ]
+        );
+        let head = "| mode | request/response |";
+        assert_eq!(row(&md, head, "direct"), ["-", "-", "-", "-", "-"]);
+        assert_eq!(
+            row(&md, head, "node-mtls"),
+            ["40.0 MiB", "-", "-", "42.5 MiB", "-"]
+        );
+    }
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 const W: f64 = 980.0;
 const H: f64 = 420.0;
-const COLORS: [&str; 3] = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"];
 
 fn text(x: f64, y: f64, size: u32, anchor: &str, s: &str) -> String {
     let s = s.replace('&', "&amp;").replace('<', "&lt;");
@@ -25,13 +25,14 @@ pub fn render(report: &Value) -> String {
     svg
 }
 
-/// Grouped bars: per mode, three ratios to direct.
+/// Grouped bars: per mode, four ratios to direct.
 fn ratios(report: &Value, x0: f64, y0: f64, w: f64, h: f64) -> String {
     let modes: Vec<Value> = report["modes"].as_array().cloned().unwrap_or_default();
     let direct = modes.iter().find(|m| m["mode"] == "direct").cloned();
     let series = [
         ("throughput", "/throughput_bytes_per_s"),
         ("new connections/s", "/connections_per_s"),
+        ("HTTP req/s", "/http_requests_per_s"),
         ("p50 latency", "/latency_closed_us/p50"),
     ];
     let ratio = |m: &Value, p: &str| -> f64 {
@@ -59,7 +60,7 @@ fn ratios(report: &Value, x0: f64, y0: f64, w: f64, h: f64) -> String {
     );
     s.push_str(&axis(x0, y0, w, h, top, |v| format!("{v:.2}×")));
     let group = w / modes.len().max(1) as f64;
-    let bar = group / 4.0;
+    let bar = group / (series.len() + 1) as f64;
     for (i, m) in modes.iter().enumerate() {
         let gx = x0 + i as f64 * group;
         for (k, (_, p)) in series.iter().enumerate() {
@@ -206,8 +207,8 @@ mod tests {
     fn draws_every_mode_and_both_memory_lines() {
         let report = serde_json::json!({
             "modes": [
-                {"mode": "direct", "throughput_bytes_per_s": 1e9, "connections_per_s": 1000.0, "latency_closed_us": {"p50": 50.0}},
-                {"mode": "node-mtls", "throughput_bytes_per_s": 5e8, "connections_per_s": 400.0, "latency_closed_us": {"p50": 80.0}},
+                {"mode": "direct", "throughput_bytes_per_s": 1e9, "connections_per_s": 1000.0, "http_requests_per_s": 9000.0, "latency_closed_us": {"p50": 50.0}},
+                {"mode": "node-mtls", "throughput_bytes_per_s": 5e8, "connections_per_s": 400.0, "http_requests_per_s": 3000.0, "latency_closed_us": {"p50": 80.0}},
             ],
             "memory": {
                 "node": [{"pods": 0, "rss_bytes": 10e6}, {"pods": 1, "rss_bytes": 11e6}, {"pods": 10, "rss_bytes": 12e6}],
@@ -218,7 +219,10 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains(">direct</text>") && svg.contains(">node-mtls</text>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
-        // direct's three bars and node-mtls's three.
-        assert_eq!(svg.matches("<rect x=").count(), 6 + 3 + 2);
+        // direct's four bars and node-mtls's four, and the legends' swatches.
+        assert_eq!(svg.matches("<rect x=").count(), 8 + 4 + 2);
+        assert!(svg.contains(">HTTP req/s</text>"));
+        // node-mtls's HTTP bar: a third of direct's (the axis tops at 2×).
+        assert!(svg.contains("height=\"50.0\" fill=\"#d62728\""), "{svg}");
     }
 }

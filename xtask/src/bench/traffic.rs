@@ -14,7 +14,17 @@
 //!
 //! Each mode has a client pod of its own: connections one mode leaves in TIME_WAIT (tens
 //! of thousands after the new-connections load) must not weigh on the next.
-use std::path::Path;
+//!
+//! Loads, in this order, each over every mode: request/response (closed loop, then at a
+//! fixed rate), bulk, HTTP/1.1 over keep-alive connections, new connections. Over each
+//! load's measured window (the load generator marks its start and end on stderr) the
+//! proxies' CPU and the host's are read; the proxies' peak RSS (VmHWM, reset before the
+//! load) covers the whole load.
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::Stdio,
+};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -111,8 +121,46 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| procfs::cpu_seconds(*p)).sum()
 }
 
-/// Runs the load generator's client in `mode`'s client pod; its JSON report.
-fn client(bed: &Bed, mode: &Mode, settings: &Settings, extra: &[&str]) -> anyhow::Result<Value> {
+/// The lines the load generator prints on stderr as its measured window starts and ends
+/// (`--window-marks`; the testbed crate's `loadgen::WINDOW_START` and `WINDOW_END`).
+const WINDOW_START: &str = "loadgen: measured window starts";
+const WINDOW_END: &str = "loadgen: measured window ends";
+
+/// What one load cost: CPU over the load generator's measured window (the proxies', and
+/// the whole host's), and the proxies' peak memory over the whole run.
+struct Usage {
+    /// Whether the path has proxies at all (`direct` has none).
+    proxied: bool,
+    proxy_cpu_s: f64,
+    host_cpu_s: f64,
+    /// Summed VmHWM of the proxies, reset before the run; `None` without proxies.
+    proxy_peak_rss_bytes: Option<u64>,
+}
+
+impl Usage {
+    /// CPU microseconds per operation (a request, a connection), proxies' and host's;
+    /// the proxies' is `null` without proxies.
+    fn per_op_us(&self, ops: f64) -> (Value, Value) {
+        if ops <= 0.0 {
+            return (Value::Null, Value::Null);
+        }
+        let proxy = if self.proxied {
+            json!(self.proxy_cpu_s * 1e6 / ops)
+        } else {
+            Value::Null
+        };
+        (proxy, json!(self.host_cpu_s * 1e6 / ops))
+    }
+}
+
+/// Runs the load generator's client in `mode`'s client pod; its JSON report, and what
+/// the proxies and the host used while it measured.
+fn client(
+    bed: &Bed,
+    mode: &Mode,
+    settings: &Settings,
+    extra: &[&str],
+) -> anyhow::Result<(Value, Usage)> {
     let ip = match mode.service {
         Some(service) => bed.service_ipv4(service)?,
         None => bed.ipv4(mode.server)?,
@@ -133,14 +181,44 @@ fn client(bed: &Bed, mode: &Mode, settings: &Settings, extra: &[&str]) -> anyhow
         "--warmup",
         &warmup,
         "--json",
+        "--window-marks",
     ];
     args.extend(extra);
-    let out = bed.exec(mode.client, &args).output()?;
+    let pids = proxies(bed, mode)?;
+    for pid in &pids {
+        procfs::reset_peak_rss(*pid).with_context(|| format!("{}: proxy {pid}", mode.name))?;
+    }
+    let mut child = bed
+        .exec(mode.client, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{}: starting loadgen client {extra:?}", mode.name))?;
+    let stderr = child.stderr.take().context("the client's stderr")?;
+    // Sampled at the marks; the rest of stderr is kept for the error message.
+    let mut at_start = None;
+    let mut at_end = None;
+    let mut said = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.with_context(|| format!("{}: reading the client's stderr", mode.name))?;
+        if line == WINDOW_START {
+            at_start = Some((cpu_of(&pids)?, procfs::host_busy_seconds()?));
+        } else if line == WINDOW_END {
+            at_end = Some((cpu_of(&pids)?, procfs::host_busy_seconds()?));
+        } else {
+            said.push_str(&line);
+            said.push('\n');
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("{}: waiting for loadgen client {extra:?}", mode.name))?;
     if !out.status.success() {
         bail!(
             "{}: loadgen client {extra:?} failed: {}",
             mode.name,
-            String::from_utf8_lossy(&out.stderr).trim()
+            said.trim()
         );
     }
     let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
@@ -150,11 +228,28 @@ fn client(bed: &Bed, mode: &Mode, settings: &Settings, extra: &[&str]) -> anyhow
             String::from_utf8_lossy(&out.stdout)
         )
     })?;
+    let (Some(start), Some(end)) = (at_start, at_end) else {
+        bail!(
+            "{}: loadgen client {extra:?} never marked its measured window: {}",
+            mode.name,
+            said.trim()
+        );
+    };
+    let peak = pids
+        .iter()
+        .map(|p| procfs::peak_rss_bytes(*p))
+        .sum::<anyhow::Result<u64>>()?;
+    let usage = Usage {
+        proxied: !pids.is_empty(),
+        proxy_cpu_s: end.0 - start.0,
+        host_cpu_s: end.1 - start.1,
+        proxy_peak_rss_bytes: (!pids.is_empty()).then_some(peak),
+    };
     let errors = report["errors"].as_u64().unwrap_or(0);
     if errors > 0 {
         eprintln!("xtask: bench: {}: {extra:?}: {errors} errors", mode.name);
     }
-    Ok(report)
+    Ok((report, usage))
 }
 
 fn latency(report: &Value) -> Value {
@@ -178,14 +273,15 @@ pub fn measure(tools: &Path, settings: &Settings, work: &Path) -> anyhow::Result
     let size = settings.size_bytes.to_string();
     for (i, mode) in MODES.iter().enumerate() {
         eprintln!("xtask: bench: {}: request/response, closed loop", mode.name);
-        let r = client(&bed, mode, settings, &["--mode", "rr", "--size", &size])?;
+        let (r, usage) = client(&bed, mode, settings, &["--mode", "rr", "--size", &size])?;
         results[i]["latency_closed_us"] = latency(&r);
+        peak(&mut results[i], "latency_closed", &usage);
         results[i]["requests_per_s_closed"] = r["requests_per_s"].clone();
         results[i]["errors"] = json!(r["errors"].as_u64().unwrap_or(0));
     }
     for (i, mode) in MODES.iter().enumerate() {
         eprintln!("xtask: bench: {}: request/response at {rate}/s", mode.name);
-        let r = client(
+        let (r, usage) = client(
             &bed,
             mode,
             settings,
@@ -201,35 +297,73 @@ pub fn measure(tools: &Path, settings: &Settings, work: &Path) -> anyhow::Result
             ],
         )?;
         results[i]["latency_fixed_us"] = latency(&r);
+        peak(&mut results[i], "latency_fixed", &usage);
         add_errors(&mut results[i], &r);
     }
     for (i, mode) in MODES.iter().enumerate() {
         eprintln!("xtask: bench: {}: bulk", mode.name);
-        let pids = proxies(&bed, mode)?;
-        let before = cpu_of(&pids)?;
-        let r = client(&bed, mode, settings, &["--mode", "bulk"])?;
-        let cpu = cpu_of(&pids)? - before;
+        let (r, usage) = client(&bed, mode, settings, &["--mode", "bulk"])?;
         let bytes = r["bytes"].as_f64().unwrap_or(0.0);
         results[i]["throughput_bytes_per_s"] = r["throughput_bytes_per_s"].clone();
-        results[i]["proxy_cpu_s_per_gb"] = if pids.is_empty() || bytes <= 0.0 {
+        results[i]["proxy_cpu_s_per_gb"] = if !usage.proxied || bytes <= 0.0 {
             Value::Null
         } else {
-            json!(cpu / (bytes / 1e9))
+            json!(usage.proxy_cpu_s / (bytes / 1e9))
         };
+        peak(&mut results[i], "bulk", &usage);
+        add_errors(&mut results[i], &r);
+    }
+    let http_connections = settings.http_connections.to_string();
+    for (i, mode) in MODES.iter().enumerate() {
+        eprintln!(
+            "xtask: bench: {}: HTTP/1.1 over {http_connections} keep-alive connections",
+            mode.name
+        );
+        let (r, usage) = client(
+            &bed,
+            mode,
+            settings,
+            &[
+                "--mode",
+                "http",
+                "--size",
+                &size,
+                "--connections",
+                &http_connections,
+            ],
+        )?;
+        results[i]["http_requests_per_s"] = r["requests_per_s"].clone();
+        results[i]["http_latency_us"] = latency(&r);
+        let requests = r["requests"].as_f64().unwrap_or(0.0);
+        let (proxy, host) = usage.per_op_us(requests);
+        results[i]["proxy_cpu_us_per_request"] = proxy;
+        results[i]["host_cpu_us_per_request"] = host;
+        peak(&mut results[i], "http", &usage);
         add_errors(&mut results[i], &r);
     }
     for (i, mode) in MODES.iter().enumerate() {
         eprintln!("xtask: bench: {}: new connections", mode.name);
-        let r = client(
+        let (r, usage) = client(
             &bed,
             mode,
             settings,
             &["--mode", "connect", "--size", &size],
         )?;
         results[i]["connections_per_s"] = r["requests_per_s"].clone();
+        let connections = r["requests"].as_f64().unwrap_or(0.0);
+        let (proxy, host) = usage.per_op_us(connections);
+        results[i]["proxy_cpu_us_per_connection"] = proxy;
+        results[i]["host_cpu_us_per_connection"] = host;
+        peak(&mut results[i], "connect", &usage);
         add_errors(&mut results[i], &r);
     }
     Ok(results)
+}
+
+/// Records a load's peak proxy memory under `proxy_peak_rss_bytes.<load>` (`null`
+/// without proxies).
+fn peak(result: &mut Value, load: &str, usage: &Usage) {
+    result["proxy_peak_rss_bytes"][load] = json!(usage.proxy_peak_rss_bytes);
 }
 
 fn add_errors(result: &mut Value, report: &Value) {
