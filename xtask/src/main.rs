@@ -139,9 +139,8 @@ fn main() -> ExitCode {
         Cmd::Codegen => codegen::run(),
         Cmd::Testbed { args } => tooling("testbed", &args),
         Cmd::Loadgen { args } => tooling("loadgen", &args),
-        Cmd::Image { version } => {
-            setup::run().and_then(|()| image::run(version.as_deref(), image::Profile::Dist).map(|_| ()))
-        }
+        Cmd::Image { version } => setup::run()
+            .and_then(|()| image::run(version.as_deref(), image::Profile::Dist).map(|_| ())),
         Cmd::Bench {
             out,
             ztunnel: Some(ztunnel),

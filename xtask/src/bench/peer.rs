@@ -1,6 +1,6 @@
 //! `cargo xtask bench --ztunnel PATH`: Outrider and ztunnel side by side under the peer
 //! harness (`../shared/bench/peer_bench.py`, not ours: it never builds anything), on the
-//! release binary just built. Paths `direct`, `ztunnel-hbone`, `ztunnel-tcp`,
+//! binary that ships, just built (the `dist` profile: the release with whole-program LTO). Paths `direct`, `ztunnel-hbone`, `ztunnel-tcp`,
 //! `outrider-mtls` and `outrider-tcp`; the Outrider paths through the harness's plugin
 //! `outrider_path.py`, started by a small script written into the work directory that
 //! names the fresh binary. Writes the harness's JSON and markdown, and `peer.md`
@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::peer_table::{self, Builds, PATHS};
-use crate::{build_tools, root};
+use crate::root;
 
 pub struct PeerOptions {
     pub ztunnel: PathBuf,
@@ -47,8 +47,7 @@ pub fn run(opts: PeerOptions) -> anyhow::Result<()> {
         }
     }
     let ztunnel = executable(&opts.ztunnel)?;
-    let tools = build_tools()?;
-    let outrider = tools.with_file_name("outrider");
+    let outrider = build_dist()?;
     let out = opts
         .out
         .clone()
@@ -124,6 +123,20 @@ pub fn run(opts: PeerOptions) -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// `cargo build --profile dist` of the agent, as the image ships it; its path.
+fn build_dist() -> anyhow::Result<PathBuf> {
+    crate::run(Command::new(env!("CARGO")).args([
+        "build",
+        "--profile",
+        "dist",
+        "-p",
+        "outrider",
+        "--bin",
+        "outrider",
+    ]))?;
+    Ok(root().join("target/dist/outrider"))
 }
 
 /// `path`, absolute, if it is an executable file.
