@@ -11,7 +11,10 @@
 //! client). They count every connection's bytes on the app's socket (HTTP heads
 //! included, TLS and tunnel framing not), include connections still open (flushed at
 //! each scrape), and both exist from the connection's opening, at zero.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -321,6 +324,23 @@ pub struct ConnectionMetrics {
     counted_to_server: AtomicU64,
     /// Server → client bytes already in `istio_tcp_sent_bytes_total`.
     counted_to_client: AtomicU64,
+    /// The request series this connection's last request went to.
+    last_request: Mutex<Option<RequestSeries>>,
+}
+
+/// The four metrics of one HTTP request series (a connection's labels, a response code
+/// and flags), held by the connection for its next request: most requests of a
+/// connection get the same answer, and a hit skips building the label set and four
+/// hashed lookups (about 1.5 % of the agent's CPU per request). Series are never removed
+/// from their families, so a held handle is always the one the registry exports.
+#[derive(Clone, Debug)]
+struct RequestSeries {
+    code: u16,
+    flags: &'static str,
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 impl ConnectionMetrics {
@@ -329,6 +349,7 @@ impl ConnectionMetrics {
             labels,
             counted_to_server: AtomicU64::new(0),
             counted_to_client: AtomicU64::new(0),
+            last_request: Mutex::new(None),
         }
     }
 }
@@ -391,24 +412,48 @@ impl Metrics {
         };
     }
 
-    /// Counts one HTTP request.
+    /// Counts one HTTP request of `conn`, answered `code` with `flags`.
     pub fn request(
         &self,
-        labels: &HttpLabels,
+        conn: &ConnectionMetrics,
+        code: u16,
+        flags: &'static str,
         duration_ms: f64,
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        self.requests.get_or_create(labels).inc();
-        self.request_duration
-            .get_or_create(labels)
-            .observe(duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(request_bytes as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(response_bytes as f64);
+        let series = {
+            let mut last = conn
+                .last_request
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &*last {
+                Some(series) if series.code == code && series.flags == flags => series.clone(),
+                _ => {
+                    let series = self.request_series(&conn.labels, code, flags);
+                    *last = Some(series.clone());
+                    series
+                }
+            }
+        };
+        series.requests.inc();
+        series.duration.observe(duration_ms);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+    }
+
+    /// The series of requests on a connection labelled `labels`, answered `code` with
+    /// `flags`, made if new.
+    fn request_series(&self, labels: &TcpLabels, code: u16, flags: &'static str) -> RequestSeries {
+        let labels = labels.http("http", code, flags);
+        RequestSeries {
+            code,
+            flags,
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.request_duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        }
     }
 
     /// Counts a refusal protecting `pod` (`namespace/name`).
@@ -510,6 +555,48 @@ mod tests {
         }
     }
 
+    /// A connection holds its last request series: requests with another answer must
+    /// still land in their own series, and a series held by one connection must be the
+    /// one another connection with the same labels counts into.
+    #[test]
+    fn requests_land_in_their_series_whatever_the_connection_held_before() {
+        let metrics = Metrics::default();
+        let first = ConnectionMetrics::new(labels());
+        let second = ConnectionMetrics::new(labels());
+        for (conn, code, flags) in [
+            (&first, 200, "-"),
+            (&first, 200, "-"),
+            (&first, 503, "UC"),
+            (&first, 200, "-"),
+            (&first, 503, "-"),
+            (&second, 200, "-"),
+        ] {
+            metrics.request(conn, code, flags, 1.0, 0, 10);
+        }
+        let text = metrics.encode();
+        let count = |code: &str, flags: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("response_flags=\"{flags}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no {code} {flags} series in:\n{text}"))
+                .to_string()
+        };
+        assert_eq!(count("200", "-"), "4", "{text}");
+        assert_eq!(count("503", "UC"), "1", "{text}");
+        assert_eq!(count("503", "-"), "1", "{text}");
+        let sizes = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_response_bytes_count{") && l.contains("response_code=\"200\"")
+            })
+            .unwrap_or_else(|| panic!("no response size count in:\n{text}"));
+        assert!(sizes.ends_with(" 4"), "{sizes}");
+    }
+
     #[test]
     fn connections_and_requests_are_exposed_with_istio_names_and_labels() {
         let metrics = Metrics::default();
@@ -518,7 +605,7 @@ mod tests {
         metrics.flush(&conn, 100, 10);
         metrics.flush(&conn, 150, 10);
         metrics.closed(&conn, 200, 30, ResponseFlags::None);
-        metrics.request(&conn.labels.http("http", 200, "-"), 3.0, 10, 2000);
+        metrics.request(&conn, 200, "-", 3.0, 10, 2000);
         let text = metrics.encode();
         let line = |name: &str| {
             text.lines()

@@ -81,11 +81,10 @@ impl Recorder {
         conn: &ConnectionMetrics,
         request: &RequestFacts<'_>,
     ) {
-        let labels = conn
-            .labels
-            .http("http", request.status, request.flags.as_str());
         self.metrics.request(
-            &labels,
+            conn,
+            request.status,
+            request.flags.as_str(),
             request.duration.as_secs_f64() * 1000.0,
             request.request_bytes,
             request.response_bytes,
