@@ -522,16 +522,9 @@ fn a_sidecar_as_injected_runs_unprivileged_and_is_told_apart_by_its_user() {
         identity("shop", "web"),
         "{inb}"
     );
-    // Log lines reach the file within about a millisecond (a writer thread batches them),
-    // and the outbound line only when its connection has closed.
-    let logged = |text: &str| {
-        text.contains("\"direction\":\"outbound\"") && text.contains("\"transport\":\"hbone\"")
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-    while !logged(&text) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-    }
-    assert!(logged(&text), "{text}");
+    // The outbound line is written when its connection has closed, by the log's writer
+    // thread: waited for, not read once.
+    support::wait_json_line(&log, 0, Duration::from_secs(5), |v| {
+        v["fields"]["direction"] == "outbound" && v["fields"]["transport"] == "hbone"
+    });
 }

@@ -747,7 +747,7 @@ fn json_lines(path: &Path) -> Vec<Value> {
 
 /// Waits until the JSON log at `path` has a line, after the first `mark`, matching
 /// `pred`; panics with the end of the log after `timeout`.
-fn wait_json_line(
+pub fn wait_json_line(
     path: &Path,
     mark: usize,
     timeout: Duration,

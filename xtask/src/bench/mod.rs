@@ -147,3 +147,14 @@ fn commit() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
+
+/// The cells of a markdown table row after its first (the row's title), for tests of
+/// the tables this module writes.
+#[cfg(test)]
+fn table_cells(line: &str) -> Vec<String> {
+    line.split('|')
+        .map(|c| c.trim().to_string())
+        .skip(2)
+        .filter(|c| !c.is_empty())
+        .collect()
+}

@@ -290,11 +290,7 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| {title}")))
             .unwrap_or_else(|| panic!("no row {title} in\n{md}"));
-        line.split('|')
-            .map(|c| c.trim().to_string())
-            .skip(2)
-            .filter(|c| !c.is_empty())
-            .collect()
+        super::super::table_cells(line)
     }
 
     #[test]

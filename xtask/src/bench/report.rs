@@ -314,11 +314,7 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| {mode} |")))
             .unwrap_or_else(|| panic!("no row {mode} in\n{table}"));
-        line.split('|')
-            .map(|c| c.trim().to_string())
-            .skip(2)
-            .filter(|c| !c.is_empty())
-            .collect()
+        super::super::table_cells(line)
     }
 
     #[test]
