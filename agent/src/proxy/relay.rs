@@ -66,7 +66,7 @@ impl RequestHook {
 }
 
 impl Hook for RequestHook {
-    fn on_request(&self, request: &RequestInfo, _headers: &::http::HeaderMap) -> Verdict {
+    fn on_request(&self, request: &RequestInfo) -> Verdict {
         let Some(guard) = &self.guard else {
             return Verdict::Forward;
         };

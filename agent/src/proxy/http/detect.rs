@@ -320,6 +320,6 @@ fn request_line(buf: &[u8]) -> Result<Protocol, Stage> {
 }
 
 /// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
+pub(super) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

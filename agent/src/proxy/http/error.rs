@@ -1,8 +1,10 @@
 //! Errors of one proxied HTTP connection. Per-request failures (a denied request, the app
 //! failing one request) are not errors of the connection: they go to the hook's report.
+use std::io;
+
 use thiserror::Error;
 
-use super::HttpVersion;
+use super::{HttpVersion, h1::Malformed};
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -15,6 +17,18 @@ pub enum HttpError {
         #[source]
         source: hyper::Error,
     },
+    /// HTTP/1: the client's request was not valid HTTP/1 (its head, answered with 400 or
+    /// 431, or its body's framing).
+    #[error("client connection (HTTP/1): {0}")]
+    Request(#[source] Malformed),
+    /// HTTP/1: the app's response was not valid HTTP/1 (before its head the client got
+    /// 502; after it, its response was cut off).
+    #[error("app connection (HTTP/1): {0}")]
+    Response(#[source] Malformed),
+    /// HTTP/1: a connection failed or closed in the middle of an exchange (or of a head),
+    /// or no request head came within the header read timeout.
+    #[error("HTTP/1 connection: {0}")]
+    Io(#[source] io::Error),
     /// The app connection could not be set up as an HTTP client connection.
     #[error("app connection ({version}) handshake: {source}")]
     AppHandshake {
@@ -25,9 +39,13 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// True when the client sent something that is not valid HTTP (hyper answered 400
+    /// True when the client sent something that is not valid HTTP (answered with 400
     /// or closed), as opposed to an I/O failure or a failure of the app.
     pub fn is_bad_request(&self) -> bool {
-        matches!(self, Self::Client { source, .. } if source.is_parse())
+        match self {
+            Self::Client { source, .. } => source.is_parse(),
+            Self::Request(_) => true,
+            _ => false,
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::{any::Any, fmt};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use tokio_util::sync::CancellationToken;
 
 use super::InvalidRequest;
@@ -21,7 +21,7 @@ use crate::telemetry::facts::ResponseFlags;
 /// `dyn Hook` works too.
 pub trait Hook: Send + Sync + 'static {
     /// Decides whether the request goes to the app.
-    fn on_request(&self, request: &RequestInfo, headers: &HeaderMap) -> Verdict;
+    fn on_request(&self, request: &RequestInfo) -> Verdict;
     /// Called instead of `on_request` for a request refused with 400 before policy: its
     /// path or host cannot be put in the one form policy checks (see `target`).
     /// `request` is as received.

@@ -5,7 +5,10 @@
 //!    client's first bytes, without breaking server-first protocols (the app speaking
 //!    first, or a silent client, means opaque). What was read comes back in
 //!    [`Prefixed`] streams (`prefixed`), to be replayed.
-//! 2. [`serve`] (`server`): for HTTP, hyper serves the client and a hyper client
+//! 2. [`serve`] (`server`): HTTP/1 goes the lean way (`h1`: heads parsed in place,
+//!    bytes forwarded as received, bodies by their framing, one task) and hands a
+//!    request it does not serve itself (an upgrade, `CONNECT`, `Expect`) to hyper with
+//!    the rest of the connection. Otherwise, hyper serves the client and a hyper client
 //!    connection of the same version carries each request to the app (`upstream`),
 //!    through the per-request logic in `service`: at the destination, each request's
 //!    target is first normalized (`target`, `path`: what policy checks is what the app
@@ -30,6 +33,7 @@ mod body;
 mod detect;
 mod error;
 mod exchange;
+mod h1;
 mod hook;
 pub mod path;
 mod prefixed;

@@ -1,4 +1,5 @@
-//! One proxied HTTP connection: hyper serves the client (HTTP/1 with upgrades, or
+//! One proxied HTTP connection. HTTP/1 goes the lean way (`h1`) until a request needs
+//! more (an upgrade, say); then, and for HTTP/2, hyper serves the client (HTTP/1 with upgrades, or
 //! HTTP/2), each request goes through the [`Proxy`] service to the app's client
 //! connection. The two connections live and die together: when the app's ends, the
 //! client's is shut down gracefully (HTTP/1: after the response in flight; HTTP/2:
@@ -24,11 +25,34 @@ use super::{
 
 /// Proxies HTTP between `client` (which speaks `version`, as [`detect`](super::detect)
 /// found) and `app`, calling `hook` for each request, until either connection ends or
-/// `shutdown` resolves (then gracefully: requests in flight finish).
+/// `shutdown` resolves (then gracefully: requests in flight finish). HTTP/1 takes the
+/// lean path (`h1`), which hands what it does not serve itself back to hyper; HTTP/2 is
+/// hyper's.
 ///
 /// Returns when the client connection is done, upgraded streams (WebSocket) included;
 /// an error says why it ended badly (e.g. a malformed request, answered with 400).
 pub async fn serve<C, A, H>(
+    client: C,
+    app: A,
+    version: HttpVersion,
+    hook: Arc<H>,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Hook + ?Sized,
+{
+    match version {
+        HttpVersion::Http1 => super::h1::serve(client, app, hook, settings, shutdown).await,
+        HttpVersion::Http2 => serve_hyper(client, app, version, hook, settings, shutdown).await,
+    }
+}
+
+/// [`serve`] with hyper on both ends (HTTP/2, and HTTP/1 from a request the lean path
+/// hands over).
+pub(super) async fn serve_hyper<C, A, H>(
     client: C,
     app: A,
     version: HttpVersion,

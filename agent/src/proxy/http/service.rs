@@ -87,7 +87,7 @@ impl<H: Hook + ?Sized> Shared<H> {
         let info = RequestInfo::from_request(&request);
         let progress = Arc::new(BodyProgress::default());
         let verdict = match normalized {
-            Ok(()) => self.hook.on_request(&info, request.headers()),
+            Ok(()) => self.hook.on_request(&info),
             Err(err) => {
                 self.hook.on_invalid(&info, &err);
                 Verdict::bad_request(&err)

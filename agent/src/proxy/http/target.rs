@@ -62,19 +62,11 @@ pub fn normalize<B>(
     if uri.path() == "*" && request.method() == Method::OPTIONS && uri.query().is_none() {
         return Ok(());
     }
-    let normalized = path::normalize(uri.path(), escaped_slashes)?;
     let absolute_form = version == HttpVersion::Http1 && authority.is_some();
-    if !absolute_form && normalized == uri.path() {
+    // Absolute form is rewritten to origin form even when its path is normal already.
+    let Some(path_and_query) = normalized_path(uri, escaped_slashes, absolute_form)? else {
         return Ok(());
-    }
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{normalized}?{query}"),
-        None => normalized.into_owned(),
     };
-    // Built from a valid path and query, and our own escapes: cannot fail, but a failure
-    // refuses the request rather than forwarding what was not checked.
-    let path_and_query =
-        PathAndQuery::try_from(path_and_query).map_err(|_| PathError::NotAbsolute)?;
     let mut parts = uri.clone().into_parts();
     if absolute_form {
         parts.scheme = None;
@@ -88,6 +80,49 @@ pub fn normalize<B>(
     }
     *request.uri_mut() = uri;
     Ok(())
+}
+
+/// An origin-form target (`/path?query`, or `*`) normalized, for the lean HTTP/1 path:
+/// `None` when it already is; refused when the request has several `Host` headers or its
+/// path cannot be normalized.
+pub(super) fn normalize_origin(
+    method: &Method,
+    uri: &Uri,
+    hosts: usize,
+    escaped_slashes: EscapedSlashes,
+) -> Result<Option<Uri>, InvalidRequest> {
+    if hosts > 1 {
+        return Err(InvalidRequest::SeveralHosts);
+    }
+    if uri.path() == "*" && method == Method::OPTIONS && uri.query().is_none() {
+        return Ok(None);
+    }
+    match normalized_path(uri, escaped_slashes, false)? {
+        None => Ok(None),
+        Some(path_and_query) => Ok(Some(Uri::from(path_and_query))),
+    }
+}
+
+/// `uri`'s path normalized, with its query as it was: `None` when the path already is
+/// (unless `always`).
+fn normalized_path(
+    uri: &Uri,
+    escaped_slashes: EscapedSlashes,
+    always: bool,
+) -> Result<Option<PathAndQuery>, PathError> {
+    let normalized = path::normalize(uri.path(), escaped_slashes)?;
+    if !always && normalized == uri.path() {
+        return Ok(None);
+    }
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized.into_owned(),
+    };
+    // Built from a valid path and query, and our own escapes: cannot fail, but a failure
+    // refuses the request rather than forwarding what was not checked.
+    PathAndQuery::try_from(path_and_query)
+        .map(Some)
+        .map_err(|_| PathError::NotAbsolute)
 }
 
 fn without_userinfo(authority: &str) -> &str {

@@ -7,6 +7,7 @@ mod failures;
 mod hook;
 mod http1;
 mod http2;
+mod lean;
 mod revoke;
 mod support;
 
@@ -21,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -46,7 +47,7 @@ struct TestHook {
 }
 
 impl Hook for TestHook {
-    fn on_request(&self, request: &RequestInfo, _headers: &HeaderMap) -> Verdict {
+    fn on_request(&self, request: &RequestInfo) -> Verdict {
         if let Ok(mut seen) = self.seen.lock() {
             seen.push(request.clone());
         }

@@ -1,0 +1,826 @@
+//! The lean HTTP/1 path: one task, one buffer a side, no re-encoding. Each request's head
+//! is parsed in place ([`head`]), normalized and put to the hook as the hyper path does,
+//! then its bytes go to the app as they came (only the request line is rewritten when
+//! normalizing changed the target); the body follows by its own framing ([`framing`]),
+//! while the app's response is read the same way and sent back. The connection stays open
+//! between exchanges when both sides say so, and pipelined requests wait in the buffer.
+//!
+//! What this path does not serve itself it hands to hyper (`server::serve_hyper`) at a
+//! request boundary, with the request's bytes put back in front of the client stream:
+//! upgrades (WebSocket, h2c offers), `CONNECT`, `Expect: 100-continue`, and targets not
+//! in origin form. Everything the hyper path promises holds here too, with the same
+//! reports: a denied request's body is read away (within bounds) so the connection goes
+//! on; an app that fails before its answer gives 503 (`UC`) or 502 (`UPE`) and the
+//! connection closes; a revoked request closes the connection; graceful shutdown lets
+//! the exchange in flight finish; the header read timeout bounds heads and idle time.
+mod framing;
+mod head;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    future::{Future, poll_fn},
+    io,
+    pin::{Pin, pin},
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::{io::poll_read_buf, sync::CancellationToken};
+
+use self::{
+    framing::Body,
+    head::{Framing, RequestHead},
+};
+pub use self::{framing::BodyError, head::HeadError};
+use super::{
+    Failure, Hook, HttpError, HttpVersion, Prefixed, RequestInfo, Settings, Verdict,
+    exchange::{BodyProgress, Exchange},
+    server, target,
+};
+
+/// Each side's buffer starts this big and doubles while reads fill it, up to `MAX_READ`.
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// Proxies HTTP/1 between `client` and `app` as `server::serve` promises.
+pub(super) async fn serve<C, A, H>(
+    client: C,
+    app: A,
+    hook: Arc<H>,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HttpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Hook + ?Sized,
+{
+    let mut shutdown = pin!(shutdown);
+    let mut conn = Conn {
+        client,
+        app,
+        cbuf: BytesMut::with_capacity(FIRST_READ),
+        abuf: BytesMut::with_capacity(FIRST_READ),
+        max_head: settings.max_buf_size.max(super::settings::MIN_BUF_SIZE),
+        stopping: false,
+        client_eof: false,
+    };
+    let ended = loop {
+        match conn
+            .next_request(shutdown.as_mut(), settings.header_read_timeout)
+            .await
+        {
+            Next::Request(head) => {
+                match conn
+                    .exchange(head, &hook, settings, shutdown.as_mut())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(()),
+                    Err(err) => break Err(err),
+                }
+            }
+            Next::Handoff => {
+                let Conn {
+                    client, app, cbuf, ..
+                } = conn;
+                let client = Prefixed::new(cbuf.freeze(), client);
+                return server::serve_hyper(
+                    client,
+                    app,
+                    HttpVersion::Http1,
+                    hook,
+                    settings,
+                    shutdown,
+                )
+                .await;
+            }
+            Next::Invalid(err) => {
+                let answer = plain(err.status(), b"", false, true, Version::HTTP_11);
+                let _ = conn.client.write_all(&answer).await;
+                break Err(HttpError::Request(err.into()));
+            }
+            Next::End(result) => break result,
+        }
+    };
+    conn.close().await;
+    ended
+}
+
+/// What waiting for the next request gave.
+enum Next {
+    Request(RequestHead),
+    /// A request the hyper path serves (it and the rest of the connection).
+    Handoff,
+    /// A request that is not valid HTTP/1: answered 400 (or 431), then the connection ends.
+    Invalid(HeadError),
+    /// The connection ends here: the client closed or went silent too long, the app
+    /// closed, or the agent is shutting down.
+    End(Result<(), HttpError>),
+}
+
+/// Why an exchange could not go on.
+#[derive(Debug)]
+enum Broke {
+    /// Reading the client, or the client's body framing, failed.
+    Client(HttpError),
+    /// Writing to the client failed: it went away.
+    ClientGone(io::Error),
+    /// The app closed or failed (I/O), before or during its response.
+    App(io::Error),
+    /// The app's response was not valid HTTP/1.
+    AppProtocol(HttpError),
+}
+
+struct Conn<C, A> {
+    client: C,
+    app: A,
+    /// Client bytes read and not yet forwarded: a head being read, body bytes, pipelined
+    /// requests.
+    cbuf: BytesMut,
+    /// App bytes read and not yet forwarded.
+    abuf: BytesMut,
+    max_head: usize,
+    /// The agent is shutting down: no request after the one in flight.
+    stopping: bool,
+    /// The client half-closed: no request after the one in flight.
+    client_eof: bool,
+}
+
+impl<C, A> Conn<C, A>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Reads the next request head, watching the app (which must stay silent while idle)
+    /// and the agent's shutdown.
+    async fn next_request(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+        timeout: Duration,
+    ) -> Next {
+        if self.stopping {
+            return Next::End(Ok(()));
+        }
+        let deadline = tokio::time::sleep(timeout);
+        let mut deadline = pin!(deadline);
+        loop {
+            if !self.cbuf.is_empty() {
+                match head::request(&self.cbuf, self.max_head) {
+                    Ok(Some(head)) if head.handoff => return Next::Handoff,
+                    Ok(Some(head)) => return Next::Request(head),
+                    Ok(None) => {}
+                    Err(err) => return Next::Invalid(err),
+                }
+            }
+            if self.client_eof {
+                return Next::End(if self.cbuf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(HttpError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed in the middle of a request head",
+                    )))
+                });
+            }
+            tokio::select! {
+                read = read_more(&mut self.client, &mut self.cbuf) => match read {
+                    Ok(0) => self.client_eof = true,
+                    Ok(_) => {}
+                    Err(err) => return Next::End(Err(HttpError::Io(err))),
+                },
+                read = read_more(&mut self.app, &mut self.abuf) => {
+                    // Between exchanges the app has nothing to say: it closed, failed or
+                    // broke the protocol; the client's connection ends with it.
+                    if !matches!(read, Ok(0)) {
+                        tracing::debug!(?read, "the app spoke between requests");
+                    }
+                    return Next::End(Ok(()));
+                }
+                () = shutdown.as_mut() => {
+                    self.stopping = true;
+                    return Next::End(Ok(()));
+                }
+                () = deadline.as_mut() => {
+                    return Next::End(Err(HttpError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request head within the header read timeout",
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// One exchange, its head parsed at the start of `cbuf`. True when the connection
+    /// can carry the next.
+    async fn exchange<H: Hook + ?Sized>(
+        &mut self,
+        head: RequestHead,
+        hook: &Arc<H>,
+        settings: &Settings,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, HttpError> {
+        let started = Instant::now();
+        let Ok(uri) = Uri::try_from(&self.cbuf[head.target.clone()]) else {
+            let answer = plain(StatusCode::BAD_REQUEST, b"", false, true, head.version);
+            let _ = self.client.write_all(&answer).await;
+            return Err(HttpError::Request(HeadError::Target.into()));
+        };
+        let mut info = RequestInfo {
+            method: head.method.clone(),
+            uri,
+            authority: head
+                .host
+                .clone()
+                .map(|r| String::from_utf8_lossy(&self.cbuf[r]).into_owned()),
+            version: head.version,
+        };
+        let mut line = None;
+        let verdict = match settings.normalize {
+            None => hook.on_request(&info),
+            Some(escaped_slashes) => {
+                match target::normalize_origin(&info.method, &info.uri, head.hosts, escaped_slashes)
+                {
+                    Ok(None) => hook.on_request(&info),
+                    Ok(Some(uri)) => {
+                        line = Some(request_line(&info.method, &uri, head.version));
+                        info.uri = uri;
+                        hook.on_request(&info)
+                    }
+                    Err(err) => {
+                        hook.on_invalid(&info, &err);
+                        Verdict::bad_request(&err)
+                    }
+                }
+            }
+        };
+        let progress = Arc::new(BodyProgress::default());
+        let exchange = Exchange::new(hook.clone(), info, started, progress.clone());
+        let lease = match verdict {
+            Verdict::Forward => None,
+            Verdict::Leased(lease) => Some(lease),
+            Verdict::Deny { status, body } => {
+                return self
+                    .deny(&head, status, &body, exchange, &progress, settings)
+                    .await;
+            }
+        };
+        let exchange = exchange.leased(lease);
+        let revoked = exchange.revoked();
+        let head_len = match line {
+            None => head.len,
+            Some(line) => {
+                // The new request line, then the headers (and whatever follows) as received.
+                let mut rewritten = BytesMut::with_capacity(self.cbuf.len() + line.len());
+                rewritten.extend_from_slice(&line);
+                rewritten.extend_from_slice(&self.cbuf[head.line_len..]);
+                self.cbuf = rewritten;
+                line.len() + head.len - head.line_len
+            }
+        };
+        let mut exchanging = Exchanging {
+            request: Body::new(head.framing),
+            request_ready: head_len,
+            request_done: false,
+            request_flush: false,
+            app_write_failed: false,
+            progress: &progress,
+            response: Response::Head,
+            response_ready: 0,
+            response_flush: false,
+            method: &head.method,
+            max_head: self.max_head,
+        };
+        let outcome = self.run(&mut exchanging, revoked.as_ref(), shutdown).await;
+        let sent = exchanging.sent();
+        match outcome {
+            Ok((status, keep_alive)) => {
+                exchange.answered(status).finish(sent, None);
+                Ok(keep_alive
+                    && exchanging.request_done
+                    && head.keep_alive
+                    && !self.stopping
+                    && !self.client_eof)
+            }
+            Err(Outcome::Revoked(status)) => {
+                tracing::debug!("HTTP/1 request revoked: closing its connection");
+                exchange
+                    .answered(status)
+                    .finish(sent, Some(Failure::Revoked));
+                Ok(false)
+            }
+            Err(Outcome::Broke(status, broke)) => {
+                self.broke(broke, status, sent, exchange, &head.method)
+                    .await
+            }
+        }
+    }
+
+    /// Reports and answers (when the client can still be) an exchange that broke; the
+    /// connection ends.
+    async fn broke<H: Hook + ?Sized>(
+        &mut self,
+        broke: Broke,
+        status: Option<StatusCode>,
+        sent: u64,
+        exchange: Exchange<H>,
+        method: &Method,
+    ) -> Result<bool, HttpError> {
+        tracing::debug!(?broke, "HTTP/1 exchange failed");
+        match (broke, status) {
+            (Broke::Client(err), status) => {
+                let status = status.unwrap_or_else(super::client_closed);
+                exchange
+                    .answered(status)
+                    .finish(sent, Some(Failure::DownstreamReset));
+                Err(err)
+            }
+            (Broke::ClientGone(err), status) => {
+                let status = status.unwrap_or_else(super::client_closed);
+                exchange
+                    .answered(status)
+                    .finish(sent, Some(Failure::DownstreamReset));
+                Err(HttpError::Io(err))
+            }
+            // The response had begun: the client's is cut off.
+            (Broke::App(err), Some(status)) => {
+                exchange
+                    .answered(status)
+                    .finish(sent, Some(Failure::UpstreamReset));
+                Err(HttpError::Io(err))
+            }
+            (Broke::AppProtocol(err), Some(status)) => {
+                exchange
+                    .answered(status)
+                    .finish(sent, Some(Failure::UpstreamReset));
+                Err(err)
+            }
+            (Broke::App(_), None) => {
+                let text: &[u8] = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+                self.failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Failure::UpstreamReset,
+                    text,
+                    exchange,
+                    method,
+                )
+                .await
+            }
+            (Broke::AppProtocol(_), None) => {
+                self.failed(
+                    StatusCode::BAD_GATEWAY,
+                    Failure::UpstreamProtocol,
+                    b"upstream protocol error",
+                    exchange,
+                    method,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The app failed before its response's head: the client gets `status`, and the
+    /// connection ends.
+    async fn failed<H: Hook + ?Sized>(
+        &mut self,
+        status: StatusCode,
+        failure: Failure,
+        text: &[u8],
+        exchange: Exchange<H>,
+        method: &Method,
+    ) -> Result<bool, HttpError> {
+        let head_only = method == Method::HEAD;
+        let answer = plain(status, text, head_only, true, Version::HTTP_11);
+        let sent = if head_only { 0 } else { text.len() as u64 };
+        exchange.answered(status).finish(sent, Some(failure));
+        let _ = self.client.write_all(&answer).await;
+        Ok(false)
+    }
+
+    /// Answers a request the hook denied, after reading its body away when that can be
+    /// done within bounds (else the connection closes after the answer).
+    async fn deny<H: Hook + ?Sized>(
+        &mut self,
+        head: &RequestHead,
+        status: StatusCode,
+        body: &[u8],
+        exchange: Exchange<H>,
+        progress: &BodyProgress,
+        settings: &Settings,
+    ) -> Result<bool, HttpError> {
+        self.cbuf.advance(head.len);
+        let drained = self.drain(head.framing, progress, settings).await;
+        let keep = drained && head.keep_alive && !self.stopping;
+        let head_only = head.method == Method::HEAD;
+        let exchange = exchange.answered(status).denied();
+        let answer = plain(status, body, head_only, !keep, head.version);
+        match self.client.write_all(&answer).await {
+            Ok(()) => {
+                let sent = if head_only { 0 } else { body.len() as u64 };
+                exchange.finish(sent, None);
+                Ok(keep)
+            }
+            Err(err) => {
+                exchange.finish(0, Some(Failure::DownstreamReset));
+                Err(HttpError::Io(err))
+            }
+        }
+    }
+
+    /// Reads a denied request's body away: false when it is bigger than the settings
+    /// allow, too slow, or broken.
+    async fn drain(
+        &mut self,
+        framing: Framing,
+        progress: &BodyProgress,
+        settings: &Settings,
+    ) -> bool {
+        let limit = settings.deny_drain_bytes as u64;
+        if matches!(framing, Framing::Length(n) if n > limit) {
+            return false;
+        }
+        let mut body = Body::new(framing);
+        let drain = async {
+            loop {
+                let before = body.data();
+                let Ok(n) = body.advance(&self.cbuf) else {
+                    return false;
+                };
+                self.cbuf.advance(n);
+                progress.add((body.data() - before) as usize);
+                if body.is_done() {
+                    return true;
+                }
+                if body.data() > limit {
+                    return false;
+                }
+                match read_more(&mut self.client, &mut self.cbuf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(settings.deny_drain_timeout, drain)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Drives one exchange to its end: the request's head and body to the app while
+    /// the response comes back. `Ok`: the response's status, and whether the app keeps
+    /// the connection.
+    async fn run(
+        &mut self,
+        x: &mut Exchanging<'_>,
+        revoked: Option<&CancellationToken>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(StatusCode, bool), Outcome> {
+        let revocation = revoked.map(|t| t.cancelled());
+        let mut revocation = pin!(revocation);
+        let stopping = &mut self.stopping;
+        let (client, app) = (&mut self.client, &mut self.app);
+        let (cbuf, abuf) = (&mut self.cbuf, &mut self.abuf);
+        poll_fn(|cx| {
+            if let Some(revoked) = revocation.as_mut().as_pin_mut()
+                && revoked.poll(cx).is_ready()
+            {
+                return Poll::Ready(Err(Outcome::Revoked(x.status())));
+            }
+            if !*stopping && shutdown.as_mut().poll(cx).is_ready() {
+                *stopping = true;
+            }
+            if !x.request_done
+                && !x.app_write_failed
+                && let Poll::Ready(result) = x.poll_request(cx, client, app, cbuf)
+            {
+                match result {
+                    Ok(()) => x.request_done = true,
+                    // The app may still answer (an early response): read on.
+                    Err(Broke::App(err)) => {
+                        tracing::debug!(error = %err, "the app stopped taking the request");
+                        x.app_write_failed = true;
+                    }
+                    Err(broke) => return Poll::Ready(Err(Outcome::Broke(x.status_sent(), broke))),
+                }
+            }
+            x.poll_response(cx, app, client, abuf)
+                .map_err(|broke| Outcome::Broke(x.status_sent(), broke))
+        })
+        .await
+    }
+
+    /// Ends both connections politely (write shutdown), whatever state they are in.
+    async fn close(&mut self) {
+        let _ = self.client.shutdown().await;
+        let _ = self.app.shutdown().await;
+    }
+}
+
+/// How an exchange ended early.
+enum Outcome {
+    /// The hook revoked it: the connection closes. The status the client was sent, if any.
+    Revoked(StatusCode),
+    /// The status the client was sent, if any.
+    Broke(Option<StatusCode>, Broke),
+}
+
+/// Where the response is.
+enum Response {
+    /// Reading its head (interim `1xx` heads go through as they come).
+    Head,
+    Body {
+        status: StatusCode,
+        body: Body,
+        keep_alive: bool,
+    },
+    Done {
+        status: StatusCode,
+        keep_alive: bool,
+        sent: u64,
+    },
+}
+
+/// The state of one exchange in flight.
+struct Exchanging<'a> {
+    request: Body,
+    /// Bytes at the front of `cbuf` to write to the app before reading on.
+    request_ready: usize,
+    request_done: bool,
+    request_flush: bool,
+    /// The app stopped taking the request (it may still answer).
+    app_write_failed: bool,
+    progress: &'a BodyProgress,
+    response: Response,
+    /// Bytes at the front of `abuf` to write to the client before reading on.
+    response_ready: usize,
+    response_flush: bool,
+    method: &'a Method,
+    max_head: usize,
+}
+
+impl Exchanging<'_> {
+    /// The response's status once its head is known (to the client once written).
+    fn status_sent(&self) -> Option<StatusCode> {
+        match &self.response {
+            Response::Head => None,
+            Response::Body { status, .. } | Response::Done { status, .. } => Some(*status),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.status_sent().unwrap_or_else(super::client_closed)
+    }
+
+    /// Response body bytes sent to the client (counted as they are framed; the last
+    /// write may still be in flight when the exchange breaks).
+    fn sent(&self) -> u64 {
+        match &self.response {
+            Response::Head => 0,
+            Response::Body { body, .. } => body.data(),
+            Response::Done { sent, .. } => *sent,
+        }
+    }
+
+    /// Moves the request (head, then body) from the client to the app.
+    fn poll_request<C, A>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        app: &mut A,
+        cbuf: &mut BytesMut,
+    ) -> Poll<Result<(), Broke>>
+    where
+        C: AsyncRead + Unpin,
+        A: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.request_ready > 0 {
+                let n = ready!(Pin::new(&mut *app).poll_write(cx, &cbuf[..self.request_ready]))
+                    .and_then(nonzero)
+                    .map_err(Broke::App)?;
+                cbuf.advance(n);
+                self.request_ready -= n;
+                self.request_flush = true;
+                continue;
+            }
+            if self.request.is_done() {
+                ready!(poll_flush(cx, app, &mut self.request_flush)).map_err(Broke::App)?;
+                return Poll::Ready(Ok(()));
+            }
+            if !cbuf.is_empty() {
+                let before = self.request.data();
+                self.request_ready = self
+                    .request
+                    .advance(cbuf)
+                    .map_err(|e| Broke::Client(HttpError::Request(e.into())))?;
+                self.progress.add((self.request.data() - before) as usize);
+                continue;
+            }
+            ready!(poll_flush(cx, app, &mut self.request_flush)).map_err(Broke::App)?;
+            match ready!(poll_read_more(cx, client, cbuf)) {
+                Ok(0) => {
+                    self.progress.fail();
+                    let err = self.request.eof().map_or_else(
+                        |e| HttpError::Request(e.into()),
+                        |()| HttpError::Io(io::ErrorKind::UnexpectedEof.into()),
+                    );
+                    return Poll::Ready(Err(Broke::Client(err)));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    self.progress.fail();
+                    return Poll::Ready(Err(Broke::Client(HttpError::Io(err))));
+                }
+            }
+        }
+    }
+
+    /// Moves the response (interim heads, the head, the body) from the app to the client.
+    fn poll_response<A, C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        app: &mut A,
+        client: &mut C,
+        abuf: &mut BytesMut,
+    ) -> Poll<Result<(StatusCode, bool), Broke>>
+    where
+        A: AsyncRead + Unpin,
+        C: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.response_ready > 0 {
+                let n = ready!(Pin::new(&mut *client).poll_write(cx, &abuf[..self.response_ready]))
+                    .and_then(nonzero)
+                    .map_err(Broke::ClientGone)?;
+                abuf.advance(n);
+                self.response_ready -= n;
+                self.response_flush = true;
+                continue;
+            }
+            match &mut self.response {
+                Response::Done {
+                    status, keep_alive, ..
+                } => {
+                    let done = (*status, *keep_alive);
+                    ready!(poll_flush(cx, client, &mut self.response_flush))
+                        .map_err(Broke::ClientGone)?;
+                    return Poll::Ready(Ok(done));
+                }
+                Response::Body {
+                    status,
+                    body,
+                    keep_alive,
+                } => {
+                    if body.is_done() {
+                        self.response = Response::Done {
+                            status: *status,
+                            keep_alive: *keep_alive,
+                            sent: body.data(),
+                        };
+                        continue;
+                    }
+                    if !abuf.is_empty() {
+                        self.response_ready = body
+                            .advance(abuf)
+                            .map_err(|e| Broke::AppProtocol(HttpError::Response(e.into())))?;
+                        continue;
+                    }
+                }
+                Response::Head => {
+                    if !abuf.is_empty() {
+                        match head::response(abuf, self.max_head, self.method) {
+                            Ok(None) => {}
+                            Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                                // Upgrades go the hyper path: this request offered none.
+                                return Poll::Ready(Err(Broke::AppProtocol(HttpError::Response(
+                                    HeadError::UnexpectedUpgrade.into(),
+                                ))));
+                            }
+                            Ok(Some(head)) => {
+                                self.response_ready = head.len;
+                                if !head.status.is_informational() {
+                                    self.response = Response::Body {
+                                        status: head.status,
+                                        body: Body::new(head.framing),
+                                        keep_alive: head.keep_alive,
+                                    };
+                                }
+                                continue;
+                            }
+                            Err(err) => {
+                                return Poll::Ready(Err(Broke::AppProtocol(HttpError::Response(
+                                    err.into(),
+                                ))));
+                            }
+                        }
+                    }
+                }
+            }
+            ready!(poll_flush(cx, client, &mut self.response_flush)).map_err(Broke::ClientGone)?;
+            match ready!(poll_read_more(cx, app, abuf)) {
+                Ok(0) => {
+                    if let Response::Body { body, .. } = &mut self.response
+                        && body.eof().is_ok()
+                    {
+                        continue;
+                    }
+                    return Poll::Ready(Err(Broke::App(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the app closed before the end of its response",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Err(Broke::App(err))),
+            }
+        }
+    }
+}
+
+/// What made a request or a response invalid: its head or its body's framing.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}
+
+fn nonzero(n: usize) -> io::Result<usize> {
+    if n == 0 {
+        Err(io::ErrorKind::WriteZero.into())
+    } else {
+        Ok(n)
+    }
+}
+
+fn poll_flush<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    pending: &mut bool,
+) -> Poll<io::Result<()>> {
+    if *pending {
+        ready!(Pin::new(w).poll_flush(cx))?;
+        *pending = false;
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Reads into `buf`'s spare room, making room first (doubling while reads fill it, up
+/// to `MAX_READ`).
+fn poll_read_more<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() == buf.len() {
+        let grow = buf.len().clamp(FIRST_READ, MAX_READ);
+        buf.reserve(grow);
+    }
+    poll_read_buf(Pin::new(r), cx, buf)
+}
+
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| poll_read_more(cx, r, buf)).await
+}
+
+/// `METHOD target HTTP/1.x\r\n`.
+fn request_line(method: &Method, uri: &Uri, version: Version) -> Vec<u8> {
+    let version = if version == Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    format!("{method} {uri} {version}\r\n").into_bytes()
+}
+
+/// A `text/plain` response of our own (a deny, a failure): without its body (but with
+/// its length) to a `HEAD` request; `close` says the connection ends after it (an
+/// HTTP/1.0 client is told when it does not).
+fn plain(
+    status: StatusCode,
+    body: &[u8],
+    head_only: bool,
+    close: bool,
+    version: Version,
+) -> Vec<u8> {
+    let connection = match (close, version) {
+        (true, _) => "connection: close\r\n",
+        (false, Version::HTTP_10) => "connection: keep-alive\r\n",
+        (false, _) => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{connection}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
