@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use outrider::{
@@ -160,7 +160,7 @@ pub fn protocol_detection(data: &[u8]) {
 struct FuzzHook;
 
 impl Hook for FuzzHook {
-    fn on_request(&self, request: &RequestInfo, _headers: &HeaderMap) -> Verdict {
+    fn on_request(&self, request: &RequestInfo) -> Verdict {
         if let (Some(host), Some(authority)) = (request.host(), request.authority.as_deref()) {
             assert!(authority.starts_with(host), "{host:?} in {authority:?}");
         }
