@@ -19,6 +19,7 @@ pub const TARGETS: &[&str] = &[
     "hbone_connect",
     "workload_file",
     "policy",
+    "http1_smuggling",
 ];
 
 pub fn run(target: Option<&str>, seconds: u64) -> anyhow::Result<()> {

@@ -43,7 +43,7 @@ use super::{
     server, target,
 };
 
-/// Each side's buffer starts this big and doubles while reads fill it, up to `MAX_READ`.
+/// Each side's reads start this big and double while they fill, up to `MAX_READ`.
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
 
@@ -64,8 +64,8 @@ where
     let mut conn = Conn {
         client,
         app,
-        cbuf: BytesMut::with_capacity(FIRST_READ),
-        abuf: BytesMut::with_capacity(FIRST_READ),
+        cbuf: Inbox::new(),
+        abuf: Inbox::new(),
         max_head: settings.max_buf_size.max(super::settings::MIN_BUF_SIZE),
         stopping: false,
         client_eof: false,
@@ -89,7 +89,7 @@ where
                 let Conn {
                     client, app, cbuf, ..
                 } = conn;
-                let client = Prefixed::new(cbuf.freeze(), client);
+                let client = Prefixed::new(cbuf.bytes.freeze(), client);
                 return server::serve_hyper(
                     client,
                     app,
@@ -142,9 +142,9 @@ struct Conn<C, A> {
     app: A,
     /// Client bytes read and not yet forwarded: a head being read, body bytes, pipelined
     /// requests.
-    cbuf: BytesMut,
+    cbuf: Inbox,
     /// App bytes read and not yet forwarded.
-    abuf: BytesMut,
+    abuf: Inbox,
     max_head: usize,
     /// The agent is shutting down: no request after the one in flight.
     stopping: bool,
@@ -279,13 +279,27 @@ where
                 let mut rewritten = BytesMut::with_capacity(self.cbuf.len() + line.len());
                 rewritten.extend_from_slice(&line);
                 rewritten.extend_from_slice(&self.cbuf[head.line_len..]);
-                self.cbuf = rewritten;
+                self.cbuf.bytes = rewritten;
                 line.len() + head.len - head.line_len
             }
         };
+        // The head and what of the body came with it go out in one write.
+        // (Broken framing among those bytes: the app gets nothing of the request.)
+        let mut request = Body::new(head.framing);
+        let with_head = match request.advance(&self.cbuf[head_len..]) {
+            Ok(n) => n,
+            Err(err) => {
+                progress.fail();
+                let err = HttpError::Request(err.into());
+                return self
+                    .broke(Broke::Client(err), None, 0, exchange, &head.method)
+                    .await;
+            }
+        };
+        progress.add(request.data() as usize);
         let mut exchanging = Exchanging {
-            request: Body::new(head.framing),
-            request_ready: head_len,
+            request,
+            request_ready: head_len + with_head,
             request_done: false,
             request_flush: false,
             app_write_failed: false,
@@ -591,7 +605,7 @@ impl Exchanging<'_> {
         cx: &mut Context<'_>,
         client: &mut C,
         app: &mut A,
-        cbuf: &mut BytesMut,
+        cbuf: &mut Inbox,
     ) -> Poll<Result<(), Broke>>
     where
         C: AsyncRead + Unpin,
@@ -645,7 +659,7 @@ impl Exchanging<'_> {
         cx: &mut Context<'_>,
         app: &mut A,
         client: &mut C,
-        abuf: &mut BytesMut,
+        abuf: &mut Inbox,
     ) -> Poll<Result<(StatusCode, bool), Broke>>
     where
         A: AsyncRead + Unpin,
@@ -703,9 +717,16 @@ impl Exchanging<'_> {
                             Ok(Some(head)) => {
                                 self.response_ready = head.len;
                                 if !head.status.is_informational() {
+                                    // The head and what of the body came with it go out
+                                    // in one write.
+                                    let mut body = Body::new(head.framing);
+                                    self.response_ready +=
+                                        body.advance(&abuf[head.len..]).map_err(|e| {
+                                            Broke::AppProtocol(HttpError::Response(e.into()))
+                                        })?;
                                     self.response = Response::Body {
                                         status: head.status,
-                                        body: Body::new(head.framing),
+                                        body,
                                         keep_alive: head.keep_alive,
                                     };
                                 }
@@ -769,22 +790,56 @@ fn poll_flush<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
-/// Reads into `buf`'s spare room, making room first (doubling while reads fill it, up
-/// to `MAX_READ`).
+/// One side's bytes read and not yet forwarded, and how much its next read asks for:
+/// it starts at `FIRST_READ` and doubles (to `MAX_READ`) while reads fill it, so small
+/// exchanges stay small and bulk bodies move in big reads.
+struct Inbox {
+    bytes: BytesMut,
+    read_size: usize,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            bytes: BytesMut::with_capacity(FIRST_READ),
+            read_size: FIRST_READ,
+        }
+    }
+}
+
+impl std::ops::Deref for Inbox {
+    type Target = BytesMut;
+
+    fn deref(&self) -> &BytesMut {
+        &self.bytes
+    }
+}
+
+impl std::ops::DerefMut for Inbox {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+}
+
+/// Reads into `inbox`'s spare room, making room first.
 fn poll_read_more<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     r: &mut R,
-    buf: &mut BytesMut,
+    inbox: &mut Inbox,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() == buf.len() {
-        let grow = buf.len().clamp(FIRST_READ, MAX_READ);
-        buf.reserve(grow);
+    let want = inbox.read_size;
+    if inbox.bytes.capacity() - inbox.bytes.len() < want {
+        inbox.bytes.reserve(want);
     }
-    poll_read_buf(Pin::new(r), cx, buf)
+    let n = ready!(poll_read_buf(Pin::new(r), cx, &mut inbox.bytes))?;
+    if n >= want {
+        inbox.read_size = (want * 2).min(MAX_READ);
+    }
+    Poll::Ready(Ok(n))
 }
 
-async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    poll_fn(|cx| poll_read_more(cx, r, buf)).await
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, inbox: &mut Inbox) -> io::Result<usize> {
+    poll_fn(|cx| poll_read_more(cx, r, inbox)).await
 }
 
 /// `METHOD target HTTP/1.x\r\n`.

@@ -161,23 +161,37 @@ async fn a_smuggling_attempt_is_refused_before_the_app_sees_a_byte() {
     assert!(got.lock().unwrap().is_empty(), "the app saw none of them");
 }
 
+/// Broken chunking ends the connection: arriving with the head, before the app gets any
+/// of the request; arriving later, before the app gets the bytes after the break.
 #[tokio::test]
 async fn broken_chunking_in_a_request_body_ends_the_connection() {
-    let (app, got) = recording_app(b"", false).await;
-    let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_all(&mut client).await;
-    assert_eq!(answer, "", "no answer: the app never answered");
-    let report = proxy.report().await;
-    assert_eq!(report.failure, Some(Failure::DownstreamReset));
-    let handled = proxy.handled().await;
-    assert!(matches!(handled.result, Err((true, _))), "{handled:?}");
-    let app_got = recorded(&got, 1).await;
-    assert!(!app_got.contains("smuggled"), "{app_got}");
+    const HEAD: &[u8] = b"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const BROKEN: &[u8] = b"5\r\nhelloXX0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+    for separately in [false, true] {
+        let (app, got) = recording_app(b"", false).await;
+        let mut proxy = TestProxy::start(app).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        if separately {
+            client.write_all(HEAD).await.unwrap();
+            assert_eq!(recorded(&got, HEAD.len()).await.as_bytes(), HEAD);
+            client.write_all(BROKEN).await.unwrap();
+        } else {
+            client.write_all(&[HEAD, BROKEN].concat()).await.unwrap();
+        }
+        let answer = read_all(&mut client).await;
+        assert_eq!(answer, "", "no answer: the app never answered");
+        let report = proxy.report().await;
+        assert_eq!(report.failure, Some(Failure::DownstreamReset));
+        let handled = proxy.handled().await;
+        assert!(matches!(handled.result, Err((true, _))), "{handled:?}");
+        let app_got = got.lock().unwrap().clone();
+        let want: &[u8] = if separately { HEAD } else { b"" };
+        assert_eq!(
+            String::from_utf8_lossy(&app_got),
+            String::from_utf8_lossy(want),
+            "separately: {separately}"
+        );
+    }
 }
 
 #[tokio::test]
