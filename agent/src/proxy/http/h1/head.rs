@@ -169,13 +169,8 @@ impl Fields {
 pub(super) fn request(buf: &[u8], max: usize) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= max => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() >= max => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Syntax(e)),
+    let Some(len) = head_len(req.parse(buf), buf.len(), max)? else {
+        return Ok(None);
     };
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Syntax(httparse::Error::Token));
@@ -229,13 +224,8 @@ pub(super) fn response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= max => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() >= max => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Syntax(e)),
+    let Some(len) = head_len(res.parse(buf), buf.len(), max)? else {
+        return Ok(None);
     };
     let (Some(code), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Syntax(httparse::Error::Status));
@@ -274,6 +264,21 @@ pub(super) fn response(
         keep_alive: fields.keep_alive(version) && framing != Framing::UntilEof,
         framing,
     }))
+}
+
+/// Where a head `httparse` read from `buffered` bytes ends: `None` while it is
+/// incomplete and under `max` bytes.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= max => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered < max => Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Syntax(e)),
+    }
 }
 
 /// A `Content-Length` value: digits only (no sign, no list), at most 18 of them.

@@ -299,14 +299,15 @@ where
         progress.add(request.data() as usize);
         let mut exchanging = Exchanging {
             request,
-            request_ready: head_len + with_head,
+            request_out: Outgoing {
+                ready: head_len + with_head,
+                unflushed: false,
+            },
             request_done: false,
-            request_flush: false,
             app_write_failed: false,
             progress: &progress,
             response: Response::Head,
-            response_ready: 0,
-            response_flush: false,
+            response_out: Outgoing::default(),
             method: &head.method,
             max_head: self.max_head,
         };
@@ -561,17 +562,15 @@ enum Response {
 /// The state of one exchange in flight.
 struct Exchanging<'a> {
     request: Body,
-    /// Bytes at the front of `cbuf` to write to the app before reading on.
-    request_ready: usize,
+    /// To the app: bytes at the front of `cbuf`.
+    request_out: Outgoing,
     request_done: bool,
-    request_flush: bool,
     /// The app stopped taking the request (it may still answer).
     app_write_failed: bool,
     progress: &'a BodyProgress,
     response: Response,
-    /// Bytes at the front of `abuf` to write to the client before reading on.
-    response_ready: usize,
-    response_flush: bool,
+    /// To the client: bytes at the front of `abuf`.
+    response_out: Outgoing,
     method: &'a Method,
     max_head: usize,
 }
@@ -612,29 +611,21 @@ impl Exchanging<'_> {
         A: AsyncWrite + Unpin,
     {
         loop {
-            if self.request_ready > 0 {
-                let n = ready!(Pin::new(&mut *app).poll_write(cx, &cbuf[..self.request_ready]))
-                    .and_then(nonzero)
-                    .map_err(Broke::App)?;
-                cbuf.advance(n);
-                self.request_ready -= n;
-                self.request_flush = true;
-                continue;
-            }
+            ready!(self.request_out.poll_write(cx, app, cbuf)).map_err(Broke::App)?;
             if self.request.is_done() {
-                ready!(poll_flush(cx, app, &mut self.request_flush)).map_err(Broke::App)?;
+                ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::App)?;
                 return Poll::Ready(Ok(()));
             }
             if !cbuf.is_empty() {
                 let before = self.request.data();
-                self.request_ready = self
+                self.request_out.ready = self
                     .request
                     .advance(cbuf)
                     .map_err(|e| Broke::Client(HttpError::Request(e.into())))?;
                 self.progress.add((self.request.data() - before) as usize);
                 continue;
             }
-            ready!(poll_flush(cx, app, &mut self.request_flush)).map_err(Broke::App)?;
+            ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::App)?;
             match ready!(poll_read_more(cx, client, cbuf)) {
                 Ok(0) => {
                     self.progress.fail();
@@ -666,22 +657,13 @@ impl Exchanging<'_> {
         C: AsyncWrite + Unpin,
     {
         loop {
-            if self.response_ready > 0 {
-                let n = ready!(Pin::new(&mut *client).poll_write(cx, &abuf[..self.response_ready]))
-                    .and_then(nonzero)
-                    .map_err(Broke::ClientGone)?;
-                abuf.advance(n);
-                self.response_ready -= n;
-                self.response_flush = true;
-                continue;
-            }
+            ready!(self.response_out.poll_write(cx, client, abuf)).map_err(Broke::ClientGone)?;
             match &mut self.response {
                 Response::Done {
                     status, keep_alive, ..
                 } => {
                     let done = (*status, *keep_alive);
-                    ready!(poll_flush(cx, client, &mut self.response_flush))
-                        .map_err(Broke::ClientGone)?;
+                    ready!(self.response_out.poll_flush(cx, client)).map_err(Broke::ClientGone)?;
                     return Poll::Ready(Ok(done));
                 }
                 Response::Body {
@@ -698,7 +680,7 @@ impl Exchanging<'_> {
                         continue;
                     }
                     if !abuf.is_empty() {
-                        self.response_ready = body
+                        self.response_out.ready = body
                             .advance(abuf)
                             .map_err(|e| Broke::AppProtocol(HttpError::Response(e.into())))?;
                         continue;
@@ -715,12 +697,12 @@ impl Exchanging<'_> {
                                 ))));
                             }
                             Ok(Some(head)) => {
-                                self.response_ready = head.len;
+                                self.response_out.ready = head.len;
                                 if !head.status.is_informational() {
                                     // The head and what of the body came with it go out
                                     // in one write.
                                     let mut body = Body::new(head.framing);
-                                    self.response_ready +=
+                                    self.response_out.ready +=
                                         body.advance(&abuf[head.len..]).map_err(|e| {
                                             Broke::AppProtocol(HttpError::Response(e.into()))
                                         })?;
@@ -741,7 +723,7 @@ impl Exchanging<'_> {
                     }
                 }
             }
-            ready!(poll_flush(cx, client, &mut self.response_flush)).map_err(Broke::ClientGone)?;
+            ready!(self.response_out.poll_flush(cx, client)).map_err(Broke::ClientGone)?;
             match ready!(poll_read_more(cx, app, abuf)) {
                 Ok(0) => {
                     if let Response::Body { body, .. } = &mut self.response
@@ -778,16 +760,43 @@ fn nonzero(n: usize) -> io::Result<usize> {
     }
 }
 
-fn poll_flush<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    w: &mut W,
-    pending: &mut bool,
-) -> Poll<io::Result<()>> {
-    if *pending {
-        ready!(Pin::new(w).poll_flush(cx))?;
-        *pending = false;
+/// One direction's bytes cleared to go: the first `ready` of its inbox, checked by the
+/// framing; and whether the receiving side has writes to flush.
+#[derive(Default)]
+struct Outgoing {
+    ready: usize,
+    unflushed: bool,
+}
+
+impl Outgoing {
+    /// Writes the bytes that are ready to `w`, taking them from `inbox`.
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+        inbox: &mut Inbox,
+    ) -> Poll<io::Result<()>> {
+        while self.ready > 0 {
+            let n =
+                ready!(Pin::new(&mut *w).poll_write(cx, &inbox[..self.ready])).and_then(nonzero)?;
+            inbox.advance(n);
+            self.ready -= n;
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(()))
     }
-    Poll::Ready(Ok(()))
+
+    fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<io::Result<()>> {
+        if self.unflushed {
+            ready!(Pin::new(w).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// One side's bytes read and not yet forwarded, and how much its next read asks for:
