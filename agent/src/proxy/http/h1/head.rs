@@ -66,8 +66,9 @@ impl HeadError {
 pub(super) struct RequestHead {
     /// Bytes of the head, its blank line included.
     pub len: usize,
-    /// Bytes of the request line, its line end included.
-    pub line_len: usize,
+    /// Where the request line ends (its line feed included; blank lines before it, which
+    /// httparse skips, are before it too).
+    pub line_end: usize,
     pub method: Method,
     /// Where the target is in the buffer.
     pub target: Range<usize>,
@@ -180,6 +181,7 @@ pub(super) fn request(buf: &[u8], max: usize) -> Result<Option<RequestHead>, Hea
     } else {
         Version::HTTP_10
     };
+    let method_at = range_in(buf, method.as_bytes()).start;
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Target)?;
     let fields = Fields::read(buf, req.headers)?;
     let framing = if fields.encoded {
@@ -198,13 +200,15 @@ pub(super) fn request(buf: &[u8], max: usize) -> Result<Option<RequestHead>, Hea
     };
     let handoff =
         method == Method::CONNECT || fields.upgrade || fields.expect || !path.starts_with('/');
-    let line_len = buf
+    // httparse skips blank lines before the request line: the line ends at the first
+    // line feed after the method, not the first in the buffer.
+    let line_end = buf[method_at..]
         .iter()
         .position(|b| *b == b'\n')
-        .map_or(len, |at| at + 1);
+        .map_or(len, |at| method_at + at + 1);
     Ok(Some(RequestHead {
         len,
-        line_len,
+        line_end,
         target: range_in(buf, path.as_bytes()),
         version,
         host: fields.host.clone(),

@@ -278,9 +278,9 @@ where
                 // The new request line, then the headers (and whatever follows) as received.
                 let mut rewritten = BytesMut::with_capacity(self.cbuf.len() + line.len());
                 rewritten.extend_from_slice(&line);
-                rewritten.extend_from_slice(&self.cbuf[head.line_len..]);
+                rewritten.extend_from_slice(&self.cbuf[head.line_end..]);
                 self.cbuf.bytes = rewritten;
-                line.len() + head.len - head.line_len
+                line.len() + head.len - head.line_end
             }
         };
         // The head and what of the body came with it go out in one write.
