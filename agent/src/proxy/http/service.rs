@@ -29,6 +29,13 @@ use super::{
     upstream::Upstream,
 };
 
+/// The body of our 503 when the app's connection failed or closed before its answer
+/// (Envoy's words, as Istio's clients see them).
+pub(super) const UPSTREAM_RESET: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+/// The body of our 502 when the app's answer was not HTTP.
+pub(super) const UPSTREAM_PROTOCOL: &[u8] = b"upstream protocol error";
+
 /// The service hyper calls for each request of one client connection.
 pub(super) struct Proxy<H: Hook + ?Sized>(Arc<Shared<H>>);
 
@@ -208,13 +215,13 @@ impl<H: Hook + ?Sized> Shared<H> {
             (
                 StatusCode::BAD_GATEWAY,
                 Failure::UpstreamProtocol,
-                b"upstream protocol error",
+                UPSTREAM_PROTOCOL,
             )
         } else {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Failure::UpstreamReset,
-                b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                UPSTREAM_RESET,
             )
         };
         tracing::debug!(error = %err, %status, flag = failure.flags().as_str(), "request failed");

@@ -59,7 +59,7 @@ pub fn normalize<B>(
             authority: authority.clone(),
         });
     }
-    if uri.path() == "*" && request.method() == Method::OPTIONS && uri.query().is_none() {
+    if is_options_star(request.method(), uri) {
         return Ok(());
     }
     let absolute_form = version == HttpVersion::Http1 && authority.is_some();
@@ -94,7 +94,7 @@ pub(super) fn normalize_origin(
     if hosts > 1 {
         return Err(InvalidRequest::SeveralHosts);
     }
-    if uri.path() == "*" && method == Method::OPTIONS && uri.query().is_none() {
+    if is_options_star(method, uri) {
         return Ok(None);
     }
     match normalized_path(uri, escaped_slashes, false)? {
@@ -123,6 +123,11 @@ fn normalized_path(
     PathAndQuery::try_from(path_and_query)
         .map(Some)
         .map_err(|_| PathError::NotAbsolute)
+}
+
+/// `OPTIONS *`: a request for the server, not a path; it passes as it is.
+fn is_options_star(method: &Method, uri: &Uri) -> bool {
+    uri.path() == "*" && method == Method::OPTIONS && uri.query().is_none()
 }
 
 fn without_userinfo(authority: &str) -> &str {

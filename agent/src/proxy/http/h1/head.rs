@@ -12,7 +12,7 @@
 //! target not in origin form) are marked [`RequestHead::handoff`].
 use std::ops::Range;
 
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 
 /// The most headers a head may have (hyper's default too); more is "too large" (431).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -70,8 +70,8 @@ pub(super) struct RequestHead {
     /// httparse skips, are before it too).
     pub line_end: usize,
     pub method: Method,
-    /// Where the target is in the buffer.
-    pub target: Range<usize>,
+    /// The target, parsed.
+    pub uri: Uri,
     pub version: Version,
     /// The first `Host` header's value, and how many there were.
     pub host: Option<Range<usize>>,
@@ -124,7 +124,7 @@ impl Fields {
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 f.encoded = true;
                 for coding in h.value.split(|b| *b == b',') {
-                    let coding = trim(coding);
+                    let coding = coding.trim_ascii();
                     if coding.is_empty() {
                         continue;
                     }
@@ -136,7 +136,7 @@ impl Fields {
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 for token in h.value.split(|b| *b == b',') {
-                    let token = trim(token);
+                    let token = token.trim_ascii();
                     f.close |= token.eq_ignore_ascii_case(b"close");
                     f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                     f.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
@@ -209,7 +209,7 @@ pub(super) fn request(buf: &[u8], max: usize) -> Result<Option<RequestHead>, Hea
     Ok(Some(RequestHead {
         len,
         line_end,
-        target: range_in(buf, path.as_bytes()),
+        uri: Uri::try_from(path).map_err(|_| HeadError::Target)?,
         version,
         host: fields.host.clone(),
         hosts: fields.hosts,
@@ -287,21 +287,11 @@ fn head_len(
 
 /// A `Content-Length` value: digits only (no sign, no list), at most 18 of them.
 fn content_length(value: &[u8]) -> Result<u64, HeadError> {
-    let value = trim(value);
+    let value = value.trim_ascii();
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return Err(HeadError::ContentLength);
     }
     Ok(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 /// Where `part` (a slice of `buf`) is in `buf`.

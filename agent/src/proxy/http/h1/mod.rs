@@ -127,14 +127,22 @@ enum Next {
 /// Why an exchange could not go on.
 #[derive(Debug)]
 enum Broke {
-    /// Reading the client, or the client's body framing, failed.
+    /// The client failed: reading it or writing to it, or its body's framing.
     Client(HttpError),
-    /// Writing to the client failed: it went away.
-    ClientGone(io::Error),
     /// The app closed or failed (I/O), before or during its response.
-    App(io::Error),
+    App(HttpError),
     /// The app's response was not valid HTTP/1.
     AppProtocol(HttpError),
+}
+
+impl Broke {
+    fn client_io(err: io::Error) -> Self {
+        Self::Client(HttpError::Io(err))
+    }
+
+    fn app_io(err: io::Error) -> Self {
+        Self::App(HttpError::Io(err))
+    }
 }
 
 struct Conn<C, A> {
@@ -226,37 +234,33 @@ where
         shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, HttpError> {
         let started = Instant::now();
-        let Ok(uri) = Uri::try_from(&self.cbuf[head.target.clone()]) else {
-            let answer = plain(StatusCode::BAD_REQUEST, b"", false, true, head.version);
-            let _ = self.client.write_all(&answer).await;
-            return Err(HttpError::Request(HeadError::Target.into()));
-        };
         let mut info = RequestInfo {
             method: head.method.clone(),
-            uri,
+            uri: head.uri.clone(),
             authority: head
                 .host
                 .clone()
                 .map(|r| String::from_utf8_lossy(&self.cbuf[r]).into_owned()),
             version: head.version,
         };
-        let mut line = None;
-        let verdict = match settings.normalize {
-            None => hook.on_request(&info),
+        let normalized = match settings.normalize {
+            None => Ok(None),
             Some(escaped_slashes) => {
-                match target::normalize_origin(&info.method, &info.uri, head.hosts, escaped_slashes)
-                {
-                    Ok(None) => hook.on_request(&info),
-                    Ok(Some(uri)) => {
-                        line = Some(request_line(&info.method, &uri, head.version));
-                        info.uri = uri;
-                        hook.on_request(&info)
-                    }
-                    Err(err) => {
-                        hook.on_invalid(&info, &err);
-                        Verdict::bad_request(&err)
-                    }
+                target::normalize_origin(&info.method, &info.uri, head.hosts, escaped_slashes)
+            }
+        };
+        let mut line = None;
+        let verdict = match normalized {
+            Ok(normal) => {
+                if let Some(uri) = normal {
+                    line = Some(request_line(&info.method, &uri, head.version));
+                    info.uri = uri;
                 }
+                hook.on_request(&info)
+            }
+            Err(err) => {
+                hook.on_invalid(&info, &err);
+                Verdict::bad_request(&err)
             }
         };
         let progress = Arc::new(BodyProgress::default());
@@ -355,32 +359,18 @@ where
                     .finish(sent, Some(Failure::DownstreamReset));
                 Err(err)
             }
-            (Broke::ClientGone(err), status) => {
-                let status = status.unwrap_or_else(super::client_closed);
-                exchange
-                    .answered(status)
-                    .finish(sent, Some(Failure::DownstreamReset));
-                Err(HttpError::Io(err))
-            }
             // The response had begun: the client's is cut off.
-            (Broke::App(err), Some(status)) => {
-                exchange
-                    .answered(status)
-                    .finish(sent, Some(Failure::UpstreamReset));
-                Err(HttpError::Io(err))
-            }
-            (Broke::AppProtocol(err), Some(status)) => {
+            (Broke::App(err) | Broke::AppProtocol(err), Some(status)) => {
                 exchange
                     .answered(status)
                     .finish(sent, Some(Failure::UpstreamReset));
                 Err(err)
             }
             (Broke::App(_), None) => {
-                let text: &[u8] = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
                 self.failed(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Failure::UpstreamReset,
-                    text,
+                    super::service::UPSTREAM_RESET,
                     exchange,
                     method,
                 )
@@ -390,7 +380,7 @@ where
                 self.failed(
                     StatusCode::BAD_GATEWAY,
                     Failure::UpstreamProtocol,
-                    b"upstream protocol error",
+                    super::service::UPSTREAM_PROTOCOL,
                     exchange,
                     method,
                 )
@@ -547,15 +537,11 @@ enum Outcome {
 enum Response {
     /// Reading its head (interim `1xx` heads go through as they come).
     Head,
+    /// Its head is known; its body is on its way (or, done, being flushed).
     Body {
         status: StatusCode,
         body: Body,
         keep_alive: bool,
-    },
-    Done {
-        status: StatusCode,
-        keep_alive: bool,
-        sent: u64,
     },
 }
 
@@ -580,7 +566,7 @@ impl Exchanging<'_> {
     fn status_sent(&self) -> Option<StatusCode> {
         match &self.response {
             Response::Head => None,
-            Response::Body { status, .. } | Response::Done { status, .. } => Some(*status),
+            Response::Body { status, .. } => Some(*status),
         }
     }
 
@@ -594,7 +580,6 @@ impl Exchanging<'_> {
         match &self.response {
             Response::Head => 0,
             Response::Body { body, .. } => body.data(),
-            Response::Done { sent, .. } => *sent,
         }
     }
 
@@ -611,9 +596,9 @@ impl Exchanging<'_> {
         A: AsyncWrite + Unpin,
     {
         loop {
-            ready!(self.request_out.poll_write(cx, app, cbuf)).map_err(Broke::App)?;
+            ready!(self.request_out.poll_write(cx, app, cbuf)).map_err(Broke::app_io)?;
             if self.request.is_done() {
-                ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::App)?;
+                ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::app_io)?;
                 return Poll::Ready(Ok(()));
             }
             if !cbuf.is_empty() {
@@ -625,7 +610,7 @@ impl Exchanging<'_> {
                 self.progress.add((self.request.data() - before) as usize);
                 continue;
             }
-            ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::App)?;
+            ready!(self.request_out.poll_flush(cx, app)).map_err(Broke::app_io)?;
             match ready!(poll_read_more(cx, client, cbuf)) {
                 Ok(0) => {
                     self.progress.fail();
@@ -638,7 +623,7 @@ impl Exchanging<'_> {
                 Ok(_) => {}
                 Err(err) => {
                     self.progress.fail();
-                    return Poll::Ready(Err(Broke::Client(HttpError::Io(err))));
+                    return Poll::Ready(Err(Broke::client_io(err)));
                 }
             }
         }
@@ -657,27 +642,18 @@ impl Exchanging<'_> {
         C: AsyncWrite + Unpin,
     {
         loop {
-            ready!(self.response_out.poll_write(cx, client, abuf)).map_err(Broke::ClientGone)?;
+            ready!(self.response_out.poll_write(cx, client, abuf)).map_err(Broke::client_io)?;
             match &mut self.response {
-                Response::Done {
-                    status, keep_alive, ..
-                } => {
-                    let done = (*status, *keep_alive);
-                    ready!(self.response_out.poll_flush(cx, client)).map_err(Broke::ClientGone)?;
-                    return Poll::Ready(Ok(done));
-                }
                 Response::Body {
                     status,
                     body,
                     keep_alive,
                 } => {
                     if body.is_done() {
-                        self.response = Response::Done {
-                            status: *status,
-                            keep_alive: *keep_alive,
-                            sent: body.data(),
-                        };
-                        continue;
+                        let done = (*status, *keep_alive);
+                        ready!(self.response_out.poll_flush(cx, client))
+                            .map_err(Broke::client_io)?;
+                        return Poll::Ready(Ok(done));
                     }
                     if !abuf.is_empty() {
                         self.response_out.ready = body
@@ -723,7 +699,7 @@ impl Exchanging<'_> {
                     }
                 }
             }
-            ready!(self.response_out.poll_flush(cx, client)).map_err(Broke::ClientGone)?;
+            ready!(self.response_out.poll_flush(cx, client)).map_err(Broke::client_io)?;
             match ready!(poll_read_more(cx, app, abuf)) {
                 Ok(0) => {
                     if let Response::Body { body, .. } = &mut self.response
@@ -731,13 +707,13 @@ impl Exchanging<'_> {
                     {
                         continue;
                     }
-                    return Poll::Ready(Err(Broke::App(io::Error::new(
+                    return Poll::Ready(Err(Broke::app_io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the app closed before the end of its response",
                     ))));
                 }
                 Ok(_) => {}
-                Err(err) => return Poll::Ready(Err(Broke::App(err))),
+                Err(err) => return Poll::Ready(Err(Broke::app_io(err))),
             }
         }
     }

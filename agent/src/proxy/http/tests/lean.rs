@@ -44,6 +44,13 @@ async fn recording_app(reply: &'static [u8], close: bool) -> (SocketAddr, Arc<Mu
     (addr, got)
 }
 
+/// A client connection to `addr` that has sent `bytes`.
+async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(bytes).await.unwrap();
+    client
+}
+
 async fn read_all(client: &mut TcpStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
@@ -68,17 +75,15 @@ async fn recorded(got: &Mutex<Vec<u8>>, n: usize) -> String {
 async fn pipelined_requests_are_answered_in_order_with_bodies_and_trailers() {
     let (app, accepted) = app(HttpVersion::Http1).await;
     let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(
-            b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n\
-              POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n\
-              5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
-              GET /deny/two HTTP/1.1\r\nHost: svc\r\n\r\n\
-              GET /three HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let mut client = sent(
+        proxy.addr,
+        b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+          GET /deny/two HTTP/1.1\r\nHost: svc\r\n\r\n\
+          GET /three HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let answers = read_all(&mut client).await;
     // The echo comes back chunked as the app sends it.
     let order: Vec<usize> = [
@@ -127,8 +132,7 @@ async fn the_app_gets_the_bytes_the_client_sent_and_a_normalized_request_line() 
         ..Settings::default()
     };
     let mut proxy = TestProxy::with_settings(app, DetectSettings::default(), settings).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client.write_all(REQUEST.as_bytes()).await.unwrap();
+    let mut client = sent(proxy.addr, REQUEST.as_bytes()).await;
     let head = read_head(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let want = REQUEST.replace("GET /a/../b?q=%2e HTTP/1.1", "GET /b?q=%2e HTTP/1.1");
@@ -147,8 +151,7 @@ async fn a_smuggling_attempt_is_refused_before_the_app_sees_a_byte() {
         "POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello",
         "POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding:\tchunked\r\n Content-Length: 4\r\n\r\n",
     ] {
-        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-        client.write_all(attack.as_bytes()).await.unwrap();
+        let mut client = sent(proxy.addr, attack.as_bytes()).await;
         let answer = read_all(&mut client).await;
         assert!(
             answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
@@ -240,11 +243,7 @@ async fn interim_and_close_delimited_responses_go_through() {
     )
     .await;
     let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /x HTTP/1.1\r\nHost: svc\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = sent(proxy.addr, b"GET /x HTTP/1.1\r\nHost: svc\r\n\r\n").await;
     let answer = read_all(&mut client).await;
     assert_eq!(
         answer,
@@ -262,11 +261,7 @@ async fn interim_and_close_delimited_responses_go_through() {
 async fn an_upgrade_after_plain_requests_is_handed_to_hyper_on_the_same_connections() {
     let (app, accepted) = app(HttpVersion::Http1).await;
     let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = sent(proxy.addr, b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n").await;
     let head = read_head(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let body_len = "GET /one host=svc HTTP/1.1".len();
@@ -298,22 +293,14 @@ async fn an_upgrade_after_plain_requests_is_handed_to_hyper_on_the_same_connecti
 async fn an_http10_request_closes_after_its_answer_and_an_idle_app_close_ends_the_client() {
     let (app, _) = app(HttpVersion::Http1).await;
     let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /old HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = sent(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
     let answer = read_all(&mut client).await;
     assert!(answer.contains("GET /old host= HTTP/1.0"), "{answer}");
     assert!(proxy.handled().await.result.is_ok());
 
     let (app, _) = recording_app(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
     let mut proxy = TestProxy::start(app).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /x HTTP/1.1\r\nHost: svc\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = sent(proxy.addr, b"GET /x HTTP/1.1\r\nHost: svc\r\n\r\n").await;
     let answer = read_all(&mut client).await;
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
     assert!(proxy.handled().await.result.is_ok());
