@@ -11,33 +11,79 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{support::read_head, *};
 use crate::proxy::http::Failure;
 
+/// What a raw app read, over all its connections, and how many of them it has read to
+/// their end.
+#[derive(Default)]
+struct Recording {
+    bytes: Mutex<Vec<u8>>,
+    ended: AtomicUsize,
+}
+
+impl Recording {
+    fn push(&self, bytes: &[u8]) {
+        self.bytes.lock().unwrap().extend_from_slice(bytes);
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    /// What was read once `n` bytes were (or 10 s passed).
+    async fn at_least(&self, n: usize) -> String {
+        for _ in 0..1000 {
+            if self.bytes.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.text()
+    }
+
+    /// What was read once `n` connections were read to their end (or 10 s passed): all
+    /// the proxy ever sent on them.
+    async fn after_ends(&self, n: usize) -> String {
+        for _ in 0..1000 {
+            if self.ended.load(Ordering::SeqCst) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            self.ended.load(Ordering::SeqCst) >= n,
+            "{n} connections ended"
+        );
+        self.text()
+    }
+}
+
 /// A raw app: records what it reads on any connection; answers `reply` once it has a
-/// request head; closes after it when `close`, else reads (and records) on.
-async fn recording_app(reply: &'static [u8], close: bool) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+/// request head; closes after it when `close`, else reads (and records) on to the end.
+async fn recording_app(reply: &'static [u8], close: bool) -> (SocketAddr, Arc<Recording>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got = Arc::new(Recording::default());
     let record = got.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let record = record.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
+                let mut buf = [0; 4096];
                 while !head.ends_with(b"\r\n\r\n") {
                     let Ok(b) = tcp.read_u8().await else {
+                        record.ended.fetch_add(1, Ordering::SeqCst);
                         return;
                     };
                     head.push(b);
-                    record.lock().unwrap().push(b);
+                    record.push(&[b]);
                 }
                 let _ = tcp.write_all(reply).await;
-                if close {
-                    return;
+                if !close {
+                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                        record.push(&buf[..n]);
+                    }
                 }
-                let mut buf = [0; 4096];
-                while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                    record.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
+                record.ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -58,17 +104,6 @@ async fn read_all(client: &mut TcpStream) -> String {
         .expect("the proxy ends the connection")
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Waits until the raw app has recorded `n` bytes (or 10 s).
-async fn recorded(got: &Mutex<Vec<u8>>, n: usize) -> String {
-    for _ in 0..1000 {
-        if got.lock().unwrap().len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    String::from_utf8_lossy(&got.lock().unwrap()).into_owned()
 }
 
 #[tokio::test]
@@ -136,7 +171,7 @@ async fn the_app_gets_the_bytes_the_client_sent_and_a_normalized_request_line() 
     let head = read_head(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     let want = REQUEST.replace("GET /a/../b?q=%2e HTTP/1.1", "GET /b?q=%2e HTTP/1.1");
-    assert_eq!(recorded(&got, want.len()).await, want);
+    assert_eq!(got.at_least(want.len()).await, want);
     assert_eq!(proxy.seen()[0].uri, "/b?q=%2e");
     assert_eq!(proxy.report().await.status, StatusCode::OK);
 }
@@ -161,7 +196,7 @@ async fn a_smuggling_attempt_is_refused_before_the_app_sees_a_byte() {
         assert!(matches!(handled.result, Err((true, _))), "{handled:?}");
     }
     assert!(proxy.seen().is_empty(), "the hook saw none of them");
-    assert!(got.lock().unwrap().is_empty(), "the app saw none of them");
+    assert_eq!(got.after_ends(4).await, "", "the app saw none of them");
 }
 
 /// Broken chunking ends the connection: arriving with the head, before the app gets any
@@ -176,7 +211,7 @@ async fn broken_chunking_in_a_request_body_ends_the_connection() {
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
         if separately {
             client.write_all(HEAD).await.unwrap();
-            assert_eq!(recorded(&got, HEAD.len()).await.as_bytes(), HEAD);
+            assert_eq!(got.at_least(HEAD.len()).await.as_bytes(), HEAD);
             client.write_all(BROKEN).await.unwrap();
         } else {
             client.write_all(&[HEAD, BROKEN].concat()).await.unwrap();
@@ -187,10 +222,9 @@ async fn broken_chunking_in_a_request_body_ends_the_connection() {
         assert_eq!(report.failure, Some(Failure::DownstreamReset));
         let handled = proxy.handled().await;
         assert!(matches!(handled.result, Err((true, _))), "{handled:?}");
-        let app_got = got.lock().unwrap().clone();
         let want: &[u8] = if separately { HEAD } else { b"" };
         assert_eq!(
-            String::from_utf8_lossy(&app_got),
+            got.after_ends(1).await,
             String::from_utf8_lossy(want),
             "separately: {separately}"
         );
