@@ -172,9 +172,11 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         endpoint.listener.try_clone().ok(),
         handover_requests,
     )?;
+    let memory = config.memory.clone();
     let mut enrollment = tokio::spawn(enrollment.run(workloads, policies, handovers, move || {
         ready.store(true, Ordering::Relaxed);
-        tracing::info!("agent ready")
+        tracing::info!("agent ready");
+        crate::memory::after_start(&memory);
     }));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

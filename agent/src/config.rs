@@ -30,6 +30,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub sidecar: SidecarConfig,
     pub restart: RestartConfig,
+    pub memory: MemoryConfig,
     pub log: LogConfig,
 }
 
@@ -56,6 +57,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sidecar: SidecarConfig::default(),
             restart: RestartConfig::default(),
+            memory: MemoryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -622,6 +624,29 @@ impl RestartConfig {
             Some(path) => path.clone(),
             None if instance == "default" => PathBuf::from("/run/outrider/handover.sock"),
             None => PathBuf::from(format!("/run/outrider/{instance}/handover.sock")),
+        }
+    }
+}
+
+/// What the agent (and a sidecar) gives back to the kernel once it serves (`memory.rs`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Once ready, unmap the pages of the binary's own code and read-only data that
+    /// start-up touched; what serving runs is mapped again on first use (a minor fault,
+    /// from the page cache). About 6 MiB less resident per process. Default true.
+    pub release_startup_code: bool,
+    /// How often freed heap memory goes back to the kernel (glibc's `malloc_trim`; also
+    /// once start-up is over). 0: only that once. Default 10000 ms (jemalloc's default
+    /// decay, ztunnel's allocator).
+    pub trim_interval_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            release_startup_code: true,
+            trim_interval_ms: 10_000,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! certificates and the proxy its mutual-TLS ends (`outrider ca` makes the mesh's root).
 //! `sidecar` is the same proxy run as a classic per-pod sidecar, and the node agent's
 //! service for it. `restart` hands a running agent's sockets to its successor.
-//! `netns` is where sockets are made.
+//! `netns` is where sockets are made; `memory` what the process gives back to the kernel
+//! once it serves.
 pub(crate) mod admin;
 pub mod agent;
 pub(crate) mod capabilities;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod image;
 pub mod limits;
 pub(crate) mod logging;
+pub(crate) mod memory;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

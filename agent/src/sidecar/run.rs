@@ -40,7 +40,7 @@ const CERT_PATIENCE: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, clap::Args)]
 pub struct SidecarArgs {
     /// A config file (the agent's type; the sidecar reads `sidecar`, `capture`, `proxy`,
-    /// `identity.certTtlSeconds`, `telemetry` and `log`). Without it: the defaults.
+    /// `identity.certTtlSeconds`, `telemetry`, `memory` and `log`). Without it: the defaults.
     #[arg(long, env = "OUTRIDER_CONFIG")]
     pub config: Option<PathBuf>,
     /// The node agent's socket (overrides `sidecar.socket`).
@@ -150,6 +150,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     .await?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(pod = %pod.key, "sidecar ready");
+    crate::memory::after_start(&config.memory);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
