@@ -1061,6 +1061,40 @@ mod tests {
     }
 
     #[test]
+    fn memory_release_is_on_by_default_and_can_be_turned_off() {
+        let defaults = Config::default().memory;
+        assert!(defaults.release_startup_code);
+        assert_eq!(defaults.trim_interval_ms, 10_000);
+        let (_d, path) =
+            write("cgroup: {attach: /x}\nmemory: {releaseStartupCode: false, trimIntervalMs: 0}\n");
+        let memory = Config::load(&path).unwrap().memory;
+        assert!(!memory.release_startup_code);
+        assert_eq!(memory.trim_interval_ms, 0);
+        let (_d, path) = write("cgroup: {attach: /x}\nmemory: {trimInterval: 5}\n");
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `trimInterval`"), "{err}");
+    }
+
+    /// The README's `agent.yaml` is a config the agent reads, with the defaults it shows.
+    #[test]
+    fn the_readmes_agent_yaml_loads_and_shows_the_defaults() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let start = readme
+            .find("# agent.yaml")
+            .expect("README.md: the agent.yaml example");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").expect("README.md: the example's end")];
+        let (_d, path) = write(block);
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("README.md's agent.yaml: {e}"));
+        let defaults = Config::default();
+        assert_eq!(config.memory, defaults.memory);
+        assert_eq!(config.restart.drain_seconds, defaults.restart.drain_seconds);
+        assert_eq!(config.proxy.hbone, defaults.proxy.hbone);
+        assert_eq!(config.telemetry.access_log, defaults.telemetry.access_log);
+    }
+
+    #[test]
     fn bad_cidr_is_rejected_with_its_field() {
         let (_d, path) = write("cgroup: {attach: /x}\ncapture:\n  excludeCidrs: [10.0.0.0/33]\n");
         let err = Config::load(&path).unwrap_err().to_string();
