@@ -94,8 +94,10 @@ pub fn keep_heap_trimmed(every: Duration) {
 /// Unmaps this process's read-only mappings of its own executable that hold only what
 /// the file holds (see the module's notes).
 pub fn release_startup_code() -> io::Result<Released> {
-    let exe = std::fs::read_link("/proc/self/exe")?;
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let exe =
+        std::fs::read_link("/proc/self/exe").map_err(|e| context(e, "reading /proc/self/exe"))?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps")
+        .map_err(|e| context(e, "reading /proc/self/smaps"))?;
     let mut released = Released::default();
     for mapping in releasable(&smaps, &exe.to_string_lossy()) {
         let len = (mapping.range.end - mapping.range.start) as usize;
@@ -110,12 +112,24 @@ pub fn release_startup_code() -> io::Result<Released> {
             )
         };
         if done != 0 {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            let what = format!(
+                "madvise(MADV_DONTNEED) on {:#x}-{:#x} of {}",
+                mapping.range.start,
+                mapping.range.end,
+                exe.display()
+            );
+            return Err(context(error, what));
         }
         released.mappings += 1;
         released.bytes += mapping.resident;
     }
     Ok(released)
+}
+
+/// `error`, saying what was being done.
+fn context(error: io::Error, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
 /// One mapping [`releasable`] picked.
