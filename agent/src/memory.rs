@@ -1,14 +1,14 @@
 //! Memory the process gives back to the kernel once it serves (`memory` in the config).
 //!
 //! Two kinds of resident memory outlive start-up without being used again:
-//! - **Freed heap.** Start-up peaks at about twice what serving needs (the eBPF objects
-//!   and their BTF, the configuration, the first workload set). glibc returns the top of
+//! - **Freed heap.** Start-up peaks at about twice what serving needs (VmHWM near
+//!   30 MiB in a `release` build). glibc returns the top of
 //!   its heaps to the kernel but keeps freed pages below live blocks resident until
 //!   `malloc_trim`, which gives back every whole free page of every arena. It runs once
 //!   start-up is over and then every `memory.trimIntervalMs`, as jemalloc's decay does.
 //! - **Code only start-up ran.** The pages of the binary's code and read-only data that
 //!   start-up touched (argument and YAML parsing, the eBPF loader, the Kubernetes client,
-//!   gRPC's reflection tables) stay mapped: each page fault maps its neighbours too, so
+//!   gRPC) stay mapped: each page fault maps its neighbours too, so
 //!   most of the binary ends up resident. Once ready, the process unmaps its read-only
 //!   mappings of its own executable (`madvise(MADV_DONTNEED)`); what serving runs is
 //!   mapped again on first use, a minor fault from the page cache. A mapping holding
@@ -24,15 +24,17 @@ use crate::config::MemoryConfig;
 
 /// What [`release_startup_code`] unmapped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Released {
+struct Released {
     /// Mappings of the executable unmapped.
-    pub mappings: usize,
+    mappings: usize,
     /// Their resident bytes before.
-    pub bytes: u64,
+    bytes: u64,
 }
 
 /// Once the process serves (called from within its runtime): gives start-up's heap back,
-/// and its code if `config` says so, logs what was given, then keeps the heap trimmed.
+/// and its code if `config` says so, logs what was given, then trims the heap every
+/// `memory.trimIntervalMs` (0: never again). One task; the work runs off the workers
+/// (`malloc_trim` walks the free lists under the arenas' locks).
 pub fn after_start(config: &MemoryConfig) {
     let release_code = config.release_startup_code;
     let every = Duration::from_millis(config.trim_interval_ms);
@@ -55,12 +57,22 @@ pub fn after_start(config: &MemoryConfig) {
             ),
             Err(error) => tracing::warn!(%error, "giving start-up memory back"),
         }
-        keep_heap_trimmed(every);
+        if every.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if tokio::task::spawn_blocking(trim_heap).await.is_err() {
+                return;
+            }
+        }
     });
 }
 
 /// Gives every whole free page of the heap back to the kernel; true if any was.
-pub fn trim_heap() -> bool {
+fn trim_heap() -> bool {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: malloc_trim takes the allocator's own locks; it has no preconditions.
@@ -72,28 +84,9 @@ pub fn trim_heap() -> bool {
     }
 }
 
-/// Trims the heap every `every` (zero: never), for the life of the runtime.
-pub fn keep_heap_trimmed(every: Duration) {
-    if every.is_zero() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            // malloc_trim walks the free lists under the arenas' locks: off the workers.
-            if tokio::task::spawn_blocking(trim_heap).await.is_err() {
-                return;
-            }
-        }
-    });
-}
-
 /// Unmaps this process's read-only mappings of its own executable that hold only what
 /// the file holds (see the module's notes).
-pub fn release_startup_code() -> io::Result<Released> {
+fn release_startup_code() -> io::Result<Released> {
     let exe =
         std::fs::read_link("/proc/self/exe").map_err(|e| context(e, "reading /proc/self/exe"))?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")
