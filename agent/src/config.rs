@@ -560,7 +560,7 @@ pub struct SidecarConfig {
     /// Connections the node agent serves at once on the socket, as the admin socket's
     /// (`unix_socket::admission`: the oldest that has not spoken HTTP/2 makes room for
     /// a new one). Each sidecar holds one; default 512 (kubelet's default is 110 pods a
-    /// node).
+    /// node). Each costs the agent two descriptors: the socket and its caller's pidfd.
     pub max_connections: usize,
     /// How long a new connection on the socket has to send the HTTP/2 preface before it
     /// is closed. Default 5000 ms.
