@@ -3,11 +3,14 @@
 //! queued beyond the send buffer); reads give the window back as the consumer takes the
 //! bytes; shutdown is END_STREAM (half-close: reads go on); [`H2Stream::reset`] sends
 //! RST_STREAM(CANCEL) and a peer's RST_STREAM reads as `ConnectionReset`. Dropped before
-//! both directions ended, the stream is reset, never left open.
+//! our side ended, the stream is reset, never left open; dropped after our side ended
+//! but before the peer's, it waits (briefly, off the caller) for the peer's end, so that
+//! a normal end is never a reset (see [`linger`]).
 use std::{
     io,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -20,7 +23,8 @@ use super::client::Slot;
 /// a [`Handler`](super::Handler) by the server.
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// Always there until the stream is dropped, which may hand it to [`linger`].
+    recv: Option<RecvStream>,
     /// Received, not yet read; its bytes are still counted against our window.
     pending: Bytes,
     max_chunk: usize,
@@ -40,7 +44,7 @@ impl H2Stream {
     ) -> Self {
         Self {
             send,
-            recv,
+            recv: Some(recv),
             pending: Bytes::new(),
             max_chunk: max_chunk.max(1),
             write_closed: false,
@@ -94,9 +98,14 @@ impl AsyncRead for H2Stream {
                 this.pending.advance(n);
                 // The window opens as the consumer takes the bytes, no sooner. An error
                 // here means the stream is gone, which the next poll reports.
-                let _ = this.recv.flow_control().release_capacity(n);
+                if let Some(recv) = this.recv.as_mut() {
+                    let _ = recv.flow_control().release_capacity(n);
+                }
                 return Poll::Ready(Ok(()));
             }
+            let Some(recv) = this.recv.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
             if this.read_done {
                 return Poll::Ready(if this.reset {
                     Err(io::Error::new(
@@ -107,7 +116,7 @@ impl AsyncRead for H2Stream {
                     Ok(())
                 });
             }
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => this.pending = data,
                 None => this.read_done = true,
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
@@ -189,15 +198,59 @@ impl AsyncWrite for H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
+        if self.reset {
+            return;
+        }
         // Our side never ended (an error, or given up on): abort it rather than leave the
-        // peer waiting on a stream nobody serves. When it did end (END_STREAM queued),
-        // an explicit reset would throw away DATA still queued behind it — e.g. an HTTP/1
-        // response sent just before `Connection: close` — so h2 is left to close the
-        // stream once its queue is sent.
-        if !(self.reset || self.write_closed) {
+        // peer waiting on a stream nobody serves.
+        if !self.write_closed {
             self.send.send_reset(Reason::CANCEL);
+            return;
+        }
+        // Our side ended (END_STREAM queued: an explicit reset would throw away DATA
+        // still queued behind it, e.g. an HTTP/1 response sent just before `Connection:
+        // close`), so h2 closes the stream once its queue is sent and the peer ended too.
+        // If the peer has not, dropping the receiving half now would make h2 reset the
+        // stream: wait for the peer's end instead.
+        let Some(mut recv) = self.recv.take() else {
+            return;
+        };
+        if self.read_done {
+            return;
+        }
+        // What was received and not read goes back to the window.
+        let _ = recv.flow_control().release_capacity(self.pending.len());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(recv));
         }
     }
+}
+
+/// How long a stream whose reader is gone, after our END_STREAM, waits for the peer's
+/// end before it is reset; and how many bytes it takes (and discards) meanwhile.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Waits for the peer to end a stream we ended and stopped reading (an HTTP/1 exchange
+/// that closes once its response is through, typically): the peer's END_STREAM is on
+/// its way, and a stream reset now instead would cost both ends. The peer may reset a
+/// stream it is still writing to (its response loses what was queued), and a reset
+/// stream whose late frames h2 has forgotten counts as the peer's protocol error: after
+/// 1024 of those in a connection's life h2 ends the connection, and every stream on it,
+/// with ENHANCE_YOUR_CALM. A peer that neither ends nor resets within [`LINGER`], or
+/// sends more than [`LINGER_BYTES`], has the stream reset (h2 does it when `recv` goes).
+async fn linger(mut recv: RecvStream) {
+    let mut budget = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(data)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(data.len());
+            budget = budget.saturating_sub(data.len());
+            if budget == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 fn reset_error(reason: Reason, by_peer: bool) -> io::Error {
