@@ -159,7 +159,10 @@ where
             Some(Ok((request, respond))) => {
                 let handler = handler.clone();
                 let max_chunk = settings.max_write_chunk;
-                tokio::spawn(handle(request, respond, handler, max_chunk).in_current_span());
+                // Boxed: the stream's future is large, and moved once instead of twice.
+                tokio::spawn(
+                    Box::pin(handle(request, respond, handler, max_chunk)).in_current_span(),
+                );
             }
             // The client closed the connection politely.
             Some(Err(e)) if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) => {
