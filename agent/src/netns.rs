@@ -4,16 +4,14 @@
 //! leave with the pod's IP. Every socket carries the agent's SO_MARK (unless the mark is
 //! 0: a sidecar without the capability to mark is recognized by its user instead). A
 //! sidecar already lives in its pod's namespace: [`Netns::current`] makes sockets there
-//! without entering anything. Upstream sockets are made a few at a time
-//! ([`SPARES_PER_VISIT`]): entering and leaving a namespace costs two `setns` calls, which
-//! the profile of new connections put at 2 % of the agent's CPU when paid per connection.
+//! without entering anything.
 use std::{
     fs::File,
     io,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::OnceLock,
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -24,9 +22,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 const SO_NETNS_COOKIE: libc::c_int = 71;
 /// `NSFS_MAGIC` (linux/magic.h): the file system of namespace files.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
-/// Upstream sockets made per visit to a pod's namespace: the first is used, the rest wait
-/// (unconnected, a descriptor each, per address family) for the pod's next connections.
-const SPARES_PER_VISIT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -63,14 +58,6 @@ pub struct Netns {
     cookie: u64,
     /// The process's own namespace: nothing to enter (and no CAP_SYS_ADMIN needed).
     current: bool,
-    /// Upstream sockets made in the namespace, not used yet.
-    spares: Mutex<Spares>,
-}
-
-#[derive(Debug, Default)]
-struct Spares {
-    v4: Vec<Socket>,
-    v6: Vec<Socket>,
 }
 
 impl Netns {
@@ -93,7 +80,6 @@ impl Netns {
             path: path.to_path_buf(),
             cookie: 0,
             current: false,
-            spares: Mutex::default(),
         };
         let probe = ns
             .enter(|| Socket::new(Domain::IPV4, Type::DGRAM, None))
@@ -129,7 +115,6 @@ impl Netns {
             path,
             cookie,
             current: true,
-            spares: Mutex::default(),
         })
     }
 
@@ -191,7 +176,14 @@ impl Netns {
 
     /// An unconnected TCP socket inside the namespace for a connection to `dest`.
     pub fn tcp_socket(&self, dest: SocketAddr, mark: u32) -> io::Result<tokio::net::TcpSocket> {
-        let socket = self.stream_socket(Domain::for_address(dest))?;
+        let socket = self.enter(|| {
+            // Non-blocking from the start (SOCK_NONBLOCK), not by two fcntl calls.
+            Socket::new(
+                Domain::for_address(dest),
+                Type::STREAM.nonblocking(),
+                Some(Protocol::TCP),
+            )
+        })?;
         // Neither option depends on the namespace the thread is in.
         if mark != 0 {
             socket.set_mark(mark)?;
@@ -199,30 +191,6 @@ impl Netns {
         socket.set_tcp_nodelay(true)?;
         let std: std::net::TcpStream = socket.into();
         Ok(tokio::net::TcpSocket::from_std_stream(std))
-    }
-
-    /// A fresh TCP socket of the namespace: a spare if there is one, else made on a visit
-    /// that makes up to [`SPARES_PER_VISIT`] (fewer if descriptors run short).
-    fn stream_socket(&self, domain: Domain) -> io::Result<Socket> {
-        // Non-blocking from the start (SOCK_NONBLOCK), not by two fcntl calls.
-        let new = || Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP));
-        if self.current {
-            return new();
-        }
-        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
-        let spares = if domain == Domain::IPV6 {
-            &mut spares.v6
-        } else {
-            &mut spares.v4
-        };
-        if let Some(socket) = spares.pop() {
-            return Ok(socket);
-        }
-        self.enter(|| {
-            let socket = new()?;
-            spares.extend((1..SPARES_PER_VISIT).map_while(|_| new().ok()));
-            Ok(socket)
-        })
     }
 }
 
@@ -318,35 +286,29 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn upstream_sockets_are_made_in_the_namespace_a_visit_at_a_time() {
+    async fn upstream_sockets_are_made_in_the_namespace_marked_and_non_blocking() {
         init().unwrap();
         let scratch = scratch_namespace();
         let ns = Netns::open(&scratch.path()).unwrap();
         let own = netns_cookie(&std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         assert_ne!(ns.cookie(), own);
-        let listener = ns.listen("127.0.0.1:0".parse().unwrap(), 64, 0).unwrap();
+        let listener = ns.listen("127.0.0.1:0".parse().unwrap(), 16, 0).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let spares = |ns: &Netns| ns.spares.lock().unwrap().v4.len();
-        for i in 0..SPARES_PER_VISIT + 1 {
-            let socket = ns.tcp_socket(addr, 0x4f52).unwrap();
-            // First a visit (its spares wait), then spares, then a visit again.
-            let left = (SPARES_PER_VISIT - 1 - i % SPARES_PER_VISIT) % SPARES_PER_VISIT;
-            assert_eq!(spares(&ns), left, "after socket {i}");
-            assert_eq!(netns_cookie(&socket).unwrap(), ns.cookie(), "socket {i}");
-            assert_eq!(socket2::SockRef::from(&socket).mark().unwrap(), 0x4f52);
-            // Non-blocking and usable: it reaches a listener only the namespace has.
-            let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(stream.nodelay().unwrap());
-            listener.accept().await.unwrap();
-        }
-        // IPv6 has spares of its own.
-        ns.tcp_socket("[::1]:1".parse().unwrap(), 0).unwrap();
-        assert_eq!(ns.spares.lock().unwrap().v6.len(), SPARES_PER_VISIT - 1);
-        assert_eq!(spares(&ns), SPARES_PER_VISIT - 1);
+        let socket = ns.tcp_socket(addr, 0x4f52).unwrap();
+        assert_eq!(netns_cookie(&socket).unwrap(), ns.cookie());
+        assert_eq!(socket2::SockRef::from(&socket).mark().unwrap(), 0x4f52);
+        // Non-blocking (tokio's connect would hang otherwise), and it reaches a listener
+        // only the namespace has.
+        let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stream.nodelay().unwrap());
+        listener.accept().await.unwrap();
+        // The thread is back in the agent's namespace.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(netns_cookie(&probe).unwrap(), own);
     }
 
     #[test]
