@@ -91,7 +91,8 @@ where
         .max_send_buffer_size(settings.max_send_buffer)
         // Until the server's SETTINGS say otherwise, assume no more than we would allow.
         .initial_max_send_streams(settings.max_concurrent_streams as usize)
-        .enable_push(false);
+        .enable_push(false)
+        .max_concurrent_reset_streams(super::settings::RESET_STREAMS_REMEMBERED);
     let (sender, mut connection) = tokio::time::timeout(
         settings.handshake_timeout,
         builder.handshake::<_, Bytes>(io),

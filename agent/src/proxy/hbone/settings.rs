@@ -44,6 +44,16 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
 }
 
+/// Streams reset by us that each end of a tunnel remembers (for h2's second), to drop
+/// the frames the peer had already sent on them. h2 remembers 50, forgets the oldest
+/// beyond that, and counts a frame on a forgotten stream as the peer's protocol error:
+/// after 1024 of those in a connection's life it ends the connection, and every stream
+/// on it, with ENHANCE_YOUR_CALM. Clients aborting downloads (a load generator stopping,
+/// a browser navigating away) reset more than 50 streams a second on a busy pooled
+/// connection; 4096 a second is covered, each held as h2's state of a closed stream for
+/// that second.
+pub const RESET_STREAMS_REMEMBERED: usize = 4096;
+
 impl Settings {
     pub fn from_config(c: &HboneConfig) -> Self {
         Self {

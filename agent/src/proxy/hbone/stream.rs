@@ -227,8 +227,9 @@ impl Drop for H2Stream {
 }
 
 /// How long a stream whose reader is gone, after our END_STREAM, waits for the peer's
-/// end before it is reset; and how many bytes it takes (and discards) meanwhile.
+/// end before it is reset.
 const LINGER: Duration = Duration::from_secs(5);
+/// How many bytes such a stream takes (and discards) meanwhile before it is reset.
 const LINGER_BYTES: usize = 64 * 1024;
 
 /// Waits for the peer to end a stream we ended and stopped reading (an HTTP/1 exchange

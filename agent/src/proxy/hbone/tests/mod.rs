@@ -50,12 +50,21 @@ pub(super) async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
 /// An upstream that echoes each connection, and shuts down its write side once the
 /// client shut down its own (half-close passes through).
 pub(super) async fn echo_upstream() -> SocketAddr {
+    echo_upstream_closing_after(Duration::ZERO).await
+}
+
+/// [`echo_upstream`], shutting down `delay` after its client did, as a server finishing
+/// up does.
+pub(super) async fn echo_upstream_closing_after(delay: Duration) -> SocketAddr {
     let (listener, addr) = listen().await;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let (mut r, mut w) = stream.into_split();
                 if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     let _ = w.shutdown().await;
                 }
             });

@@ -389,20 +389,8 @@ async fn ipv6_destinations_go_in_brackets() {
 /// every stream on it. Found under `ab` through two agents, 26,000 connections in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_let_go_after_their_own_end_do_not_wear_out_the_connection() {
-    // An echo that closes a moment after its client did, as a server finishing up
-    // does: the client has its answer before the server's END_STREAM is sent.
-    let (listener, upstream) = listen().await;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    let _ = w.shutdown().await;
-                }
-            });
-        }
-    });
+    // The client has its answer before the server's END_STREAM is sent.
+    let upstream = echo_upstream_closing_after(Duration::from_millis(2)).await;
     let server = TestServer::start(settings(), ToTcp::default()).await;
     let client = server.client().await;
     const STREAMS: usize = 1500;
@@ -449,4 +437,57 @@ async fn streams_let_go_after_their_own_end_do_not_wear_out_the_connection() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
+}
+
+/// Clients that abort downloads: each stream is reset by us while the server is still
+/// sending, so frames the server sent before our RST_STREAM reached it arrive after.
+/// h2 drops them on a stream it remembers resetting; on one it has forgotten, it counts
+/// them as the peer's protocol errors, and after 1024 ends the connection (and every
+/// stream on it) with ENHANCE_YOUR_CALM. Aborts faster than h2 remembers (50 streams
+/// by default) must not wear out the connection either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_downloads_do_not_wear_out_the_connection() {
+    // A server that streams until its client goes.
+    let (listener, firehose) = listen().await;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; 16 * 1024];
+                while stream.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let echo = echo_upstream().await;
+    let server = TestServer::start(settings(), ToTcp::default()).await;
+    let client = server.client().await;
+    const STREAMS: usize = 2000;
+    const AT_ONCE: usize = 16;
+    let mut workers = Vec::new();
+    for worker in 0..AT_ONCE {
+        let client = client.clone();
+        workers.push(tokio::spawn(async move {
+            for i in (worker..STREAMS).step_by(AT_ONCE) {
+                let mut stream = client
+                    .connect(&ConnectRequest::new(firehose))
+                    .await
+                    .map_err(|e| format!("stream {i}: connect: {e}"))?;
+                let mut some = [0u8; 4096];
+                stream
+                    .read_exact(&mut some)
+                    .await
+                    .map_err(|e| format!("stream {i}: read: {e}"))?;
+                stream.reset();
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap().unwrap();
+    }
+    assert!(client.is_usable(), "the connection was ended");
+    // And it still carries a stream.
+    let mut stream = client.connect(&ConnectRequest::new(echo)).await.unwrap();
+    stream.write_all(b"still here").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut stream).await.unwrap(), b"still here");
 }
