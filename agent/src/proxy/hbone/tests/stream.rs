@@ -393,43 +393,29 @@ async fn streams_let_go_after_their_own_end_do_not_wear_out_the_connection() {
     let upstream = echo_upstream_closing_after(Duration::from_millis(2)).await;
     let server = TestServer::start(settings(), ToTcp::default()).await;
     let client = server.client().await;
-    const STREAMS: usize = 1500;
-    const AT_ONCE: usize = 8;
-    let mut workers = Vec::new();
-    for worker in 0..AT_ONCE {
-        let client = client.clone();
-        workers.push(tokio::spawn(async move {
-            for i in (worker..STREAMS).step_by(AT_ONCE) {
-                let mut stream = client
-                    .connect(&ConnectRequest::new(upstream))
-                    .await
-                    .map_err(|e| format!("stream {i}: connect: {e}"))?;
-                let request = format!("request {i}");
-                stream
-                    .write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| format!("stream {i}: write: {e}"))?;
-                stream
-                    .shutdown()
-                    .await
-                    .map_err(|e| format!("stream {i}: shutdown: {e}"))?;
-                // The whole answer, not the end of the stream: then let it go.
-                let mut answer = vec![0; request.len()];
-                stream
-                    .read_exact(&mut answer)
-                    .await
-                    .map_err(|e| format!("stream {i}: read: {e}"))?;
-                assert_eq!(answer, request.as_bytes());
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for worker in workers {
-        worker.await.unwrap().unwrap();
-    }
+    streams_through(&client, 1500, 8, upstream, |i, mut stream| async move {
+        let request = format!("request {i}");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        stream
+            .shutdown()
+            .await
+            .map_err(|e| format!("shutdown: {e}"))?;
+        // The whole answer, not the end of the stream: then let it go.
+        let mut answer = vec![0; request.len()];
+        stream
+            .read_exact(&mut answer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        assert_eq!(answer, request.as_bytes());
+        Ok(())
+    })
+    .await;
     assert!(client.is_usable(), "the connection was ended");
     // Every stream closed cleanly on the server's side too.
-    let served = server.handler.wait_served(STREAMS).await;
+    let served = server.handler.wait_served(1500).await;
     let failed: Vec<_> = served.iter().filter(|r| !r.starts_with("ok")).collect();
     assert!(
         failed.is_empty(),
@@ -460,23 +446,48 @@ async fn aborted_downloads_do_not_wear_out_the_connection() {
     let echo = echo_upstream().await;
     let server = TestServer::start(settings(), ToTcp::default()).await;
     let client = server.client().await;
-    const STREAMS: usize = 2000;
-    const AT_ONCE: usize = 16;
+    streams_through(&client, 2000, 16, firehose, |_, mut stream| async move {
+        let mut some = [0u8; 4096];
+        stream
+            .read_exact(&mut some)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        stream.reset();
+        Ok(())
+    })
+    .await;
+    assert!(client.is_usable(), "the connection was ended");
+    // And it still carries a stream.
+    let mut stream = client.connect(&ConnectRequest::new(echo)).await.unwrap();
+    stream.write_all(b"still here").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert_eq!(read_all(&mut stream).await.unwrap(), b"still here");
+}
+
+/// Opens `streams` streams to `upstream` over `client`, `at_once` at a time, and runs
+/// `each` on every one; panics naming the first stream that failed.
+async fn streams_through<F, Fut>(
+    client: &Client,
+    streams: usize,
+    at_once: usize,
+    upstream: SocketAddr,
+    each: F,
+) where
+    F: Fn(usize, H2Stream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let mut workers = Vec::new();
-    for worker in 0..AT_ONCE {
-        let client = client.clone();
+    for worker in 0..at_once {
+        let (client, each) = (client.clone(), each.clone());
         workers.push(tokio::spawn(async move {
-            for i in (worker..STREAMS).step_by(AT_ONCE) {
-                let mut stream = client
-                    .connect(&ConnectRequest::new(firehose))
+            for i in (worker..streams).step_by(at_once) {
+                let stream = client
+                    .connect(&ConnectRequest::new(upstream))
                     .await
                     .map_err(|e| format!("stream {i}: connect: {e}"))?;
-                let mut some = [0u8; 4096];
-                stream
-                    .read_exact(&mut some)
+                each(i, stream)
                     .await
-                    .map_err(|e| format!("stream {i}: read: {e}"))?;
-                stream.reset();
+                    .map_err(|e| format!("stream {i}: {e}"))?;
             }
             Ok::<(), String>(())
         }));
@@ -484,10 +495,4 @@ async fn aborted_downloads_do_not_wear_out_the_connection() {
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
-    assert!(client.is_usable(), "the connection was ended");
-    // And it still carries a stream.
-    let mut stream = client.connect(&ConnectRequest::new(echo)).await.unwrap();
-    stream.write_all(b"still here").await.unwrap();
-    stream.shutdown().await.unwrap();
-    assert_eq!(read_all(&mut stream).await.unwrap(), b"still here");
 }
