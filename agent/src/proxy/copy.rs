@@ -1,10 +1,15 @@
 //! Copying a connection's bytes both ways, between any two streams (TCP, a tunnel
-//! stream). Each direction reads into its own buffer, which starts small and doubles (up
-//! to the configured size) while reads keep filling it, so idle connections stay cheap
-//! and bulk ones get big reads. End-of-stream on one side becomes a write shutdown on the
-//! other (half-close); an error on either side aborts both (a reset propagates). Nothing
-//! is buffered beyond one buffer a direction, so a slow reader slows the writer
-//! (back-pressure).
+//! stream). Each direction reads into a buffer of its own, whose reads start small and
+//! double (up to the configured size) while they keep filling it, so idle connections
+//! stay cheap and bulk ones get big reads. End-of-stream on one side becomes a write
+//! shutdown on the other (half-close); an error on either side aborts both (a reset
+//! propagates). Nothing is buffered beyond one read a direction, so a slow reader slows
+//! the writer (back-pressure).
+//!
+//! Bytes are not copied on the way: what is read is handed to the writer as `Bytes`. A
+//! tunnel stream takes them as they are (its DATA frames) and hands out what it received
+//! as it is (see [`Side`]); a TCP socket is written from them, and once written the read
+//! buffer is used again.
 use std::{
     future::{Future, poll_fn},
     io,
@@ -14,13 +19,14 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 use tokio_util::sync::CancellationToken;
 
-const INITIAL_BUFFER: usize = 4 * 1024;
+const INITIAL_READ: usize = 4 * 1024;
 
 /// Bytes moved in each direction, readable while the copy runs.
 #[derive(Debug, Default)]
@@ -31,12 +37,46 @@ pub struct Counters {
     pub backward: AtomicU64,
 }
 
-/// A stream that can be ended with a reset instead of a polite close.
-pub trait Abort {
+/// One side of a copied connection: a stream that can be ended with a reset instead of
+/// a polite close, and that moves bytes as [`Bytes`]. By default reads go into the
+/// copy's buffer and writes are `AsyncWrite`'s; a stream that holds its bytes as `Bytes`
+/// already (a tunnel stream) hands them over and takes them without a copy.
+pub trait Side: AsyncRead + AsyncWrite + Unpin + Sized {
+    /// Ends the stream with a reset (TCP: RST; a tunnel stream: RST_STREAM).
     fn abort(&mut self);
+
+    /// Reads up to `max` bytes, into `buf` unless the stream has bytes of its own to
+    /// hand over; empty at end-of-stream. `buf` is left empty.
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        // Room for `max`: the buffer's own allocation again once no `Bytes` of it is
+        // left (what was read has been written), a new one otherwise.
+        buf.reserve(max);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(self),
+            cx,
+            &mut (&mut *buf).limit(max)
+        ))?;
+        Poll::Ready(Ok(buf.split_to(n).freeze()))
+    }
+
+    /// Writes the front of `data` (taking it from `data`) and says how much went.
+    fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(self).poll_write(cx, data))?;
+        data.advance(n);
+        Poll::Ready(Ok(n))
+    }
 }
 
-impl Abort for TcpStream {
+impl Side for TcpStream {
     fn abort(&mut self) {
         // Closing with SO_LINGER 0 sends RST.
         let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
@@ -46,17 +86,13 @@ impl Abort for TcpStream {
 /// Copies between `a` and `b` until both directions end, or `cancel` fires (the agent
 /// closing the connection, e.g. a policy now denies it). On an error or a cancel both are
 /// aborted and the first error is returned.
-pub async fn bidirectional<A, B>(
+pub async fn bidirectional<A: Side, B: Side>(
     mut a: A,
     mut b: B,
     max_buffer: usize,
     counters: &Counters,
     cancel: &CancellationToken,
-) -> io::Result<()>
-where
-    A: AsyncRead + AsyncWrite + Abort + Unpin,
-    B: AsyncRead + AsyncWrite + Abort + Unpin,
-{
+) -> io::Result<()> {
     let mut forward = OneWay::new(max_buffer);
     let mut backward = OneWay::new(max_buffer);
     let cancelled = cancel.cancelled();
@@ -90,13 +126,15 @@ where
     result
 }
 
-/// One direction: read into the buffer, write it all out, repeat; on end-of-stream shut
-/// the writer down.
+/// One direction: read, write it all out, repeat; on end-of-stream shut the writer down.
 struct OneWay {
-    buf: Vec<u8>,
+    /// Where reads land (unless the reader hands over bytes of its own).
+    buf: BytesMut,
+    /// The most the next read takes: doubles up to `max` while reads fill it.
+    read: usize,
     max: usize,
-    pos: usize,
-    cap: usize,
+    /// Read, not yet written.
+    out: Bytes,
     read_done: bool,
     done: bool,
     need_flush: bool,
@@ -105,46 +143,37 @@ struct OneWay {
 impl OneWay {
     fn new(max: usize) -> Self {
         Self {
-            buf: vec![0; INITIAL_BUFFER.min(max)],
+            buf: BytesMut::new(),
+            read: INITIAL_READ.min(max),
             max,
-            pos: 0,
-            cap: 0,
+            out: Bytes::new(),
             read_done: false,
             done: false,
             need_flush: false,
         }
     }
 
-    fn poll<R, W>(
+    fn poll<R: Side, W: Side>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
         counter: &AtomicU64,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.cap && !self.read_done {
-                if self.cap == self.buf.len() && self.buf.len() < self.max {
-                    // The last read filled the buffer: this flow is bulky, read more.
-                    let grown = (self.buf.len() * 2).min(self.max);
-                    self.buf.resize(grown, 0);
-                }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        self.pos = 0;
-                        self.cap = n;
-                        if n == 0 {
+            if self.out.is_empty() && !self.read_done {
+                match reader.poll_read_bytes(cx, &mut self.buf, self.read) {
+                    Poll::Ready(Ok(data)) => {
+                        if data.is_empty() {
                             self.read_done = true;
+                        } else if data.len() == self.read && self.read < self.max {
+                            // The read took all it could: this flow is bulky, read more.
+                            self.read = (self.read * 2).min(self.max);
                         }
+                        self.out = data;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
@@ -156,16 +185,17 @@ impl OneWay {
                     }
                 }
             }
-            while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+            while !self.out.is_empty() {
+                let n = ready!(writer.poll_write_bytes(cx, &mut self.out))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.pos += n;
                 self.need_flush = true;
                 counter.fetch_add(n as u64, Ordering::Relaxed);
             }
+            // Let go of the buffer's allocation (an empty `Bytes` still holds it), so
+            // the next read can use it again.
+            self.out = Bytes::new();
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
@@ -241,5 +271,191 @@ mod tests {
         let mut buf = [0u8; 16];
         let err = app.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// What a [`Chunky`] was given: the bytes, and where each piece was in memory.
+    #[derive(Default)]
+    struct Written {
+        bytes: Vec<u8>,
+        at: Vec<(usize, usize)>,
+    }
+
+    /// A stream of the tunnel's kind: hands out the chunks it was given as they are,
+    /// takes what is written to it as it comes (at most `max_write` bytes a write; the
+    /// pieces are let go at once), and fails if anyone goes through
+    /// `AsyncRead`/`AsyncWrite` instead, i.e. a buffer.
+    struct Chunky {
+        incoming: std::collections::VecDeque<Bytes>,
+        written: std::sync::Arc<std::sync::Mutex<Written>>,
+        max_write: usize,
+    }
+
+    impl Chunky {
+        fn new(incoming: &[Bytes], max_write: usize) -> Self {
+            Self {
+                incoming: incoming.iter().cloned().collect(),
+                written: Default::default(),
+                max_write,
+            }
+        }
+    }
+
+    fn not_through_a_buffer() -> io::Error {
+        io::Error::other("copied through a buffer")
+    }
+
+    impl AsyncRead for Chunky {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(not_through_a_buffer()))
+        }
+    }
+
+    impl AsyncWrite for Chunky {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(not_through_a_buffer()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Side for Chunky {
+        fn abort(&mut self) {}
+        fn poll_read_bytes(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &mut BytesMut,
+            _: usize,
+        ) -> Poll<io::Result<Bytes>> {
+            Poll::Ready(Ok(self.incoming.pop_front().unwrap_or_default()))
+        }
+        fn poll_write_bytes(
+            &mut self,
+            _: &mut Context<'_>,
+            data: &mut Bytes,
+        ) -> Poll<io::Result<usize>> {
+            let piece = data.split_to(data.len().min(self.max_write));
+            let mut written = self.written.lock().unwrap();
+            written.bytes.extend_from_slice(&piece);
+            written.at.push((piece.as_ptr() as usize, piece.len()));
+            Poll::Ready(Ok(piece.len()))
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_a_tunnel_stream_hands_over_reach_another_without_a_copy() {
+        let sent: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![i; 500 + 97 * i as usize]))
+            .collect();
+        let a = Chunky::new(&sent, usize::MAX);
+        let b = Chunky::new(&[Bytes::from_static(b"back")], 700);
+        let (to_b, to_a) = (b.written.clone(), a.written.clone());
+        let counters = Counters::default();
+        bidirectional(a, b, 4096, &counters, &CancellationToken::new())
+            .await
+            .unwrap();
+        let got = to_b.lock().unwrap();
+        assert_eq!(got.bytes, sent.concat());
+        // Every piece written lay in a chunk handed over (still held by `sent`): the
+        // same memory, not a copy.
+        for &(p, len) in &got.at {
+            assert!(len <= 700);
+            assert!(
+                sent.iter().any(|c| {
+                    let start = c.as_ptr() as usize;
+                    p >= start && p + len <= start + c.len()
+                }),
+                "a piece of {len} bytes was copied"
+            );
+        }
+        assert_eq!(to_a.lock().unwrap().bytes, b"back");
+        let total: usize = sent.iter().map(Bytes::len).sum();
+        assert_eq!(counters.forward.load(Ordering::Relaxed), total as u64);
+        assert_eq!(counters.backward.load(Ordering::Relaxed), 4);
+    }
+
+    /// A stream like a socket (written through `AsyncWrite`, from the copy's buffer)
+    /// that notes where each write's bytes were in memory, and has nothing to read.
+    #[derive(Default)]
+    struct Sink {
+        written: std::sync::Arc<std::sync::Mutex<Written>>,
+    }
+
+    impl AsyncRead for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut written = self.written.lock().unwrap();
+            written.bytes.extend_from_slice(buf);
+            written.at.push((buf.as_ptr() as usize, buf.len()));
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Side for Sink {
+        fn abort(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn reads_from_a_socket_grow_and_then_use_one_buffer_again() {
+        let (mut app, a) = pair().await;
+        let b = Sink::default();
+        let written = b.written.clone();
+        let task = tokio::spawn(async move {
+            let counters = Counters::default();
+            bidirectional(a, b, 64 * 1024, &counters, &CancellationToken::new()).await
+        });
+        let request: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        app.write_all(&request).await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.unwrap();
+        task.await.unwrap().unwrap();
+        let got = written.lock().unwrap();
+        assert_eq!(got.bytes, request);
+        assert!(got.at.iter().all(|&(_, len)| len <= 64 * 1024));
+        // Once reads are of the largest size, every read went into the same memory:
+        // what was read and written let the buffer go for the next one. (The read that
+        // grew the buffer may sit past its start; the next starts at the start.)
+        let full = 1 + got
+            .at
+            .iter()
+            .position(|&(_, len)| len == 64 * 1024)
+            .expect("reads never grew to the largest size");
+        let at = got.at[full].0;
+        assert!(
+            got.at[full..].iter().all(|&(p, _)| p == at),
+            "a read after the largest went elsewhere: {:?}",
+            &got.at[full..]
+        );
     }
 }

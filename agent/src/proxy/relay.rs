@@ -9,12 +9,10 @@
 //! [`Guard`] decides it: as TCP once it is found opaque, or request by request.
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::{
     app_socket::AppSocket,
     connections::Connection,
-    copy::{self, Abort},
+    copy::{self, Side},
     enforce::Guard,
     error::{Error, Refusal},
     http::{self, Hook, InvalidRequest, Report, RequestInfo, Verdict},
@@ -140,8 +138,8 @@ pub async fn relay<C, U>(
     settings: http::Settings,
 ) -> Result<(), Error>
 where
-    C: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+    C: Side + Send + 'static,
+    U: Side + Send + 'static,
 {
     let conn = hook.conn.clone();
     let detected = http::detect(client, upstream, &settings.detect).await;

@@ -79,6 +79,97 @@ impl H2Stream {
             Poll::Pending => io::Error::new(io::ErrorKind::BrokenPipe, "HTTP/2 stream closed"),
         }
     }
+
+    /// Waits until `pending` holds bytes, or for the stream's end (`Ok` with `pending`
+    /// empty).
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(recv) = self.recv.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if self.read_done {
+                return Poll::Ready(if self.reset {
+                    Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "HTTP/2 stream was reset",
+                    ))
+                } else {
+                    Ok(())
+                });
+            }
+            // An empty DATA frame (not the end) is skipped: empty means the end here.
+            match ready!(recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                None => self.read_done = true,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+    }
+
+    /// The window opens as the consumer takes the bytes, no sooner. An error here means
+    /// the stream is gone, which the next read reports.
+    fn taken(&mut self, n: usize) {
+        if let Some(recv) = self.recv.as_mut() {
+            let _ = recv.flow_control().release_capacity(n);
+        }
+    }
+
+    /// Received bytes as h2 holds them, handed over without a copy (empty: the end).
+    pub fn poll_read_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        ready!(self.poll_pending(cx))?;
+        let data = std::mem::take(&mut self.pending);
+        self.taken(data.len());
+        Poll::Ready(Ok(data))
+    }
+
+    /// Waits for room to send up to `want` bytes (at most a write chunk) and says how
+    /// many may go now. Room is what both windows allow and the send buffer has space
+    /// for, so sending within it never queues without bound.
+    fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                if self.reset {
+                    "HTTP/2 stream was reset"
+                } else {
+                    "HTTP/2 stream already shut down for writing"
+                },
+            )));
+        }
+        let want = want.min(self.max_chunk);
+        loop {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(capacity.min(want)));
+            }
+            self.send.reserve_capacity(want);
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Err(self.send_closed_error(cx))),
+            }
+        }
+    }
+
+    /// Sends the front of `data` as it is (no copy), as much as there is room for, and
+    /// says how much went.
+    pub fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_room(cx, data.len()))?;
+        self.send
+            .send_data(data.split_to(n), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
+    }
 }
 
 impl AsyncRead for H2Stream {
@@ -91,37 +182,12 @@ impl AsyncRead for H2Stream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
-                // The window opens as the consumer takes the bytes, no sooner. An error
-                // here means the stream is gone, which the next poll reports.
-                if let Some(recv) = this.recv.as_mut() {
-                    let _ = recv.flow_control().release_capacity(n);
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let Some(recv) = this.recv.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            if this.read_done {
-                return Poll::Ready(if this.reset {
-                    Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "HTTP/2 stream was reset",
-                    ))
-                } else {
-                    Ok(())
-                });
-            }
-            match ready!(recv.poll_data(cx)) {
-                Some(Ok(data)) => this.pending = data,
-                None => this.read_done = true,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-            }
-        }
+        ready!(this.poll_pending(cx))?;
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        this.taken(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -135,35 +201,11 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.write_closed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                if this.reset {
-                    "HTTP/2 stream was reset"
-                } else {
-                    "HTTP/2 stream already shut down for writing"
-                },
-            )));
-        }
-        let want = buf.len().min(this.max_chunk);
-        loop {
-            // Capacity is what both windows allow and the send buffer has room for, so
-            // sending within it never queues without bound.
-            let capacity = this.send.capacity();
-            if capacity > 0 {
-                let n = capacity.min(want);
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            this.send.reserve_capacity(want);
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => return Poll::Ready(Err(this.send_closed_error(cx))),
-            }
-        }
+        let n = ready!(this.poll_room(cx, buf.len()))?;
+        this.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -8,10 +8,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::proxy::copy::Abort;
+use crate::proxy::copy::Side;
 
 /// `inner` with `prefix` to be read first.
 #[derive(Debug)]
@@ -106,8 +106,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-impl<S: Abort> Abort for Prefixed<S> {
+impl<S: Side> Side for Prefixed<S> {
     fn abort(&mut self) {
         self.inner.abort();
+    }
+
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        // The prefix as it is, then how the sniffing read ended, then the stream's own.
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(std::mem::take(&mut self.prefix)));
+        }
+        if let Some(error) = self.error.take() {
+            self.eof = true;
+            return Poll::Ready(Err(error));
+        }
+        if self.eof {
+            return Poll::Ready(Ok(Bytes::new()));
+        }
+        self.inner.poll_read_bytes(cx, buf, max)
+    }
+
+    fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write_bytes(cx, data)
     }
 }

@@ -17,14 +17,11 @@ pub mod tunnel;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
 use super::{
     connections::NewConnection,
-    copy::Abort,
+    copy::Side,
     enforce::Guard,
     error::Refusal,
     http,
@@ -101,7 +98,7 @@ impl Arrival {
 /// do not look at HTTP), its app connected.
 pub async fn serve<S>(pod: &Arc<PodProxy>, arrival: Arrival, client: S, app: TcpStream)
 where
-    S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
+    S: Side + Send + 'static,
 {
     // 1. register
     let guard = Guard::new(pod, &arrival);

@@ -6,14 +6,16 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
+    task::{Context, Poll},
 };
 
+use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use super::super::{
-    copy::Abort,
+    copy::Side,
     error::Error,
     hbone::{Baggage, ConnectRequest, H2Stream, TraceParent},
     pod::{PodProxy, TUNNEL_PORT},
@@ -25,9 +27,29 @@ use crate::identity::{SpiffeId, TlsFailure};
 /// open new tunnels), the destination's identity and IP.
 pub type PoolKey = (SpiffeId, SpiffeId, IpAddr);
 
-impl Abort for H2Stream {
+/// A tunnel stream's DATA frames are what the copy reads and writes: nothing is copied
+/// between them and the TCP side.
+impl Side for H2Stream {
     fn abort(&mut self) {
         self.reset();
+    }
+
+    fn poll_read_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        _buf: &mut BytesMut,
+        _max: usize,
+    ) -> Poll<io::Result<Bytes>> {
+        // The DATA as received; its size is the sender's.
+        H2Stream::poll_read_bytes(self, cx)
+    }
+
+    fn poll_write_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        H2Stream::poll_write_bytes(self, cx, data)
     }
 }
 
