@@ -46,6 +46,16 @@ impl<S> Prefixed<S> {
         self
     }
 
+    /// Once the prefix is out, how the sniffing read ended: its error (once), then
+    /// end-of-stream; `None` when the stream itself is to be read.
+    fn sniff_ended(&mut self) -> Option<io::Result<()>> {
+        if let Some(error) = self.error.take() {
+            self.eof = true;
+            return Some(Err(error));
+        }
+        self.eof.then_some(Ok(()))
+    }
+
     /// The bytes not yet replayed.
     pub fn prefix(&self) -> &[u8] {
         &self.prefix
@@ -65,12 +75,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             this.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        if let Some(error) = this.error.take() {
-            this.eof = true;
-            return Poll::Ready(Err(error));
-        }
-        if this.eof {
-            return Poll::Ready(Ok(()));
+        if let Some(ended) = this.sniff_ended() {
+            return Poll::Ready(ended);
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }
@@ -121,12 +127,8 @@ impl<S: Side> Side for Prefixed<S> {
         if !self.prefix.is_empty() {
             return Poll::Ready(Ok(std::mem::take(&mut self.prefix)));
         }
-        if let Some(error) = self.error.take() {
-            self.eof = true;
-            return Poll::Ready(Err(error));
-        }
-        if self.eof {
-            return Poll::Ready(Ok(Bytes::new()));
+        if let Some(ended) = self.sniff_ended() {
+            return Poll::Ready(ended.map(|()| Bytes::new()));
         }
         self.inner.poll_read_bytes(cx, buf, max)
     }
