@@ -42,7 +42,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let (log, _flush) = logging::init(&config.log)?;
     crate::capabilities::require("the node agent", crate::capabilities::AGENT)?;
     netns::init().context("recording the agent's own network namespace")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.proxy.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("outrider")
         .build()
@@ -78,6 +82,7 @@ async fn serve(config: Arc<Config>, log: LogControl) -> anyhow::Result<ExitCode>
         node = %config.node_name,
         instance = %config.instance,
         open_files,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "agent starting"
     );
     // Without its CA the agent must not start: it would have no identity to offer, and
