@@ -206,11 +206,12 @@ pub struct ProxyConfig {
     /// Worker threads of the node agent's runtime, which carries every pod's traffic.
     /// Default: one per CPU the agent may run on when it starts (its CPU affinity and
     /// cgroup CPU limit, as `std::thread::available_parallelism` reads them), or
-    /// `TOKIO_WORKER_THREADS` when set. Set it when the agent is confined to fewer CPUs
-    /// after it starts, or shares its CPUs with busy pods: on the benchmark's testbed,
-    /// where each agent is pinned to one vCPU it shares with the load generator, one
-    /// worker served 16 % more HTTP requests per second than two (ztunnel's
-    /// `ZTUNNEL_WORKER_THREADS` is the same setting; its default is 2).
+    /// `TOKIO_WORKER_THREADS` when set. Set it to bound the agent's threads on a large
+    /// node, or when the agent is confined to fewer CPUs after it starts (ztunnel's
+    /// `ZTUNNEL_WORKER_THREADS` is the same setting; its default is 2). On the
+    /// benchmark's testbed, with each agent pinned to one vCPU after start, one worker
+    /// used 2-21 % less CPU per HTTP request than two; rates and round trips were the
+    /// same within the runs' spread (`docs/bench/profile.md`, "Worker threads").
     pub worker_threads: Option<usize>,
     /// Upstream connect timeout. Default 5000 ms.
     pub connect_timeout_ms: u64,
