@@ -252,6 +252,10 @@ impl Default for ProxyConfig {
     }
 }
 
+/// The most worker threads `proxy.workerThreads` may ask for: more than any node's
+/// CPUs, and a typo of a few zeros too many is an error instead of thousands of threads.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Tunnels between pods (HBONE: HTTP/2 `CONNECT` over mutual TLS, to `:15008`): how a
 /// pod's tunnels are pooled, and the HTTP/2 settings of their connections, the same at
 /// both ends (see `proxy::hbone`).
@@ -818,8 +822,13 @@ impl Config {
         if self.admin.preface_timeout_ms == 0 {
             return Err(invalid("admin.prefaceTimeoutMs", "must not be 0"));
         }
-        if self.proxy.worker_threads == Some(0) {
-            return Err(invalid("proxy.workerThreads", "must be at least 1"));
+        if let Some(threads) = self.proxy.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&threads)
+        {
+            return Err(invalid(
+                "proxy.workerThreads",
+                &format!("must be between 1 and {MAX_WORKER_THREADS}, not {threads}"),
+            ));
         }
         if self.proxy.max_connections_per_listener == 0 {
             return Err(invalid(
@@ -1210,16 +1219,22 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_default_to_the_runtimes_choice_and_zero_is_refused() {
+    fn worker_threads_default_to_the_runtimes_choice_and_out_of_range_is_refused() {
         assert_eq!(Config::default().proxy.worker_threads, None);
         let (_d, path) = write("cgroup: {attach: /x}\nproxy: {workerThreads: 1}\n");
         assert_eq!(Config::load(&path).unwrap().proxy.worker_threads, Some(1));
-        let (_d, path) = write("cgroup: {attach: /x}\nproxy: {workerThreads: 0}\n");
-        let err = Config::load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("proxy.workerThreads: must be at least 1"),
-            "{err}"
-        );
+        for threads in [0, 1025, 100_000] {
+            let (_d, path) = write(&format!(
+                "cgroup: {{attach: /x}}\nproxy: {{workerThreads: {threads}}}\n"
+            ));
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "proxy.workerThreads: must be between 1 and 1024, not {threads}"
+                )),
+                "{threads}: {err}"
+            );
+        }
     }
 
     #[test]
