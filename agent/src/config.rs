@@ -252,10 +252,6 @@ impl Default for ProxyConfig {
     }
 }
 
-/// The most worker threads `proxy.workerThreads` may ask for: more than any node's
-/// CPUs, and a typo of a few zeros too many is an error instead of thousands of threads.
-const MAX_WORKER_THREADS: usize = 1024;
-
 /// Tunnels between pods (HBONE: HTTP/2 `CONNECT` over mutual TLS, to `:15008`): how a
 /// pod's tunnels are pooled, and the HTTP/2 settings of their connections, the same at
 /// both ends (see `proxy::hbone`).
@@ -822,14 +818,6 @@ impl Config {
         if self.admin.preface_timeout_ms == 0 {
             return Err(invalid("admin.prefaceTimeoutMs", "must not be 0"));
         }
-        if let Some(threads) = self.proxy.worker_threads
-            && !(1..=MAX_WORKER_THREADS).contains(&threads)
-        {
-            return Err(invalid(
-                "proxy.workerThreads",
-                &format!("must be between 1 and {MAX_WORKER_THREADS}, not {threads}"),
-            ));
-        }
         if self.proxy.max_connections_per_listener == 0 {
             return Err(invalid(
                 "proxy.maxConnectionsPerListener",
@@ -857,8 +845,8 @@ impl Config {
         self.validate_tuning(&invalid)
     }
 
-    /// `proxy.hbone.*` and `proxy.http.*`: durations between 1 ms and a day, sizes
-    /// within what HTTP/2 and hyper accept.
+    /// `proxy.workerThreads` (when set), `proxy.hbone.*` and `proxy.http.*`: durations
+    /// between 1 ms and a day, sizes within what HTTP/2 and hyper accept.
     fn validate_tuning(
         &self,
         invalid: &dyn Fn(&'static str, &str) -> ConfigError,
@@ -867,9 +855,18 @@ impl Config {
         /// HTTP/2's largest window (RFC 9113 §6.9.1) and frame (§6.5.2).
         const MAX_WINDOW: u64 = (1 << 31) - 1;
         const MAX_FRAME: u64 = (1 << 24) - 1;
+        /// More than any node's CPUs: a typo of a few zeros too many is an error, not
+        /// thousands of threads.
+        const MAX_WORKER_THREADS: u64 = 1024;
         let (h, http) = (&self.proxy.hbone, &self.proxy.http);
         let as_u64 = |n: usize| n as u64;
-        let checks: [(&'static str, u64, u64, u64); 21] = [
+        let checks: [(&'static str, u64, u64, u64); 22] = [
+            (
+                "proxy.workerThreads",
+                self.proxy.worker_threads.map_or(1, as_u64),
+                1,
+                MAX_WORKER_THREADS,
+            ),
             ("proxy.hbone.idleTimeoutMs", h.idle_timeout_ms, 1, DAY_MS),
             ("proxy.hbone.dialTimeoutMs", h.dial_timeout_ms, 1, DAY_MS),
             (
