@@ -3,7 +3,11 @@
 //! access line never waits on a `write` — nor stalls when stderr's reader (the container
 //! runtime) does (ztunnel does the same). Woken by a line, the thread lets [`GATHER`]
 //! pass before writing, so that under load many lines go out in one `write` and one
-//! wake-up; a line is out within about that time.
+//! wake-up; a line is out within about that time. Each wake-up costs the thread a
+//! `futex` wait and a timed sleep, and the logging thread a `futex` wake: with 1 ms,
+//! at 1,800 connections a second, that was two thirds of the writer's CPU and about
+//! 2 % of the agent's (`docs/bench/profile.md`, "The log writer"); 10 ms keeps a line's
+//! delay far below what a person or a log shipper notices.
 //!
 //! Nothing is dropped: when the buffer holds [`MAX_PENDING`] bytes (stderr slower than
 //! the lines come), a logging thread waits until the writer took them. [`Flush`], dropped
@@ -21,7 +25,7 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 
 /// How long the writer gathers lines after the first wakes it.
-pub const GATHER: Duration = Duration::from_millis(1);
+pub const GATHER: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 struct Pending {
