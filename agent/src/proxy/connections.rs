@@ -304,7 +304,7 @@ impl Registry {
             opened: SystemTime::now(),
             started: Instant::now(),
             counters: Counters::default(),
-            metrics: ConnectionMetrics::new(new.labels),
+            metrics: self.recorder.opened(new.labels),
             guard: new.guard,
             cancel: CancellationToken::new(),
             closing: Mutex::new(None),
@@ -312,7 +312,6 @@ impl Registry {
         if let Ok(mut live) = self.live.lock() {
             live.insert(connection.id, connection.clone());
         }
-        self.recorder.opened(&connection.metrics);
         self.publish(|| Event::Opened(connection.clone()));
         Registration {
             registry: self,

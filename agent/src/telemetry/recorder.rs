@@ -30,9 +30,10 @@ impl Recorder {
         &self.metrics
     }
 
-    /// A connection registered: counted as opened, both its byte series made at zero.
-    pub fn opened(&self, conn: &ConnectionMetrics) {
-        self.metrics.opened(conn);
+    /// A connection registered with `labels`: counted as opened, both its byte series
+    /// made at zero; what it counts into from then on.
+    pub fn opened(&self, labels: TcpLabels) -> ConnectionMetrics {
+        self.metrics.opened(labels)
     }
 
     /// A live connection's running byte totals (client → server, server → client).
@@ -47,7 +48,7 @@ impl Recorder {
         self.metrics
             .closed(conn, ending.bytes_sent, ending.bytes_received, flags);
         if self.access.connections {
-            access::connection(facts, Some(&conn.labels), ending);
+            access::connection(facts, Some(conn.labels()), ending);
         }
     }
 
@@ -64,8 +65,7 @@ impl Recorder {
         self.refused(&facts.pod, facts.direction.as_str(), why);
         match labels {
             Some(labels) => {
-                let conn = ConnectionMetrics::new(labels);
-                self.metrics.opened(&conn);
+                let conn = self.metrics.opened(labels);
                 self.closed(facts, &conn, ending);
             }
             None if self.access.connections => access::connection(facts, None, ending),
@@ -90,7 +90,7 @@ impl Recorder {
             request.response_bytes,
         );
         if self.access.requests {
-            access::request(facts, &conn.labels, request);
+            access::request(facts, conn.labels(), request);
         }
     }
 
@@ -230,8 +230,7 @@ mod tests {
     #[test]
     fn a_failed_connection_is_one_warn_line_with_its_flags_and_a_closed_count() {
         let recorder = every_line();
-        let conn = ConnectionMetrics::new(labels());
-        recorder.opened(&conn);
+        let conn = recorder.opened(labels());
         let ending = Ending {
             bytes_sent: 10,
             bytes_received: 3,
@@ -268,7 +267,7 @@ mod tests {
     #[test]
     fn a_request_is_counted_with_its_code_and_flags_and_logged_beside_its_connection() {
         let recorder = every_line();
-        let conn = ConnectionMetrics::new(labels());
+        let conn = recorder.opened(labels());
         let request = RequestFacts {
             method: "GET",
             path: "/private",
@@ -330,8 +329,7 @@ mod tests {
                 requests: false,
             },
         );
-        let conn = ConnectionMetrics::new(labels());
-        recorder.opened(&conn);
+        let conn = recorder.opened(labels());
         let request = ok_request();
         let ending = clean_ending();
         let lines = logged(|| {
@@ -351,7 +349,7 @@ mod tests {
     #[test]
     fn by_default_connections_are_logged_and_requests_are_not() {
         let recorder = Recorder::new(Arc::default(), AccessLogConfig::default());
-        let conn = ConnectionMetrics::new(labels());
+        let conn = recorder.opened(labels());
         let request = ok_request();
         let ending = clean_ending();
         let lines = logged(|| {
