@@ -92,7 +92,8 @@ where
         // Until the server's SETTINGS say otherwise, assume no more than we would allow.
         .initial_max_send_streams(settings.max_concurrent_streams as usize)
         .enable_push(false)
-        .max_concurrent_reset_streams(super::settings::RESET_STREAMS_REMEMBERED);
+        .max_concurrent_reset_streams(super::settings::RESET_STREAMS_REMEMBERED)
+        .copy_data_frames_below(super::settings::COPIED_DATA_BELOW);
     let (sender, mut connection) = tokio::time::timeout(
         settings.handshake_timeout,
         builder.handshake::<_, Bytes>(io),

@@ -119,7 +119,8 @@ where
         .max_header_list_size(settings.max_header_list_size)
         .max_send_buffer_size(settings.max_send_buffer)
         .max_concurrent_streams(settings.max_concurrent_streams)
-        .max_concurrent_reset_streams(super::settings::RESET_STREAMS_REMEMBERED);
+        .max_concurrent_reset_streams(super::settings::RESET_STREAMS_REMEMBERED)
+        .copy_data_frames_below(super::settings::COPIED_DATA_BELOW);
     let mut conn = tokio::time::timeout(
         settings.handshake_timeout,
         builder.handshake::<_, Bytes>(io),

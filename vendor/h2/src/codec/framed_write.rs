@@ -50,6 +50,10 @@ struct Encoder<B> {
     /// Chain payloads bigger than this.
     chain_threshold: usize,
 
+    /// Outrider patch (see vendor/README.md): copy payloads smaller than this into
+    /// `buf` instead of chaining them (at least `chain_threshold`).
+    copy_below: usize,
+
     /// Min buffer required to attempt to write a frame
     min_buffer_capacity: usize,
 }
@@ -98,6 +102,7 @@ where
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
                 chain_threshold,
+                copy_below: chain_threshold,
                 min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
             },
         }
@@ -237,7 +242,9 @@ where
                     return Err(PayloadTooBig);
                 }
 
-                if len >= self.chain_threshold {
+                // Outrider patch (see vendor/README.md): `copy_below`, not
+                // `chain_threshold`, decides; the latter still sizes the head's write.
+                if len >= self.copy_below {
                     let head = v.head();
 
                     // Encode the frame head to the buffer
@@ -327,6 +334,23 @@ impl<B> Encoder<B> {
 }
 
 impl<T, B> FramedWrite<T, B> {
+    /// Outrider patch (see vendor/README.md): DATA payloads smaller than `bytes` are
+    /// copied into the write buffer, so that small frames of many streams (and a
+    /// stream's END_STREAM after its last data) go out in one write; bigger ones are
+    /// chained as upstream chains those of `chain_threshold` bytes and more. Values
+    /// below `chain_threshold` change nothing.
+    pub fn set_copy_data_below(&mut self, bytes: usize) {
+        let encoder = &mut self.encoder;
+        encoder.copy_below = bytes.max(encoder.chain_threshold);
+        encoder.min_buffer_capacity = encoder.copy_below + frame::HEADER_LEN;
+        // Room for a few such frames between writes, whatever was asked.
+        let want = DEFAULT_BUFFER_CAPACITY.max(4 * encoder.min_buffer_capacity);
+        let buf = encoder.buf.get_mut();
+        if buf.capacity() < want {
+            buf.reserve(want - buf.len());
+        }
+    }
+
     /// Returns the max frame size that can be sent
     pub fn max_frame_size(&self) -> usize {
         self.encoder.max_frame_size()

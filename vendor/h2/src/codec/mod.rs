@@ -90,6 +90,11 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_max_frame_size(val)
     }
 
+    /// Outrider patch (see vendor/README.md): see `FramedWrite::set_copy_data_below`.
+    pub fn set_copy_data_below(&mut self, bytes: usize) {
+        self.framed_write().set_copy_data_below(bytes)
+    }
+
     /// Set the peer's header table size size.
     pub fn set_send_header_table_size(&mut self, val: usize) {
         self.framed_write().set_header_table_size(val)

@@ -3,10 +3,13 @@
 use std::{
     io,
     net::{IpAddr, Ipv6Addr},
+    pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::*;
 
@@ -494,5 +497,117 @@ async fn streams_through<F, Fut>(
     }
     for worker in workers {
         worker.await.unwrap().unwrap();
+    }
+}
+
+/// A tunnel's transport that counts the writes the connection makes to it.
+struct CountedWrites {
+    tcp: tokio::net::TcpStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl CountedWrites {
+    fn counted(&self, n: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = n
+            && *n > 0
+        {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.counted(&n);
+        n
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.counted(&n);
+        n
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Small frames queued together leave together: eight streams each send a 1 KiB
+/// message and their END_STREAM before the connection's task runs, and the connection
+/// writes them in one go (over TLS: one record, one system call), not a write per
+/// message and another per END_STREAM. Upstream h2 flushes before any frame that follows
+/// a DATA payload of 256 bytes or more; `settings::COPIED_DATA_BELOW` is what changes it.
+#[tokio::test(flavor = "current_thread")]
+async fn small_frames_of_many_streams_go_out_in_one_write() {
+    let upstream = echo_upstream().await;
+    let server = TestServer::start(settings(), ToTcp::default()).await;
+    let writes = Arc::new(AtomicUsize::new(0));
+    let io = CountedWrites {
+        tcp: dial(server.addr).await.unwrap(),
+        writes: writes.clone(),
+    };
+    let client = handshake(io, &settings()).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut stream = client
+            .connect(&ConnectRequest::new(upstream))
+            .await
+            .unwrap();
+        // Room to send, taken now, so that the writes below need not wait for it.
+        stream.write_all(b"x").await.unwrap();
+        streams.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = writes.load(Ordering::Relaxed);
+    let message = vec![7u8; 1024];
+    for stream in &mut streams {
+        // Neither call waits (the test's single thread runs nothing else meanwhile).
+        std::future::poll_fn(|cx| {
+            let sent = Pin::new(&mut *stream).poll_write(cx, &message);
+            assert!(
+                matches!(sent, Poll::Ready(Ok(1024))),
+                "a 1 KiB write waited: {sent:?}"
+            );
+            let ended = Pin::new(&mut *stream).poll_shutdown(cx);
+            assert!(matches!(ended, Poll::Ready(Ok(()))), "{ended:?}");
+            Poll::Ready(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let made = writes.load(Ordering::Relaxed) - before;
+    assert_eq!(made, 1, "16 frames (8 KiB) took {made} writes");
+    for mut stream in streams {
+        let mut want = b"x".to_vec();
+        want.extend_from_slice(&message);
+        assert_eq!(read_all(&mut stream).await.unwrap(), want);
     }
 }
