@@ -6,8 +6,8 @@
 //! wake-up; a line is out within about that time. Each wake-up costs the thread a
 //! `futex` wait and a timed sleep, and the logging thread a `futex` wake: with 1 ms,
 //! at 1,800 connections a second, that was two thirds of the writer's CPU and about
-//! 2 % of the agent's (`docs/bench/profile.md`, "The log writer"); 10 ms keeps a line's
-//! delay far below what a person or a log shipper notices.
+//! 2 % of the agent's (`docs/bench/profile.md`, "What each connection writes"); 10 ms
+//! keeps a line's delay far below what a person or a log shipper notices.
 //!
 //! Nothing is dropped: when the buffer holds [`MAX_PENDING`] bytes (stderr slower than
 //! the lines come), a logging thread waits until the writer took them. [`Flush`], dropped
