@@ -338,10 +338,13 @@ impl<T, B> FramedWrite<T, B> {
     /// copied into the write buffer, so that small frames of many streams (and a
     /// stream's END_STREAM after its last data) go out in one write; bigger ones are
     /// chained as upstream chains those of `chain_threshold` bytes and more. Values
-    /// below `chain_threshold` change nothing.
+    /// below `chain_threshold` change nothing; above the largest frame there can be,
+    /// nothing more.
     pub fn set_copy_data_below(&mut self, bytes: usize) {
         let encoder = &mut self.encoder;
-        encoder.copy_below = bytes.max(encoder.chain_threshold);
+        encoder.copy_below = bytes
+            .min(frame::MAX_MAX_FRAME_SIZE as usize + 1)
+            .max(encoder.chain_threshold);
         encoder.min_buffer_capacity = encoder.copy_below + frame::HEADER_LEN;
         // Room for a few such frames between writes, whatever was asked.
         let want = DEFAULT_BUFFER_CAPACITY.max(4 * encoder.min_buffer_capacity);
