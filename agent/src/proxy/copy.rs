@@ -9,7 +9,9 @@
 //! Bytes are not copied on the way: what is read is handed to the writer as `Bytes`. A
 //! tunnel stream takes them as they are (its DATA frames) and hands out what it received
 //! as it is (see [`Side`]); a TCP socket is written from them, and once written the read
-//! buffer is used again.
+//! buffer is used again. Between two TCP sockets, a direction whose reads have grown to
+//! [`SPLICE_FROM`] goes on in the kernel ([`splice`](super::splice)): the bytes then never
+//! enter the agent's memory at all.
 use std::{
     future::{Future, poll_fn},
     io,
@@ -26,7 +28,14 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::splice::Pipe;
+
 const INITIAL_READ: usize = 4 * 1024;
+
+/// Between two TCP sockets, a direction whose reads have filled a buffer this big moves
+/// its bytes with `splice` from then on. Small exchanges (requests, messages) never get
+/// here and keep one read and one write each.
+pub const SPLICE_FROM: usize = 64 * 1024;
 
 /// Bytes moved in each direction, readable while the copy runs.
 #[derive(Debug, Default)]
@@ -35,6 +44,8 @@ pub struct Counters {
     pub forward: AtomicU64,
     /// From the second stream to the first.
     pub backward: AtomicU64,
+    /// Of both, those moved socket to socket inside the kernel (`splice`).
+    pub spliced: AtomicU64,
 }
 
 /// One side of a copied connection: a stream that can be ended with a reset instead of
@@ -64,6 +75,12 @@ pub trait Side: AsyncRead + AsyncWrite + Unpin + Sized {
         Poll::Ready(Ok(buf.split_to(n).freeze()))
     }
 
+    /// The TCP socket under this side, when bytes can be spliced to and from it directly:
+    /// nothing of its own is left to hand out first. None by default.
+    fn spliceable(&self) -> Option<&TcpStream> {
+        None
+    }
+
     /// Writes the front of `data` (taking it from `data`) and says how much went.
     fn poll_write_bytes(
         &mut self,
@@ -80,6 +97,10 @@ impl Side for TcpStream {
     fn abort(&mut self) {
         // Closing with SO_LINGER 0 sends RST.
         let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
+    }
+
+    fn spliceable(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
@@ -104,11 +125,11 @@ pub async fn bidirectional<A: Side, B: Side>(
                 "closed by the agent",
             )));
         }
-        let f = forward.poll(cx, &mut a, &mut b, &counters.forward);
+        let f = forward.poll(cx, &mut a, &mut b, &counters.forward, &counters.spliced);
         if let Poll::Ready(Err(e)) = f {
             return Poll::Ready(Err(e));
         }
-        let r = backward.poll(cx, &mut b, &mut a, &counters.backward);
+        let r = backward.poll(cx, &mut b, &mut a, &counters.backward, &counters.spliced);
         if let Poll::Ready(Err(e)) = r {
             return Poll::Ready(Err(e));
         }
@@ -138,6 +159,10 @@ struct OneWay {
     read_done: bool,
     done: bool,
     need_flush: bool,
+    /// Once the flow is bulky between two sockets: the pipe its bytes go through.
+    pipe: Option<Pipe>,
+    /// A pipe could not be made (descriptors or pipe memory exhausted): keep copying.
+    no_pipe: bool,
 }
 
 impl OneWay {
@@ -150,6 +175,62 @@ impl OneWay {
             read_done: false,
             done: false,
             need_flush: false,
+            pipe: None,
+            no_pipe: false,
+        }
+    }
+
+    /// Whether this direction moves its bytes by `splice` from now on: both ends are bare
+    /// sockets, reads have grown to [`SPLICE_FROM`], nothing read waits to be written.
+    fn splices<R: Side, W: Side>(&mut self, reader: &R, writer: &W) -> bool {
+        if self.pipe.is_some() {
+            return true;
+        }
+        if self.no_pipe
+            || self.read < SPLICE_FROM.min(self.max)
+            || !self.out.is_empty()
+            || self.read_done
+            || reader.spliceable().is_none()
+            || writer.spliceable().is_none()
+        {
+            return false;
+        }
+        match Pipe::new(self.max) {
+            Ok(pipe) => {
+                self.pipe = Some(pipe);
+                // The copy's buffer is not needed any more.
+                self.buf = BytesMut::new();
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splicing; copying instead");
+                self.no_pipe = true;
+                false
+            }
+        }
+    }
+
+    /// The spliced direction: fill the pipe from the reader, drain it into the writer.
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+        spliced: &AtomicU64,
+    ) -> Poll<io::Result<()>> {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if pipe.held() == 0 && ready!(pipe.poll_fill(cx, from, self.max))? == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            while pipe.held() > 0 {
+                let n = ready!(pipe.poll_drain(cx, to))?;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                spliced.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -159,11 +240,21 @@ impl OneWay {
         reader: &mut R,
         writer: &mut W,
         counter: &AtomicU64,
+        spliced: &AtomicU64,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if self.out.is_empty()
+                && !self.read_done
+                && self.splices(reader, writer)
+                && let (Some(from), Some(to)) = (reader.spliceable(), writer.spliceable())
+            {
+                // Until end-of-stream; then shut the writer down below, as copied.
+                ready!(self.poll_splice(cx, from, to, counter, spliced))?;
+                self.read_done = true;
+            }
             if self.out.is_empty() && !self.read_done {
                 match reader.poll_read_bytes(cx, &mut self.buf, self.read) {
                     Poll::Ready(Ok(data)) => {
@@ -224,7 +315,7 @@ mod tests {
     async fn proxied() -> (
         TcpStream,
         TcpStream,
-        tokio::task::JoinHandle<(io::Result<()>, u64, u64)>,
+        tokio::task::JoinHandle<(io::Result<()>, u64, u64, u64)>,
     ) {
         let (app, a) = pair().await;
         let (b, upstream) = pair().await;
@@ -235,6 +326,7 @@ mod tests {
                 r,
                 counters.forward.load(Ordering::Relaxed),
                 counters.backward.load(Ordering::Relaxed),
+                counters.spliced.load(Ordering::Relaxed),
             )
         });
         (app, upstream, task)
@@ -254,9 +346,146 @@ mod tests {
         let mut response = Vec::new();
         app.read_to_end(&mut response).await.unwrap();
         assert_eq!(response, b"response");
-        let (result, forward, backward) = task.await.unwrap();
+        let (result, forward, backward, spliced) = task.await.unwrap();
         result.unwrap();
         assert_eq!((forward, backward), (300_000, 8));
+        assert!(spliced <= forward, "spliced {spliced}");
+    }
+
+    /// `len` bytes that differ from their neighbours, so a lost or repeated piece shows.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[tokio::test]
+    async fn bulk_flows_between_two_sockets_are_spliced_both_ways_and_arrive_whole() {
+        let (app, upstream, task) = proxied().await;
+        let up = pattern(4 << 20, 0);
+        let down = pattern(3 << 20, 0x5a);
+        // Both directions at once, each half-closed when done.
+        let side = |mut socket: TcpStream, send: Vec<u8>| async move {
+            let (mut r, mut w) = socket.split();
+            let (got, ()) = tokio::join!(
+                async {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                },
+                async {
+                    w.write_all(&send).await.unwrap();
+                    w.shutdown().await.unwrap();
+                }
+            );
+            got
+        };
+        let (at_upstream, at_app) = tokio::join!(
+            tokio::spawn(side(upstream, down.clone())),
+            tokio::spawn(side(app, up.clone()))
+        );
+        assert!(
+            at_upstream.unwrap() == up,
+            "the app's bytes arrived changed"
+        );
+        assert!(
+            at_app.unwrap() == down,
+            "the upstream's bytes arrived changed"
+        );
+        let (result, forward, backward, spliced) = task.await.unwrap();
+        result.unwrap();
+        assert_eq!((forward, backward), (4 << 20, 3 << 20));
+        // Each direction copies until its reads reach SPLICE_FROM, then splices.
+        assert!(
+            spliced > (6 << 20),
+            "only {spliced} of 7 MiB went by splice"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_exchanges_are_copied_not_spliced() {
+        let (mut app, mut upstream, task) = proxied().await;
+        let mut buf = vec![0u8; 2048];
+        for i in 0..200u8 {
+            let message = pattern(1024, i);
+            app.write_all(&message).await.unwrap();
+            upstream.read_exact(&mut buf[..1024]).await.unwrap();
+            assert_eq!(&buf[..1024], &message[..]);
+            upstream.write_all(&message).await.unwrap();
+            app.read_exact(&mut buf[..1024]).await.unwrap();
+        }
+        drop((app, upstream));
+        let (_, forward, backward, spliced) = task.await.unwrap();
+        assert_eq!((forward, backward, spliced), (200 * 1024, 200 * 1024, 0));
+    }
+
+    #[tokio::test]
+    async fn a_reset_while_splicing_resets_the_other_side() {
+        let (mut app, mut upstream, task) = proxied().await;
+        let writer = tokio::spawn(async move {
+            // More than the sockets and the pipe can hold: the app is still writing when
+            // the upstream goes.
+            let chunk = pattern(1 << 20, 1);
+            let mut result = Ok(());
+            for _ in 0..64 {
+                result = app.write_all(&chunk).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            let mut buf = [0u8; 16];
+            (result, app.read(&mut buf).await)
+        });
+        let mut got = vec![0u8; 2 << 20];
+        upstream.read_exact(&mut got).await.unwrap();
+        socket2::SockRef::from(&upstream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(upstream);
+        let (result, forward, _, spliced) = task.await.unwrap();
+        assert!(result.is_err(), "the relay ended cleanly after a reset");
+        assert!(
+            spliced > 0 && spliced <= forward,
+            "spliced {spliced} of {forward}"
+        );
+        let (wrote, read) = writer.await.unwrap();
+        // The app sees the reset on its write or its read.
+        let reset =
+            |r: &io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::ConnectionReset);
+        assert!(
+            reset(&wrote) || reset(&read.map(|_| ())),
+            "the app was not reset"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_in_front_go_first_and_the_rest_is_spliced() {
+        let (app, a) = pair().await;
+        let (b, mut upstream) = pair().await;
+        let task = tokio::spawn(async move {
+            let counters = Counters::default();
+            let a = crate::proxy::http::Prefixed::new(Bytes::from_static(b"sniffed:"), a);
+            let r = bidirectional(a, b, 256 * 1024, &counters, &CancellationToken::new()).await;
+            (r, counters.spliced.load(Ordering::Relaxed))
+        });
+        let body = pattern(2 << 20, 7);
+        let mut app = app;
+        let send = body.clone();
+        let sender = tokio::spawn(async move {
+            app.write_all(&send).await.unwrap();
+            app.shutdown().await.unwrap();
+            app
+        });
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"sniffed:"), "the prefix did not go first");
+        assert!(
+            got[8..] == body[..],
+            "the bytes after the prefix arrived changed"
+        );
+        drop(upstream);
+        drop(sender.await.unwrap());
+        let (result, spliced) = task.await.unwrap();
+        result.unwrap();
+        assert!(spliced > (1 << 20), "only {spliced} bytes spliced");
     }
 
     #[tokio::test]
@@ -266,7 +495,7 @@ mod tests {
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();
         drop(upstream);
-        let (result, _, _) = task.await.unwrap();
+        let (result, _, _, _) = task.await.unwrap();
         assert!(result.is_err());
         let mut buf = [0u8; 16];
         let err = app.read(&mut buf).await.unwrap_err();

@@ -10,7 +10,8 @@
 //!   with their guard (`enforce`, which decides them again on every change), relayed and
 //!   recorded.
 //!
-//! `relay` detects HTTP (`http`: request by request) or copies (`copy`); `app_socket`
+//! `relay` detects HTTP (`http`: request by request) or copies (`copy`; a bulk flow
+//! between two sockets is moved in the kernel, `splice`); `app_socket`
 //! counts an HTTP connection's bytes on the app's socket. Failures are typed (`error`)
 //! with Istio's response flags; telemetry gets plain facts at registration and end.
 pub mod app_socket;
@@ -31,6 +32,7 @@ pub mod probes;
 pub mod relay;
 pub mod return_path;
 pub mod route;
+pub mod splice;
 pub mod steering;
 
 use std::{io, net::SocketAddr, time::Duration};

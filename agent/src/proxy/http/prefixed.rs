@@ -133,6 +133,15 @@ impl<S: Side> Side for Prefixed<S> {
         self.inner.poll_read_bytes(cx, buf, max)
     }
 
+    fn spliceable(&self) -> Option<&tokio::net::TcpStream> {
+        // Only once nothing put back is left to read first.
+        if self.prefix.is_empty() && !self.eof && self.error.is_none() {
+            self.inner.spliceable()
+        } else {
+            None
+        }
+    }
+
     fn poll_write_bytes(
         &mut self,
         cx: &mut Context<'_>,
