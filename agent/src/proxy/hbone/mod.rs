@@ -1,8 +1,9 @@
 //! HBONE's HTTP/2 layer: one mutual-TLS connection between two nodes' agents carries one
 //! HTTP/2 `CONNECT` stream per proxied TCP connection, as Istio ambient's ztunnel does.
 //!
-//! Generic over the transport (in practice a tokio-rustls stream to or from port 15008):
-//! this module knows nothing of TLS, identities or namespaces.
+//! Generic over the transport (in practice a tokio-rustls stream to or from port 15008,
+//! whose records [`Coalesced`] (`coalesce`) sends a batch at a time): this module knows
+//! nothing of certificates, identities or namespaces.
 //!
 //! - [`H2Stream`] (`stream`): one CONNECT stream as `AsyncRead + AsyncWrite`, with flow
 //!   control, half-close ([`shutdown`](tokio::io::AsyncWriteExt::shutdown) = END_STREAM)
@@ -17,6 +18,7 @@
 //!   connection whose peer stopped answering PINGs.
 
 mod client;
+mod coalesce;
 mod error;
 mod headers;
 mod keepalive;
@@ -32,6 +34,7 @@ mod tests;
 // The module's API for the proxy.
 pub use {
     client::{Client, handshake},
+    coalesce::Coalesced,
     error::HboneError,
     headers::{Baggage, ConnectRequest, TraceParent, format_authority},
     pool::{Pool, PoolConfig, PoolStats},

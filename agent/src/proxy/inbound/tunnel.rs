@@ -113,7 +113,7 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodProxy>) {
                 "tunnel connection takes no new stream: a certificate of its handshake expired"),
         }
     };
-    if let Err(err) = hbone::serve(tls, &settings, handler, shutdown).await {
+    if let Err(err) = hbone::serve(hbone::Coalesced::new(tls), &settings, handler, shutdown).await {
         tracing::warn!(error = %err, "tunnel ended with an error");
     }
 }

@@ -17,7 +17,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use super::super::{
     copy::Side,
     error::Error,
-    hbone::{Baggage, ConnectRequest, H2Stream, TraceParent},
+    hbone::{Baggage, Coalesced, ConnectRequest, H2Stream, TraceParent},
     pod::{PodProxy, TUNNEL_PORT},
 };
 use crate::identity::{SpiffeId, TlsFailure};
@@ -95,7 +95,7 @@ async fn dial(
     id: &SpiffeId,
     ip: IpAddr,
     peer_id: &SpiffeId,
-) -> Result<TlsStream<TcpStream>, Error> {
+) -> Result<Coalesced<TlsStream<TcpStream>>, Error> {
     let addr = SocketAddr::new(ip, TUNNEL_PORT);
     let shared = &pod.shared;
     // A pod just enrolled may not have its certificate yet.
@@ -127,7 +127,7 @@ async fn dial(
     .map_err(|_| Error::TlsTimeout { addr })?
     .map_err(|e| tls_error(addr, &e))?;
     tracing::info!(peer = %peer_id, %addr, "tunnel connected");
-    Ok(tls)
+    Ok(Coalesced::new(tls))
 }
 
 /// A failed handshake with `addr`, with what TLS said went wrong.
