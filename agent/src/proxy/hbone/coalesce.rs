@@ -197,65 +197,12 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
     use super::*;
-
-    /// A socket that counts the writes made to it.
-    struct Counted {
-        tcp: TcpStream,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.tcp).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Counted {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let r = Pin::new(&mut self.tcp).poll_write(cx, buf);
-            if r.is_ready() {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
-            if r.is_ready() {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            r
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.tcp).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.tcp).poll_shutdown(cx)
-        }
-    }
+    use crate::proxy::hbone::tests::counted::CountedWrites;
 
     /// A TLS connection over loopback: the client's end over a counted socket, and what
     /// the server reads until the client closes.
     async fn tls() -> (
-        TlsStream<Counted>,
+        TlsStream<CountedWrites>,
         Arc<AtomicUsize>,
         tokio::task::JoinHandle<Vec<u8>>,
     ) {
@@ -288,7 +235,7 @@ mod tests {
             got
         });
         let writes = Arc::new(AtomicUsize::new(0));
-        let tcp = Counted {
+        let tcp = CountedWrites {
             tcp: TcpStream::connect(addr).await.unwrap(),
             writes: writes.clone(),
         };
@@ -300,44 +247,37 @@ mod tests {
         (tls, writes, received)
     }
 
-    /// Eight 16 KiB writes, as HTTP/2 makes for a bulk flow's DATA frames, then a flush:
-    /// how many socket writes they took, and what arrived.
-    async fn eight_frames(coalesce: bool) -> (usize, bool) {
+    /// Eight 16 KiB writes, as HTTP/2 makes for a bulk flow's DATA frames, then a flush,
+    /// through `wrap(the TLS stream)`: how many socket writes they took, and whether all
+    /// arrived as written.
+    async fn eight_frames<S: AsyncWrite + Unpin>(
+        wrap: impl FnOnce(TlsStream<CountedWrites>) -> S,
+    ) -> (usize, bool) {
         let (tls, writes, received) = tls().await;
         let frame: Vec<u8> = (0..16 * 1024).map(|i| (i % 253) as u8).collect();
+        let mut stream = wrap(tls);
         let before = writes.load(Ordering::Relaxed);
-        // Each stream is kept until the server has read all: closing a socket with the
+        for _ in 0..8 {
+            stream.write_all(&frame).await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        let made = writes.load(Ordering::Relaxed) - before;
+        stream.shutdown().await.unwrap();
+        // The stream is kept until the server has read all: closing a socket with the
         // server's session tickets unread would reset the connection.
-        let (sent, got) = if coalesce {
-            let mut stream = Coalesced::new(tls);
-            for _ in 0..8 {
-                stream.write_all(&frame).await.unwrap();
-            }
-            stream.flush().await.unwrap();
-            let made = writes.load(Ordering::Relaxed) - before;
-            stream.shutdown().await.unwrap();
-            (made, received.await.unwrap())
-        } else {
-            let mut stream = tls;
-            for _ in 0..8 {
-                stream.write_all(&frame).await.unwrap();
-            }
-            stream.flush().await.unwrap();
-            let made = writes.load(Ordering::Relaxed) - before;
-            stream.shutdown().await.unwrap();
-            (made, received.await.unwrap())
-        };
-        (sent, got == frame.repeat(8))
+        let got = received.await.unwrap();
+        drop(stream);
+        (made, got == frame.repeat(8))
     }
 
     #[tokio::test]
     async fn a_bulk_flows_records_leave_a_batch_at_a_time_and_arrive_whole() {
-        let (coalesced, whole) = eight_frames(true).await;
+        let (coalesced, whole) = eight_frames(Coalesced::new).await;
         assert!(whole, "the bytes arrived changed");
         // A batch is 64 KiB: 128 KiB leave in two writes.
         assert!(coalesced <= 2, "8 records took {coalesced} writes");
         // tokio-rustls alone: a write (at least) per record.
-        let (alone, whole) = eight_frames(false).await;
+        let (alone, whole) = eight_frames(|tls| tls).await;
         assert!(whole);
         assert!(alone >= 8, "tokio-rustls alone took {alone} writes");
     }

@@ -1,5 +1,6 @@
 //! Tests of the tunnel over loopback TCP (the transport is generic, so no TLS): a test
 //! server with a handler that connects to a TCP upstream, and the upstreams it reaches.
+pub(super) mod counted;
 mod headers;
 mod keepalive;
 mod pool;
