@@ -181,15 +181,14 @@ impl OneWay {
     }
 
     /// Whether this direction moves its bytes by `splice` from now on: both ends are bare
-    /// sockets, reads have grown to [`SPLICE_FROM`], nothing read waits to be written.
+    /// sockets and reads have grown to [`SPLICE_FROM`]. Asked only when nothing read
+    /// waits to be written.
     fn splices<R: Side, W: Side>(&mut self, reader: &R, writer: &W) -> bool {
         if self.pipe.is_some() {
             return true;
         }
         if self.no_pipe
             || self.read < SPLICE_FROM.min(self.max)
-            || !self.out.is_empty()
-            || self.read_done
             || reader.spliceable().is_none()
             || writer.spliceable().is_none()
         {
@@ -210,30 +209,6 @@ impl OneWay {
         }
     }
 
-    /// The spliced direction: fill the pipe from the reader, drain it into the writer.
-    fn poll_splice(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
-        counter: &AtomicU64,
-        spliced: &AtomicU64,
-    ) -> Poll<io::Result<()>> {
-        let Some(pipe) = self.pipe.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        loop {
-            if pipe.held() == 0 && ready!(pipe.poll_fill(cx, from, self.max))? == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            while pipe.held() > 0 {
-                let n = ready!(pipe.poll_drain(cx, to))?;
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-                spliced.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-    }
-
     fn poll<R: Side, W: Side>(
         &mut self,
         cx: &mut Context<'_>,
@@ -249,10 +224,11 @@ impl OneWay {
             if self.out.is_empty()
                 && !self.read_done
                 && self.splices(reader, writer)
-                && let (Some(from), Some(to)) = (reader.spliceable(), writer.spliceable())
+                && let (Some(pipe), Some(from), Some(to)) =
+                    (self.pipe.as_mut(), reader.spliceable(), writer.spliceable())
             {
                 // Until end-of-stream; then shut the writer down below, as copied.
-                ready!(self.poll_splice(cx, from, to, counter, spliced))?;
+                ready!(poll_splice(cx, pipe, from, to, self.max, counter, spliced))?;
                 self.read_done = true;
             }
             if self.out.is_empty() && !self.read_done {
@@ -292,6 +268,29 @@ impl OneWay {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+/// A spliced direction until end-of-stream: fill the pipe from `from` (up to `max`),
+/// drain it into `to`, counting what went.
+fn poll_splice(
+    cx: &mut Context<'_>,
+    pipe: &mut Pipe,
+    from: &TcpStream,
+    to: &TcpStream,
+    max: usize,
+    counter: &AtomicU64,
+    spliced: &AtomicU64,
+) -> Poll<io::Result<()>> {
+    loop {
+        if pipe.held() == 0 && ready!(pipe.poll_fill(cx, from, max))? == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        while pipe.held() > 0 {
+            let n = ready!(pipe.poll_drain(cx, to))?;
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            spliced.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }

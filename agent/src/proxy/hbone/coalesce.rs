@@ -102,11 +102,6 @@ impl<S: TlsSession> Coalesced<S> {
         Self { stream, queued: 0 }
     }
 
-    /// The TLS stream.
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
-
     /// Sends every queued record.
     fn poll_send_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.stream.wants_write() {
@@ -174,7 +169,7 @@ impl<S: TlsSession> AsyncWrite for Coalesced<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_send_all(cx))?;
+        // tokio-rustls sends what is queued, then close_notify.
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
