@@ -1,9 +1,10 @@
 //! End-to-end: the admin API of real agents on a testbed — every RPC over the unix
 //! socket with a generated client (workloads with their identity, certificate and
-//! counters; live connections and their event stream; config; policies applied, in force
-//! and deleted; certificates; log level), the right status code and message for bad
-//! requests, server reflection and the health service, and callers that are refused;
-//! Services from the workload file, with their endpoints, through the API and outriderctl.
+//! counters; live connections and their event stream, with the bytes the kernel spliced
+//! itself; config; policies applied, in force and deleted; certificates; log level), the
+//! right status code and message for bad requests, server reflection and the health
+//! service, and callers that are refused; Services from the workload file, with their
+//! endpoints, through the API and outriderctl.
 mod support;
 
 use std::{
@@ -319,8 +320,67 @@ async fn connections_are_listed_and_streamed_with_their_bytes() {
     let closed = close.connection.as_ref().unwrap();
     assert_eq!(closed.id, conn.id);
     assert_eq!(closed.bytes_sent, 5000);
+    // Tunnelled: every byte went through the agent's TLS.
+    assert_eq!(closed.bytes_spliced, 0, "{closed:?}");
     assert!(close.duration_ms > 0.0);
     assert!(close.closed_because.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_plaintext_connection_says_how_much_the_kernel_moved_itself() {
+    let tb = Testbed::up(&spec(), true);
+    let mut a = client(&tb, "node-a").await;
+    // shop/outsider is not in the mesh: shop/client reaches it in plaintext.
+    let _sink = tb.spawn(
+        "shop/outsider",
+        &[
+            "socat",
+            "-u",
+            "TCP4-LISTEN:7001,reuseaddr,fork",
+            "OPEN:/dev/null",
+        ],
+    );
+    tb.wait_listening("shop/outsider", 7001);
+    let mut events = a
+        .watch_connections(pb::WatchConnectionsRequest {
+            pod: "shop/client".into(),
+            new_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    const N: u64 = 8 << 20;
+    let outsider = tb.pod("shop/outsider").ipv4;
+    let out = tb.sh(
+        "shop/client",
+        &format!("head -c {N} /dev/zero | socat -u STDIN TCP4:{outsider}:7001"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.message())
+            .await
+            .expect("no CLOSE event")
+            .unwrap()
+            .expect("the stream ended");
+        if event.kind() == pb::connection_event::Kind::Close {
+            break event.connection.unwrap();
+        }
+    };
+    assert_eq!(closed.transport(), pb::Transport::Plaintext, "{closed:?}");
+    assert_eq!(closed.bytes_sent, N, "{closed:?}");
+    // All but the first reads (until they reach 64 KiB) moved socket to socket.
+    assert!(
+        closed.bytes_spliced > N / 2 && closed.bytes_spliced <= N,
+        "{closed:?}"
+    );
 }
 
 /// Waits (up to 5 s) until shop/client can (or cannot) send to data/db's sink.

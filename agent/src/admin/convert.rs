@@ -167,13 +167,11 @@ fn endpoint(e: &ResolvedEndpoint, trust_domain: &str) -> pb::ServiceEndpoint {
 }
 
 pub fn connection(c: &Connection) -> pb::Connection {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = &c.counters;
     let (sent, received) = (
-        c.counters
-            .forward
-            .load(std::sync::atomic::Ordering::Relaxed),
-        c.counters
-            .backward
-            .load(std::sync::atomic::Ordering::Relaxed),
+        counters.forward.load(Relaxed),
+        counters.backward.load(Relaxed),
     );
     pb::Connection {
         id: c.id,
@@ -192,6 +190,7 @@ pub fn connection(c: &Connection) -> pb::Connection {
         opened: time(c.opened),
         bytes_sent: sent,
         bytes_received: received,
+        bytes_spliced: counters.spliced.load(Relaxed),
     }
 }
 

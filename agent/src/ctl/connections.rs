@@ -65,6 +65,9 @@ pub struct ConnectionView {
     pub opened: String,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Of both, those the kernel moved socket to socket (`splice`), never copied through
+    /// the agent.
+    pub bytes_spliced: u64,
 }
 
 /// One event of `connections watch` (a line of `-o json`, a document of `-o yaml`).
@@ -124,6 +127,7 @@ impl From<Connection> for ConnectionView {
             opened: c.opened,
             bytes_sent: c.bytes_sent,
             bytes_received: c.bytes_received,
+            bytes_spliced: c.bytes_spliced,
         }
     }
 }
@@ -240,7 +244,8 @@ async fn watch(
 }
 
 /// `OPEN   17 default/client outbound hbone 10.0.0.5:40312 -> 10.0.1.7:80 spiffe://…`;
-/// CLOSE adds `sent=… received=… duration=…ms` and `reason=…` when the agent closed it.
+/// CLOSE adds `sent=… received=… duration=…ms`, `spliced=…` when the kernel moved some of
+/// the bytes itself, and `reason=…` when the agent closed it.
 fn event_line(e: &ConnectionEventView) -> String {
     let kind = e.kind.to_uppercase();
     let mut line = match &e.connection {
@@ -262,6 +267,9 @@ fn event_line(e: &ConnectionEventView) -> String {
             human::bytes(c.bytes_sent),
             human::bytes(c.bytes_received),
         ));
+        if c.bytes_spliced > 0 {
+            line.push_str(&format!(" spliced={}", human::bytes(c.bytes_spliced)));
+        }
     }
     if let Some(reason) = &e.closed_because {
         line.push_str(&format!(" reason={reason}"));
@@ -292,6 +300,7 @@ mod tests {
             opened: "2025-03-04T05:00:00Z".into(),
             bytes_sent: 2048,
             bytes_received: 3,
+            bytes_spliced: 0,
         }
     }
 
@@ -321,7 +330,8 @@ mod tests {
                 "peerIdentity": null,
                 "opened": "2025-03-04T05:00:00Z",
                 "bytesSent": 2048,
-                "bytesReceived": 3
+                "bytesReceived": 3,
+                "bytesSpliced": 0
             })
         );
     }
@@ -386,6 +396,27 @@ mod tests {
         );
         assert_eq!(json["durationMs"], 12.34);
         assert_eq!(json["closedBecause"], "policy: deny-all");
+        // A bulk transfer the kernel moved itself says how much of it.
+        let mut bulk = connection();
+        bulk.transport = Transport::Plaintext as i32;
+        bulk.peer_identity.clear();
+        (bulk.bytes_sent, bulk.bytes_spliced) = (8 << 20, 7 << 20);
+        let close = ConnectionEventView::from(ConnectionEvent {
+            kind: Kind::Close as i32,
+            connection: Some(bulk),
+            duration_ms: 40.0,
+            closed_because: String::new(),
+            missed: 0,
+        });
+        assert_eq!(
+            event_line(&close),
+            "CLOSE  17 default/client outbound plaintext 10.0.0.5:40312 -> 10.0.1.7:80 - \
+             sent=8.0MiB received=3B duration=40.0ms spliced=7.0MiB"
+        );
+        assert_eq!(
+            serde_json::to_value(&close).unwrap()["connection"]["bytesSpliced"],
+            7 << 20
+        );
         let lagged = ConnectionEventView::from(ConnectionEvent {
             kind: Kind::Lagged as i32,
             connection: None,

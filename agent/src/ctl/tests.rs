@@ -71,6 +71,7 @@ fn fake_connection(id: u64) -> Connection {
         opened: "2025-03-04T05:00:00Z".into(),
         bytes_sent: 10,
         bytes_received: 20,
+        bytes_spliced: 0,
     }
 }
 
