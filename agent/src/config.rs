@@ -219,7 +219,8 @@ pub struct ProxyConfig {
     /// double while they fill, so only bulk flows grow this far (as ztunnel's). Between
     /// two sockets one buffer serves every read, and once reads reach 64 KiB the flow is
     /// spliced socket to socket in the kernel through a pipe of this size (two more
-    /// descriptors for each such direction); toward a tunnel each read's buffer goes
+    /// descriptors for each such direction, given back once it idles for 2 s:
+    /// `copy::PIPE_IDLE`); toward a tunnel each read's buffer goes
     /// into the tunnel as it is (what the tunnel holds is bounded by
     /// `hbone.maxSendBufferBytes`). Default 256 KiB, which moved ~20% more in bulk than
     /// 64 KiB on the benchmark's testbed.

@@ -2,7 +2,7 @@
 //!
 //! Each proxied connection holds one or two descriptors in the agent (the app's socket,
 //! and the delivery to the destination app; a bulk flow between two sockets two more
-//! a direction for its pipe, `proxy::splice`), so a node with thousands of connections
+//! a direction for its pipe while it moves, `proxy::splice`), so a node with thousands of connections
 //! needs far more than the usual soft limit of 1024 open files. As ztunnel and Envoy do,
 //! every `outrider` process lifts its soft `RLIMIT_NOFILE` to the hard limit, which the
 //! operator sets (systemd's `LimitNOFILE`, the container runtime's default).

@@ -11,7 +11,8 @@
 //! as it is (see [`Side`]); a TCP socket is written from them, and once written the read
 //! buffer is used again. Between two TCP sockets, a direction whose reads have grown to
 //! [`SPLICE_FROM`] goes on in the kernel ([`splice`](super::splice)): the bytes then never
-//! enter the agent's memory at all.
+//! enter the agent's memory at all. A spliced direction idle for [`PIPE_IDLE`] gives its
+//! pipe back and returns to reads.
 use std::{
     future::{Future, poll_fn},
     io,
@@ -36,6 +37,13 @@ const INITIAL_READ: usize = 4 * 1024;
 /// its bytes with `splice` from then on. Small exchanges (requests, messages) never get
 /// here and keep one read and one write each.
 pub const SPLICE_FROM: usize = 64 * 1024;
+
+/// A spliced direction through which nothing moved for this long gives its pipe back: two
+/// descriptors, and the pipe's pages, which the kernel counts against the agent's user
+/// (`root` on most nodes) even while the pipe is empty; once a user's pipes hold 64 MiB
+/// (`fs.pipe-user-pages-soft`), its unprivileged processes get one-page pipes. The
+/// direction goes back to reads, which must grow again before it gets another pipe.
+pub const PIPE_IDLE: Duration = Duration::from_secs(2);
 
 /// Bytes moved in each direction, readable while the copy runs.
 #[derive(Debug, Default)]
@@ -160,9 +168,46 @@ struct OneWay {
     done: bool,
     need_flush: bool,
     /// Once the flow is bulky between two sockets: the pipe its bytes go through.
-    pipe: Option<Pipe>,
+    spliced: Option<Spliced>,
     /// A pipe could not be made (descriptors or pipe memory exhausted): keep copying.
     no_pipe: bool,
+    /// How long a spliced direction may idle before its pipe goes ([`PIPE_IDLE`]).
+    pipe_idle: Duration,
+}
+
+/// A spliced direction's pipe, and the check that gives it back once the flow is idle.
+struct Spliced {
+    pipe: Pipe,
+    /// Fires every `pipe_idle` while the pipe is kept.
+    check: Pin<Box<tokio::time::Sleep>>,
+    /// The direction's byte count at the last check.
+    moved: u64,
+}
+
+impl Spliced {
+    fn new(pipe: Pipe, idle: Duration, counter: &AtomicU64) -> Self {
+        Self {
+            pipe,
+            check: Box::pin(tokio::time::sleep(idle)),
+            moved: counter.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether nothing moved during a whole `idle` and the pipe holds nothing (a pipe
+    /// held up by a slow writer is not idle). Otherwise the next check is set.
+    fn idle(&mut self, cx: &mut Context<'_>, idle: Duration, counter: &AtomicU64) -> bool {
+        while self.check.as_mut().poll(cx).is_ready() {
+            let moved = counter.load(Ordering::Relaxed);
+            if moved == self.moved && self.pipe.held() == 0 {
+                return true;
+            }
+            self.moved = moved;
+            self.check
+                .as_mut()
+                .reset(tokio::time::Instant::now() + idle);
+        }
+        false
+    }
 }
 
 impl OneWay {
@@ -175,16 +220,17 @@ impl OneWay {
             read_done: false,
             done: false,
             need_flush: false,
-            pipe: None,
+            spliced: None,
             no_pipe: false,
+            pipe_idle: PIPE_IDLE,
         }
     }
 
     /// Whether this direction moves its bytes by `splice` from now on: both ends are bare
     /// sockets and reads have grown to [`SPLICE_FROM`]. Asked only when nothing read
     /// waits to be written.
-    fn splices<R: Side, W: Side>(&mut self, reader: &R, writer: &W) -> bool {
-        if self.pipe.is_some() {
+    fn splices<R: Side, W: Side>(&mut self, reader: &R, writer: &W, counter: &AtomicU64) -> bool {
+        if self.spliced.is_some() {
             return true;
         }
         if self.no_pipe
@@ -196,7 +242,7 @@ impl OneWay {
         }
         match Pipe::new(self.max) {
             Ok(pipe) => {
-                self.pipe = Some(pipe);
+                self.spliced = Some(Spliced::new(pipe, self.pipe_idle, counter));
                 // The copy's buffer is not needed any more.
                 self.buf = BytesMut::new();
                 true
@@ -223,13 +269,28 @@ impl OneWay {
         loop {
             if self.out.is_empty()
                 && !self.read_done
-                && self.splices(reader, writer)
-                && let (Some(pipe), Some(from), Some(to)) =
-                    (self.pipe.as_mut(), reader.spliceable(), writer.spliceable())
+                && self.splices(reader, writer, counter)
+                && let (Some(s), Some(from), Some(to)) = (
+                    self.spliced.as_mut(),
+                    reader.spliceable(),
+                    writer.spliceable(),
+                )
             {
-                // Until end-of-stream; then shut the writer down below, as copied.
-                ready!(poll_splice(cx, pipe, from, to, self.max, counter, spliced))?;
-                self.read_done = true;
+                match poll_splice(cx, &mut s.pipe, from, to, self.max, counter, spliced) {
+                    // Until end-of-stream; then shut the writer down below, as copied.
+                    Poll::Ready(result) => {
+                        result?;
+                        self.read_done = true;
+                    }
+                    Poll::Pending if !s.idle(cx, self.pipe_idle, counter) => {
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {
+                        // Idle and empty: the pipe goes, and reads (below) wait for more.
+                        self.spliced = None;
+                        self.read = INITIAL_READ.min(self.max);
+                    }
+                }
             }
             if self.out.is_empty() && !self.read_done {
                 match reader.poll_read_bytes(cx, &mut self.buf, self.read) {
@@ -397,6 +458,78 @@ mod tests {
             spliced > (6 << 20),
             "only {spliced} of 7 MiB went by splice"
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_spliced_direction_gives_its_pipe_back_and_splices_again_when_bulky() {
+        use std::time::Instant;
+        let (mut app, mut a) = pair().await;
+        let (mut b, upstream) = pair().await;
+        let mut way = OneWay::new(256 * 1024);
+        way.pipe_idle = Duration::from_millis(300);
+        let (counter, spliced) = (AtomicU64::new(0), AtomicU64::new(0));
+        // The far end reads everything, to the end.
+        let reader = tokio::spawn(async move {
+            let mut upstream = upstream;
+            let mut got = Vec::new();
+            upstream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let burst = |seed: u8| pattern(2 << 20, seed);
+        // Drives the direction for `time`, or until it ends.
+        let drive = async |way: &mut OneWay, a: &mut TcpStream, b: &mut TcpStream, time| {
+            tokio::time::timeout(time, poll_fn(|cx| way.poll(cx, a, b, &counter, &spliced)))
+                .await
+                .ok()
+        };
+
+        let writer = tokio::spawn(async move {
+            app.write_all(&burst(1)).await.unwrap();
+            app
+        });
+        // In steps, so as to stop as soon as all of it went (well within the idle time).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter.load(Ordering::Relaxed) < 2 << 20 {
+            assert!(
+                Instant::now() < deadline,
+                "the first burst did not go through"
+            );
+            assert!(
+                drive(&mut way, &mut a, &mut b, Duration::from_millis(5))
+                    .await
+                    .is_none()
+            );
+        }
+        let first = spliced.load(Ordering::Relaxed);
+        assert!(first > 1 << 20, "only {first} of 2 MiB spliced");
+        assert!(way.spliced.is_some(), "a bulk flow keeps its pipe");
+
+        // Idle past the check (twice over): the pipe goes, reads start small again.
+        assert!(
+            drive(&mut way, &mut a, &mut b, Duration::from_millis(900))
+                .await
+                .is_none()
+        );
+        assert!(way.spliced.is_none(), "an idle direction kept its pipe");
+        assert_eq!(way.read, INITIAL_READ);
+
+        // Bulky again: copied while reads grow, then spliced through a new pipe.
+        let mut app = writer.await.unwrap();
+        let writer = tokio::spawn(async move {
+            app.write_all(&burst(2)).await.unwrap();
+            app.shutdown().await.unwrap();
+        });
+        let done = drive(&mut way, &mut a, &mut b, Duration::from_secs(10)).await;
+        assert!(matches!(done, Some(Ok(()))), "{done:?}");
+        writer.await.unwrap();
+        let second = spliced.load(Ordering::Relaxed) - first;
+        assert!(
+            second > 1 << 20,
+            "only {second} of the second 2 MiB spliced"
+        );
+        let mut sent = burst(1);
+        sent.extend(burst(2));
+        assert!(reader.await.unwrap() == sent, "the bytes arrived changed");
     }
 
     #[tokio::test]
