@@ -33,6 +33,7 @@ mod raw_h2;
 pub mod restart;
 pub(crate) mod rtnetlink;
 pub mod sidecar;
+pub(crate) mod sync;
 pub(crate) mod sysctl;
 pub mod telemetry;
 pub(crate) mod unix_socket;

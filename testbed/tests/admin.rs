@@ -36,24 +36,35 @@ async fn client(tb: &Testbed, node: &str) -> AdminClient<Channel> {
 
 /// A sink in data/db on 7000 that reads everything.
 fn sink(tb: &Testbed) -> support::Background {
+    sink_in(tb, "data/db", 7000)
+}
+
+/// A sink in `pod` on `port` that reads everything.
+fn sink_in(tb: &Testbed, pod: &str, port: u16) -> support::Background {
     let sink = tb.spawn(
-        "data/db",
+        pod,
         &[
             "socat",
             "-u",
-            "TCP6-LISTEN:7000,reuseaddr,fork,ipv6only=0",
+            &format!("TCP6-LISTEN:{port},reuseaddr,fork,ipv6only=0"),
             "OPEN:/dev/null",
         ],
     );
-    tb.wait_listening("data/db", 7000);
+    tb.wait_listening(pod, port);
     sink
 }
 
+/// `bytes` zeros from shop/client to data/db's sink, in one connection.
 fn send(tb: &Testbed, bytes: u64) {
-    let db = tb.pod("data/db").ipv4;
+    send_to(tb, "data/db", 7000, bytes);
+}
+
+/// `bytes` zeros from shop/client to `pod`'s IPv4 address and `port`, in one connection.
+fn send_to(tb: &Testbed, pod: &str, port: u16, bytes: u64) {
+    let ip = tb.pod(pod).ipv4;
     let out = tb.sh(
         "shop/client",
-        &format!("head -c {bytes} /dev/zero | socat -u STDIN TCP4:{db}:7000"),
+        &format!("head -c {bytes} /dev/zero | socat -u STDIN TCP4:{ip}:{port}"),
     );
     assert!(
         out.status.success(),
@@ -331,16 +342,7 @@ async fn a_bulk_plaintext_connection_says_how_much_the_kernel_moved_itself() {
     let tb = Testbed::up(&spec(), true);
     let mut a = client(&tb, "node-a").await;
     // shop/outsider is not in the mesh: shop/client reaches it in plaintext.
-    let _sink = tb.spawn(
-        "shop/outsider",
-        &[
-            "socat",
-            "-u",
-            "TCP4-LISTEN:7001,reuseaddr,fork",
-            "OPEN:/dev/null",
-        ],
-    );
-    tb.wait_listening("shop/outsider", 7001);
+    let _sink = sink_in(&tb, "shop/outsider", 7001);
     let mut events = a
         .watch_connections(pb::WatchConnectionsRequest {
             pod: "shop/client".into(),
@@ -351,16 +353,7 @@ async fn a_bulk_plaintext_connection_says_how_much_the_kernel_moved_itself() {
         .into_inner();
 
     const N: u64 = 8 << 20;
-    let outsider = tb.pod("shop/outsider").ipv4;
-    let out = tb.sh(
-        "shop/client",
-        &format!("head -c {N} /dev/zero | socat -u STDIN TCP4:{outsider}:7001"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_to(&tb, "shop/outsider", 7001, N);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let closed = loop {

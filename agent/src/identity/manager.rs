@@ -5,7 +5,7 @@
 //! established connections keep the one they were made with.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
@@ -71,7 +71,7 @@ impl CertManager {
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<SpiffeId, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.entries)
     }
 
     /// One more pod uses `id`. The first starts minting at once, in the background (call

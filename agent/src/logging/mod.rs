@@ -26,10 +26,7 @@ pub struct LogControl {
 impl LogControl {
     /// The filter in force, as written.
     pub fn level(&self) -> String {
-        self.current
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        crate::sync::lock(&self.current).clone()
     }
 
     /// Sets the filter (`""`: back to the one set at start). An invalid filter is an
@@ -44,9 +41,7 @@ impl LogControl {
         self.handle
             .reload(filter)
             .map_err(|e| format!("cannot change the log level: {e}"))?;
-        if let Ok(mut current) = self.current.lock() {
-            current.clone_from(&spec);
-        }
+        crate::sync::lock(&self.current).clone_from(&spec);
         tracing::info!(level = %spec, "log level changed");
         Ok(spec)
     }

@@ -28,9 +28,7 @@ pub struct Balancer {
 impl Balancer {
     /// Counts one connection to the endpoint at `ip` until the lease is dropped.
     pub fn lease(self: &Arc<Self>, ip: IpAddr) -> Lease {
-        if let Ok(mut active) = self.active.lock() {
-            *active.entry(ip).or_default() += 1;
-        }
+        *crate::sync::lock(&self.active).entry(ip).or_default() += 1;
         Lease {
             balancer: self.clone(),
             ip,
@@ -39,9 +37,7 @@ impl Balancer {
 
     /// Remembers that `client` reached `vip`:`port` through `endpoint`.
     pub fn remember(&self, vip: IpAddr, port: u16, client: IpAddr, endpoint: IpAddr) {
-        let Ok(mut affinity) = self.affinity.lock() else {
-            return;
-        };
+        let mut affinity = crate::sync::lock(&self.affinity);
         let now = Instant::now();
         if affinity.len() >= AFFINITY_SWEEP_AT {
             affinity.retain(|_, (_, at)| now.duration_since(*at) < AFFINITY_TIMEOUT);
@@ -52,14 +48,14 @@ impl Balancer {
 
 impl Loads for Balancer {
     fn active(&self, ip: IpAddr) -> usize {
-        self.active
-            .lock()
-            .map(|a| a.get(&ip).copied().unwrap_or(0))
+        crate::sync::lock(&self.active)
+            .get(&ip)
+            .copied()
             .unwrap_or(0)
     }
 
     fn affinity(&self, vip: IpAddr, port: u16, client: IpAddr) -> Option<IpAddr> {
-        let affinity = self.affinity.lock().ok()?;
+        let affinity = crate::sync::lock(&self.affinity);
         let (endpoint, at) = affinity.get(&(vip, port, client))?;
         (at.elapsed() < AFFINITY_TIMEOUT).then_some(*endpoint)
     }
@@ -73,9 +69,8 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Ok(mut active) = self.balancer.active.lock()
-            && let Some(n) = active.get_mut(&self.ip)
-        {
+        let mut active = crate::sync::lock(&self.balancer.active);
+        if let Some(n) = active.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 active.remove(&self.ip);

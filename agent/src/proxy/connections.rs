@@ -52,9 +52,7 @@ impl Connection {
 
     /// Closes the connection (both ends get a reset) and remembers why.
     pub fn close(&self, why: Failure) {
-        if let Ok(mut slot) = self.closing.lock() {
-            slot.get_or_insert(why);
-        }
+        crate::sync::lock(&self.closing).get_or_insert(why);
         self.cancel.cancel();
     }
 
@@ -64,7 +62,7 @@ impl Connection {
     }
 
     fn closing(&self) -> Option<Failure> {
-        self.closing.lock().ok().and_then(|s| s.clone())
+        crate::sync::lock(&self.closing).clone()
     }
 }
 
@@ -183,9 +181,7 @@ impl Registration<'_> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Ok(mut live) = self.registry.live.lock() {
-            live.remove(&self.connection.id);
-        }
+        crate::sync::lock(&self.registry.live).remove(&self.connection.id);
         let c = &self.connection;
         let (sent, received) = c.pod_bytes();
         c.stats.sent.fetch_add(sent, Ordering::Relaxed);
@@ -228,9 +224,7 @@ impl Registry {
     }
 
     fn stats_of(&self, pod: &str) -> Arc<PodStats> {
-        let Ok(mut pods) = self.pods.lock() else {
-            return Arc::default();
-        };
+        let mut pods = crate::sync::lock(&self.pods);
         if let Some(stats) = pods.get(pod) {
             return stats.clone();
         }
@@ -240,23 +234,19 @@ impl Registry {
     /// Every pod's totals since it was enrolled, live connections included, in one pass.
     /// A connection still running from a pod of the same name that left is not counted.
     pub fn totals(&self) -> HashMap<String, PodTotals> {
-        let Ok(pods) = self.pods.lock() else {
-            return HashMap::new();
-        };
+        let pods = crate::sync::lock(&self.pods);
         let mut out: HashMap<String, PodTotals> = pods
             .iter()
             .map(|(pod, stats)| (pod.clone(), stats.closed_totals()))
             .collect();
-        if let Ok(live) = self.live.lock() {
-            for c in live.values() {
-                let pod = &c.facts.pod;
-                let current = pods.get(pod).is_some_and(|s| Arc::ptr_eq(s, &c.stats));
-                if let (true, Some(t)) = (current, out.get_mut(pod)) {
-                    let (sent, received) = c.pod_bytes();
-                    t.active += 1;
-                    t.sent += sent;
-                    t.received += received;
-                }
+        for c in crate::sync::lock(&self.live).values() {
+            let pod = &c.facts.pod;
+            let current = pods.get(pod).is_some_and(|s| Arc::ptr_eq(s, &c.stats));
+            if let (true, Some(t)) = (current, out.get_mut(pod)) {
+                let (sent, received) = c.pod_bytes();
+                t.active += 1;
+                t.sent += sent;
+                t.received += received;
             }
         }
         out
@@ -264,9 +254,7 @@ impl Registry {
 
     /// Forgets a pod's totals (it left the node); a pod of that name starts from zero.
     pub fn forget_pod(&self, pod: &str) {
-        if let Ok(mut pods) = self.pods.lock() {
-            pods.remove(pod);
-        }
+        crate::sync::lock(&self.pods).remove(pod);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -309,9 +297,7 @@ impl Registry {
             cancel: CancellationToken::new(),
             closing: Mutex::new(None),
         });
-        if let Ok(mut live) = self.live.lock() {
-            live.insert(connection.id, connection.clone());
-        }
+        crate::sync::lock(&self.live).insert(connection.id, connection.clone());
         self.publish(|| Event::Opened(connection.clone()));
         Registration {
             registry: self,
@@ -322,30 +308,22 @@ impl Registry {
 
     /// Every live connection that carries a guard (connections into pods), in no order.
     pub fn guarded(&self) -> Vec<Arc<Connection>> {
-        self.live
-            .lock()
-            .map(|live| {
-                live.values()
-                    .filter(|c| c.guard.is_some())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::sync::lock(&self.live)
+            .values()
+            .filter(|c| c.guard.is_some())
+            .cloned()
+            .collect()
     }
 
     /// Every live connection, oldest first.
     pub fn snapshot(&self) -> Vec<Arc<Connection>> {
-        let mut all: Vec<_> = self
-            .live
-            .lock()
-            .map(|live| live.values().cloned().collect())
-            .unwrap_or_default();
+        let mut all: Vec<_> = crate::sync::lock(&self.live).values().cloned().collect();
         all.sort_by_key(|c| c.id);
         all
     }
 
     pub fn len(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
+        crate::sync::lock(&self.live).len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -129,7 +129,7 @@ impl ReturnPaths {
         if !self.managed {
             return 0;
         }
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let live = crate::sync::lock(&self.live);
         let mut done = 0;
         for path in live.values().filter_map(Weak::upgrade) {
             match remove(&path.netns, self.settings) {
@@ -144,7 +144,7 @@ impl ReturnPaths {
     /// The return path of `netns`, set up if no connection holds it yet. A pod enrolled
     /// again in the same namespace takes back one that was withdrawn but not yet down.
     pub fn acquire(&self, netns: &Arc<Netns>) -> Result<Arc<ReturnPath>, ReturnPathError> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = crate::sync::lock(&self.live);
         if let Some(path) = live.get(&netns.cookie()).and_then(Weak::upgrade) {
             path.withdrawn.store(false, Ordering::Relaxed);
             return Ok(path);
@@ -193,7 +193,7 @@ impl ReturnPath {
 
 impl Drop for ReturnPath {
     fn drop(&mut self) {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = crate::sync::lock(&self.live);
         let cookie = self.netns.cookie();
         if live.get(&cookie).is_some_and(|w| w.strong_count() > 0) {
             // Set up again meanwhile (the pod enrolled anew): it stays.

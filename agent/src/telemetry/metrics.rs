@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -383,13 +383,6 @@ fn uncounted(counted: &AtomicU64, total: u64) -> u64 {
     total.saturating_sub(counted.fetch_max(total, Ordering::Relaxed))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Counters stay whole whatever a panicking holder was doing.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Metrics {
     /// Counts a connection opened with `labels`, and makes both its byte series (at
     /// zero, as ztunnel does), so that dashboards see them before the first byte.
@@ -406,10 +399,10 @@ impl Metrics {
 
     /// The series of `labels`, made (in every TCP family but the closed one) if new.
     fn tcp_series(&self, labels: TcpLabels) -> Arc<TcpSeries> {
-        if let Some(series) = self.tcp.read().ok().and_then(|m| m.get(&labels).cloned()) {
+        if let Some(series) = crate::sync::read(&self.tcp).get(&labels).cloned() {
             return series;
         }
-        let mut known = self.tcp.write().unwrap_or_else(|p| p.into_inner());
+        let mut known = crate::sync::write(&self.tcp);
         known
             .entry(labels)
             .or_insert_with_key(|labels| {
@@ -476,7 +469,7 @@ impl Metrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let mut last = lock(&conn.last_request);
+        let mut last = crate::sync::lock(&conn.last_request);
         let series = match &mut *last {
             Some(series) if series.code == code && series.flags == flags => series,
             held => held.insert(self.request_series(&conn.series, code, flags)),
@@ -490,7 +483,7 @@ impl Metrics {
     /// The series of requests on connections of `tcp`, answered `code` with `flags`,
     /// made if new.
     fn request_series(&self, tcp: &TcpSeries, code: u16, flags: &'static str) -> RequestSeries {
-        let mut known = lock(&tcp.requests);
+        let mut known = crate::sync::lock(&tcp.requests);
         if let Some(series) = known.iter().find(|s| s.code == code && s.flags == flags) {
             return series.clone();
         }

@@ -13,7 +13,7 @@ mod tests;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use rustls::{
@@ -92,7 +92,7 @@ impl ClientConfigs {
         expected_peer: &SpiffeId,
     ) -> Result<Arc<ClientConfig>, IdentityError> {
         let key = (source.clone(), expected_peer.clone());
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = crate::sync::lock(&self.cache);
         if let Some(config) = cache.get(&key) {
             return Ok(config.clone());
         }
@@ -104,9 +104,6 @@ impl ClientConfigs {
 
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        crate::sync::lock(&self.cache).len()
     }
 }

@@ -89,9 +89,7 @@ impl Guard {
     /// The connection turned out not to be HTTP: decided as TCP (HTTP-only rules as
     /// Istio treats them) now, and again on every change.
     pub fn opaque(&self) -> Result<(), Refusal> {
-        if let Ok(mut state) = self.state.lock() {
-            *state = State::Opaque;
-        }
+        *crate::sync::lock(&self.state) = State::Opaque;
         self.decide(None)
     }
 
@@ -100,12 +98,7 @@ impl Guard {
     pub fn request(self: &Arc<Self>, request: &RequestInfo) -> Result<Lease, Refusal> {
         let revoke = CancellationToken::new();
         let id = {
-            let Ok(mut state) = self.state.lock() else {
-                return Err(Refusal {
-                    why: Reason::Policy,
-                    reason: "the connection's guard is poisoned".into(),
-                });
-            };
+            let mut state = crate::sync::lock(&self.state);
             if !matches!(*state, State::Http { .. }) {
                 *state = State::Http {
                     next: 0,
@@ -173,9 +166,7 @@ impl Guard {
         let Some(pod) = self.pod.upgrade() else {
             return 0;
         };
-        let Ok(state) = self.state.lock() else {
-            return 0;
-        };
+        let state = crate::sync::lock(&self.state);
         if let Err(refusal) = self.strict(&pod) {
             // Whatever runs on it: revoke its requests, then close it.
             if let State::Http { running, .. } = &*state {
@@ -260,9 +251,7 @@ impl Drop for Release {
         let Some(guard) = self.guard.upgrade() else {
             return;
         };
-        if let Ok(mut state) = guard.state.lock()
-            && let State::Http { running, .. } = &mut *state
-        {
+        if let State::Http { running, .. } = &mut *crate::sync::lock(&guard.state) {
             running.remove(&self.id);
         }
     }

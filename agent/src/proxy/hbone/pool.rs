@@ -9,7 +9,7 @@ use std::{
     hash::Hash,
     io,
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -242,7 +242,7 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn lock(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.keys)
     }
 
     fn checkout(&self, key: &K) -> Checkout {

@@ -95,9 +95,7 @@ pub(super) struct H1Revocation {
 impl H1Revocation {
     /// The connection's request now running is revoked by `revoked`.
     pub(super) fn watch(&self, revoked: &CancellationToken) {
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(revoked.clone());
-        }
+        *crate::sync::lock(&self.current) = Some(revoked.clone());
         self.changed.notify_one();
     }
 
@@ -105,7 +103,7 @@ impl H1Revocation {
     pub(super) async fn revoked(&self) {
         loop {
             let changed = self.changed.notified();
-            let current = self.current.lock().ok().and_then(|c| c.clone());
+            let current = crate::sync::lock(&self.current).clone();
             match current {
                 Some(token) => tokio::select! {
                     () = token.cancelled() => return,

@@ -50,24 +50,20 @@ impl Upgrades {
     /// Runs the splice of an upgraded connection.
     pub(super) fn spawn(&self, splice: impl Future<Output = ()> + Send + 'static) {
         let task = tokio::spawn(tracing::Instrument::in_current_span(splice));
-        if let Ok(mut slot) = self.abort.lock() {
-            *slot = Some(task.abort_handle());
-        }
-        if let Ok(mut slot) = self.splice.lock() {
-            *slot = Some(task);
-        }
+        *crate::sync::lock(&self.abort) = Some(task.abort_handle());
+        *crate::sync::lock(&self.splice) = Some(task);
     }
 
     /// Ends the upgraded connection's splice (if any): both its streams are dropped.
     pub(super) fn abort(&self) {
-        if let Some(task) = self.abort.lock().ok().and_then(|mut slot| slot.take()) {
+        if let Some(task) = crate::sync::lock(&self.abort).take() {
             task.abort();
         }
     }
 
     /// Resolves when the upgraded connection's splice (if any) has ended.
     pub(super) async fn finished(&self) {
-        let task = self.splice.lock().ok().and_then(|mut slot| slot.take());
+        let task = crate::sync::lock(&self.splice).take();
         if let Some(task) = task {
             let _ = task.await;
         }
