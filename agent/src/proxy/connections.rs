@@ -362,6 +362,32 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_holding_the_registry_does_not_hide_or_leak_connections() {
+        let registry = Registry::new(Arc::default(), Default::default());
+        let poison = std::panic::AssertUnwindSafe(|| {
+            let _live = registry.live.lock().unwrap();
+            let _pods = registry.pods.lock().unwrap();
+            panic!("a holder panics");
+        });
+        assert!(std::panic::catch_unwind(poison).is_err());
+        let a = registry.register(new(&registry, "shop/a"));
+        // Listed (and so closed by a policy that now denies it), counted, and gone once it ends.
+        assert_eq!(registry.snapshot().len(), 1);
+        assert_eq!(registry.totals()["shop/a"].active, 1);
+        registry.snapshot()[0].close(Failure {
+            flags: ResponseFlags::Deny,
+            reason: "denied by shop/deny-all".into(),
+        });
+        assert_eq!(
+            a.connection.closed_because().as_deref(),
+            Some("denied by shop/deny-all")
+        );
+        drop(a);
+        assert_eq!(registry.len(), 0);
+        assert_eq!(registry.totals()["shop/a"].connections, 1);
+    }
+
+    #[test]
     fn connections_are_listed_while_they_live_and_can_be_closed_with_a_reason() {
         let registry = Registry::new(Arc::default(), Default::default());
         let a = registry.register(new(&registry, "shop/a"));
