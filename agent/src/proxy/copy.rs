@@ -41,7 +41,7 @@ pub const SPLICE_FROM: usize = 64 * 1024;
 /// A spliced direction through which nothing moved for this long gives its pipe back: two
 /// descriptors, and the pipe's pages, which the kernel counts against the agent's user
 /// (`root` on most nodes) even while the pipe is empty; once a user's pipes hold 64 MiB
-/// (`fs.pipe-user-pages-soft`), its unprivileged processes get one-page pipes. The
+/// (`fs.pipe-user-pages-soft`), its unprivileged processes get two-page pipes. The
 /// direction goes back to reads, which must grow again before it gets another pipe.
 pub const PIPE_IDLE: Duration = Duration::from_secs(2);
 
