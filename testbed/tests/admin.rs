@@ -34,6 +34,42 @@ async fn client(tb: &Testbed, node: &str) -> AdminClient<Channel> {
     AdminClient::new(channel(&tb.admin_socket(node)).await)
 }
 
+/// The connection events of shop/client (`new_only`: without the live ones' OPEN).
+async fn watch_client(
+    agent: &mut AdminClient<Channel>,
+    new_only: bool,
+) -> tonic::Streaming<pb::ConnectionEvent> {
+    agent
+        .watch_connections(pb::WatchConnectionsRequest {
+            pod: "shop/client".into(),
+            new_only,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The events up to and including the first CLOSE (within 10 s).
+async fn events_until_close(
+    events: &mut tonic::Streaming<pb::ConnectionEvent>,
+) -> Vec<pb::ConnectionEvent> {
+    let mut seen: Vec<pb::ConnectionEvent> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|e| e.kind() == pb::connection_event::Kind::Close)
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, events.message())
+            .await
+            .unwrap_or_else(|_| panic!("no CLOSE event; got {seen:?}"))
+            .unwrap()
+            .expect("the stream ended");
+        seen.push(event);
+    }
+    seen
+}
+
 /// A sink in data/db on 7000 that reads everything.
 fn sink(tb: &Testbed) -> support::Background {
     sink_in(tb, "data/db", 7000)
@@ -253,14 +289,7 @@ async fn connections_are_listed_and_streamed_with_their_bytes() {
     let mut b = client(&tb, "node-b").await;
     let _sink = sink(&tb);
 
-    let mut events = a
-        .watch_connections(pb::WatchConnectionsRequest {
-            pod: "shop/client".into(),
-            new_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_client(&mut a, false).await;
 
     // A connection that stays open while we look.
     let db = tb.pod("data/db").ipv4;
@@ -312,20 +341,7 @@ async fn connections_are_listed_and_streamed_with_their_bytes() {
     // Closing it: the stream says OPEN then CLOSE with the final bytes.
     drop(held.child.stdin.take());
     let _ = held.child.wait();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen
-        .iter()
-        .any(|e: &pb::ConnectionEvent| e.kind() == pb::connection_event::Kind::Close)
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, events.message())
-            .await
-            .unwrap_or_else(|_| panic!("no CLOSE event; got {seen:?}"))
-            .unwrap()
-            .expect("the stream ended");
-        seen.push(event);
-    }
+    let seen = events_until_close(&mut events).await;
     assert_eq!(seen[0].kind(), pb::connection_event::Kind::Open, "{seen:?}");
     let close = seen.last().unwrap();
     let closed = close.connection.as_ref().unwrap();
@@ -343,30 +359,13 @@ async fn a_bulk_plaintext_connection_says_how_much_the_kernel_moved_itself() {
     let mut a = client(&tb, "node-a").await;
     // shop/outsider is not in the mesh: shop/client reaches it in plaintext.
     let _sink = sink_in(&tb, "shop/outsider", 7001);
-    let mut events = a
-        .watch_connections(pb::WatchConnectionsRequest {
-            pod: "shop/client".into(),
-            new_only: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch_client(&mut a, true).await;
 
     const N: u64 = 8 << 20;
     send_to(&tb, "shop/outsider", 7001, N);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let closed = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let event = tokio::time::timeout(left, events.message())
-            .await
-            .expect("no CLOSE event")
-            .unwrap()
-            .expect("the stream ended");
-        if event.kind() == pb::connection_event::Kind::Close {
-            break event.connection.unwrap();
-        }
-    };
+    let seen = events_until_close(&mut events).await;
+    let closed = seen.last().and_then(|e| e.connection.clone()).unwrap();
     assert_eq!(closed.transport(), pb::Transport::Plaintext, "{closed:?}");
     assert_eq!(closed.bytes_sent, N, "{closed:?}");
     // All but the first reads (until they reach 64 KiB) moved socket to socket.
