@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",      // captures on the testbed's links (is the tunnel encrypted?)
     "openssl",      // a TLS client that presents foreign or expired certificates
     "iperf3",       // bulk TCP workloads of known sizes
+    "nginx-light",  // an HTTP/1.1 and cleartext HTTP/2 server app (policy, telemetry tests)
     "iptables",     // sidecar mode's capture rules (outrider sidecar-init)
     "prometheus",   // promtool, which checks the agent's metrics exposition
     "python3-venv", // the venv of the manifest checkers and gRPC clients (see PYTHON_TOOLS)
