@@ -566,31 +566,23 @@ fn a_failed_kernel_map_insert_refuses_the_connect_under_fail_closed() {
         assert_eq!(error, "Operation not permitted", "{errors:?}");
     }
     wait_kernel_refusals(&tb, 20);
-    // The lines go through the log writer, which gathers them for a few milliseconds:
-    // the counter can be read before they are in the file.
-    let refused = || -> Vec<Value> {
-        tb.agent_log("node-a")
-            .into_iter()
-            .skip(mark)
-            .filter(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("connects refused in the kernel"))
-            })
-            .collect()
-    };
     let count = |lines: &[Value]| -> u64 {
         lines
             .iter()
             .map(|v| v["fields"]["count"].as_u64().unwrap())
             .sum()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut lines = refused();
-    while count(&lines) < 20 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        lines = refused();
-    }
+    let lines = tb.log_lines_when(
+        "node-a",
+        mark,
+        Duration::from_secs(5),
+        |v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connects refused in the kernel"))
+        },
+        |lines| count(lines) >= 20,
+    );
     assert!(
         lines.iter().all(|v| v["fields"]["pod"] == "shop/client"),
         "{lines:?}"

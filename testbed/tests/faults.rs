@@ -581,16 +581,18 @@ fn wait_agent_fds_back(tb: &Testbed, before: usize, interval: Duration, what: &s
 /// The operator is told of the flood in a few WARN lines (the limit, how many were
 /// evicted) rather than one per connection.
 fn assert_flood_logged_in_a_few_lines(tb: &Testbed) {
-    let shed: Vec<Value> = tb
-        .agent_log("node-a")
-        .into_iter()
-        .filter(|v| {
+    let shed = tb.log_lines_when(
+        "node-a",
+        0,
+        Duration::from_secs(5),
+        |v| {
             v["fields"]["socket"] == "admin socket"
                 && v["fields"]["message"]
                     .as_str()
                     .is_some_and(|m| m.starts_with("connection limit reached"))
-        })
-        .collect();
+        },
+        |lines| !lines.is_empty(),
+    );
     let last = shed.last().expect("the flood is logged");
     assert_eq!(last["level"], "WARN");
     assert_eq!(last["fields"]["limit"], 64);
@@ -736,14 +738,18 @@ fn a_flood_of_one_pods_listeners_stops_at_its_limit_and_starves_no_other_pod() {
     assert_eq!(refusals(&tb, "node-a", "shop/web", "inbound"), 24);
     assert_eq!(refusals(&tb, "node-a", "shop/flooder", "outbound"), 24);
     let lines = tb
-        .agent_log("node-a")
-        .into_iter()
-        .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("connection limit of the pod's listener"))
-        })
-        .count();
+        .log_lines_when(
+            "node-a",
+            0,
+            Duration::from_secs(5),
+            |v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("connection limit of the pod's listener"))
+            },
+            |lines| lines.len() >= 2,
+        )
+        .len();
     assert!((2..=12).contains(&lines), "{lines} log lines");
     // Once the floods go, their slots come back.
     drop((inbound, outbound));

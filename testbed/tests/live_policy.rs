@@ -311,7 +311,9 @@ fn assert_public_only(mut live: Live) {
 }
 
 /// The agent's (or sidecar's) log lines saying so, with the reason.
-fn assert_logged(lines: &[Value], pod: &str) {
+/// The lines saying a connection of `pod` was closed, and a running request reset, by
+/// the new policy.
+fn logged(lines: &[Value], pod: &str) -> (usize, usize) {
     let closed = lines
         .iter()
         .filter(|v| {
@@ -329,6 +331,11 @@ fn assert_logged(lines: &[Value], pod: &str) {
                     .is_some_and(|r| r.contains("RBAC: access denied"))
         })
         .count();
+    (closed, reset)
+}
+
+fn assert_logged(lines: &[Value], pod: &str) {
+    let (closed, reset) = logged(lines, pod);
     assert_eq!(closed, 1, "the opaque connection");
     // `/slow`, `/big.bin` and the upgrade's `/ws`.
     assert_eq!(reset, 3, "the running requests");
@@ -351,7 +358,13 @@ fn a_policy_change_reaches_every_live_connection_in_node_mode() {
     let mark = tb.log_mark("node-a");
     apply_policy(&tb);
     assert_public_only(live);
-    let lines: Vec<Value> = tb.agent_log("node-a").split_off(mark);
+    let lines = tb.log_lines_when(
+        "node-a",
+        mark,
+        Duration::from_secs(5),
+        |_| true,
+        |lines| logged(lines, "shop/web") == (1, 3),
+    );
     assert_logged(&lines, "shop/web");
     let metrics = tb.scrape("node-a");
     // Three resets, one close, one 403.

@@ -226,10 +226,14 @@ fn strict_refuses_plaintext_and_permissive_serves_it() {
     assert_natted_plaintext_is_refused(&tb, to_vault);
     // Each refusal counted and logged once: the outsider, the node, the NATed outsider.
     let refused_lines = tb
-        .agent_log("node-b")
-        .iter()
-        .filter(|v| access(v, "inbound", to_vault) && !v["fields"]["error"].is_null())
-        .count();
+        .log_lines_when(
+            "node-b",
+            0,
+            Duration::from_secs(5),
+            |v| access(v, "inbound", to_vault) && !v["fields"]["error"].is_null(),
+            |lines| lines.len() >= 3,
+        )
+        .len();
     assert_eq!(refused_lines, 3);
     let metrics = tb.scrape("node-b");
     assert_eq!(
@@ -430,10 +434,14 @@ fn two_hundred_short_connections_reuse_few_tunnels() {
         "200 connections used {tunnels} tunnels"
     );
     let carried = tb
-        .agent_log("node-a")
-        .iter()
-        .filter(|v| v["target"] == "access" && v["fields"]["transport"] == "hbone")
-        .count();
+        .log_lines_when(
+            "node-a",
+            0,
+            Duration::from_secs(5),
+            |v| v["target"] == "access" && v["fields"]["transport"] == "hbone",
+            |lines| lines.len() >= 200,
+        )
+        .len();
     assert_eq!(carried, 200);
 }
 

@@ -609,11 +609,13 @@ fn try_hostile_paths(tb: &Testbed, base: &str, base2: &str) -> (u64, u64) {
 fn assert_refusals_counted_and_logged(tb: &Testbed, denied: u64, invalid: u64) {
     assert_eq!(refusals(tb, "node-a", "policy"), denied);
     assert_eq!(refusals(tb, "node-a", "invalid_path"), invalid);
-    let logged = tb
-        .agent_log("node-a")
-        .into_iter()
-        .filter(|v| v["fields"]["message"] == "request refused")
-        .collect::<Vec<_>>();
+    let logged = tb.log_lines_when(
+        "node-a",
+        0,
+        Duration::from_secs(5),
+        |v| v["fields"]["message"] == "request refused",
+        |lines| lines.len() as u64 >= denied + invalid,
+    );
     assert_eq!(logged.len() as u64, denied + invalid);
     let line = logged
         .iter()

@@ -604,6 +604,34 @@ impl Testbed {
         wait_json_line(&self.agent_log_path(node), mark, timeout, pred)
     }
 
+    /// The node's agent log lines after the first `mark` that match `pred`, read again
+    /// until `enough` holds for them or `timeout` passed; the caller asserts on what it
+    /// gets. The log writer gathers lines for up to 10 ms before writing them, so the
+    /// lines of what just happened can be a moment behind the counters and replies a
+    /// test saw first.
+    pub fn log_lines_when(
+        &self,
+        node: &str,
+        mark: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+        enough: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines: Vec<Value> = self
+                .agent_log(node)
+                .into_iter()
+                .skip(mark)
+                .filter(|v| pred(v))
+                .collect();
+            if enough(&lines) || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What of this testbed is still on the machine (empty after a clean `down`).
     fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
