@@ -1,11 +1,12 @@
 //! Process limits the agent sets for itself at start.
 //!
 //! Each proxied connection holds one or two descriptors in the agent (the app's socket,
-//! and the delivery to the destination app; a bulk flow between two sockets two more
-//! a direction for its pipe while it moves, `proxy::splice`), so a node with thousands of connections
-//! needs far more than the usual soft limit of 1024 open files. As ztunnel and Envoy do,
-//! every `outrider` process lifts its soft `RLIMIT_NOFILE` to the hard limit, which the
-//! operator sets (systemd's `LimitNOFILE`, the container runtime's default).
+//! and the delivery to the destination app; a bulk flow between two sockets two more per
+//! direction, its pipe, while it moves: `proxy::splice`), so a node with thousands of
+//! connections needs far more than the usual soft limit of 1024 open files. As ztunnel
+//! and Envoy do, every `outrider` process lifts its soft `RLIMIT_NOFILE` to the hard
+//! limit, which the operator sets (systemd's `LimitNOFILE`, the container runtime's
+//! default).
 
 /// The soft limit on open files in force.
 pub(crate) fn open_files() -> std::io::Result<u64> {
