@@ -88,7 +88,7 @@ impl Testbed {
     pub fn http_server(&self, pod: &str, port: u16, site: &Path) -> Background {
         let port_arg = port.to_string();
         let site_arg = site.display().to_string();
-        let server = self.spawn(
+        let mut server = self.spawn(
             pod,
             &[
                 "python3",
@@ -103,7 +103,7 @@ impl Testbed {
                 &site_arg,
             ],
         );
-        self.wait_listening(pod, port);
+        self.wait_server_listening(&mut server, pod, port);
         server
     }
 
@@ -128,11 +128,11 @@ impl Testbed {
         let file = dir.join("nginx.conf");
         std::fs::write(&file, conf).expect("cannot write nginx.conf");
         let file = file.display().to_string();
-        let server = self.spawn(
+        let mut server = self.spawn(
             pod,
             &["nginx", "-e", "stderr", "-g", "daemon off;", "-c", &file],
         );
-        self.wait_listening(pod, port);
+        self.wait_server_listening(&mut server, pod, port);
         server
     }
 
@@ -171,8 +171,8 @@ impl Testbed {
     /// listens.
     pub fn tcp_server(&self, pod: &str, port: u16, handler: &str) -> Background {
         let listen = format!("TCP6-LISTEN:{port},fork,reuseaddr,ipv6only=0");
-        let server = self.spawn(pod, &["socat", &listen, handler]);
-        self.wait_listening(pod, port);
+        let mut server = self.spawn(pod, &["socat", &listen, handler]);
+        self.wait_server_listening(&mut server, pod, port);
         server
     }
 
@@ -381,8 +381,20 @@ impl Testbed {
     /// Waits (up to 10 s) until a TCP socket listens on `port` in the pod's network
     /// namespace, any address, IPv4 or IPv6.
     pub fn wait_listening(&self, pod: &str, port: u16) {
+        self.wait_listening_while(pod, port, || {});
+    }
+
+    /// Like [`Testbed::wait_listening`] for a server this testbed started: panics with
+    /// the server's own output as soon as it has exited (a program that is missing, a
+    /// configuration it refused) instead of waiting for a socket that will never come.
+    fn wait_server_listening(&self, server: &mut Background, pod: &str, port: u16) {
+        self.wait_listening_while(pod, port, || server.assert_running());
+    }
+
+    fn wait_listening_while(&self, pod: &str, port: u16, mut check: impl FnMut()) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            check();
             // /proc/net is the reader's network namespace: read it from inside the pod.
             let out = self.exec(pod, &["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
             let text = String::from_utf8_lossy(&out.stdout);
