@@ -239,7 +239,7 @@ async fn dial_socket(path: &Path) -> Result<Channel> {
         let path = path.clone();
         let first = first.clone();
         async move {
-            let ready = first.lock().ok().and_then(|mut slot| slot.take());
+            let ready = crate::sync::lock(&first).take();
             let stream = match ready {
                 Some(stream) => stream,
                 None => UnixStream::connect(path).await?,

@@ -30,10 +30,7 @@ impl ProbeTable {
     /// address) is one the kubelet opened; its entry is taken out.
     pub fn take(&self, peer: SocketAddr, local: SocketAddr) -> bool {
         let key = probe_key(peer, local);
-        let Ok(mut map) = self.0.lock() else {
-            return false;
-        };
-        match map.remove(&key) {
+        match crate::sync::lock(&self.0).remove(&key) {
             Ok(()) => true,
             Err(MapError::KeyNotFound) => false,
             Err(error) => {
