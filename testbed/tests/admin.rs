@@ -77,7 +77,7 @@ fn sink(tb: &Testbed) -> support::Background {
 
 /// A sink in `pod` on `port` that reads everything.
 fn sink_in(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let sink = tb.spawn(
+    let mut sink = tb.spawn(
         pod,
         &[
             "socat",
@@ -86,7 +86,7 @@ fn sink_in(tb: &Testbed, pod: &str, port: u16) -> support::Background {
             "OPEN:/dev/null",
         ],
     );
-    tb.wait_listening(pod, port);
+    tb.wait_server_listening(&mut sink, pod, port);
     sink
 }
 

@@ -170,7 +170,7 @@ fn enroll_and_unenroll_live_without_cutting_established_connections() {
     let tb = Testbed::up(SPEC, true);
     let db = tb.pod("data/db").clone();
     let client = tb.pod("shop/client").clone();
-    let _echo = tb.spawn(
+    let mut echo = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -178,7 +178,7 @@ fn enroll_and_unenroll_live_without_cutting_established_connections() {
             "EXEC:cat",
         ],
     );
-    tb.wait_listening("data/db", 7200);
+    tb.wait_server_listening(&mut echo, "data/db", 7200);
     let _peer = tb.tcp_server("data/db", 7000, "SYSTEM:echo $SOCAT_PEERADDR");
     let dst = SocketAddr::new(db.ipv4.into(), 7200);
 
@@ -305,7 +305,7 @@ fn one_gibibyte_arrives_intact_across_nodes() {
         "data/db",
         &["socat", "-u", "TCP4-LISTEN:7300,reuseaddr", "STDOUT"],
     );
-    tb.wait_listening("data/db", 7300);
+    tb.wait_server_listening(&mut server, "data/db", 7300);
     let mut client = tb.spawn_piped(
         "shop/client",
         &["socat", "-u", "STDIN", &format!("TCP4:{dst}")],

@@ -30,7 +30,7 @@ const HEADERS_PER_PACKET: u64 = 120;
 /// A server in `pod` on `port` that reads a connection to its end, then answers with
 /// how many bytes it read (so a client that got the answer knows all was received).
 fn counting_sink(tb: &Testbed, pod: &str, port: u16) -> support::Background {
-    let server = tb.spawn(
+    let mut server = tb.spawn(
         pod,
         &[
             "socat",
@@ -38,13 +38,13 @@ fn counting_sink(tb: &Testbed, pod: &str, port: u16) -> support::Background {
             "SYSTEM:wc -c",
         ],
     );
-    tb.wait_listening(pod, port);
+    tb.wait_server_listening(&mut server, pod, port);
     server
 }
 
 /// A server in `pod` on `port` that sends `bytes` zeros to each connection.
 fn source(tb: &Testbed, pod: &str, port: u16, bytes: u64) -> support::Background {
-    let server = tb.spawn(
+    let mut server = tb.spawn(
         pod,
         &[
             "socat",
@@ -53,7 +53,7 @@ fn source(tb: &Testbed, pod: &str, port: u16, bytes: u64) -> support::Background
             &format!("SYSTEM:head -c {bytes} /dev/zero"),
         ],
     );
-    tb.wait_listening(pod, port);
+    tb.wait_server_listening(&mut server, pod, port);
     server
 }
 

@@ -114,7 +114,7 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
     // A backlog that holds the burst: with socat's default (5) the app itself drops
     // handshakes, and the agent's deliveries then wait out TCP's retries (left to issue 9:
     // TCP_USER_TIMEOUT on the proxy's sockets).
-    let _web = tb.spawn(
+    let mut web_server = tb.spawn(
         "shop/web",
         &[
             "socat",
@@ -122,7 +122,7 @@ fn slow_clients_holding_the_inbound_listener_open_leave_others_alone_and_leak_no
             "EXEC:cat",
         ],
     );
-    tb.wait_listening("shop/web", 7000);
+    tb.wait_server_listening(&mut web_server, "shop/web", 7000);
     let dst = SocketAddr::new(web.ipv4.into(), 7000);
     let (ok, _) = tb.echo("shop/client", dst, "warm");
     assert!(ok);
@@ -207,8 +207,8 @@ fn an_upstream_reset_reaches_the_client_as_a_reset() {
          \x20   c.recv(16)\n\
          \x20   c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
          \x20   c.close()\n";
-    let _server = tb.spawn("data/db", &["python3", "-c", resetter]);
-    tb.wait_listening("data/db", 7001);
+    let mut server = tb.spawn("data/db", &["python3", "-c", resetter]);
+    tb.wait_server_listening(&mut server, "data/db", 7001);
     let client = format!(
         "import socket\n\
          s = socket.create_connection(('{}', 7001))\n\

@@ -92,8 +92,8 @@ struct Servers {
 fn servers(tb: &Testbed, pod: &str) -> Servers {
     let script = tb.dir().join("app.py");
     std::fs::write(&script, APP).unwrap();
-    let app = tb.spawn(pod, &["python3", &script.display().to_string(), "8080"]);
-    let echo = tb.spawn(
+    let mut app = tb.spawn(pod, &["python3", &script.display().to_string(), "8080"]);
+    let mut echo = tb.spawn(
         pod,
         &[
             "socat",
@@ -102,8 +102,8 @@ fn servers(tb: &Testbed, pod: &str) -> Servers {
         ],
     );
     let h2 = h2_server(tb, pod, 8443);
-    tb.wait_listening(pod, 8080);
-    tb.wait_listening(pod, 7100);
+    tb.wait_server_listening(&mut app, pod, 8080);
+    tb.wait_server_listening(&mut echo, pod, 7100);
     Servers {
         _app: app,
         _h2: h2,

@@ -210,11 +210,11 @@ fn hold(spec: &str, nodes: &[&str], connections: usize) {
     let db = tb.pod("data/db").clone();
     let target = format!("{}:{PORT}", db.ipv4);
     let listen = format!("0.0.0.0:{PORT}");
-    let _server = tb.spawn(
+    let mut server = tb.spawn(
         "data/db",
         &[support::TESTBED, "loadgen", "server", "--listen", &listen],
     );
-    tb.wait_listening("data/db", PORT);
+    tb.wait_server_listening(&mut server, "data/db", PORT);
     let pods = ["shop/client", "data/db"];
     let pids: Vec<u32> = nodes.iter().map(|n| agent_pid(&tb, n)).collect();
 

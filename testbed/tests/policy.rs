@@ -378,7 +378,7 @@ spec:
 fn a_policy_change_closes_established_connections_it_now_denies() {
     let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
-    let _cat = tb.spawn(
+    let mut cat = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -386,7 +386,7 @@ fn a_policy_change_closes_established_connections_it_now_denies() {
             "EXEC:cat",
         ],
     );
-    tb.wait_listening("data/db", 7100);
+    tb.wait_server_listening(&mut cat, "data/db", 7100);
     let dst = SocketAddr::new(db.ipv6.into(), 7100);
     let mut conn = tb.spawn_piped("shop/client", &["socat", "STDIO", &format!("TCP6:{dst}")]);
     let mut stdin = conn.child.stdin.take().unwrap();

@@ -122,8 +122,8 @@ fn a_strict_pod_exchanges_no_plaintext_on_the_wire_in_either_direction() {
     let tb = Testbed::up(&spec(), true);
     let vault = tb.pod("secure/vault").clone();
     let answer = "VAULT-ANSWER-7f3a9c51e2";
-    let server = tb.spawn("secure/vault", &["python3", "-c", &line_server(answer)]);
-    tb.wait_listening("secure/vault", 7000);
+    let mut server = tb.spawn("secure/vault", &["python3", "-c", &line_server(answer)]);
+    tb.wait_server_listening(&mut server, "secure/vault", 7000);
 
     // Everything on the strict pod's own link (its eth0: all it sends and receives),
     // captured from the node's side of the pod's network namespace.

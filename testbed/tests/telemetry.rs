@@ -86,8 +86,8 @@ fn assert_kernel_counted_client_sent(tb: &Testbed, n: u64) {
 /// count as moved, so node-b's count (`destination` labels) lies between the two.
 fn assert_iperf3_bytes_counted_by_the_destination(tb: &Testbed, destination: &[(&str, &str)]) {
     let db = tb.pod("data/db").clone();
-    let _iperf = tb.spawn("data/db", &["iperf3", "-s", "-p", "5201"]);
-    tb.wait_listening("data/db", 5201);
+    let mut iperf = tb.spawn("data/db", &["iperf3", "-s", "-p", "5201"]);
+    tb.wait_server_listening(&mut iperf, "data/db", 5201);
     let before = sample(
         &tb.scrape("node-b"),
         "istio_tcp_received_bytes_total",
@@ -135,7 +135,7 @@ fn assert_iperf3_bytes_counted_by_the_destination(tb: &Testbed, destination: &[(
 fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
     let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
-    let _sink = tb.spawn(
+    let mut sink = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -144,7 +144,7 @@ fn tcp_metrics_count_the_bytes_moved_from_both_reporters() {
             "OPEN:/dev/null",
         ],
     );
-    tb.wait_listening("data/db", 7000);
+    tb.wait_server_listening(&mut sink, "data/db", 7000);
     const N: u64 = 3_000_000;
     let out = tb.sh(
         "shop/client",
@@ -299,7 +299,7 @@ fn byte_labels<'a>(reporter: &'a str, workload: &'a str) -> [(&'a str, &'a str);
 /// byte series, at zero, on both reporters.
 fn assert_a_silent_connection_has_both_series_at_zero(tb: &Testbed) {
     let web = tb.pod("shop/web").clone();
-    let _silent_server = tb.spawn(
+    let mut silent_server = tb.spawn(
         "shop/web",
         &[
             "socat",
@@ -308,7 +308,7 @@ fn assert_a_silent_connection_has_both_series_at_zero(tb: &Testbed) {
             "OPEN:/dev/null",
         ],
     );
-    tb.wait_listening("shop/web", 7002);
+    tb.wait_server_listening(&mut silent_server, "shop/web", 7002);
     let script = format!(
         "import socket, time\ns = socket.create_connection(('{}', 7002))\ntime.sleep(30)",
         web.ipv4
@@ -331,7 +331,7 @@ fn assert_tcp_bytes_counted_in_istios_direction(tb: &Testbed) {
     const TCP_DOWN: u64 = 700_000;
     let payload = tb.dir().join("download.bin");
     std::fs::write(&payload, vec![b'd'; TCP_DOWN as usize]).unwrap();
-    let _sink = tb.spawn(
+    let mut sink = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -341,7 +341,7 @@ fn assert_tcp_bytes_counted_in_istios_direction(tb: &Testbed) {
         ],
     );
     let source_file = format!("OPEN:{}", payload.display());
-    let _source = tb.spawn(
+    let mut source = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -350,8 +350,8 @@ fn assert_tcp_bytes_counted_in_istios_direction(tb: &Testbed) {
             "TCP6-LISTEN:7001,reuseaddr,ipv6only=0",
         ],
     );
-    tb.wait_listening("data/db", 7000);
-    tb.wait_listening("data/db", 7001);
+    tb.wait_server_listening(&mut sink, "data/db", 7000);
+    tb.wait_server_listening(&mut source, "data/db", 7001);
     let out = tb.sh(
         "shop/client",
         &format!(
@@ -426,7 +426,7 @@ fn assert_http_bytes_counted_with_their_heads(tb: &Testbed) {
         "shop/web",
         &["python3", "-c", WIRE_SERVER, "8080", &HTTP_DOWN.to_string()],
     );
-    tb.wait_listening("shop/web", 8080);
+    tb.wait_server_listening(&mut server, "shop/web", 8080);
     let upload = tb.dir().join("upload.bin");
     std::fs::write(&upload, vec![b'u'; HTTP_UP as usize]).unwrap();
     let data = format!("@{}", upload.display());
@@ -565,7 +565,7 @@ fn a_server_first_protocol_works_through_capture() {
     let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
     // The server speaks first (as SMTP, MySQL do), then echoes.
-    let _server = tb.spawn(
+    let mut server = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -573,7 +573,7 @@ fn a_server_first_protocol_works_through_capture() {
             "SYSTEM:echo 220 ready; cat",
         ],
     );
-    tb.wait_listening("data/db", 2525);
+    tb.wait_server_listening(&mut server, "data/db", 2525);
     let script = format!(
         "import socket, time\n\
          s = socket.create_connection(('{}', 2525), timeout=5)\n\
@@ -605,7 +605,7 @@ fn a_server_first_protocol_works_through_capture() {
 fn the_exposition_passes_promtool() {
     let tb = Testbed::up(&spec(), true);
     let db = tb.pod("data/db").clone();
-    let _sink = tb.spawn(
+    let mut sink = tb.spawn(
         "data/db",
         &[
             "socat",
@@ -614,7 +614,7 @@ fn the_exposition_passes_promtool() {
             "OPEN:/dev/null",
         ],
     );
-    tb.wait_listening("data/db", 7000);
+    tb.wait_server_listening(&mut sink, "data/db", 7000);
     let out = tb.sh(
         "shop/client",
         &format!("echo hello | socat -u STDIN TCP4:{}:7000", db.ipv4),

@@ -379,22 +379,14 @@ impl Testbed {
     }
 
     /// Waits (up to 10 s) until a TCP socket listens on `port` in the pod's network
-    /// namespace, any address, IPv4 or IPv6.
-    pub fn wait_listening(&self, pod: &str, port: u16) {
-        self.wait_listening_while(pod, port, || {});
-    }
-
-    /// Like [`Testbed::wait_listening`] for a server this testbed started: panics with
-    /// the server's own output as soon as it has exited (a program that is missing, a
-    /// configuration it refused) instead of waiting for a socket that will never come.
-    fn wait_server_listening(&self, server: &mut Background, pod: &str, port: u16) {
-        self.wait_listening_while(pod, port, || server.assert_running());
-    }
-
-    fn wait_listening_while(&self, pod: &str, port: u16, mut check: impl FnMut()) {
+    /// namespace, any address, IPv4 or IPv6, for `server`, which this testbed started:
+    /// panics with the server's own output as soon as it has exited (a program that is
+    /// missing, a configuration it refused) instead of waiting for a socket that will
+    /// never come.
+    pub fn wait_server_listening(&self, server: &mut Background, pod: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            check();
+            server.assert_running();
             // /proc/net is the reader's network namespace: read it from inside the pod.
             let out = self.exec(pod, &["cat", "/proc/net/tcp", "/proc/net/tcp6"]);
             let text = String::from_utf8_lossy(&out.stdout);
