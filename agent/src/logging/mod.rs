@@ -1,7 +1,8 @@
 //! Log set-up: tracing to stderr, as text for people (coloured on a terminal only) or
 //! JSON lines for machines, written by a thread of its own ([`writer`]). `RUST_LOG`
 //! overrides the configured filter; the admin API changes it at run time through
-//! [`LogControl`].
+//! [`LogControl`]. The filter hears of span enters and exits only while it filters by
+//! span ([`scope`]).
 use std::{io::IsTerminal, sync::Arc};
 
 use tracing_subscriber::{
@@ -10,6 +11,7 @@ use tracing_subscriber::{
 
 use crate::config::{LogConfig, LogFormat};
 
+mod scope;
 mod writer;
 
 pub use writer::Flush;
@@ -18,6 +20,8 @@ pub use writer::Flush;
 #[derive(Clone)]
 pub struct LogControl {
     handle: reload::Handle<EnvFilter, Registry>,
+    /// Whether the filter in force follows span enters and exits.
+    by_span: scope::BySpan,
     /// The filter set at start (config or `RUST_LOG`), restored by an empty level.
     initial: Arc<str>,
     current: Arc<std::sync::Mutex<String>>,
@@ -38,8 +42,8 @@ impl LogControl {
             spec.trim().to_string()
         };
         let filter = EnvFilter::try_new(&spec).map_err(|e| format!("log level {spec:?}: {e}"))?;
-        self.handle
-            .reload(filter)
+        self.by_span
+            .switch(&spec, || self.handle.reload(filter))
             .map_err(|e| format!("cannot change the log level: {e}"))?;
         crate::sync::lock(&self.current).clone_from(&spec);
         tracing::info!(level = %spec, "log level changed");
@@ -62,7 +66,8 @@ pub fn init(config: &LogConfig) -> anyhow::Result<(LogControl, Flush)> {
         }
     })?;
     let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
+    let by_span = scope::BySpan::new(&spec);
+    let registry = tracing_subscriber::registry().with(scope::Scoped::new(filter, by_span.clone()));
     let (lines, flush) =
         writer::start(std::io::stderr()).map_err(|e| anyhow::anyhow!("logging: {e}"))?;
     // `try_init` also routes the `log` crate's records (aya's) into tracing.
@@ -81,6 +86,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<(LogControl, Flush)> {
     result.map_err(|e| anyhow::anyhow!("logging: {e}"))?;
     let control = LogControl {
         handle,
+        by_span,
         initial: spec.clone().into(),
         current: Arc::new(std::sync::Mutex::new(spec)),
     };
