@@ -6,7 +6,6 @@
 //! away. Both end in a [`Revoked`] error when the hook revokes the request's lease:
 //! hyper then resets the stream (HTTP/2) or closes the connection (HTTP/1) on both sides.
 use std::{
-    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -15,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     Failure, Hook,
@@ -31,16 +30,15 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Revoked;
 
 /// Watches a lease's revocation from a body's `poll_frame`.
-struct Revocation(Pin<Box<WaitForCancellationFutureOwned>>);
+struct Revocation(super::revoke::Watch);
 
 impl Revocation {
     fn new(token: Option<CancellationToken>) -> Option<Self> {
-        token.map(|t| Self(Box::pin(t.cancelled_owned())))
+        token.map(|t| Self(super::revoke::Watch::new(t)))
     }
 
     fn poll(this: &mut Option<Self>, cx: &mut Context<'_>) -> bool {
-        this.as_mut()
-            .is_some_and(|r| r.0.as_mut().poll(cx).is_ready())
+        this.as_mut().is_some_and(|r| r.0.poll(cx).is_ready())
     }
 }
 

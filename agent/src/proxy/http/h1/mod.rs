@@ -484,13 +484,12 @@ where
         revoked: Option<&CancellationToken>,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(StatusCode, bool), Outcome> {
-        let revocation = revoked.map(|t| t.cancelled());
-        let mut revocation = pin!(revocation);
+        let mut revocation = revoked.cloned().map(super::revoke::Watch::new);
         let stopping = &mut self.stopping;
         let (client, app) = (&mut self.client, &mut self.app);
         let (cbuf, abuf) = (&mut self.cbuf, &mut self.abuf);
         poll_fn(|cx| {
-            if let Some(revoked) = revocation.as_mut().as_pin_mut()
+            if let Some(revoked) = revocation.as_mut()
                 && revoked.poll(cx).is_ready()
             {
                 return Poll::Ready(Err(Outcome::Revoked(x.status())));
