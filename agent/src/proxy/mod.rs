@@ -14,6 +14,7 @@
 //! between two sockets is moved in the kernel, `splice`); `app_socket`
 //! counts an HTTP connection's bytes on the app's socket. Failures are typed (`error`)
 //! with Istio's response flags; telemetry gets plain facts at registration and end.
+//! `watched` keeps a busy task's rarely-ready futures (shutdown, revocation) cheap to poll.
 pub mod app_socket;
 pub mod authorize;
 pub mod balance;
@@ -34,6 +35,7 @@ pub mod return_path;
 pub mod route;
 pub mod splice;
 pub mod steering;
+pub mod watched;
 
 use std::{io, net::SocketAddr, time::Duration};
 

@@ -16,6 +16,7 @@ use super::{
     enforce::Guard,
     error::{Error, Refusal},
     http::{self, Hook, InvalidRequest, Report, RequestInfo, Verdict},
+    watched::Watched,
 };
 use crate::telemetry::{
     facts::{Direction, RequestFacts, ResponseFlags},
@@ -168,7 +169,8 @@ where
         }
         Some(version) => {
             let hook = Arc::new(hook);
-            let shutdown = conn.cancel_token().clone().cancelled_owned();
+            // Polled at every poll of the connection's task: watched (see `watched`).
+            let shutdown = Watched::new(conn.cancel_token().clone().cancelled_owned());
             // Count on the app's socket (what detection read from it is replayed through
             // the counter, so it is counted once).
             let served = match conn.facts.direction {
@@ -287,6 +289,69 @@ mod tests {
             counters.forward.load(Relaxed),
             counters.backward.load(Relaxed),
         )
+    }
+
+    /// A kept-alive HTTP/1 connection waiting for its next request ends when the
+    /// connection is closed (a policy change, a drain): its shutdown is watched while
+    /// the task sleeps, not only polled when something else wakes it.
+    #[tokio::test]
+    async fn an_idle_http_connection_ends_when_it_is_closed() {
+        let registry = Registry::new(Arc::default(), Default::default());
+        let registration = registry.register(NewConnection {
+            id: registry.next_id(),
+            facts: ConnectionFacts {
+                pod: "shop/client".into(),
+                direction: Direction::Outbound,
+                transport: Transport::Plaintext,
+                src: "198.19.1.12:40000".parse().unwrap(),
+                dst: "198.19.2.11:80".parse().unwrap(),
+                src_identity: None,
+                dst_identity: None,
+            },
+            labels: TcpLabels::new(Reporter::Source, Party::unknown(), Party::unknown(), false),
+            guard: None,
+        });
+        let conn = registration.connection.clone();
+        let (mut client_app, client) = pair().await;
+        let (upstream, mut server_app) = pair().await;
+        let hook = RequestHook::new(conn.clone(), registry.recorder(), None);
+        let relayed = tokio::spawn(relay(
+            client,
+            upstream,
+            64 * 1024,
+            hook,
+            http::Settings::default(),
+        ));
+        const KEPT: &[u8] = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n";
+        client_app.write_all(KEPT).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = server_app.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request cut short: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        server_app.write_all(RESPONSE).await.unwrap();
+        let mut response = Vec::new();
+        while !response.ends_with(b"abc") {
+            let n = client_app.read(&mut buf).await.unwrap();
+            assert!(n > 0, "response cut short: {response:?}");
+            response.extend_from_slice(&buf[..n]);
+        }
+        // Both apps keep their sockets open: only the close can end it.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!relayed.is_finished(), "the connection is kept alive");
+        conn.cancel_token().cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), relayed)
+            .await
+            .expect("the idle connection ends once closed")
+            .unwrap()
+            .unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client_app.read(&mut buf))
+            .await
+            .expect("the client is told")
+            .unwrap();
+        assert_eq!(n, 0, "the client sees the connection end");
     }
 
     #[tokio::test]

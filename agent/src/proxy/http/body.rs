@@ -6,6 +6,7 @@
 //! away. Both end in a [`Revoked`] error when the hook revokes the request's lease:
 //! hyper then resets the stream (HTTP/2) or closes the connection (HTTP/1) on both sides.
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -14,7 +15,9 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::proxy::watched::Watched;
 
 use super::{
     Failure, Hook,
@@ -30,15 +33,16 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Revoked;
 
 /// Watches a lease's revocation from a body's `poll_frame`.
-struct Revocation(super::revoke::Watch);
+struct Revocation(Pin<Box<Watched<WaitForCancellationFutureOwned>>>);
 
 impl Revocation {
     fn new(token: Option<CancellationToken>) -> Option<Self> {
-        token.map(|t| Self(super::revoke::Watch::new(t)))
+        token.map(|t| Self(Box::pin(Watched::new(t.cancelled_owned()))))
     }
 
     fn poll(this: &mut Option<Self>, cx: &mut Context<'_>) -> bool {
-        this.as_mut().is_some_and(|r| r.0.poll(cx).is_ready())
+        this.as_mut()
+            .is_some_and(|r| r.0.as_mut().poll(cx).is_ready())
     }
 }
 

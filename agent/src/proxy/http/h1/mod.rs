@@ -42,6 +42,7 @@ use super::{
     exchange::{BodyProgress, Exchange},
     server, target,
 };
+use crate::proxy::watched::Watched;
 
 /// Each side's reads start this big and double while they fill, up to `MAX_READ`.
 const FIRST_READ: usize = 8 * 1024;
@@ -484,12 +485,13 @@ where
         revoked: Option<&CancellationToken>,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(StatusCode, bool), Outcome> {
-        let mut revocation = revoked.cloned().map(super::revoke::Watch::new);
+        let revocation = revoked.map(|t| Watched::new(t.cancelled()));
+        let mut revocation = pin!(revocation);
         let stopping = &mut self.stopping;
         let (client, app) = (&mut self.client, &mut self.app);
         let (cbuf, abuf) = (&mut self.cbuf, &mut self.abuf);
         poll_fn(|cx| {
-            if let Some(revoked) = revocation.as_mut()
+            if let Some(revoked) = revocation.as_mut().as_pin_mut()
                 && revoked.poll(cx).is_ready()
             {
                 return Poll::Ready(Err(Outcome::Revoked(x.status())));
