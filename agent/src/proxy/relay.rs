@@ -223,15 +223,13 @@ mod tests {
         server_wrote: u64,
     }
 
-    /// One HTTP/1 exchange, client app ⇄ relay ⇄ server app, on a connection of
-    /// `direction`: what the apps' sockets carried, and the connection's counters.
-    async fn exchange(direction: Direction) -> (Wire, u64, u64) {
-        let registry = Registry::new(Arc::default(), Default::default());
+    /// A plaintext connection of `direction` from `shop/client`, to register.
+    fn new_connection(registry: &Registry, direction: Direction) -> NewConnection {
         let reporter = match direction {
             Direction::Outbound => Reporter::Source,
             Direction::Inbound => Reporter::Destination,
         };
-        let registration = registry.register(NewConnection {
+        NewConnection {
             id: registry.next_id(),
             facts: ConnectionFacts {
                 pod: "shop/client".into(),
@@ -244,10 +242,21 @@ mod tests {
             },
             labels: TcpLabels::new(reporter, Party::unknown(), Party::unknown(), false),
             guard: None,
-        });
-        let conn = registration.connection.clone();
-        let (mut client_app, client) = pair().await;
-        let (upstream, mut server_app) = pair().await;
+        }
+    }
+
+    /// Relays `conn` between two app sockets: the client app's, the server app's, and
+    /// the relay's task.
+    async fn start(
+        registry: &Registry,
+        conn: &Arc<Connection>,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let (client_app, client) = pair().await;
+        let (upstream, server_app) = pair().await;
         let hook = RequestHook::new(conn.clone(), registry.recorder(), None);
         let relayed = tokio::spawn(relay(
             client,
@@ -256,6 +265,16 @@ mod tests {
             hook,
             http::Settings::default(),
         ));
+        (client_app, server_app, relayed)
+    }
+
+    /// One HTTP/1 exchange, client app ⇄ relay ⇄ server app, on a connection of
+    /// `direction`: what the apps' sockets carried, and the connection's counters.
+    async fn exchange(direction: Direction) -> (Wire, u64, u64) {
+        let registry = Registry::new(Arc::default(), Default::default());
+        let registration = registry.register(new_connection(&registry, direction));
+        let conn = registration.connection.clone();
+        let (mut client_app, mut server_app, relayed) = start(&registry, &conn).await;
         let server = tokio::spawn(async move {
             let mut got = Vec::new();
             let mut buf = [0u8; 1024];
@@ -297,31 +316,9 @@ mod tests {
     #[tokio::test]
     async fn an_idle_http_connection_ends_when_it_is_closed() {
         let registry = Registry::new(Arc::default(), Default::default());
-        let registration = registry.register(NewConnection {
-            id: registry.next_id(),
-            facts: ConnectionFacts {
-                pod: "shop/client".into(),
-                direction: Direction::Outbound,
-                transport: Transport::Plaintext,
-                src: "198.19.1.12:40000".parse().unwrap(),
-                dst: "198.19.2.11:80".parse().unwrap(),
-                src_identity: None,
-                dst_identity: None,
-            },
-            labels: TcpLabels::new(Reporter::Source, Party::unknown(), Party::unknown(), false),
-            guard: None,
-        });
+        let registration = registry.register(new_connection(&registry, Direction::Outbound));
         let conn = registration.connection.clone();
-        let (mut client_app, client) = pair().await;
-        let (upstream, mut server_app) = pair().await;
-        let hook = RequestHook::new(conn.clone(), registry.recorder(), None);
-        let relayed = tokio::spawn(relay(
-            client,
-            upstream,
-            64 * 1024,
-            hook,
-            http::Settings::default(),
-        ));
+        let (mut client_app, mut server_app, relayed) = start(&registry, &conn).await;
         const KEPT: &[u8] = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n";
         client_app.write_all(KEPT).await.unwrap();
         let mut got = Vec::new();
