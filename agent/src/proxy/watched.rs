@@ -3,9 +3,9 @@
 //!
 //! A task polls every future it waits on each time it is woken, whatever woke it. A
 //! token's future takes two locks at each poll (`is_cancelled`, and the `Notify`'s
-//! waiter list to keep the task's waker), and an HTTP exchange is polled several times
-//! per request: with a connection's shutdown and a request's revocation, that was about
-//! 1 % of a server agent's CPU under HTTP load (`docs/bench/profile.md`). [`Watched`]
+//! waiter list to keep the task's waker), and an HTTP exchange waits on two of them at
+//! every wake-up (its connection's shutdown and its request's revocation): about 1 % of
+//! a server agent's CPU under HTTP load over mTLS (`docs/bench/profile.md`). [`Watched`]
 //! polls the future it wraps at its first poll, and afterwards only once the future has
 //! woken it (its event came, or it woke spuriously); in between, a poll costs an atomic
 //! swap and keeping the task's waker.
