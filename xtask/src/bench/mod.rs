@@ -6,12 +6,13 @@
 //! is also given as a ratio to `direct` of the same run, never against a fixed number.
 //!
 //! `cargo xtask bench --ztunnel PATH` runs the peer harness instead, Outrider against
-//! ztunnel (`peer`, `peer_table`).
+//! ztunnel (`peer`, `peer_table`, `sides`).
 mod memory;
 mod peer;
 mod peer_table;
 pub mod procfs;
 mod report;
+mod sides;
 mod svg;
 pub mod testbed;
 mod traffic;

@@ -4,8 +4,8 @@
 //! `outrider-mtls` and `outrider-tcp`; the Outrider paths through the harness's plugin
 //! `outrider_path.py`, started by a small script written into the work directory that
 //! names the fresh binary. Writes the harness's JSON and markdown, and `peer.md`
-//! ([`peer_table`](super::peer_table): Outrider over ztunnel per figure) into the out
-//! directory.
+//! ([`peer_table`](super::peer_table): Outrider over ztunnel per figure; [`sides`](super::sides):
+//! which side's CPU was full in each test) into the out directory.
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -15,7 +15,10 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use super::peer_table::{self, Builds, PATHS};
+use super::{
+    peer_table::{self, Builds, PATHS},
+    sides,
+};
 use crate::root;
 
 pub struct PeerOptions {
@@ -77,7 +80,10 @@ pub fn run(opts: PeerOptions) -> anyhow::Result<()> {
         if let Some(tests) = &opts.tests {
             cmd.args(["--tests", tests]);
         }
-        crate::run(&mut cmd)?;
+        let sampler = sides::Sampler::start();
+        let ran = crate::run(&mut cmd);
+        let samples = sampler.stop()?;
+        ran?;
         let json_path = runs_in(&out)?
             .into_iter()
             .filter(|p| !before.contains(p))
@@ -104,8 +110,10 @@ pub fn run(opts: PeerOptions) -> anyhow::Result<()> {
             },
         )
         .with_context(|| format!("reading {}", json_path.display()))?;
+        let busy = sides::markdown(&run, &samples)
+            .with_context(|| format!("reading {}", json_path.display()))?;
         let md = format!(
-            "{md}\nFrom `{}` (the harness's JSON, beside its markdown).\n",
+            "{md}{busy}\nFrom `{}` (the harness's JSON, beside its markdown).\n",
             json_path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

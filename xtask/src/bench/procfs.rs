@@ -1,5 +1,5 @@
 //! What the benchmark reads about processes and the host from /proc: CPU time, memory and
-//! its peak (VmHWM, which it resets), and the host's busy CPU time.
+//! its peak (VmHWM, which it resets), and the host's busy CPU time, in all and per CPU.
 use anyhow::Context;
 
 /// Clock ticks per second of /proc/<pid>/stat's times (`getconf CLK_TCK`; 100 on Linux).
@@ -85,6 +85,35 @@ fn busy_seconds(stat: &str, ticks: f64) -> anyhow::Result<f64> {
         .lines()
         .find(|l| l.starts_with("cpu "))
         .context("/proc/stat: no cpu line")?;
+    Ok(ticks_of(line)?.busy / ticks)
+}
+
+/// One CPU's (or all CPUs') time from /proc/stat, in clock ticks since boot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ticks {
+    /// user + nice + system + irq + softirq.
+    pub busy: f64,
+    /// busy + idle + iowait + steal: what the CPU had.
+    pub all: f64,
+}
+
+/// Each CPU's [`Ticks`] now, by CPU number (the `cpuN` lines of /proc/stat).
+pub fn per_cpu_ticks() -> anyhow::Result<std::collections::BTreeMap<usize, Ticks>> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    per_cpu(&stat)
+}
+
+fn per_cpu(stat: &str) -> anyhow::Result<std::collections::BTreeMap<usize, Ticks>> {
+    stat.lines()
+        .filter_map(|l| {
+            let (name, _) = l.split_once(' ')?;
+            let cpu = name.strip_prefix("cpu")?.parse::<usize>().ok()?;
+            Some(ticks_of(l).map(|t| (cpu, t)))
+        })
+        .collect()
+}
+
+fn ticks_of(line: &str) -> anyhow::Result<Ticks> {
     let fields: Vec<f64> = line
         .split_whitespace()
         .skip(1)
@@ -92,10 +121,14 @@ fn busy_seconds(stat: &str, ticks: f64) -> anyhow::Result<f64> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("/proc/stat: {line:?}"))?;
     // user nice system idle iowait irq softirq steal …
-    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+    let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
         anyhow::bail!("/proc/stat: too few fields in {line:?}");
     };
-    Ok((user + nice + system + irq + softirq) / ticks)
+    let busy = user + nice + system + irq + softirq;
+    Ok(Ticks {
+        busy,
+        all: busy + idle + iowait + steal,
+    })
 }
 
 #[cfg(test)]
@@ -139,5 +172,30 @@ mod tests {
         assert_eq!(busy_seconds(stat, 100.0).unwrap(), 1.68);
         assert!(busy_seconds("cpu  1 2 3\n", 100.0).is_err());
         assert!(busy_seconds("intr 5\n", 100.0).is_err());
+    }
+
+    #[test]
+    fn each_cpu_is_read_on_its_own() {
+        let stat = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 10 1 5 80 2 1 1 3 0 0\n\
+                    cpu1 50 0 30 20 0 0 0 0 0 0\ncpufreq 1\nintr 5 6\n";
+        let cpus = per_cpu(stat).unwrap();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(
+            cpus[&0],
+            Ticks {
+                busy: 18.0,
+                all: 103.0
+            }
+        );
+        assert_eq!(
+            cpus[&1],
+            Ticks {
+                busy: 80.0,
+                all: 100.0
+            }
+        );
+        assert!(per_cpu("cpu0 1 2 3\n").is_err());
+        let live = per_cpu_ticks().unwrap();
+        assert!(!live.is_empty() && live.values().all(|t| t.all >= t.busy && t.all > 0.0));
     }
 }
