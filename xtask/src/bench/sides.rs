@@ -287,9 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_pinned_sides_gets_no_table() {
+    fn a_run_without_pinned_sides_or_samples_gets_no_table() {
         let none = markdown(&run(json!(null)), &samples(0.5, 0.5)).unwrap();
         assert!(none.is_empty());
+        // No samples (the sampler failed): no table either, and no error.
+        let unsampled = markdown(&run(json!({"client": [0], "server": [1]})), &[]).unwrap();
+        assert!(unsampled.is_empty());
         assert!(
             markdown(
                 &json!({"meta": {"topology": {"cpus": {"client": [0], "server": [1]}}}}),
