@@ -1,5 +1,6 @@
+"""snmpdiff.py PREFIX K RPS: TCP counters (/proc/net/snmp, netstat) per request, by network
+namespace, between two snapshots PREFIX.K.0 and PREFIX.K.1 (snmp-loop.sh) taken 4 s apart."""
 import sys,collections
-# usage: snmpdiff.py PREFIX K RPS  -> per-request deltas over 4 s
 pre,k,rps=sys.argv[1],sys.argv[2],float(sys.argv[3])
 def load(f):
     d={}

@@ -1,5 +1,7 @@
+"""ssdiff.py PREFIX K OPS: TCP segments per operation, by pod and process, between two
+`ss -tin` snapshots PREFIX.K.0 and PREFIX.K.1 (ss-loop.sh) taken 4 s apart; OPS is the
+load's rate per second. Out and in, with data and without (pure ACKs)."""
 import sys,re
-# usage: ssdiff.py PREFIX K OPS
 pre,k,ops=sys.argv[1],sys.argv[2],float(sys.argv[3])*4
 def load(f):
     d={}; ns=None; cur=None
