@@ -2,7 +2,8 @@
 """categories.py FILE OPS: a callgrind profile's instructions per operation, by kind.
 
 Each function's own instructions (callgrind_annotate --inclusive=no) go to the first kind
-whose pattern its name (or its source file's path) matches; OPS is the number of requests,
+whose pattern its name or its source file's path matches (not the binary it is in: every
+function linked into `outrider` would otherwise count as ours); OPS is the number of requests,
 connections or megabytes the profile covers. See profile.md, "Instruction counts".
 """
 import collections
@@ -22,7 +23,7 @@ KINDS = [
     ("metrics", r"prometheus|telemetry::metrics"),
     ("HTTP/1 (httparse, the lean path)", r"httparse|proxy::http"),
     ("bytes", r"bytes::"),
-    ("the proxy's own code", r"outrider|ztunnel"),
+    ("the proxy's own code", r"outrider::|ztunnel::"),
     ("libc's system-call wrappers", r"libc|syscall|__GI|sendto|recv|writev|epoll|pthread|futex|clock_gettime"),
 ]
 
@@ -36,7 +37,7 @@ def main():
         m = re.match(r"\s*([\d,]+) \([\s\d.]+%\)\s+(.*)", line)
         if not m or "PROGRAM TOTALS" in line:
             continue
-        n, name = int(m.group(1).replace(",", "")), m.group(2)
+        n, name = int(m.group(1).replace(",", "")), re.sub(r" \[[^\]]*\]$", "", m.group(2))
         kind = next((k for k, rx in KINDS if re.search(rx, name)), "other")
         kinds[kind] += n
         total += n

@@ -1,6 +1,7 @@
 """ssdiff.py PREFIX K OPS: TCP segments per operation, by pod and process, between two
 `ss -tin` snapshots PREFIX.K.0 and PREFIX.K.1 (ss-loop.sh) taken 4 s apart; OPS is the
-load's rate per second. Out and in, with data and without (pure ACKs)."""
+load's rate per second (the harness's, for the whole test). Out and in, with data and without
+(pure ACKs: no connection opens or closes under wrk's keep-alive load)."""
 import sys,re
 pre,k,ops=sys.argv[1],sys.argv[2],float(sys.argv[3])*4
 def load(f):
@@ -20,7 +21,6 @@ agg={}
 for key,v in b.items():
     if key not in a or 'segs_out' not in v: continue
     u=a[key]; who=v['who']
-    # classify by ns + process + local port role
     g=(key[0],who)
     s=agg.setdefault(g,[0,0,0,0,0])
     s[0]+=1
